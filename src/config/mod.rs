@@ -1,0 +1,656 @@
+//! The pipeline file: parsing, `${ENV}` interpolation, and every check that needs no data.
+//!
+//! Checks that need the source schema or the sink live in [`crate::validate`].
+
+mod env;
+mod error;
+
+pub use env::{expand, EnvString};
+pub use error::{did_you_mean, ConfigError};
+
+use crate::models::{self, Modality, ModelSpec};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use toml::Spanned;
+
+/// Default rows per source batch.
+pub const DEFAULT_BATCH_ROWS: usize = 1024;
+/// Default per-image size limit (Bedrock's largest image limit is 25 MB; local files above this are
+/// almost certainly not meant to be embedded).
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 25 * 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    pub source: Spanned<SourceConfig>,
+    #[serde(default, rename = "model")]
+    pub models: Vec<Spanned<ModelConfig>>,
+    #[serde(default, rename = "embed")]
+    pub embeds: Vec<Spanned<EmbedConfig>>,
+    pub sink: Spanned<SinkConfig>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Parquet,
+    Csv,
+    Images,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    #[serde(rename = "type")]
+    pub kind: Spanned<SourceKind>,
+    /// A file, a glob (`data/*.parquet`) or, for `images`, a folder.
+    pub path: Option<Spanned<EnvString>>,
+    /// Several files or globs.
+    pub paths: Option<Vec<Spanned<EnvString>>>,
+    /// Column holding a stable row id; when absent ids are derived (see README).
+    pub id_column: Option<Spanned<String>>,
+    /// Columns to read (projection); default: the columns the pipeline uses.
+    pub columns: Option<Vec<Spanned<String>>>,
+    /// Rows per batch.
+    pub batch_size: Option<Spanned<usize>>,
+    // CSV
+    pub delimiter: Option<Spanned<String>>,
+    pub quote: Option<Spanned<String>>,
+    pub has_header: Option<Spanned<bool>>,
+    /// Explicit column types; columns not listed are inferred.
+    pub schema: Option<Spanned<BTreeMap<String, Spanned<ColumnType>>>>,
+    /// Rows read to infer CSV column types.
+    pub infer_rows: Option<Spanned<usize>>,
+    // Images
+    pub include: Option<Vec<Spanned<String>>>,
+    pub exclude: Option<Vec<Spanned<String>>>,
+    pub recursive: Option<Spanned<bool>>,
+    pub max_image_bytes: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    Utf8,
+    Int64,
+    Float64,
+    Bool,
+    Date,
+    Timestamp,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Local,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name embed steps use to refer to this model.
+    pub name: Spanned<String>,
+    pub provider: Spanned<Provider>,
+    /// The provider's model id, e.g. `sentence-transformers/all-MiniLM-L6-v2`.
+    pub id: Spanned<String>,
+    /// Local provider: folder holding the model files.
+    pub path: Option<Spanned<EnvString>>,
+    /// Local provider: fetch the weights when they are not found (default true).
+    pub download: Option<Spanned<bool>>,
+    /// Inputs per model call.
+    pub batch_size: Option<Spanned<usize>>,
+    /// Output dimension (models with a choice of dimensions).
+    pub dimensions: Option<Spanned<usize>>,
+    /// L2-normalise vectors (default: the model's own convention).
+    pub normalize: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedConfig {
+    /// Step name, used in reports and dead letters (default: the vector column).
+    pub name: Option<Spanned<String>>,
+    /// Name of a `[[model]]`.
+    pub model: Spanned<String>,
+    /// Text input: one column...
+    pub column: Option<Spanned<String>>,
+    /// ...or a template over columns, `"{title}\n{body}"` (`{{` and `}}` for literal braces)...
+    pub text: Option<Spanned<String>>,
+    /// ...or a binary column of image bytes.
+    pub image: Option<Spanned<String>>,
+    /// Output vector column (default `vector`).
+    pub vector: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    #[default]
+    Lancedb,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Fail if the table exists.
+    #[default]
+    Create,
+    /// Replace the table (atomically, at the end of the run).
+    Overwrite,
+    /// Add rows to an existing table (created if missing).
+    Append,
+}
+
+impl WriteMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMode::Create => "create",
+            WriteMode::Overwrite => "overwrite",
+            WriteMode::Append => "append",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    #[serde(rename = "type", default)]
+    pub kind: Option<Spanned<SinkKind>>,
+    /// LanceDB database folder (relative to the pipeline file) or `s3://bucket/prefix`.
+    pub uri: Spanned<EnvString>,
+    pub table: Spanned<String>,
+    pub mode: Option<Spanned<WriteMode>>,
+    /// Source columns copied next to the vectors; default: every non-binary source column.
+    pub metadata: Option<Vec<Spanned<String>>>,
+    /// Dead-letter JSONL file; default `<uri>/<table>_failures.jsonl`.
+    pub failures: Option<Spanned<EnvString>>,
+}
+
+/// A loaded, statically checked pipeline file.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub path: PathBuf,
+    pub text: Arc<str>,
+    pub file: PipelineFile,
+    /// Resolved embed steps, in file order.
+    pub steps: Vec<Step>,
+}
+
+/// One embed step, resolved against its model.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: String,
+    pub model_index: usize,
+    pub input: StepInput,
+    pub vector: String,
+    pub span: Range<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepInput {
+    Column(String),
+    Template(Template),
+    Image(String),
+}
+
+impl StepInput {
+    pub fn modality(&self) -> Modality {
+        match self {
+            StepInput::Image(_) => Modality::Image,
+            _ => Modality::Text,
+        }
+    }
+
+    /// Source columns this input reads.
+    pub fn columns(&self) -> Vec<String> {
+        match self {
+            StepInput::Column(c) | StepInput::Image(c) => vec![c.clone()],
+            StepInput::Template(t) => t.columns(),
+        }
+    }
+}
+
+/// A text template: literal text and `{column}` placeholders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    pub parts: Vec<TemplatePart>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplatePart {
+    Literal(String),
+    Column(String),
+}
+
+impl Template {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(ch) => name.push(ch),
+                            None => return Err(format!("unclosed `{{{name}` in template (write `{{{{` for a literal brace)")),
+                        }
+                    }
+                    let name = name.trim().to_string();
+                    if name.is_empty() {
+                        return Err("empty `{}` placeholder in template: put a column name inside".into());
+                    }
+                    if !lit.is_empty() {
+                        parts.push(TemplatePart::Literal(std::mem::take(&mut lit)));
+                    }
+                    parts.push(TemplatePart::Column(name));
+                }
+                '}' => return Err("stray `}` in template (write `}}` for a literal brace)".into()),
+                c => lit.push(c),
+            }
+        }
+        if !lit.is_empty() {
+            parts.push(TemplatePart::Literal(lit));
+        }
+        if !parts.iter().any(|p| matches!(p, TemplatePart::Column(_))) {
+            return Err("template has no `{column}` placeholder, so every row would embed the same text".into());
+        }
+        Ok(Self { parts })
+    }
+
+    pub fn columns(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for p in &self.parts {
+            if let TemplatePart::Column(c) = p {
+                if !out.contains(c) {
+                    out.push(c.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Keys that would hold literal credentials; never allowed in a pipeline file.
+const SECRET_KEYS: &[&str] = &[
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "access_key",
+    "secret_key",
+    "secret",
+    "password",
+];
+
+const CREDENTIAL_HELP: &str = "remove it: embedpipe takes AWS credentials only from the AWS credential chain \
+(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables, AWS_PROFILE with ~/.aws/credentials or SSO, \
+or an instance/ECS/EKS role)";
+
+fn looks_like_aws_key_id(s: &str) -> bool {
+    s.len() == 20
+        && (s.starts_with("AKIA") || s.starts_with("ASIA"))
+        && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
+impl Pipeline {
+    /// Reads and checks a pipeline file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::whole_file(path, format!("cannot read pipeline file: {e}"))
+                .with_help("check the path; pipeline files usually live in `pipelines/`")
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks pipeline text; `path` is used for messages and relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let table = toml::de::DeTable::parse(text).map_err(|e| {
+            ConfigError::at(path, text, e.span(), format!("invalid TOML: {}", e.message().trim()))
+        })?;
+        check_no_secrets(path, text, table.get_ref())?;
+        let file: PipelineFile = PipelineFile::deserialize(toml::de::Deserializer::from(table)).map_err(|e| {
+            let (message, help) = error::explain_serde_message(e.message());
+            let mut err = ConfigError::at(path, text, e.span(), message);
+            err.help = help;
+            err
+        })?;
+        let mut pipeline = Pipeline {
+            path: path.to_path_buf(),
+            text: Arc::from(text),
+            file,
+            steps: Vec::new(),
+        };
+        pipeline.steps = pipeline.check()?;
+        Ok(pipeline)
+    }
+
+    /// An error pointing at `span` of this file.
+    pub fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(&self.path, &self.text, Some(span), message)
+    }
+
+    /// Folder that relative paths in the file are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// Resolves a path from the file against [`Self::base_dir`].
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir().join(p)
+        }
+    }
+
+    pub fn source(&self) -> &SourceConfig {
+        self.file.source.get_ref()
+    }
+
+    pub fn sink(&self) -> &SinkConfig {
+        self.file.sink.get_ref()
+    }
+
+    pub fn model(&self, index: usize) -> &ModelConfig {
+        self.file.models[index].get_ref()
+    }
+
+    /// The registry entry of model `index`.
+    pub fn model_spec(&self, index: usize) -> &'static ModelSpec {
+        let m = self.model(index);
+        models::lookup(m.id.get_ref()).expect("model ids are checked at load")
+    }
+
+    pub fn batch_rows(&self) -> usize {
+        self.source().batch_size.as_ref().map_or(DEFAULT_BATCH_ROWS, |b| *b.get_ref())
+    }
+
+    pub fn write_mode(&self) -> WriteMode {
+        self.sink().mode.as_ref().map_or(WriteMode::default(), |m| *m.get_ref())
+    }
+
+    /// The source inputs (files, globs or the image folder) as written.
+    pub fn source_paths(&self) -> Vec<&Spanned<EnvString>> {
+        let s = self.source();
+        s.path.iter().chain(s.paths.iter().flatten()).collect()
+    }
+
+    fn check(&self) -> Result<Vec<Step>, ConfigError> {
+        self.check_source()?;
+        self.check_models()?;
+        let steps = self.check_steps()?;
+        self.check_sink(&steps)?;
+        Ok(steps)
+    }
+
+    fn check_source(&self) -> Result<(), ConfigError> {
+        let src = self.file.source.get_ref();
+        let kind = *src.kind.get_ref();
+        if src.path.is_none() && src.paths.as_ref().is_none_or(|p| p.is_empty()) {
+            return Err(self
+                .error(self.file.source.span(), "[source] needs `path` (a file, glob or folder) or `paths` (a list)")
+                .with_help("e.g. path = \"../sample_data/articles.parquet\" (relative to the pipeline file)"));
+        }
+        if let Some(b) = &src.batch_size {
+            if *b.get_ref() == 0 || *b.get_ref() > 1_000_000 {
+                return Err(self.error(b.span(), "batch_size must be between 1 and 1000000"));
+            }
+        }
+        let only = |opt: Option<Range<usize>>, key: &str, kinds: &str| -> Result<(), ConfigError> {
+            match opt {
+                Some(span) => Err(self.error(span, format!("`{key}` applies only to {kinds} sources, not `{}`", kind_name(kind)))),
+                None => Ok(()),
+            }
+        };
+        if kind != SourceKind::Csv {
+            only(src.delimiter.as_ref().map(|s| s.span()), "delimiter", "csv")?;
+            only(src.quote.as_ref().map(|s| s.span()), "quote", "csv")?;
+            only(src.has_header.as_ref().map(|s| s.span()), "has_header", "csv")?;
+            only(src.schema.as_ref().map(|s| s.span()), "schema", "csv")?;
+            only(src.infer_rows.as_ref().map(|s| s.span()), "infer_rows", "csv")?;
+        }
+        if kind != SourceKind::Images {
+            only(src.include.as_ref().and_then(|v| v.first()).map(|s| s.span()), "include", "images")?;
+            only(src.exclude.as_ref().and_then(|v| v.first()).map(|s| s.span()), "exclude", "images")?;
+            only(src.recursive.as_ref().map(|s| s.span()), "recursive", "images")?;
+            only(src.max_image_bytes.as_ref().map(|s| s.span()), "max_image_bytes", "images")?;
+        } else {
+            only(src.columns.as_ref().and_then(|v| v.first()).map(|s| s.span()), "columns", "parquet and csv")?;
+            only(src.id_column.as_ref().map(|s| s.span()), "id_column", "parquet and csv")?;
+        }
+        for (key, v) in [("delimiter", &src.delimiter), ("quote", &src.quote)] {
+            if let Some(v) = v {
+                if v.get_ref().len() != 1 {
+                    return Err(self.error(v.span(), format!("`{key}` must be a single ASCII character, e.g. \",\" or \"\\t\"")));
+                }
+            }
+        }
+        for pats in [&src.include, &src.exclude].into_iter().flatten() {
+            for p in pats {
+                if let Err(e) = globset::Glob::new(p.get_ref()) {
+                    return Err(self.error(p.span(), format!("invalid glob: {e}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_models(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for m in &self.file.models {
+            let cfg = m.get_ref();
+            if !names.insert(cfg.name.get_ref().as_str()) {
+                return Err(self.error(cfg.name.span(), format!("model name `{}` is used twice", cfg.name.get_ref())));
+            }
+            let known: Vec<&str> = models::registry()
+                .iter()
+                .filter(|s| s.provider == *cfg.provider.get_ref())
+                .map(|s| s.id)
+                .collect();
+            let Some(spec) = models::lookup(cfg.id.get_ref()).filter(|s| s.provider == *cfg.provider.get_ref()) else {
+                let mut help = String::new();
+                if let Some(best) = did_you_mean(cfg.id.get_ref(), known.iter().copied()) {
+                    help.push_str(&format!("did you mean `{best}`? "));
+                }
+                help.push_str(&format!("known model ids for this provider: {}", known.join(", ")));
+                return Err(self
+                    .error(cfg.id.span(), format!("unknown model id `{}`", cfg.id.get_ref()))
+                    .with_help(help));
+            };
+            if let Some(d) = &cfg.dimensions {
+                if !spec.dimensions.contains(d.get_ref()) {
+                    let allowed: Vec<String> = spec.dimensions.iter().map(|d| d.to_string()).collect();
+                    return Err(self
+                        .error(d.span(), format!("`{}` does not produce {}-dimensional vectors", spec.id, d.get_ref()))
+                        .with_help(format!("allowed dimensions: {}", allowed.join(", "))));
+                }
+            }
+            if let Some(b) = &cfg.batch_size {
+                if *b.get_ref() == 0 || *b.get_ref() > spec.max_inputs_per_call {
+                    return Err(self.error(
+                        b.span(),
+                        format!("batch_size for `{}` must be between 1 and {}", spec.id, spec.max_inputs_per_call),
+                    ));
+                }
+            }
+            if spec.provider != Provider::Local {
+                for (key, span) in [
+                    ("path", cfg.path.as_ref().map(|s| s.span())),
+                    ("download", cfg.download.as_ref().map(|s| s.span())),
+                ] {
+                    if let Some(span) = span {
+                        return Err(self.error(span, format!("`{key}` applies only to local models")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_steps(&self) -> Result<Vec<Step>, ConfigError> {
+        if self.file.embeds.is_empty() {
+            return Err(self
+                .error(0..0, "the pipeline has no [[embed]] step, so there is nothing to do")
+                .with_help("add one: [[embed]] model = \"<model name>\", column = \"<text column>\""));
+        }
+        let model_names: Vec<&str> = self.file.models.iter().map(|m| m.get_ref().name.get_ref().as_str()).collect();
+        let mut steps = Vec::new();
+        let mut vectors = HashSet::new();
+        let mut step_names = HashSet::new();
+        for e in &self.file.embeds {
+            let cfg = e.get_ref();
+            let model_name = cfg.model.get_ref();
+            let Some(model_index) = model_names.iter().position(|n| n == model_name) else {
+                let mut help = match did_you_mean(model_name, model_names.iter().copied()) {
+                    Some(best) => format!("did you mean `{best}`? "),
+                    None => String::new(),
+                };
+                if model_names.is_empty() {
+                    help.push_str("declare it in a [[model]] table with name, provider and id");
+                } else {
+                    help.push_str(&format!("models declared in this file: {}", model_names.join(", ")));
+                }
+                return Err(self.error(cfg.model.span(), format!("no [[model]] named `{model_name}`")).with_help(help));
+            };
+            let inputs: Vec<(&str, &Spanned<String>)> = [("column", &cfg.column), ("text", &cfg.text), ("image", &cfg.image)]
+                .into_iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+                .collect();
+            let input = match inputs.as_slice() {
+                [("column", c)] => StepInput::Column(c.get_ref().clone()),
+                [("image", c)] => StepInput::Image(c.get_ref().clone()),
+                [("text", t)] => StepInput::Template(
+                    Template::parse(t.get_ref()).map_err(|m| self.error(t.span(), format!("invalid text template: {m}")))?,
+                ),
+                [] => {
+                    return Err(self
+                        .error(e.span(), "this [[embed]] step has no input")
+                        .with_help("give exactly one of `column` (a text column), `text` (a template like \"{title}\\n{body}\") or `image` (a column of image bytes)"))
+                }
+                [_, (key, second), ..] => {
+                    return Err(self
+                        .error(second.span(), format!("`{key}` conflicts with another input key of this step"))
+                        .with_help("give exactly one of `column`, `text` or `image`"))
+                }
+            };
+            let spec = self.model_spec(model_index);
+            if !spec.modalities.contains(&input.modality()) {
+                let span = cfg.image.as_ref().or(cfg.column.as_ref()).or(cfg.text.as_ref()).map_or(e.span(), |s| s.span());
+                return Err(self
+                    .error(span, format!("model `{}` ({}) does not accept {} input", model_name, spec.id, input.modality().as_str()))
+                    .with_help(format!("it accepts: {}", spec.modalities.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "))));
+            }
+            let (vector, vspan) = match &cfg.vector {
+                Some(v) => (v.get_ref().clone(), v.span()),
+                None => ("vector".to_string(), e.span()),
+            };
+            if !is_identifier(&vector) {
+                return Err(self.error(vspan, format!("vector column `{vector}` must be letters, digits and `_`, not starting with a digit")));
+            }
+            if !vectors.insert(vector.clone()) {
+                return Err(self
+                    .error(vspan, format!("two embed steps write the vector column `{vector}`"))
+                    .with_help("give each step its own `vector = \"...\"`"));
+            }
+            let name = cfg.name.as_ref().map_or_else(|| vector.clone(), |n| n.get_ref().clone());
+            if !step_names.insert(name.clone()) {
+                let span = cfg.name.as_ref().map_or(e.span(), |n| n.span());
+                return Err(self.error(span, format!("step name `{name}` is used twice")));
+            }
+            steps.push(Step { name, model_index, input, vector, span: e.span() });
+        }
+        Ok(steps)
+    }
+
+    fn check_sink(&self, steps: &[Step]) -> Result<(), ConfigError> {
+        let sink = self.sink();
+        let table = sink.table.get_ref();
+        if table.is_empty() || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') || table.starts_with('.') {
+            return Err(self.error(sink.table.span(), format!("table name `{table}` must be letters, digits, `_`, `-` or `.`")));
+        }
+        if sink.uri.get_ref().is_empty() {
+            return Err(self.error(sink.uri.span(), "sink uri is empty").with_help("e.g. uri = \"../.embedpipe/db\" or \"s3://bucket/prefix\""));
+        }
+        if let Some(meta) = &sink.metadata {
+            let mut seen = HashSet::new();
+            for m in meta {
+                let name = m.get_ref();
+                if !seen.insert(name) {
+                    return Err(self.error(m.span(), format!("metadata column `{name}` is listed twice")));
+                }
+                if crate::sink::RESERVED_COLUMNS.contains(&name.as_str()) && name != "id" {
+                    return Err(self.error(m.span(), format!("`{name}` is a column embedpipe writes itself; rename it in the source or leave it out")));
+                }
+                if steps.iter().any(|s| crate::sink::step_columns(&s.vector).contains(name)) {
+                    return Err(self.error(m.span(), format!("metadata column `{name}` collides with an embed step's output column")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn kind_name(k: SourceKind) -> &'static str {
+    match k {
+        SourceKind::Parquet => "parquet",
+        SourceKind::Csv => "csv",
+        SourceKind::Images => "images",
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn check_no_secrets(path: &Path, text: &str, table: &toml::de::DeTable<'_>) -> Result<(), ConfigError> {
+    for (key, value) in table.iter() {
+        let k = key.get_ref().to_ascii_lowercase();
+        if SECRET_KEYS.contains(&k.as_str()) {
+            return Err(ConfigError::at(path, text, Some(key.span()), format!("`{}` would put a literal secret in the pipeline file", key.get_ref()))
+                .with_help(CREDENTIAL_HELP));
+        }
+        check_value(path, text, value)?;
+    }
+    Ok(())
+}
+
+fn check_value(path: &Path, text: &str, value: &Spanned<toml::de::DeValue<'_>>) -> Result<(), ConfigError> {
+    use toml::de::DeValue;
+    match value.get_ref() {
+        DeValue::String(s) if looks_like_aws_key_id(s) => Err(ConfigError::at(
+            path,
+            text,
+            Some(value.span()),
+            "this value looks like a literal AWS access key id; pipeline files must not contain credentials",
+        )
+        .with_help(CREDENTIAL_HELP)),
+        DeValue::Table(t) => check_no_secrets(path, text, t),
+        DeValue::Array(items) => items.iter().try_for_each(|v| check_value(path, text, v)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+use super::*;
+
+const GOOD: &str = r#"
+[source]
+type = "parquet"
+path = "data.parquet"
+
+[[model]]
+name = "minilm"
+provider = "local"
+id = "sentence-transformers/all-MiniLM-L6-v2"
+
+[[embed]]
+model = "minilm"
+text = "{title}\n{body}"
+
+[sink]
+uri = "db"
+table = "articles"
+"#;
+
+fn parse(text: &str) -> Result<Pipeline, ConfigError> {
+    Pipeline::parse(Path::new("pipelines/p.toml"), text)
+}
+
+fn err(text: &str) -> ConfigError {
+    match parse(text) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+/// Line (1-based) of the first occurrence of `needle` in `text`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text[..text.find(needle).expect("needle")].matches('\n').count() + 1
+}
+
+#[test]
+fn good_file_parses_with_defaults() {
+    let p = parse(GOOD).unwrap();
+    assert_eq!(p.steps.len(), 1);
+    assert_eq!(p.steps[0].vector, "vector");
+    assert_eq!(p.steps[0].name, "vector");
+    assert_eq!(p.write_mode(), WriteMode::Create);
+    assert_eq!(p.batch_rows(), DEFAULT_BATCH_ROWS);
+    assert_eq!(p.steps[0].input.columns(), vec!["title", "body"]);
+    assert_eq!(p.resolve("x.parquet"), PathBuf::from("pipelines/x.parquet"));
+}
+
+#[test]
+fn toml_syntax_error_has_line_and_column() {
+    let text = GOOD.replace("table = \"articles\"", "table = \"articles");
+    let e = err(&text);
+    assert!(e.message.starts_with("invalid TOML"), "{e}");
+    assert_eq!(e.line, Some(line_of(&text, "table = ")));
+    assert!(e.column.is_some());
+    assert!(e.to_string().contains("pipelines/p.toml:"), "{e}");
+}
+
+#[test]
+fn misspelt_key_suggests_the_right_one() {
+    let text = GOOD.replace("path = \"data.parquet\"", "paht = \"data.parquet\"");
+    let e = err(&text);
+    assert_eq!(e.message, "unknown key `paht`");
+    assert_eq!(e.line, Some(line_of(&text, "paht")));
+    assert_eq!(e.column, Some(1));
+    let help = e.help.unwrap();
+    assert!(help.contains("did you mean `path`?"), "{help}");
+    assert!(help.contains("allowed keys:"), "{help}");
+}
+
+#[test]
+fn bad_enum_value_lists_allowed_values() {
+    let text = GOOD.replace("table = \"articles\"", "table = \"articles\"\nmode = \"overwrit\"");
+    let e = err(&text);
+    assert_eq!(e.line, Some(line_of(&text, "mode =")));
+    let help = e.help.unwrap();
+    assert!(help.contains("did you mean `overwrite`?") && help.contains("create, overwrite, append"), "{help}");
+}
+
+#[test]
+fn unknown_model_id_lists_known_ids() {
+    let text = GOOD.replace("sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L12-v2");
+    let e = err(&text);
+    assert!(e.message.contains("unknown model id"), "{e}");
+    assert_eq!(e.line, Some(line_of(&text, "id = \"sentence")));
+    assert_eq!(e.column, Some(6));
+    assert!(e.help.unwrap().contains("sentence-transformers/all-MiniLM-L6-v2"));
+}
+
+#[test]
+fn dimension_not_offered_lists_allowed() {
+    let text = GOOD.replace("provider = \"local\"", "provider = \"local\"\ndimensions = 768");
+    let e = err(&text);
+    assert!(e.message.contains("768"), "{e}");
+    assert_eq!(e.line, Some(line_of(&text, "dimensions")));
+    assert!(e.help.unwrap().contains("allowed dimensions: 384"));
+}
+
+#[test]
+fn missing_env_var_is_named_with_position() {
+    let text = GOOD.replace("uri = \"db\"", "uri = \"${EMBEDPIPE_TEST_SURELY_UNSET_VAR}/db\"");
+    let e = err(&text);
+    assert!(e.message.contains("`EMBEDPIPE_TEST_SURELY_UNSET_VAR` is not set"), "{e}");
+    assert_eq!(e.line, Some(line_of(&text, "uri =")));
+}
+
+#[test]
+fn env_var_is_interpolated() {
+    std::env::set_var("EMBEDPIPE_TEST_DB_DIR", "/tmp/somewhere");
+    let text = GOOD.replace("uri = \"db\"", "uri = \"${EMBEDPIPE_TEST_DB_DIR}/db\"");
+    let p = parse(&text).unwrap();
+    assert_eq!(p.sink().uri.get_ref().as_ref(), "/tmp/somewhere/db");
+}
+
+#[test]
+fn literal_aws_secrets_are_rejected_without_echoing_them() {
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    let text = GOOD.replace("provider = \"local\"", &format!("provider = \"local\"\naws_secret_access_key = \"{secret}\""));
+    let e = err(&text);
+    assert_eq!(e.line, Some(line_of(&text, "aws_secret_access_key")));
+    let shown = format!("{}{}", e.message, e.help.clone().unwrap());
+    assert!(shown.contains("credential chain"), "{shown}");
+    assert!(!shown.contains(secret));
+
+    let text = GOOD.replace("table = \"articles\"", "table = \"AKIAIOSFODNN7EXAMPLE\"");
+    let e = err(&text);
+    assert!(e.message.contains("AWS access key id"), "{e}");
+    assert_eq!(e.line, Some(line_of(&text, "AKIA")));
+}
+
+#[test]
+fn unknown_model_reference_suggests() {
+    let text = GOOD.replace("model = \"minilm\"", "model = \"minlm\"");
+    let e = err(&text);
+    assert!(e.message.contains("no [[model]] named `minlm`"), "{e}");
+    assert!(e.help.unwrap().contains("did you mean `minilm`?"));
+}
+
+#[test]
+fn step_needs_exactly_one_input() {
+    let text = GOOD.replace("text = \"{title}\\n{body}\"", "text = \"{title}\"\ncolumn = \"body\"");
+    let e = err(&text);
+    assert!(e.message.contains("conflicts"), "{e}");
+    let text = GOOD.replace("text = \"{title}\\n{body}\"", "");
+    assert!(err(&text).message.contains("has no input"));
+}
+
+#[test]
+fn template_errors() {
+    assert!(Template::parse("{title").unwrap_err().contains("unclosed"));
+    assert!(Template::parse("no placeholders").unwrap_err().contains("no `{column}`"));
+    assert!(Template::parse("a } b {x}").unwrap_err().contains("stray"));
+    let t = Template::parse("{{literal}} {x}").unwrap();
+    assert_eq!(t.parts[0], TemplatePart::Literal("{literal} ".into()));
+}
+
+#[test]
+fn image_input_to_text_model_is_rejected() {
+    let text = GOOD.replace("text = \"{title}\\n{body}\"", "image = \"bytes\"");
+    let e = err(&text);
+    assert!(e.message.contains("does not accept image input"), "{e}");
+    assert!(e.help.unwrap().contains("text"));
+}
+
+#[test]
+fn csv_only_keys_on_parquet_are_rejected() {
+    let text = GOOD.replace("path = \"data.parquet\"", "path = \"data.parquet\"\ndelimiter = \";\"");
+    let e = err(&text);
+    assert!(e.message.contains("only to csv"), "{e}");
+}
+
+#[test]
+fn duplicate_vector_columns_are_rejected() {
+    let text = format!("{GOOD}\n[[embed]]\nmodel = \"minilm\"\ncolumn = \"title\"\n");
+    let e = err(&text);
+    assert!(e.message.contains("vector column `vector`"), "{e}");
+}

@@ -1,0 +1,170 @@
+//! Per embed step: turn source rows into model inputs, and hash each input with the model's
+//! fingerprint (the basis of incremental runs).
+
+use crate::config::{StepInput, TemplatePart};
+use anyhow::{Context, Result};
+use arrow::array::{Array, BinaryArray, LargeBinaryArray, RecordBatch, StringArray};
+use arrow::datatypes::DataType;
+use std::sync::Arc;
+
+/// Model inputs for one step over one batch.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Row indexes (into the batch) that have an input, in order.
+    pub rows: Vec<usize>,
+    pub inputs: Inputs,
+    /// Content hash per entry of `rows`.
+    pub hashes: Vec<String>,
+    /// Rows without a usable input: (row index, error kind, message).
+    pub failures: Vec<(usize, &'static str, String)>,
+}
+
+#[derive(Debug)]
+pub enum Inputs {
+    Text(Vec<String>),
+    Image(Vec<Arc<[u8]>>),
+}
+
+impl Default for Inputs {
+    fn default() -> Self {
+        Inputs::Text(Vec::new())
+    }
+}
+
+/// A stable hash of a model input under a model fingerprint (model id + parameters).
+pub fn content_hash(fingerprint: &str, input: &[u8]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(fingerprint.as_bytes());
+    h.update(&[0]);
+    h.update(input);
+    hex::encode(&h.finalize().as_bytes()[..16])
+}
+
+fn as_text(batch: &RecordBatch, column: &str) -> Result<StringArray> {
+    let col = batch.column_by_name(column).with_context(|| format!("column `{column}` is missing from the batch"))?;
+    let cast = arrow::compute::cast(col, &DataType::Utf8).with_context(|| format!("column `{column}` cannot be read as text"))?;
+    Ok(cast.as_any().downcast_ref::<StringArray>().expect("cast to Utf8").clone())
+}
+
+/// Builds the inputs of `input` for every row of `batch`.
+pub fn prepare(input: &StepInput, fingerprint: &str, batch: &RecordBatch) -> Result<Prepared> {
+    let n = batch.num_rows();
+    let mut out = Prepared::default();
+    match input {
+        StepInput::Column(c) => {
+            let col = as_text(batch, c)?;
+            let mut texts = Vec::with_capacity(n);
+            for i in 0..n {
+                if col.is_null(i) || col.value(i).trim().is_empty() {
+                    out.failures.push((i, "empty_input", format!("column `{c}` is empty")));
+                    continue;
+                }
+                let t = col.value(i);
+                out.hashes.push(content_hash(fingerprint, t.as_bytes()));
+                texts.push(t.to_string());
+                out.rows.push(i);
+            }
+            out.inputs = Inputs::Text(texts);
+        }
+        StepInput::Template(t) => {
+            let cols: Vec<(String, StringArray)> =
+                t.columns().into_iter().map(|c| as_text(batch, &c).map(|a| (c, a))).collect::<Result<_>>()?;
+            let mut texts = Vec::with_capacity(n);
+            for i in 0..n {
+                let mut s = String::new();
+                let mut any = false;
+                for part in &t.parts {
+                    match part {
+                        TemplatePart::Literal(l) => s.push_str(l),
+                        TemplatePart::Column(c) => {
+                            let a = &cols.iter().find(|(n, _)| n == c).expect("template columns are cast").1;
+                            if !a.is_null(i) {
+                                let v = a.value(i);
+                                any |= !v.trim().is_empty();
+                                s.push_str(v);
+                            }
+                        }
+                    }
+                }
+                if !any {
+                    let names = t.columns().join("`, `");
+                    out.failures.push((i, "empty_input", format!("template columns `{names}` are all empty")));
+                    continue;
+                }
+                out.hashes.push(content_hash(fingerprint, s.as_bytes()));
+                texts.push(s);
+                out.rows.push(i);
+            }
+            out.inputs = Inputs::Text(texts);
+        }
+        StepInput::Image(c) => {
+            let col = batch.column_by_name(c).with_context(|| format!("column `{c}` is missing from the batch"))?;
+            let value = |i: usize| -> Option<&[u8]> {
+                if col.is_null(i) {
+                    return None;
+                }
+                if let Some(a) = col.as_any().downcast_ref::<BinaryArray>() {
+                    Some(a.value(i))
+                } else {
+                    col.as_any().downcast_ref::<LargeBinaryArray>().map(|a| a.value(i))
+                }
+            };
+            let mut images = Vec::with_capacity(n);
+            for i in 0..n {
+                match value(i) {
+                    Some(b) if !b.is_empty() => {
+                        out.hashes.push(content_hash(fingerprint, b));
+                        images.push(Arc::from(b));
+                        out.rows.push(i);
+                    }
+                    _ => out.failures.push((i, "empty_input", format!("image column `{c}` is empty"))),
+                }
+            }
+            out.inputs = Inputs::Image(images);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Template;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{Field, Schema};
+
+    fn batch() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("title", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![Some("Hello"), None, Some("  ")])),
+                Arc::new(Int64Array::from(vec![Some(1), None, None])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn template_renders_and_skips_empty_rows() {
+        let t = Template::parse("{title} #{n}").unwrap();
+        let p = prepare(&StepInput::Template(t), "fp", &batch()).unwrap();
+        assert_eq!(p.rows, vec![0]);
+        match p.inputs {
+            Inputs::Text(t) => assert_eq!(t, vec!["Hello #1"]),
+            _ => panic!(),
+        }
+        assert_eq!(p.failures.len(), 2);
+        assert_eq!(p.failures[0].1, "empty_input");
+    }
+
+    #[test]
+    fn hash_depends_on_fingerprint_and_input() {
+        assert_eq!(content_hash("a", b"x"), content_hash("a", b"x"));
+        assert_ne!(content_hash("a", b"x"), content_hash("b", b"x"));
+        assert_ne!(content_hash("a", b"x"), content_hash("a", b"y"));
+    }
+}

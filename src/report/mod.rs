@@ -1,0 +1,74 @@
+//! Reporting: progress while a run goes, and the summary at its end (text or JSON).
+
+mod progress;
+
+pub use progress::Progress;
+
+use crate::dispatch::ModelStats;
+use serde::{Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+pub(crate) fn ser_secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+/// What a run did. `rows_read == rows_written + rows_skipped + rows_failed`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub run_id: String,
+    pub pipeline: String,
+    pub table: String,
+    pub uri: String,
+    pub mode: String,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub rows_skipped: u64,
+    pub rows_failed: u64,
+    pub failures_by_kind: BTreeMap<String, u64>,
+    /// The dead-letter file, when rows failed.
+    pub failures_file: Option<String>,
+    pub models: Vec<ModelStats>,
+    #[serde(serialize_with = "ser_secs")]
+    pub wall_time: Duration,
+    pub rows_per_second: f64,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} rows to table `{}` in {} ({} mode) in {:.2}s, {:.0} rows/s",
+            self.rows_written,
+            self.table,
+            self.uri,
+            self.mode,
+            self.wall_time.as_secs_f64(),
+            self.rows_per_second
+        )?;
+        writeln!(
+            f,
+            "  rows: {} read = {} written + {} skipped + {} failed",
+            self.rows_read, self.rows_written, self.rows_skipped, self.rows_failed
+        )?;
+        for m in &self.models {
+            writeln!(
+                f,
+                "  model {} ({}): {} calls, {} inputs, {} input tokens, {} failed calls, {:.2}s busy",
+                m.model,
+                m.model_id,
+                m.calls,
+                m.inputs,
+                m.input_tokens,
+                m.failed_calls,
+                m.busy.as_secs_f64()
+            )?;
+        }
+        if self.rows_failed > 0 {
+            let kinds: Vec<String> = self.failures_by_kind.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+            writeln!(f, "  failed rows ({}) are in {}", kinds.join(", "), self.failures_file.as_deref().unwrap_or("?"))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! `embedpipe search`: embed a query with a step's model and find the nearest rows.
+
+use crate::config::{Pipeline, StepInput};
+use crate::dispatch::ModelHandle;
+use crate::plan::Inputs;
+use crate::sink::lancedb as lance_sink;
+use anyhow::{anyhow, bail, Context, Result};
+use arrow::record_batch::RecordBatch;
+use futures::TryStreamExt;
+use lancedb::query::{ExecutableQuery, QueryBase, Select};
+use lancedb::DistanceType;
+use serde::Serialize;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Default)]
+pub struct SearchOptions {
+    pub query: String,
+    pub k: usize,
+    /// Embed step (by name) whose vector column to search; default the first text step.
+    pub step: Option<String>,
+    /// Columns to show; default `id` plus the metadata columns.
+    pub columns: Option<Vec<String>>,
+}
+
+/// One result row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hit {
+    pub rank: usize,
+    pub id: String,
+    /// Cosine distance (0 = same direction, 2 = opposite).
+    pub distance: f32,
+    /// The shown columns, as JSON values.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<Hit>> {
+    let step = match &opts.step {
+        Some(name) => pipeline.steps.iter().find(|s| &s.name == name).ok_or_else(|| {
+            let names: Vec<&str> = pipeline.steps.iter().map(|s| s.name.as_str()).collect();
+            anyhow!("no embed step named `{name}`; steps: {}", names.join(", "))
+        })?,
+        None => pipeline
+            .steps
+            .iter()
+            .find(|s| !matches!(s.input, StepInput::Image(_)))
+            .ok_or_else(|| anyhow!("this pipeline has no text embed step to search with a text query"))?,
+    }
+    .clone();
+    if opts.query.trim().is_empty() {
+        bail!("the query is empty");
+    }
+    let target = lance_sink::target(&pipeline)?;
+    let conn = lance_sink::connect(&target).await?;
+    let table = conn.open_table(&target.table).execute().await.with_context(|| {
+        format!("table `{}` not found in {}; run `embedpipe run {}` first", target.table, target.uri, pipeline.path.display())
+    })?;
+    let schema = table.schema().await?;
+    if schema.field_with_name(&step.vector).is_err() {
+        bail!("table `{}` has no vector column `{}`; was it written by this pipeline?", target.table, step.vector);
+    }
+    let model = {
+        let p = pipeline.clone();
+        let index = step.model_index;
+        tokio::task::spawn_blocking(move || ModelHandle::load(&p, index)).await??
+    };
+    if let Some(their) = schema.field_with_name(&step.vector)?.metadata().get(crate::sink::FIELD_MODEL_ID) {
+        if their != model.info.spec.id {
+            bail!("column `{}` holds vectors from {their}, but the pipeline's model is {}; re-run the pipeline", step.vector, model.info.spec.id);
+        }
+    }
+    let out = model.embed(&Inputs::Text(vec![opts.query.clone()])).await?;
+    if let Some((_, msg)) = out.failed.first() {
+        bail!("embedding the query failed: {msg}");
+    }
+    let columns: Vec<String> = match &opts.columns {
+        Some(c) => c.clone(),
+        None => schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| n != "id" && !crate::sink::RESERVED_COLUMNS.contains(&n.as_str()))
+            .filter(|n| !pipeline.steps.iter().any(|s| crate::sink::step_columns(&s.vector).contains(n)))
+            .collect(),
+    };
+    for c in &columns {
+        if schema.field_with_name(c).is_err() {
+            bail!("table `{}` has no column `{c}`", target.table);
+        }
+    }
+    let mut select = vec!["id".to_string()];
+    select.extend(columns.iter().cloned());
+    let batches: Vec<RecordBatch> = table
+        .vector_search(out.vectors)?
+        .column(&step.vector)
+        .distance_type(DistanceType::Cosine)
+        .limit(opts.k)
+        .select(Select::Columns(select))
+        .execute()
+        .await?
+        .try_collect()
+        .await?;
+    let mut hits = Vec::new();
+    for b in &batches {
+        let mut buf = Vec::new();
+        {
+            let mut w = arrow::json::ArrayWriter::new(&mut buf);
+            w.write(b)?;
+            w.finish()?;
+        }
+        let rows: Vec<serde_json::Map<String, serde_json::Value>> = if buf.is_empty() { Vec::new() } else { serde_json::from_slice(&buf)? };
+        for mut row in rows {
+            let id = match row.remove("id") {
+                Some(serde_json::Value::String(s)) => s,
+                other => other.map(|v| v.to_string()).unwrap_or_default(),
+            };
+            let distance = row.remove("_distance").and_then(|v| v.as_f64()).unwrap_or(f64::NAN) as f32;
+            let fields = columns.iter().map(|c| (c.clone(), row.remove(c).unwrap_or(serde_json::Value::Null))).collect();
+            hits.push(Hit { rank: 0, id, distance, fields });
+        }
+    }
+    hits.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+    for (i, h) in hits.iter_mut().enumerate() {
+        h.rank = i + 1;
+    }
+    Ok(hits)
+}

@@ -1,0 +1,188 @@
+//! The LanceDB table: connection, mode checks, and one streaming write per run.
+//!
+//! Rows stream into a single `create_table`/`add` call, so a run makes one commit with large
+//! fragments (no pile of tiny files), `overwrite` replaces the table atomically at the end, and a
+//! failed run leaves the table as it was.
+
+use super::{FIELD_DIMENSION, FIELD_MODEL_ID};
+use crate::config::{Pipeline, WriteMode};
+use anyhow::{anyhow, bail, Context, Result};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use futures::StreamExt;
+use lancedb::arrow::{SendableRecordBatchStream, SimpleRecordBatchStream};
+use lancedb::database::CreateTableMode;
+use lancedb::table::AddDataMode;
+use lancedb::Connection;
+use std::path::{Path, PathBuf};
+use tokio::sync::mpsc;
+
+
+/// Where the table lives.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Database URI as given to LanceDB (local folder resolved against the pipeline file).
+    pub uri: String,
+    pub table: String,
+    /// The local database folder, when the sink is local.
+    pub local_dir: Option<PathBuf>,
+}
+
+fn is_remote(uri: &str) -> bool {
+    uri.contains("://")
+}
+
+pub fn target(pipeline: &Pipeline) -> Result<Target> {
+    let sink = pipeline.sink();
+    let raw = sink.uri.get_ref().as_ref();
+    let table = sink.table.get_ref().clone();
+    if is_remote(raw) {
+        let scheme = raw.split("://").next().unwrap_or_default();
+        return Err(pipeline
+            .error(sink.uri.span(), format!("`{scheme}://` sinks are not supported by this build yet"))
+            .with_help("use a local folder, e.g. uri = \"../.embedpipe/db\"")
+            .into());
+    }
+    let dir = pipeline.resolve(raw);
+    Ok(Target { uri: dir.to_string_lossy().to_string(), table, local_dir: Some(dir) })
+}
+
+/// The dead-letter file of the pipeline.
+pub fn failures_path(pipeline: &Pipeline, target: &Target) -> PathBuf {
+    match &pipeline.sink().failures {
+        Some(p) => pipeline.resolve(p.get_ref()),
+        None => target.local_dir.clone().unwrap_or_else(|| PathBuf::from(".")).join(format!("{}_failures.jsonl", target.table)),
+    }
+}
+
+/// Checks that a local database folder exists or can be created.
+pub fn check_reachable(target: &Target) -> Result<()> {
+    let Some(dir) = &target.local_dir else { return Ok(()) };
+    let mut probe: &Path = dir;
+    loop {
+        match std::fs::metadata(probe) {
+            Ok(m) if m.is_dir() => {
+                if m.permissions().readonly() {
+                    bail!("{} is read-only, so the table cannot be written", probe.display());
+                }
+                return Ok(());
+            }
+            Ok(_) => bail!("{} exists and is not a folder; the sink uri must be a folder", probe.display()),
+            Err(_) => match probe.parent() {
+                Some(p) if !p.as_os_str().is_empty() => probe = p,
+                _ => return Ok(()),
+            },
+        }
+    }
+}
+
+pub async fn connect(target: &Target) -> Result<Connection> {
+    lancedb::connect(&target.uri).execute().await.with_context(|| format!("cannot open LanceDB database {}", target.uri))
+}
+
+/// The table's schema, if it exists.
+pub async fn existing_schema(conn: &Connection, table: &str) -> Result<Option<SchemaRef>> {
+    let names = conn.table_names().execute().await?;
+    if !names.iter().any(|n| n == table) {
+        return Ok(None);
+    }
+    let t = conn.open_table(table).execute().await?;
+    Ok(Some(t.schema().await?))
+}
+
+/// Checks the write mode against the table as it is.
+pub fn check_mode(mode: WriteMode, target: &Target, existing: Option<&Schema>, ours: &Schema) -> Result<()> {
+    match (mode, existing) {
+        (WriteMode::Create, Some(_)) => bail!(
+            "table `{}` already exists in {}; set `mode = \"overwrite\"` to replace it or `mode = \"append\"` to add to it",
+            target.table,
+            target.uri
+        ),
+        (WriteMode::Append, Some(theirs)) => check_compatible(theirs, ours, &target.table),
+        _ => Ok(()),
+    }
+}
+
+/// An append must match the table's columns and vector spaces.
+fn check_compatible(theirs: &Schema, ours: &Schema, table: &str) -> Result<()> {
+    for f in ours.fields() {
+        let Ok(t) = theirs.field_with_name(f.name()) else {
+            bail!("table `{table}` has no column `{}`; appending would change its schema. Use mode = \"overwrite\"", f.name());
+        };
+        if t.data_type() != f.data_type() {
+            bail!("table `{table}` column `{}` is {}, this pipeline writes {}; use mode = \"overwrite\"", f.name(), t.data_type(), f.data_type());
+        }
+        for key in [FIELD_MODEL_ID, FIELD_DIMENSION] {
+            if let (Some(a), Some(b)) = (t.metadata().get(key), f.metadata().get(key)) {
+                if a != b {
+                    bail!("table `{table}` column `{}` holds vectors from {a}, this pipeline makes them with {b}; vectors of different models cannot share a column. Use mode = \"overwrite\" or another `vector` column", f.name());
+                }
+            }
+        }
+    }
+    if let Some(extra) = theirs.fields().iter().find(|t| ours.field_with_name(t.name()).is_err()) {
+        bail!("table `{table}` has a column `{}` this pipeline does not write; use mode = \"overwrite\"", extra.name());
+    }
+    Ok(())
+}
+
+/// A write in progress: batches sent here stream into one LanceDB commit.
+pub struct Writer {
+    tx: mpsc::Sender<lancedb::Result<RecordBatch>>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Writer {
+    /// Starts the write. `exists` tells whether the table is there (for append).
+    pub async fn start(conn: Connection, target: &Target, mode: WriteMode, schema: SchemaRef, exists: bool) -> Result<Self> {
+        let (tx, rx) = mpsc::channel::<lancedb::Result<RecordBatch>>(4);
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed();
+        let stream: SendableRecordBatchStream = Box::pin(SimpleRecordBatchStream { schema, stream });
+        let table = target.table.clone();
+        let task = tokio::spawn(async move {
+            match (mode, exists) {
+                (WriteMode::Append, true) => {
+                    let t = conn.open_table(&table).execute().await?;
+                    t.add(stream).mode(AddDataMode::Append).execute().await?;
+                }
+                (WriteMode::Overwrite, _) => {
+                    conn.create_table(&table, stream).mode(CreateTableMode::Overwrite).execute().await?;
+                }
+                _ => {
+                    conn.create_table(&table, stream).mode(CreateTableMode::Create).execute().await?;
+                }
+            }
+            Ok(())
+        });
+        Ok(Self { tx, task })
+    }
+
+    /// Sends a batch; fails if the write has already failed.
+    pub async fn send(&self, batch: RecordBatch) -> Result<()> {
+        if self.tx.send(Ok(batch)).await.is_err() {
+            bail!("the table write stopped early (see the error below)");
+        }
+        Ok(())
+    }
+
+    /// Ends the stream and waits for the commit.
+    pub async fn finish(self) -> Result<()> {
+        drop(self.tx);
+        self.task.await.map_err(|e| anyhow!("table writer panicked: {e}"))?.context("writing the LanceDB table")
+    }
+
+    /// Aborts the write: nothing is committed. Returns the writer's own error when the write had
+    /// already failed by itself (the likely cause of the abort).
+    pub async fn abort(self) -> Option<anyhow::Error> {
+        let own_failure = self.task.is_finished();
+        let _ = self.tx.send(Err(lancedb::Error::Runtime { message: ABORTED.to_string() })).await;
+        drop(self.tx);
+        match self.task.await {
+            Ok(Err(e)) if own_failure => Some(e.context("writing the LanceDB table")),
+            Err(e) if e.is_panic() => Some(anyhow!("table writer panicked: {e}")),
+            _ => None,
+        }
+    }
+}
+
+const ABORTED: &str = "embedpipe run aborted";

@@ -1,0 +1,111 @@
+//! Sink: the LanceDB table (schema, streaming writes) and the dead-letter file.
+
+pub mod failures;
+pub mod lancedb;
+
+use crate::config::{Pipeline, Step};
+use crate::dispatch::ModelInfo;
+use anyhow::{bail, Result};
+use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Columns embedpipe writes itself (besides per-step columns).
+pub const RESERVED_COLUMNS: &[&str] = &["id", "embedded_at"];
+
+/// Schema-level metadata key describing the pipeline's vector columns.
+pub const META_KEY: &str = "embedpipe";
+/// Field-level metadata keys on each vector column.
+pub const FIELD_MODEL: &str = "embedpipe.model";
+pub const FIELD_MODEL_ID: &str = "embedpipe.model_id";
+pub const FIELD_DIMENSION: &str = "embedpipe.dimension";
+pub const FIELD_PARAMS: &str = "embedpipe.params";
+
+/// Output columns of a step: the vector, the model name and the content hash.
+pub fn step_columns(vector: &str) -> [String; 3] {
+    [vector.to_string(), format!("{vector}_model"), format!("{vector}_hash")]
+}
+
+/// The columns of the output table, and how to fill them.
+#[derive(Debug, Clone)]
+pub struct OutputLayout {
+    pub schema: SchemaRef,
+    /// Source columns copied as metadata.
+    pub metadata: Vec<String>,
+    steps: Vec<(Step, usize, String)>,
+}
+
+impl OutputLayout {
+    /// Builds the output schema from the source schema and the loaded models.
+    pub fn new(pipeline: &Pipeline, source: &Schema, metadata: Vec<String>, models: &[ModelInfo]) -> Result<Self> {
+        let mut fields = vec![Field::new("id", DataType::Utf8, false)];
+        for m in &metadata {
+            let f = source.field_with_name(m)?;
+            fields.push(Field::new(m, f.data_type().clone(), true));
+        }
+        let mut steps_meta = Vec::new();
+        let mut steps = Vec::new();
+        for step in &pipeline.steps {
+            let h = &models[step.model_index];
+            let params = serde_json::json!({ "normalize": h.normalize });
+            let field_meta = HashMap::from([
+                (FIELD_MODEL.to_string(), h.name.clone()),
+                (FIELD_MODEL_ID.to_string(), h.spec.id.to_string()),
+                (FIELD_DIMENSION.to_string(), h.dimension.to_string()),
+                (FIELD_PARAMS.to_string(), params.to_string()),
+            ]);
+            let [v, vm, vh] = step_columns(&step.vector);
+            fields.push(
+                Field::new(&v, DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), h.dimension as i32), false)
+                    .with_metadata(field_meta),
+            );
+            fields.push(Field::new(vm, DataType::Utf8, false));
+            fields.push(Field::new(vh, DataType::Utf8, false));
+            steps_meta.push(serde_json::json!({
+                "step": step.name, "vector": step.vector, "model": h.name, "model_id": h.spec.id,
+                "dimension": h.dimension, "params": params, "fingerprint": h.fingerprint,
+            }));
+            steps.push((step.clone(), h.dimension, h.name.clone()));
+        }
+        fields.push(Field::new("embedded_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false));
+        let mut seen = std::collections::HashSet::new();
+        for f in &fields {
+            if !seen.insert(f.name().clone()) {
+                bail!("output column `{}` appears twice: rename the source column or the step's `vector`", f.name());
+            }
+        }
+        let meta = serde_json::json!({ "version": 1, "steps": steps_meta });
+        let schema = Schema::new(fields).with_metadata(HashMap::from([(META_KEY.to_string(), meta.to_string())]));
+        Ok(Self { schema: Arc::new(schema), metadata, steps })
+    }
+
+    /// Assembles output rows: `keep` picks rows of `batch`; `vectors[s]` holds step `s`'s vectors
+    /// (row-major, one per kept row) and `hashes[s]` its content hashes.
+    pub fn assemble(
+        &self,
+        batch: &RecordBatch,
+        ids: &StringArray,
+        keep: &[u32],
+        vectors: Vec<Vec<f32>>,
+        hashes: Vec<Vec<String>>,
+        now_micros: i64,
+    ) -> Result<RecordBatch> {
+        let idx = UInt32Array::from(keep.to_vec());
+        let n = keep.len();
+        let mut cols: Vec<ArrayRef> = vec![arrow::compute::take(ids, &idx, None)?];
+        for m in &self.metadata {
+            cols.push(arrow::compute::take(batch.column_by_name(m).expect("metadata column is projected"), &idx, None)?);
+        }
+        for (((step, dim, model), v), h) in self.steps.iter().zip(vectors).zip(hashes) {
+            debug_assert_eq!(v.len(), n * dim, "step {}", step.name);
+            let values = Arc::new(Float32Array::from(v));
+            let item = Arc::new(Field::new("item", DataType::Float32, true));
+            cols.push(Arc::new(FixedSizeListArray::try_new(item, *dim as i32, values, None)?));
+            cols.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(model.as_str(), n))));
+            cols.push(Arc::new(StringArray::from(h)));
+        }
+        cols.push(Arc::new(TimestampMicrosecondArray::from(vec![now_micros; n]).with_timezone("UTC")));
+        Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
+    }
+}

@@ -1,0 +1,156 @@
+//! Checks that need the data's schema or the sink: columns exist and have usable types, ids can
+//! be found, the table can be written in the chosen mode. Runs before any model call.
+
+use crate::config::{did_you_mean, Pipeline, SourceKind, StepInput};
+use crate::dispatch::ModelInfo;
+use crate::sink::lancedb::{self as lance_sink, Target};
+use crate::sink::OutputLayout;
+use crate::sources::{self, SourcePlan};
+use anyhow::Result;
+use arrow::datatypes::{DataType, SchemaRef};
+use std::ops::Range;
+
+/// A pipeline checked against its data and sink.
+pub struct Checked {
+    pub source: SourcePlan,
+    /// Columns read from the source.
+    pub read_columns: Vec<String>,
+    pub id_column: Option<String>,
+    pub layout: OutputLayout,
+    pub models: Vec<ModelInfo>,
+    pub target: Target,
+    /// The table's schema when it already exists.
+    pub existing: Option<SchemaRef>,
+}
+
+fn column_error(pipeline: &Pipeline, span: Range<usize>, col: &str, what: &str, schema: &SchemaRef, file: &str) -> anyhow::Error {
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let mut help = String::new();
+    if let Some(best) = did_you_mean(col, names.iter().copied()) {
+        help.push_str(&format!("did you mean `{best}`? "));
+    }
+    help.push_str(&format!("columns in {file}: {}", names.join(", ")));
+    pipeline.error(span, format!("{what} `{col}` is not a column of the source")).with_help(help).into()
+}
+
+fn texty(dt: &DataType) -> bool {
+    !matches!(dt, DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_))
+        && arrow::compute::can_cast_types(dt, &DataType::Utf8)
+}
+
+/// Runs every check that needs no model call.
+pub async fn check(pipeline: &Pipeline) -> Result<Checked> {
+    let plan = {
+        let p = pipeline;
+        sources::plan(p)?
+    };
+    let schema = plan.schema.clone();
+    let file = plan.files[0].display.to_string();
+    let src = pipeline.source();
+
+    // Ids.
+    let id_column = match &src.id_column {
+        Some(c) => {
+            if schema.field_with_name(c.get_ref()).is_err() {
+                return Err(column_error(pipeline, c.span(), c.get_ref(), "id_column", &schema, &file));
+            }
+            Some(c.get_ref().clone())
+        }
+        None if plan.kind != SourceKind::Images && schema.field_with_name("id").is_ok() => Some("id".to_string()),
+        None => None,
+    };
+
+    // Step inputs.
+    let mut needed: Vec<String> = id_column.iter().cloned().collect();
+    for (step, cfg) in pipeline.steps.iter().zip(&pipeline.file.embeds) {
+        let cfg = cfg.get_ref();
+        let span = cfg.column.as_ref().or(cfg.text.as_ref()).or(cfg.image.as_ref()).map_or(step.span.clone(), |s| s.span());
+        for col in step.input.columns() {
+            let Ok(field) = schema.field_with_name(&col) else {
+                return Err(column_error(pipeline, span, &col, "input column", &schema, &file));
+            };
+            match &step.input {
+                StepInput::Image(_) if !matches!(field.data_type(), DataType::Binary | DataType::LargeBinary) => {
+                    return Err(pipeline
+                        .error(span, format!("image column `{col}` is {}, not binary image bytes", field.data_type()))
+                        .into())
+                }
+                StepInput::Column(_) | StepInput::Template(_) if !texty(field.data_type()) => {
+                    return Err(pipeline
+                        .error(span, format!("text input column `{col}` is {}, which cannot be read as text", field.data_type()))
+                        .with_help("use `image = ...` for image bytes")
+                        .into())
+                }
+                _ => {}
+            }
+            if !needed.contains(&col) {
+                needed.push(col);
+            }
+        }
+    }
+
+    // Metadata columns.
+    let metadata: Vec<String> = match &pipeline.sink().metadata {
+        Some(list) => {
+            let mut out = Vec::new();
+            for m in list {
+                let name = m.get_ref();
+                if name == "id" {
+                    continue;
+                }
+                if schema.field_with_name(name).is_err() {
+                    return Err(column_error(pipeline, m.span(), name, "metadata column", &schema, &file));
+                }
+                out.push(name.clone());
+            }
+            out
+        }
+        None => schema
+            .fields()
+            .iter()
+            .filter(|f| !matches!(f.data_type(), DataType::Binary | DataType::LargeBinary | DataType::BinaryView))
+            .map(|f| f.name().clone())
+            .filter(|n| Some(n) != id_column.as_ref() && n != "id" && !crate::sink::RESERVED_COLUMNS.contains(&n.as_str()))
+            .collect(),
+    };
+    for m in &metadata {
+        if !needed.contains(m) {
+            needed.push(m.clone());
+        }
+    }
+
+    // Projection.
+    if let Some(cols) = &src.columns {
+        let listed: Vec<&str> = cols.iter().map(|c| c.get_ref().as_str()).collect();
+        for c in cols {
+            if schema.field_with_name(c.get_ref()).is_err() {
+                return Err(column_error(pipeline, c.span(), c.get_ref(), "column", &schema, &file));
+            }
+        }
+        if let Some(missing) = needed.iter().find(|n| !listed.contains(&n.as_str())) {
+            return Err(pipeline
+                .error(cols[0].span(), format!("`columns` leaves out `{missing}`, which the pipeline uses"))
+                .with_help(format!("add it: the pipeline reads {}", needed.join(", ")))
+                .into());
+        }
+    }
+    let read_columns = match plan.kind {
+        SourceKind::Images => schema.fields().iter().map(|f| f.name().clone()).collect(),
+        _ => needed,
+    };
+
+    // Sink.
+    let models = ModelInfo::all(pipeline);
+    let layout = OutputLayout::new(pipeline, &schema, metadata, &models)?;
+    let target = lance_sink::target(pipeline)?;
+    lance_sink::check_reachable(&target)?;
+    let existing = match &target.local_dir {
+        Some(dir) if !dir.exists() => None,
+        _ => {
+            let conn = lance_sink::connect(&target).await?;
+            lance_sink::existing_schema(&conn, &target.table).await?
+        }
+    };
+    lance_sink::check_mode(pipeline.write_mode(), &target, existing.as_deref(), &layout.schema)?;
+    Ok(Checked { source: plan, read_columns, id_column, layout, models, target, existing })
+}

