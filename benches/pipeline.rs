@@ -31,10 +31,19 @@ fn bench_model() {
         embedpipe::models::local_minilm::fetch().expect("fetch model");
     }
     let model = LocalModel::load(None, false, true).unwrap();
-    let csv = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sample_data/articles.csv")).unwrap();
+    let csv = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sample_data/articles.csv"
+    ))
+    .unwrap();
     let mut rdr = csv::Reader::from_reader(csv.as_bytes());
     let bodies: Vec<String> = rdr.records().map(|r| r.unwrap()[2].to_string()).collect();
-    let texts: Vec<&str> = bodies.iter().map(String::as_str).cycle().take(512).collect();
+    let texts: Vec<&str> = bodies
+        .iter()
+        .map(String::as_str)
+        .cycle()
+        .take(512)
+        .collect();
     let _ = model.embed_blocking(&texts[..32]).unwrap(); // warm-up
     let t = Instant::now();
     let mut tokens = 0;
@@ -65,9 +74,15 @@ fn write_parquet(path: &std::path::Path, rows: usize) {
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(StringArray::from_iter_values((start..end).map(|i| format!("row-{i}")))),
-                Arc::new(StringArray::from_iter_values((start..end).map(|i| format!("Article number {i} about topic {}", i % 17)))),
-                Arc::new(StringArray::from_iter_values((start..end).map(|i| format!("topic-{}", i % 17)))),
+                Arc::new(StringArray::from_iter_values(
+                    (start..end).map(|i| format!("row-{i}")),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    (start..end).map(|i| format!("Article number {i} about topic {}", i % 17)),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    (start..end).map(|i| format!("topic-{}", i % 17)),
+                )),
                 Arc::new(Int64Array::from_iter_values((start..end).map(|i| i as i64))),
             ],
         )
@@ -104,8 +119,22 @@ mode = "overwrite"
     let step = pipeline.steps[0].clone();
     let conn = lance_sink::connect(&checked.target).await.unwrap();
     let t = Instant::now();
-    let writer = Writer::start(conn, &checked.target, pipeline.write_mode(), checked.layout.schema.clone(), false).await.unwrap();
-    let iter = sources::open(&pipeline, &checked.source, &checked.read_columns, checked.id_column.clone()).unwrap();
+    let writer = Writer::start(
+        conn,
+        &checked.target,
+        pipeline.write_mode(),
+        checked.layout.schema.clone(),
+        false,
+    )
+    .await
+    .unwrap();
+    let iter = sources::open(
+        &pipeline,
+        &checked.source,
+        &checked.read_columns,
+        checked.id_column.clone(),
+    )
+    .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(2);
     let reader = tokio::task::spawn_blocking(move || {
         for b in iter {
@@ -124,7 +153,17 @@ mode = "overwrite"
         for _ in 0..keep.len() {
             vectors.extend_from_slice(&unit);
         }
-        let out = checked.layout.assemble(&sb.batch, &sb.ids, &keep, vec![vectors], vec![prepared.hashes], 0).unwrap();
+        let out = checked
+            .layout
+            .assemble(
+                &sb.batch,
+                &sb.ids,
+                &keep,
+                vec![vectors],
+                vec![prepared.hashes],
+                0,
+            )
+            .unwrap();
         written += out.num_rows();
         writer.send(out).await.unwrap();
     }
@@ -141,7 +180,10 @@ mode = "overwrite"
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
-    let rows: usize = std::env::var("EMBEDPIPE_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(500_000);
+    let rows: usize = std::env::var("EMBEDPIPE_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500_000);
     let only = std::env::var("EMBEDPIPE_BENCH").unwrap_or_default();
     if only.is_empty() || only == "sink" {
         let rt = tokio::runtime::Runtime::new().unwrap();

@@ -53,12 +53,20 @@ pub(crate) async fn cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stati
 }
 
 fn now_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 fn new_run_id() -> String {
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    format!("{}-{:08x}", t.as_secs(), (t.subsec_nanos() ^ std::process::id().rotate_left(16)))
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{}-{:08x}",
+        t.as_secs(),
+        (t.subsec_nanos() ^ std::process::id().rotate_left(16))
+    )
 }
 
 struct Counters {
@@ -80,13 +88,24 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
     let run_id = new_run_id();
     let failures_path = lance_sink::failures_path(&pipeline, &checked.target);
     let mut failures = FailureWriter::start(&failures_path).map_err(RunError::Setup)?;
-    let conn = lance_sink::connect(&checked.target).await.map_err(RunError::Setup)?;
-    let writer = Writer::start(conn, &checked.target, pipeline.write_mode(), checked.layout.schema.clone(), checked.existing.is_some())
+    let conn = lance_sink::connect(&checked.target)
         .await
         .map_err(RunError::Setup)?;
+    let writer = Writer::start(
+        conn,
+        &checked.target,
+        pipeline.write_mode(),
+        checked.layout.schema.clone(),
+        checked.existing.is_some(),
+    )
+    .await
+    .map_err(RunError::Setup)?;
 
     let mut progress = Progress::new(checked.source.total_rows(), opts.progress);
-    let mut counters = Counters { read: 0, written: 0 };
+    let mut counters = Counters {
+        read: 0,
+        written: 0,
+    };
     let outcome = tokio::select! {
         r = pump(&pipeline, &checked, &models, &writer, &mut failures, &mut counters, &mut progress, &run_id) => r.map_err(RunError::Failed),
         _ = tokio::signal::ctrl_c() => Err(RunError::Interrupted),
@@ -136,7 +155,12 @@ async fn pump(
     progress: &mut Progress,
     run_id: &str,
 ) -> Result<()> {
-    let iter = sources::open(pipeline, &checked.source, &checked.read_columns, checked.id_column.clone())?;
+    let iter = sources::open(
+        pipeline,
+        &checked.source,
+        &checked.read_columns,
+        checked.id_column.clone(),
+    )?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<SourceBatch>>(2);
     let reader = tokio::task::spawn_blocking(move || {
         for item in iter {
@@ -199,11 +223,17 @@ async fn embed_batch(
         retain_rows(&mut prepared, |row| failed[row].is_none());
         let out = model.embed(&prepared.inputs).await?;
         for (pos, msg) in out.failed {
-            failed[prepared.rows[pos]].get_or_insert((step.name.clone(), "model_error".into(), msg));
+            failed[prepared.rows[pos]].get_or_insert((
+                step.name.clone(),
+                "model_error".into(),
+                msg,
+            ));
         }
         per_step.push((prepared, out.vectors));
     }
-    let keep: Vec<u32> = (0..n as u32).filter(|&i| failed[i as usize].is_none()).collect();
+    let keep: Vec<u32> = (0..n as u32)
+        .filter(|&i| failed[i as usize].is_none())
+        .collect();
     for (i, f) in failed.into_iter().enumerate() {
         if let Some((step, kind, message)) = f {
             failures.write(&DeadLetter {
@@ -237,7 +267,9 @@ async fn embed_batch(
         vectors.push(v);
         hashes.push(h);
     }
-    let out = checked.layout.assemble(&sb.batch, &sb.ids, &keep, vectors, hashes, now_micros())?;
+    let out = checked
+        .layout
+        .assemble(&sb.batch, &sb.ids, &keep, vectors, hashes, now_micros())?;
     let rows = out.num_rows() as u64;
     writer.send(out).await?;
     Ok(rows)

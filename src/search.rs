@@ -35,15 +35,21 @@ pub struct Hit {
 
 pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<Hit>> {
     let step = match &opts.step {
-        Some(name) => pipeline.steps.iter().find(|s| &s.name == name).ok_or_else(|| {
-            let names: Vec<&str> = pipeline.steps.iter().map(|s| s.name.as_str()).collect();
-            anyhow!("no embed step named `{name}`; steps: {}", names.join(", "))
-        })?,
+        Some(name) => pipeline
+            .steps
+            .iter()
+            .find(|s| &s.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = pipeline.steps.iter().map(|s| s.name.as_str()).collect();
+                anyhow!("no embed step named `{name}`; steps: {}", names.join(", "))
+            })?,
         None => pipeline
             .steps
             .iter()
             .find(|s| !matches!(s.input, StepInput::Image(_)))
-            .ok_or_else(|| anyhow!("this pipeline has no text embed step to search with a text query"))?,
+            .ok_or_else(|| {
+                anyhow!("this pipeline has no text embed step to search with a text query")
+            })?,
     }
     .clone();
     if opts.query.trim().is_empty() {
@@ -51,19 +57,36 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
     }
     let target = lance_sink::target(&pipeline)?;
     let conn = lance_sink::connect(&target).await?;
-    let table = conn.open_table(&target.table).execute().await.with_context(|| {
-        format!("table `{}` not found in {}; run `embedpipe run {}` first", target.table, target.uri, pipeline.path.display())
-    })?;
+    let table = conn
+        .open_table(&target.table)
+        .execute()
+        .await
+        .with_context(|| {
+            format!(
+                "table `{}` not found in {}; run `embedpipe run {}` first",
+                target.table,
+                target.uri,
+                pipeline.path.display()
+            )
+        })?;
     let schema = table.schema().await?;
     if schema.field_with_name(&step.vector).is_err() {
-        bail!("table `{}` has no vector column `{}`; was it written by this pipeline?", target.table, step.vector);
+        bail!(
+            "table `{}` has no vector column `{}`; was it written by this pipeline?",
+            target.table,
+            step.vector
+        );
     }
     let model = {
         let p = pipeline.clone();
         let index = step.model_index;
         tokio::task::spawn_blocking(move || ModelHandle::load(&p, index)).await??
     };
-    if let Some(their) = schema.field_with_name(&step.vector)?.metadata().get(crate::sink::FIELD_MODEL_ID) {
+    if let Some(their) = schema
+        .field_with_name(&step.vector)?
+        .metadata()
+        .get(crate::sink::FIELD_MODEL_ID)
+    {
         if their != model.info.spec.id {
             bail!("column `{}` holds vectors from {their}, but the pipeline's model is {}; re-run the pipeline", step.vector, model.info.spec.id);
         }
@@ -79,7 +102,12 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
             .iter()
             .map(|f| f.name().clone())
             .filter(|n| n != "id" && !crate::sink::RESERVED_COLUMNS.contains(&n.as_str()))
-            .filter(|n| !pipeline.steps.iter().any(|s| crate::sink::step_columns(&s.vector).contains(n)))
+            .filter(|n| {
+                !pipeline
+                    .steps
+                    .iter()
+                    .any(|s| crate::sink::step_columns(&s.vector).contains(n))
+            })
             .collect(),
     };
     for c in &columns {
@@ -107,15 +135,30 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
             w.write(b)?;
             w.finish()?;
         }
-        let rows: Vec<serde_json::Map<String, serde_json::Value>> = if buf.is_empty() { Vec::new() } else { serde_json::from_slice(&buf)? };
+        let rows: Vec<serde_json::Map<String, serde_json::Value>> = if buf.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_slice(&buf)?
+        };
         for mut row in rows {
             let id = match row.remove("id") {
                 Some(serde_json::Value::String(s)) => s,
                 other => other.map(|v| v.to_string()).unwrap_or_default(),
             };
-            let distance = row.remove("_distance").and_then(|v| v.as_f64()).unwrap_or(f64::NAN) as f32;
-            let fields = columns.iter().map(|c| (c.clone(), row.remove(c).unwrap_or(serde_json::Value::Null))).collect();
-            hits.push(Hit { rank: 0, id, distance, fields });
+            let distance = row
+                .remove("_distance")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(f64::NAN) as f32;
+            let fields = columns
+                .iter()
+                .map(|c| (c.clone(), row.remove(c).unwrap_or(serde_json::Value::Null)))
+                .collect();
+            hits.push(Hit {
+                rank: 0,
+                id,
+                distance,
+                fields,
+            });
         }
     }
     hits.sort_by(|a, b| a.distance.total_cmp(&b.distance));

@@ -23,19 +23,37 @@ pub struct Checked {
     pub existing: Option<SchemaRef>,
 }
 
-fn column_error(pipeline: &Pipeline, span: Range<usize>, col: &str, what: &str, schema: &SchemaRef, file: &str) -> anyhow::Error {
+fn column_error(
+    pipeline: &Pipeline,
+    span: Range<usize>,
+    col: &str,
+    what: &str,
+    schema: &SchemaRef,
+    file: &str,
+) -> anyhow::Error {
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let mut help = String::new();
     if let Some(best) = did_you_mean(col, names.iter().copied()) {
         help.push_str(&format!("did you mean `{best}`? "));
     }
     help.push_str(&format!("columns in {file}: {}", names.join(", ")));
-    pipeline.error(span, format!("{what} `{col}` is not a column of the source")).with_help(help).into()
+    pipeline
+        .error(
+            span,
+            format!("{what} `{col}` is not a column of the source"),
+        )
+        .with_help(help)
+        .into()
 }
 
 fn texty(dt: &DataType) -> bool {
-    !matches!(dt, DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_))
-        && arrow::compute::can_cast_types(dt, &DataType::Utf8)
+    !matches!(
+        dt,
+        DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+            | DataType::FixedSizeBinary(_)
+    ) && arrow::compute::can_cast_types(dt, &DataType::Utf8)
 }
 
 /// Runs every check that needs no model call.
@@ -52,11 +70,27 @@ pub async fn check(pipeline: &Pipeline) -> Result<Checked> {
     let id_column = match &src.id_column {
         Some(c) => {
             if schema.field_with_name(c.get_ref()).is_err() {
-                return Err(column_error(pipeline, c.span(), c.get_ref(), "id_column", &schema, &file));
+                return Err(column_error(
+                    pipeline,
+                    c.span(),
+                    c.get_ref(),
+                    "id_column",
+                    &schema,
+                    &file,
+                ));
             }
             Some(c.get_ref().clone())
         }
-        None if plan.kind != SourceKind::Images && schema.field_with_name("id").is_ok() => Some("id".to_string()),
+        // A column named `id` is the id, unless a `columns` projection leaves it out.
+        None if plan.kind != SourceKind::Images
+            && schema.field_with_name("id").is_ok()
+            && src
+                .columns
+                .as_ref()
+                .is_none_or(|c| c.iter().any(|c| c.get_ref() == "id")) =>
+        {
+            Some("id".to_string())
+        }
         None => None,
     };
 
@@ -64,20 +98,46 @@ pub async fn check(pipeline: &Pipeline) -> Result<Checked> {
     let mut needed: Vec<String> = id_column.iter().cloned().collect();
     for (step, cfg) in pipeline.steps.iter().zip(&pipeline.file.embeds) {
         let cfg = cfg.get_ref();
-        let span = cfg.column.as_ref().or(cfg.text.as_ref()).or(cfg.image.as_ref()).map_or(step.span.clone(), |s| s.span());
+        let span = cfg
+            .column
+            .as_ref()
+            .or(cfg.text.as_ref())
+            .or(cfg.image.as_ref())
+            .map_or(step.span.clone(), |s| s.span());
         for col in step.input.columns() {
             let Ok(field) = schema.field_with_name(&col) else {
-                return Err(column_error(pipeline, span, &col, "input column", &schema, &file));
+                return Err(column_error(
+                    pipeline,
+                    span,
+                    &col,
+                    "input column",
+                    &schema,
+                    &file,
+                ));
             };
             match &step.input {
-                StepInput::Image(_) if !matches!(field.data_type(), DataType::Binary | DataType::LargeBinary) => {
+                StepInput::Image(_)
+                    if !matches!(field.data_type(), DataType::Binary | DataType::LargeBinary) =>
+                {
                     return Err(pipeline
-                        .error(span, format!("image column `{col}` is {}, not binary image bytes", field.data_type()))
+                        .error(
+                            span,
+                            format!(
+                                "image column `{col}` is {}, not binary image bytes",
+                                field.data_type()
+                            ),
+                        )
                         .into())
                 }
                 StepInput::Column(_) | StepInput::Template(_) if !texty(field.data_type()) => {
                     return Err(pipeline
-                        .error(span, format!("text input column `{col}` is {}, which cannot be read as text", field.data_type()))
+                        .error(
+                            span,
+                            format!(
+                                "text input column `{col}` is {}, which cannot be read as text",
+                                field.data_type()
+                            ),
+                        )
                         .with_help("use `image = ...` for image bytes")
                         .into())
                 }
@@ -99,7 +159,14 @@ pub async fn check(pipeline: &Pipeline) -> Result<Checked> {
                     continue;
                 }
                 if schema.field_with_name(name).is_err() {
-                    return Err(column_error(pipeline, m.span(), name, "metadata column", &schema, &file));
+                    return Err(column_error(
+                        pipeline,
+                        m.span(),
+                        name,
+                        "metadata column",
+                        &schema,
+                        &file,
+                    ));
                 }
                 out.push(name.clone());
             }
@@ -108,9 +175,18 @@ pub async fn check(pipeline: &Pipeline) -> Result<Checked> {
         None => schema
             .fields()
             .iter()
-            .filter(|f| !matches!(f.data_type(), DataType::Binary | DataType::LargeBinary | DataType::BinaryView))
+            .filter(|f| {
+                !matches!(
+                    f.data_type(),
+                    DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+                )
+            })
             .map(|f| f.name().clone())
-            .filter(|n| Some(n) != id_column.as_ref() && n != "id" && !crate::sink::RESERVED_COLUMNS.contains(&n.as_str()))
+            .filter(|n| {
+                Some(n) != id_column.as_ref()
+                    && n != "id"
+                    && !crate::sink::RESERVED_COLUMNS.contains(&n.as_str())
+            })
             .collect(),
     };
     for m in &metadata {
@@ -124,12 +200,22 @@ pub async fn check(pipeline: &Pipeline) -> Result<Checked> {
         let listed: Vec<&str> = cols.iter().map(|c| c.get_ref().as_str()).collect();
         for c in cols {
             if schema.field_with_name(c.get_ref()).is_err() {
-                return Err(column_error(pipeline, c.span(), c.get_ref(), "column", &schema, &file));
+                return Err(column_error(
+                    pipeline,
+                    c.span(),
+                    c.get_ref(),
+                    "column",
+                    &schema,
+                    &file,
+                ));
             }
         }
         if let Some(missing) = needed.iter().find(|n| !listed.contains(&n.as_str())) {
             return Err(pipeline
-                .error(cols[0].span(), format!("`columns` leaves out `{missing}`, which the pipeline uses"))
+                .error(
+                    cols[0].span(),
+                    format!("`columns` leaves out `{missing}`, which the pipeline uses"),
+                )
                 .with_help(format!("add it: the pipeline reads {}", needed.join(", ")))
                 .into());
         }
@@ -151,6 +237,19 @@ pub async fn check(pipeline: &Pipeline) -> Result<Checked> {
             lance_sink::existing_schema(&conn, &target.table).await?
         }
     };
-    lance_sink::check_mode(pipeline.write_mode(), &target, existing.as_deref(), &layout.schema)?;
-    Ok(Checked { source: plan, read_columns, id_column, layout, models, target, existing })
+    lance_sink::check_mode(
+        pipeline.write_mode(),
+        &target,
+        existing.as_deref(),
+        &layout.schema,
+    )?;
+    Ok(Checked {
+        source: plan,
+        read_columns,
+        id_column,
+        layout,
+        models,
+        target,
+        existing,
+    })
 }

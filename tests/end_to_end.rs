@@ -17,7 +17,11 @@ fn quickstart_run_search_and_rerun() {
             .env("EMBEDPIPE_DB", &db)
             .output()
             .unwrap();
-        (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
 
     let (code, stdout, stderr) = run(&["validate", "pipelines/quickstart.toml"]);
@@ -37,12 +41,36 @@ fn quickstart_run_search_and_rerun() {
     assert_eq!(rows, 240);
     let vector = schema.field_with_name("vector").unwrap();
     match vector.data_type() {
-        arrow_schema::DataType::FixedSizeList(item, 384) => assert_eq!(item.data_type(), &arrow_schema::DataType::Float32),
+        arrow_schema::DataType::FixedSizeList(item, 384) => {
+            assert_eq!(item.data_type(), &arrow_schema::DataType::Float32)
+        }
         other => panic!("vector column is {other}"),
     }
-    assert_eq!(vector.metadata().get("embedpipe.model_id").map(String::as_str), Some("sentence-transformers/all-MiniLM-L6-v2"));
-    assert_eq!(vector.metadata().get("embedpipe.dimension").map(String::as_str), Some("384"));
-    for col in ["id", "title", "topic", "author", "published", "url", "vector_model", "vector_hash", "embedded_at"] {
+    assert_eq!(
+        vector
+            .metadata()
+            .get("embedpipe.model_id")
+            .map(String::as_str),
+        Some("sentence-transformers/all-MiniLM-L6-v2")
+    );
+    assert_eq!(
+        vector
+            .metadata()
+            .get("embedpipe.dimension")
+            .map(String::as_str),
+        Some("384")
+    );
+    for col in [
+        "id",
+        "title",
+        "topic",
+        "author",
+        "published",
+        "url",
+        "vector_model",
+        "vector_hash",
+        "embedded_at",
+    ] {
         assert!(schema.field_with_name(col).is_ok(), "missing column {col}");
     }
     let mut ids = table_strings(&db, "articles", "id");
@@ -51,23 +79,51 @@ fn quickstart_run_search_and_rerun() {
     assert_eq!(ids.len(), 240, "ids are unique");
 
     for (query, topic) in [
-        ("telescope observations of distant galaxies and exoplanets", "astronomy"),
+        (
+            "telescope observations of distant galaxies and exoplanets",
+            "astronomy",
+        ),
         ("recipe for a creamy sauce with garlic and herbs", "cooking"),
-        ("the goalkeeper saved a penalty in the cup final", "football"),
-        ("fixing a race condition with a mutex in Rust code", "programming"),
+        (
+            "the goalkeeper saved a penalty in the cup final",
+            "football",
+        ),
+        (
+            "fixing a race condition with a mutex in Rust code",
+            "programming",
+        ),
         ("interest rates, inflation and bond yields", "finance"),
     ] {
-        let (code, stdout, stderr) = run(&["search", "pipelines/quickstart.toml", query, "-k", "3", "--json"]);
+        let (code, stdout, stderr) = run(&[
+            "search",
+            "pipelines/quickstart.toml",
+            query,
+            "-k",
+            "3",
+            "--json",
+        ]);
         assert_eq!(code, 0, "{stdout}{stderr}");
         let hits: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         let hits = hits.as_array().unwrap();
         assert_eq!(hits.len(), 3);
-        assert_eq!(hits[0]["fields"]["topic"], topic, "query {query:?} → {hits:#?}");
+        assert_eq!(
+            hits[0]["fields"]["topic"], topic,
+            "query {query:?} → {hits:#?}"
+        );
         assert!(hits[0]["distance"].as_f64().unwrap() <= hits[2]["distance"].as_f64().unwrap());
     }
-    let (code, stdout, _) = run(&["search", "pipelines/quickstart.toml", "sourdough bread", "-k", "2"]);
+    let (code, stdout, _) = run(&[
+        "search",
+        "pipelines/quickstart.toml",
+        "sourdough bread",
+        "-k",
+        "2",
+    ]);
     assert_eq!(code, 0);
-    assert!(stdout.contains("1. ") && stdout.contains("topic=cooking"), "{stdout}");
+    assert!(
+        stdout.contains("1. ") && stdout.contains("topic=cooking"),
+        "{stdout}"
+    );
 
     // Overwrite mode: same row count again, not doubled.
     let (code, stdout, stderr) = run(&["run", "pipelines/quickstart.toml", "--json"]);
@@ -79,16 +135,28 @@ fn quickstart_run_search_and_rerun() {
 fn create_mode_refuses_an_existing_table_and_append_adds() {
     ensure_model();
     let tmp = tempfile::tempdir().unwrap();
-    let src = format!("type = \"parquet\"\npath = \"{}\"", sample("articles.parquet").display());
-    let text = pipeline_text(&src, "column = \"title\"", "").replace("mode = \"overwrite\"", "mode = \"create\"");
+    let src = format!(
+        "type = \"parquet\"\npath = \"{}\"",
+        sample("articles.parquet").display()
+    );
+    let text = pipeline_text(&src, "column = \"title\"", "")
+        .replace("mode = \"overwrite\"", "mode = \"create\"");
     let p = write_pipeline(tmp.path(), "p.toml", &text);
     let out = embedpipe(&["run", &p, "-q"], tmp.path());
     assert_eq!(out.code, 0, "{}", out.stderr);
     let out = embedpipe(&["run", &p], tmp.path());
     assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("already exists") && out.stderr.contains("overwrite"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("already exists") && out.stderr.contains("overwrite"),
+        "{}",
+        out.stderr
+    );
 
-    let p2 = write_pipeline(tmp.path(), "p2.toml", &text.replace("mode = \"create\"", "mode = \"append\""));
+    let p2 = write_pipeline(
+        tmp.path(),
+        "p2.toml",
+        &text.replace("mode = \"create\"", "mode = \"append\""),
+    );
     let out = embedpipe(&["run", &p2, "-q"], tmp.path());
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(table_info(&tmp.path().join("db"), "t").0, 480);
@@ -97,19 +165,47 @@ fn create_mode_refuses_an_existing_table_and_append_adds() {
 #[test]
 fn config_errors_point_at_file_line_and_column() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = format!("type = \"parquet\"\npath = \"{}\"", sample("articles.parquet").display());
+    let src = format!(
+        "type = \"parquet\"\npath = \"{}\"",
+        sample("articles.parquet").display()
+    );
     // Misspelt key.
-    let p = write_pipeline(tmp.path(), "bad.toml", &pipeline_text(&src, "colum = \"title\"", ""));
+    let p = write_pipeline(
+        tmp.path(),
+        "bad.toml",
+        &pipeline_text(&src, "colum = \"title\"", ""),
+    );
     let out = embedpipe(&["validate", &p], tmp.path());
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("bad.toml:13:1: unknown key `colum`"), "{}", out.stderr);
-    assert!(out.stderr.contains("did you mean `column`?"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("bad.toml:13:1: unknown key `colum`"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("did you mean `column`?"),
+        "{}",
+        out.stderr
+    );
     // A column the data does not have.
-    let p = write_pipeline(tmp.path(), "bad2.toml", &pipeline_text(&src, "column = \"titel\"", ""));
+    let p = write_pipeline(
+        tmp.path(),
+        "bad2.toml",
+        &pipeline_text(&src, "column = \"titel\"", ""),
+    );
     let out = embedpipe(&["validate", &p], tmp.path());
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("bad2.toml:13:10: input column `titel` is not a column of the source"), "{}", out.stderr);
-    assert!(out.stderr.contains("did you mean `title`?"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("bad2.toml:13:10: input column `titel` is not a column of the source"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("did you mean `title`?"),
+        "{}",
+        out.stderr
+    );
     // The run refuses before touching the model or the sink.
     let out = embedpipe(&["run", &p], tmp.path());
     assert_eq!(out.code, 2);

@@ -14,22 +14,44 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn local_model_matches_reference() {
     common::ensure_model();
-    let fixture: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(common::repo().join("tests/fixtures/minilm_reference.json")).unwrap()).unwrap();
-    let sentences: Vec<&str> = fixture["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo().join("tests/fixtures/minilm_reference.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let sentences: Vec<&str> = fixture["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
     let expected: Vec<Vec<f32>> = fixture["vectors"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .map(|v| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
         .collect();
     let model = LocalModel::load(None, false, true).unwrap();
     assert_eq!(model.dimension(), 384);
 
     // All at once (padded to the longest, so masking matters) and one by one must both agree.
     let batch = model.embed_blocking(&sentences).unwrap();
-    let token_counts: u64 = fixture["token_counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum();
-    assert_eq!(batch.tokens, token_counts, "same tokenisation, including truncation at 256");
+    let token_counts: u64 = fixture["token_counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        batch.tokens, token_counts,
+        "same tokenisation, including truncation at 256"
+    );
     for (i, want) in expected.iter().enumerate() {
         let got = &batch.vectors[i * 384..(i + 1) * 384];
         let c = cosine(got, want);
@@ -45,7 +67,13 @@ fn local_model_matches_reference() {
 fn similar_sentences_are_closer_than_unrelated_ones() {
     common::ensure_model();
     let model = LocalModel::load(None, false, true).unwrap();
-    let e = model.embed_blocking(&["A cat sits on the mat.", "A kitten is sitting on a rug.", "Quarterly earnings beat expectations."]).unwrap();
+    let e = model
+        .embed_blocking(&[
+            "A cat sits on the mat.",
+            "A kitten is sitting on a rug.",
+            "Quarterly earnings beat expectations.",
+        ])
+        .unwrap();
     let v = |i: usize| &e.vectors[i * 384..(i + 1) * 384];
     assert!(cosine(v(0), v(1)) > cosine(v(0), v(2)) + 0.2);
 }

@@ -33,7 +33,8 @@ struct Cli {
     quiet: bool,
 }
 
-const EXIT_HELP: &str = "Exit codes: 0 ok; 1 run failed (nothing committed); 2 invalid pipeline, input, sink or model \
+const EXIT_HELP: &str =
+    "Exit codes: 0 ok; 1 run failed (nothing committed); 2 invalid pipeline, input, sink or model \
 (nothing written); 3 completed but some rows failed (see the failures file); 130 interrupted.";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -97,13 +98,21 @@ fn init_logging(cli: &Cli) {
         "error"
     } else {
         match cli.verbose {
-            0 => "warn,embedpipe=info",
-            1 => "warn,embedpipe=debug",
+            0 => "warn,lance=error,embedpipe=info",
+            1 => "warn,lance=error,embedpipe=debug",
             _ => "info,embedpipe=trace",
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EMBEDPIPE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EMBEDPIPE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
+        .with_target(false);
     let _ = match cli.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -131,13 +140,20 @@ pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { EXIT_INVALID } else { EXIT_OK };
+            let code = if e.use_stderr() {
+                EXIT_INVALID
+            } else {
+                EXIT_OK
+            };
             let _ = e.print();
             return code;
         }
     };
     init_logging(&cli);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -176,17 +192,32 @@ async fn dispatch(cli: Cli) -> i32 {
                         println!("{}", serde_json::to_string_pretty(&report).expect("json"));
                     } else {
                         println!("{}: ok", file.display());
-                        println!("  source: {} file(s), {} rows", c.source.files.len(), c.source.total_rows().map_or("?".into(), |r| r.to_string()));
+                        println!(
+                            "  source: {} file(s), {} rows",
+                            c.source.files.len(),
+                            c.source.total_rows().map_or("?".into(), |r| r.to_string())
+                        );
                         for s in &p.steps {
                             let m = &c.models[s.model_index];
-                            println!("  step {}: {} -> `{}` ({}, {}-d)", s.name, describe_input(&s.input), s.vector, m.spec.id, m.dimension);
+                            println!(
+                                "  step {}: {} -> `{}` ({}, {}-d)",
+                                s.name,
+                                describe_input(&s.input),
+                                s.vector,
+                                m.spec.id,
+                                m.dimension
+                            );
                         }
                         println!(
                             "  sink: table `{}` in {} (mode {}, table {})",
                             c.target.table,
                             c.target.uri,
                             p.write_mode().as_str(),
-                            if c.existing.is_some() { "exists" } else { "will be created" }
+                            if c.existing.is_some() {
+                                "exists"
+                            } else {
+                                "will be created"
+                            }
                         );
                     }
                     EXIT_OK
@@ -202,7 +233,9 @@ async fn dispatch(cli: Cli) -> i32 {
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            let opts = RunOptions { progress: !cli.quiet && !json };
+            let opts = RunOptions {
+                progress: !cli.quiet && !json,
+            };
             match crate::run::run(p, opts).await {
                 Ok(summary) => {
                     if json {
@@ -231,12 +264,29 @@ async fn dispatch(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Search { file, query, k, step, columns, json } => {
+        Command::Search {
+            file,
+            query,
+            k,
+            step,
+            columns,
+            json,
+        } => {
             let p = match load(&file) {
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            match crate::search::search(p, SearchOptions { query, k, step, columns }).await {
+            match crate::search::search(
+                p,
+                SearchOptions {
+                    query,
+                    k,
+                    step,
+                    columns,
+                },
+            )
+            .await
+            {
                 Ok(hits) => {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&hits).expect("json"));
@@ -287,7 +337,13 @@ fn print_hits(hits: &[crate::search::Hit]) {
                 }
             })
             .collect();
-        println!("{:>3}. {:.4}  {}  {}", h.rank, h.distance, h.id, fields.join("  "));
+        println!(
+            "{:>3}. {:.4}  {}  {}",
+            h.rank,
+            h.distance,
+            h.id,
+            fields.join("  ")
+        );
     }
 }
 
@@ -318,7 +374,13 @@ fn models_command(action: ModelsAction) -> i32 {
             for s in crate::models::registry() {
                 let dims: Vec<String> = s.dimensions.iter().map(|d| d.to_string()).collect();
                 let mods: Vec<&str> = s.modalities.iter().map(|m| m.as_str()).collect();
-                println!("{:<45} {:<6} dims {:<12} inputs {}", s.id, format!("{:?}", s.provider).to_lowercase(), dims.join("/"), mods.join("+"));
+                println!(
+                    "{:<45} {:<6} dims {:<12} inputs {}",
+                    s.id,
+                    format!("{:?}", s.provider).to_lowercase(),
+                    dims.join("/"),
+                    mods.join("+")
+                );
             }
             EXIT_OK
         }

@@ -52,7 +52,8 @@ pub fn expand(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Stri
             rest = tail;
         } else if let Some(tail) = after.strip_prefix("${") {
             let end = tail.find('}').ok_or_else(|| {
-                "unterminated `${` in value: close it with `}` (write `$${` for a literal `${`)".to_string()
+                "unterminated `${` in value: close it with `}` (write `$${` for a literal `${`)"
+                    .to_string()
             })?;
             let inner = &tail[..end];
             let (name, default) = match inner.split_once(":-") {
@@ -95,7 +96,10 @@ mod tests {
     fn expands_set_and_default_and_escape() {
         assert_eq!(expand("${HOME_DIR}/x", env).unwrap(), "/home/u/x");
         assert_eq!(expand("${NOPE:-fallback}", env).unwrap(), "fallback");
-        assert_eq!(expand("cost $5 $${HOME_DIR}", env).unwrap(), "cost $5 ${HOME_DIR}");
+        assert_eq!(
+            expand("cost $5 $${HOME_DIR}", env).unwrap(),
+            "cost $5 ${HOME_DIR}"
+        );
     }
 
     #[test]

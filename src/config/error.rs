@@ -31,7 +31,12 @@ impl ConfigError {
     }
 
     /// An error at `span` (byte offsets) of `text`.
-    pub fn at(file: &Path, text: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
+    pub fn at(
+        file: &Path,
+        text: &str,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) -> Self {
         let mut err = Self::whole_file(file, message);
         if let Some(span) = span {
             let start = span.start.min(text.len());
@@ -39,7 +44,11 @@ impl ConfigError {
             let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
             err.line = Some(text[..start].matches('\n').count() + 1);
             err.column = Some(text[line_start..start].chars().count() + 1);
-            err.snippet = Some(text[line_start..line_end].trim_end_matches('\r').to_string());
+            err.snippet = Some(
+                text[line_start..line_end]
+                    .trim_end_matches('\r')
+                    .to_string(),
+            );
         }
         err
     }
@@ -77,7 +86,10 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The closest candidate to `word`, if one is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let word_l = word.to_ascii_lowercase();
     candidates
         .into_iter()
@@ -97,7 +109,11 @@ pub(crate) fn explain_serde_message(message: &str) -> (String, Option<String>) {
         let Some(end) = rest.find('`') else { continue };
         let word = &rest[..end];
         let expected: Vec<&str> = rest[end + 1..].split('`').skip(1).step_by(2).collect();
-        let what = if prefix.contains("field") { "key" } else { "value" };
+        let what = if prefix.contains("field") {
+            "key"
+        } else {
+            "value"
+        };
         let mut help = String::new();
         if let Some(best) = did_you_mean(word, expected.iter().copied()) {
             help.push_str(&format!("did you mean `{best}`? "));
@@ -127,8 +143,9 @@ mod tests {
 
     #[test]
     fn unknown_field_gets_suggestion_and_allowed_list() {
-        let (msg, help) =
-            explain_serde_message("unknown field `colums`, expected one of `path`, `columns`, `type`");
+        let (msg, help) = explain_serde_message(
+            "unknown field `colums`, expected one of `path`, `columns`, `type`",
+        );
         assert_eq!(msg, "unknown key `colums`");
         let help = help.unwrap();
         assert!(help.contains("did you mean `columns`?"), "{help}");
@@ -137,7 +154,9 @@ mod tests {
 
     #[test]
     fn unknown_variant_lists_values() {
-        let (msg, help) = explain_serde_message("unknown variant `overwrit`, expected one of `create`, `overwrite`, `append`");
+        let (msg, help) = explain_serde_message(
+            "unknown variant `overwrit`, expected one of `create`, `overwrite`, `append`",
+        );
         assert_eq!(msg, "unknown value `overwrit`");
         assert!(help.unwrap().contains("did you mean `overwrite`?"));
     }

@@ -251,7 +251,9 @@ impl Template {
                     }
                     let name = name.trim().to_string();
                     if name.is_empty() {
-                        return Err("empty `{}` placeholder in template: put a column name inside".into());
+                        return Err(
+                            "empty `{}` placeholder in template: put a column name inside".into(),
+                        );
                     }
                     if !lit.is_empty() {
                         parts.push(TemplatePart::Literal(std::mem::take(&mut lit)));
@@ -266,7 +268,10 @@ impl Template {
             parts.push(TemplatePart::Literal(lit));
         }
         if !parts.iter().any(|p| matches!(p, TemplatePart::Column(_))) {
-            return Err("template has no `{column}` placeholder, so every row would embed the same text".into());
+            return Err(
+                "template has no `{column}` placeholder, so every row would embed the same text"
+                    .into(),
+            );
         }
         Ok(Self { parts })
     }
@@ -305,7 +310,8 @@ or an instance/ECS/EKS role)";
 fn looks_like_aws_key_id(s: &str) -> bool {
     s.len() == 20
         && (s.starts_with("AKIA") || s.starts_with("ASIA"))
-        && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }
 
 impl Pipeline {
@@ -321,15 +327,21 @@ impl Pipeline {
     /// Parses and checks pipeline text; `path` is used for messages and relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let table = toml::de::DeTable::parse(text).map_err(|e| {
-            ConfigError::at(path, text, e.span(), format!("invalid TOML: {}", e.message().trim()))
+            ConfigError::at(
+                path,
+                text,
+                e.span(),
+                format!("invalid TOML: {}", e.message().trim()),
+            )
         })?;
         check_no_secrets(path, text, table.get_ref())?;
-        let file: PipelineFile = PipelineFile::deserialize(toml::de::Deserializer::from(table)).map_err(|e| {
-            let (message, help) = error::explain_serde_message(e.message());
-            let mut err = ConfigError::at(path, text, e.span(), message);
-            err.help = help;
-            err
-        })?;
+        let file: PipelineFile = PipelineFile::deserialize(toml::de::Deserializer::from(table))
+            .map_err(|e| {
+                let (message, help) = error::explain_serde_message(e.message());
+                let mut err = ConfigError::at(path, text, e.span(), message);
+                err.help = help;
+                err
+            })?;
         let mut pipeline = Pipeline {
             path: path.to_path_buf(),
             text: Arc::from(text),
@@ -359,7 +371,7 @@ impl Pipeline {
         if p.is_absolute() {
             p.to_path_buf()
         } else {
-            self.base_dir().join(p)
+            normalize(&self.base_dir().join(p))
         }
     }
 
@@ -382,11 +394,17 @@ impl Pipeline {
     }
 
     pub fn batch_rows(&self) -> usize {
-        self.source().batch_size.as_ref().map_or(DEFAULT_BATCH_ROWS, |b| *b.get_ref())
+        self.source()
+            .batch_size
+            .as_ref()
+            .map_or(DEFAULT_BATCH_ROWS, |b| *b.get_ref())
     }
 
     pub fn write_mode(&self) -> WriteMode {
-        self.sink().mode.as_ref().map_or(WriteMode::default(), |m| *m.get_ref())
+        self.sink()
+            .mode
+            .as_ref()
+            .map_or(WriteMode::default(), |m| *m.get_ref())
     }
 
     /// The source inputs (files, globs or the image folder) as written.
@@ -418,30 +436,80 @@ impl Pipeline {
         }
         let only = |opt: Option<Range<usize>>, key: &str, kinds: &str| -> Result<(), ConfigError> {
             match opt {
-                Some(span) => Err(self.error(span, format!("`{key}` applies only to {kinds} sources, not `{}`", kind_name(kind)))),
+                Some(span) => Err(self.error(
+                    span,
+                    format!(
+                        "`{key}` applies only to {kinds} sources, not `{}`",
+                        kind_name(kind)
+                    ),
+                )),
                 None => Ok(()),
             }
         };
         if kind != SourceKind::Csv {
             only(src.delimiter.as_ref().map(|s| s.span()), "delimiter", "csv")?;
             only(src.quote.as_ref().map(|s| s.span()), "quote", "csv")?;
-            only(src.has_header.as_ref().map(|s| s.span()), "has_header", "csv")?;
+            only(
+                src.has_header.as_ref().map(|s| s.span()),
+                "has_header",
+                "csv",
+            )?;
             only(src.schema.as_ref().map(|s| s.span()), "schema", "csv")?;
-            only(src.infer_rows.as_ref().map(|s| s.span()), "infer_rows", "csv")?;
+            only(
+                src.infer_rows.as_ref().map(|s| s.span()),
+                "infer_rows",
+                "csv",
+            )?;
         }
         if kind != SourceKind::Images {
-            only(src.include.as_ref().and_then(|v| v.first()).map(|s| s.span()), "include", "images")?;
-            only(src.exclude.as_ref().and_then(|v| v.first()).map(|s| s.span()), "exclude", "images")?;
-            only(src.recursive.as_ref().map(|s| s.span()), "recursive", "images")?;
-            only(src.max_image_bytes.as_ref().map(|s| s.span()), "max_image_bytes", "images")?;
+            only(
+                src.include
+                    .as_ref()
+                    .and_then(|v| v.first())
+                    .map(|s| s.span()),
+                "include",
+                "images",
+            )?;
+            only(
+                src.exclude
+                    .as_ref()
+                    .and_then(|v| v.first())
+                    .map(|s| s.span()),
+                "exclude",
+                "images",
+            )?;
+            only(
+                src.recursive.as_ref().map(|s| s.span()),
+                "recursive",
+                "images",
+            )?;
+            only(
+                src.max_image_bytes.as_ref().map(|s| s.span()),
+                "max_image_bytes",
+                "images",
+            )?;
         } else {
-            only(src.columns.as_ref().and_then(|v| v.first()).map(|s| s.span()), "columns", "parquet and csv")?;
-            only(src.id_column.as_ref().map(|s| s.span()), "id_column", "parquet and csv")?;
+            only(
+                src.columns
+                    .as_ref()
+                    .and_then(|v| v.first())
+                    .map(|s| s.span()),
+                "columns",
+                "parquet and csv",
+            )?;
+            only(
+                src.id_column.as_ref().map(|s| s.span()),
+                "id_column",
+                "parquet and csv",
+            )?;
         }
         for (key, v) in [("delimiter", &src.delimiter), ("quote", &src.quote)] {
             if let Some(v) = v {
                 if v.get_ref().len() != 1 {
-                    return Err(self.error(v.span(), format!("`{key}` must be a single ASCII character, e.g. \",\" or \"\\t\"")));
+                    return Err(self.error(
+                        v.span(),
+                        format!("`{key}` must be a single ASCII character, e.g. \",\" or \"\\t\""),
+                    ));
                 }
             }
         }
@@ -460,28 +528,47 @@ impl Pipeline {
         for m in &self.file.models {
             let cfg = m.get_ref();
             if !names.insert(cfg.name.get_ref().as_str()) {
-                return Err(self.error(cfg.name.span(), format!("model name `{}` is used twice", cfg.name.get_ref())));
+                return Err(self.error(
+                    cfg.name.span(),
+                    format!("model name `{}` is used twice", cfg.name.get_ref()),
+                ));
             }
             let known: Vec<&str> = models::registry()
                 .iter()
                 .filter(|s| s.provider == *cfg.provider.get_ref())
                 .map(|s| s.id)
                 .collect();
-            let Some(spec) = models::lookup(cfg.id.get_ref()).filter(|s| s.provider == *cfg.provider.get_ref()) else {
+            let Some(spec) =
+                models::lookup(cfg.id.get_ref()).filter(|s| s.provider == *cfg.provider.get_ref())
+            else {
                 let mut help = String::new();
                 if let Some(best) = did_you_mean(cfg.id.get_ref(), known.iter().copied()) {
                     help.push_str(&format!("did you mean `{best}`? "));
                 }
-                help.push_str(&format!("known model ids for this provider: {}", known.join(", ")));
+                help.push_str(&format!(
+                    "known model ids for this provider: {}",
+                    known.join(", ")
+                ));
                 return Err(self
-                    .error(cfg.id.span(), format!("unknown model id `{}`", cfg.id.get_ref()))
+                    .error(
+                        cfg.id.span(),
+                        format!("unknown model id `{}`", cfg.id.get_ref()),
+                    )
                     .with_help(help));
             };
             if let Some(d) = &cfg.dimensions {
                 if !spec.dimensions.contains(d.get_ref()) {
-                    let allowed: Vec<String> = spec.dimensions.iter().map(|d| d.to_string()).collect();
+                    let allowed: Vec<String> =
+                        spec.dimensions.iter().map(|d| d.to_string()).collect();
                     return Err(self
-                        .error(d.span(), format!("`{}` does not produce {}-dimensional vectors", spec.id, d.get_ref()))
+                        .error(
+                            d.span(),
+                            format!(
+                                "`{}` does not produce {}-dimensional vectors",
+                                spec.id,
+                                d.get_ref()
+                            ),
+                        )
                         .with_help(format!("allowed dimensions: {}", allowed.join(", "))));
                 }
             }
@@ -489,7 +576,10 @@ impl Pipeline {
                 if *b.get_ref() == 0 || *b.get_ref() > spec.max_inputs_per_call {
                     return Err(self.error(
                         b.span(),
-                        format!("batch_size for `{}` must be between 1 and {}", spec.id, spec.max_inputs_per_call),
+                        format!(
+                            "batch_size for `{}` must be between 1 and {}",
+                            spec.id, spec.max_inputs_per_call
+                        ),
                     ));
                 }
             }
@@ -499,7 +589,9 @@ impl Pipeline {
                     ("download", cfg.download.as_ref().map(|s| s.span())),
                 ] {
                     if let Some(span) = span {
-                        return Err(self.error(span, format!("`{key}` applies only to local models")));
+                        return Err(
+                            self.error(span, format!("`{key}` applies only to local models"))
+                        );
                     }
                 }
             }
@@ -510,10 +602,20 @@ impl Pipeline {
     fn check_steps(&self) -> Result<Vec<Step>, ConfigError> {
         if self.file.embeds.is_empty() {
             return Err(self
-                .error(0..0, "the pipeline has no [[embed]] step, so there is nothing to do")
-                .with_help("add one: [[embed]] model = \"<model name>\", column = \"<text column>\""));
+                .error(
+                    0..0,
+                    "the pipeline has no [[embed]] step, so there is nothing to do",
+                )
+                .with_help(
+                    "add one: [[embed]] model = \"<model name>\", column = \"<text column>\"",
+                ));
         }
-        let model_names: Vec<&str> = self.file.models.iter().map(|m| m.get_ref().name.get_ref().as_str()).collect();
+        let model_names: Vec<&str> = self
+            .file
+            .models
+            .iter()
+            .map(|m| m.get_ref().name.get_ref().as_str())
+            .collect();
         let mut steps = Vec::new();
         let mut vectors = HashSet::new();
         let mut step_names = HashSet::new();
@@ -528,18 +630,30 @@ impl Pipeline {
                 if model_names.is_empty() {
                     help.push_str("declare it in a [[model]] table with name, provider and id");
                 } else {
-                    help.push_str(&format!("models declared in this file: {}", model_names.join(", ")));
+                    help.push_str(&format!(
+                        "models declared in this file: {}",
+                        model_names.join(", ")
+                    ));
                 }
-                return Err(self.error(cfg.model.span(), format!("no [[model]] named `{model_name}`")).with_help(help));
+                return Err(self
+                    .error(
+                        cfg.model.span(),
+                        format!("no [[model]] named `{model_name}`"),
+                    )
+                    .with_help(help));
             };
-            let inputs: Vec<(&str, &Spanned<String>)> = [("column", &cfg.column), ("text", &cfg.text), ("image", &cfg.image)]
-                .into_iter()
-                .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
-                .collect();
+            let inputs: Vec<(&str, &Spanned<String>)> = [
+                ("column", &cfg.column),
+                ("text", &cfg.text),
+                ("image", &cfg.image),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+            .collect();
             let input = match inputs.as_slice() {
                 [("column", c)] => StepInput::Column(c.get_ref().clone()),
                 [("image", c)] => StepInput::Image(c.get_ref().clone()),
-                [("text", t)] => StepInput::Template(
+                [(_, t)] => StepInput::Template(
                     Template::parse(t.get_ref()).map_err(|m| self.error(t.span(), format!("invalid text template: {m}")))?,
                 ),
                 [] => {
@@ -555,10 +669,30 @@ impl Pipeline {
             };
             let spec = self.model_spec(model_index);
             if !spec.modalities.contains(&input.modality()) {
-                let span = cfg.image.as_ref().or(cfg.column.as_ref()).or(cfg.text.as_ref()).map_or(e.span(), |s| s.span());
+                let span = cfg
+                    .image
+                    .as_ref()
+                    .or(cfg.column.as_ref())
+                    .or(cfg.text.as_ref())
+                    .map_or(e.span(), |s| s.span());
                 return Err(self
-                    .error(span, format!("model `{}` ({}) does not accept {} input", model_name, spec.id, input.modality().as_str()))
-                    .with_help(format!("it accepts: {}", spec.modalities.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "))));
+                    .error(
+                        span,
+                        format!(
+                            "model `{}` ({}) does not accept {} input",
+                            model_name,
+                            spec.id,
+                            input.modality().as_str()
+                        ),
+                    )
+                    .with_help(format!(
+                        "it accepts: {}",
+                        spec.modalities
+                            .iter()
+                            .map(|m| m.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
             }
             let (vector, vspan) = match &cfg.vector {
                 Some(v) => (v.get_ref().clone(), v.span()),
@@ -569,15 +703,27 @@ impl Pipeline {
             }
             if !vectors.insert(vector.clone()) {
                 return Err(self
-                    .error(vspan, format!("two embed steps write the vector column `{vector}`"))
+                    .error(
+                        vspan,
+                        format!("two embed steps write the vector column `{vector}`"),
+                    )
                     .with_help("give each step its own `vector = \"...\"`"));
             }
-            let name = cfg.name.as_ref().map_or_else(|| vector.clone(), |n| n.get_ref().clone());
+            let name = cfg
+                .name
+                .as_ref()
+                .map_or_else(|| vector.clone(), |n| n.get_ref().clone());
             if !step_names.insert(name.clone()) {
                 let span = cfg.name.as_ref().map_or(e.span(), |n| n.span());
                 return Err(self.error(span, format!("step name `{name}` is used twice")));
             }
-            steps.push(Step { name, model_index, input, vector, span: e.span() });
+            steps.push(Step {
+                name,
+                model_index,
+                input,
+                vector,
+                span: e.span(),
+            });
         }
         Ok(steps)
     }
@@ -585,28 +731,71 @@ impl Pipeline {
     fn check_sink(&self, steps: &[Step]) -> Result<(), ConfigError> {
         let sink = self.sink();
         let table = sink.table.get_ref();
-        if table.is_empty() || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') || table.starts_with('.') {
-            return Err(self.error(sink.table.span(), format!("table name `{table}` must be letters, digits, `_`, `-` or `.`")));
+        if table.is_empty()
+            || !table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            || table.starts_with('.')
+        {
+            return Err(self.error(
+                sink.table.span(),
+                format!("table name `{table}` must be letters, digits, `_`, `-` or `.`"),
+            ));
         }
         if sink.uri.get_ref().is_empty() {
-            return Err(self.error(sink.uri.span(), "sink uri is empty").with_help("e.g. uri = \"../.embedpipe/db\" or \"s3://bucket/prefix\""));
+            return Err(self
+                .error(sink.uri.span(), "sink uri is empty")
+                .with_help("e.g. uri = \"../.embedpipe/db\" or \"s3://bucket/prefix\""));
         }
         if let Some(meta) = &sink.metadata {
             let mut seen = HashSet::new();
             for m in meta {
                 let name = m.get_ref();
                 if !seen.insert(name) {
-                    return Err(self.error(m.span(), format!("metadata column `{name}` is listed twice")));
+                    return Err(self.error(
+                        m.span(),
+                        format!("metadata column `{name}` is listed twice"),
+                    ));
                 }
                 if crate::sink::RESERVED_COLUMNS.contains(&name.as_str()) && name != "id" {
                     return Err(self.error(m.span(), format!("`{name}` is a column embedpipe writes itself; rename it in the source or leave it out")));
                 }
-                if steps.iter().any(|s| crate::sink::step_columns(&s.vector).contains(name)) {
-                    return Err(self.error(m.span(), format!("metadata column `{name}` collides with an embed step's output column")));
+                if steps
+                    .iter()
+                    .any(|s| crate::sink::step_columns(&s.vector).contains(name))
+                {
+                    return Err(self.error(
+                        m.span(),
+                        format!(
+                            "metadata column `{name}` collides with an embed step's output column"
+                        ),
+                    ));
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Removes `.` and resolvable `..` components without touching the file system.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
     }
 }
 
@@ -624,19 +813,35 @@ fn is_identifier(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn check_no_secrets(path: &Path, text: &str, table: &toml::de::DeTable<'_>) -> Result<(), ConfigError> {
+fn check_no_secrets(
+    path: &Path,
+    text: &str,
+    table: &toml::de::DeTable<'_>,
+) -> Result<(), ConfigError> {
     for (key, value) in table.iter() {
         let k = key.get_ref().to_ascii_lowercase();
         if SECRET_KEYS.contains(&k.as_str()) {
-            return Err(ConfigError::at(path, text, Some(key.span()), format!("`{}` would put a literal secret in the pipeline file", key.get_ref()))
-                .with_help(CREDENTIAL_HELP));
+            return Err(ConfigError::at(
+                path,
+                text,
+                Some(key.span()),
+                format!(
+                    "`{}` would put a literal secret in the pipeline file",
+                    key.get_ref()
+                ),
+            )
+            .with_help(CREDENTIAL_HELP));
         }
         check_value(path, text, value)?;
     }
     Ok(())
 }
 
-fn check_value(path: &Path, text: &str, value: &Spanned<toml::de::DeValue<'_>>) -> Result<(), ConfigError> {
+fn check_value(
+    path: &Path,
+    text: &str,
+    value: &Spanned<toml::de::DeValue<'_>>,
+) -> Result<(), ConfigError> {
     use toml::de::DeValue;
     match value.get_ref() {
         DeValue::String(s) if looks_like_aws_key_id(s) => Err(ConfigError::at(

@@ -32,7 +32,10 @@ fn err(text: &str) -> ConfigError {
 
 /// Line (1-based) of the first occurrence of `needle` in `text`.
 fn line_of(text: &str, needle: &str) -> usize {
-    text[..text.find(needle).expect("needle")].matches('\n').count() + 1
+    text[..text.find(needle).expect("needle")]
+        .matches('\n')
+        .count()
+        + 1
 }
 
 #[test]
@@ -45,6 +48,11 @@ fn good_file_parses_with_defaults() {
     assert_eq!(p.batch_rows(), DEFAULT_BATCH_ROWS);
     assert_eq!(p.steps[0].input.columns(), vec!["title", "body"]);
     assert_eq!(p.resolve("x.parquet"), PathBuf::from("pipelines/x.parquet"));
+    assert_eq!(
+        p.resolve("../data/./x.parquet"),
+        PathBuf::from("data/x.parquet")
+    );
+    assert_eq!(p.resolve("../../x"), PathBuf::from("../x"));
 }
 
 #[test]
@@ -71,26 +79,41 @@ fn misspelt_key_suggests_the_right_one() {
 
 #[test]
 fn bad_enum_value_lists_allowed_values() {
-    let text = GOOD.replace("table = \"articles\"", "table = \"articles\"\nmode = \"overwrit\"");
+    let text = GOOD.replace(
+        "table = \"articles\"",
+        "table = \"articles\"\nmode = \"overwrit\"",
+    );
     let e = err(&text);
     assert_eq!(e.line, Some(line_of(&text, "mode =")));
     let help = e.help.unwrap();
-    assert!(help.contains("did you mean `overwrite`?") && help.contains("create, overwrite, append"), "{help}");
+    assert!(
+        help.contains("did you mean `overwrite`?") && help.contains("create, overwrite, append"),
+        "{help}"
+    );
 }
 
 #[test]
 fn unknown_model_id_lists_known_ids() {
-    let text = GOOD.replace("sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L12-v2");
+    let text = GOOD.replace(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "sentence-transformers/all-MiniLM-L12-v2",
+    );
     let e = err(&text);
     assert!(e.message.contains("unknown model id"), "{e}");
     assert_eq!(e.line, Some(line_of(&text, "id = \"sentence")));
     assert_eq!(e.column, Some(6));
-    assert!(e.help.unwrap().contains("sentence-transformers/all-MiniLM-L6-v2"));
+    assert!(e
+        .help
+        .unwrap()
+        .contains("sentence-transformers/all-MiniLM-L6-v2"));
 }
 
 #[test]
 fn dimension_not_offered_lists_allowed() {
-    let text = GOOD.replace("provider = \"local\"", "provider = \"local\"\ndimensions = 768");
+    let text = GOOD.replace(
+        "provider = \"local\"",
+        "provider = \"local\"\ndimensions = 768",
+    );
     let e = err(&text);
     assert!(e.message.contains("768"), "{e}");
     assert_eq!(e.line, Some(line_of(&text, "dimensions")));
@@ -99,9 +122,16 @@ fn dimension_not_offered_lists_allowed() {
 
 #[test]
 fn missing_env_var_is_named_with_position() {
-    let text = GOOD.replace("uri = \"db\"", "uri = \"${EMBEDPIPE_TEST_SURELY_UNSET_VAR}/db\"");
+    let text = GOOD.replace(
+        "uri = \"db\"",
+        "uri = \"${EMBEDPIPE_TEST_SURELY_UNSET_VAR}/db\"",
+    );
     let e = err(&text);
-    assert!(e.message.contains("`EMBEDPIPE_TEST_SURELY_UNSET_VAR` is not set"), "{e}");
+    assert!(
+        e.message
+            .contains("`EMBEDPIPE_TEST_SURELY_UNSET_VAR` is not set"),
+        "{e}"
+    );
     assert_eq!(e.line, Some(line_of(&text, "uri =")));
 }
 
@@ -110,13 +140,16 @@ fn env_var_is_interpolated() {
     std::env::set_var("EMBEDPIPE_TEST_DB_DIR", "/tmp/somewhere");
     let text = GOOD.replace("uri = \"db\"", "uri = \"${EMBEDPIPE_TEST_DB_DIR}/db\"");
     let p = parse(&text).unwrap();
-    assert_eq!(p.sink().uri.get_ref().as_ref(), "/tmp/somewhere/db");
+    assert_eq!(p.sink().uri.get_ref().0, "/tmp/somewhere/db");
 }
 
 #[test]
 fn literal_aws_secrets_are_rejected_without_echoing_them() {
     let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
-    let text = GOOD.replace("provider = \"local\"", &format!("provider = \"local\"\naws_secret_access_key = \"{secret}\""));
+    let text = GOOD.replace(
+        "provider = \"local\"",
+        &format!("provider = \"local\"\naws_secret_access_key = \"{secret}\""),
+    );
     let e = err(&text);
     assert_eq!(e.line, Some(line_of(&text, "aws_secret_access_key")));
     let shown = format!("{}{}", e.message, e.help.clone().unwrap());
@@ -139,7 +172,10 @@ fn unknown_model_reference_suggests() {
 
 #[test]
 fn step_needs_exactly_one_input() {
-    let text = GOOD.replace("text = \"{title}\\n{body}\"", "text = \"{title}\"\ncolumn = \"body\"");
+    let text = GOOD.replace(
+        "text = \"{title}\\n{body}\"",
+        "text = \"{title}\"\ncolumn = \"body\"",
+    );
     let e = err(&text);
     assert!(e.message.contains("conflicts"), "{e}");
     let text = GOOD.replace("text = \"{title}\\n{body}\"", "");
@@ -149,7 +185,9 @@ fn step_needs_exactly_one_input() {
 #[test]
 fn template_errors() {
     assert!(Template::parse("{title").unwrap_err().contains("unclosed"));
-    assert!(Template::parse("no placeholders").unwrap_err().contains("no `{column}`"));
+    assert!(Template::parse("no placeholders")
+        .unwrap_err()
+        .contains("no `{column}`"));
     assert!(Template::parse("a } b {x}").unwrap_err().contains("stray"));
     let t = Template::parse("{{literal}} {x}").unwrap();
     assert_eq!(t.parts[0], TemplatePart::Literal("{literal} ".into()));
@@ -165,7 +203,10 @@ fn image_input_to_text_model_is_rejected() {
 
 #[test]
 fn csv_only_keys_on_parquet_are_rejected() {
-    let text = GOOD.replace("path = \"data.parquet\"", "path = \"data.parquet\"\ndelimiter = \";\"");
+    let text = GOOD.replace(
+        "path = \"data.parquet\"",
+        "path = \"data.parquet\"\ndelimiter = \";\"",
+    );
     let e = err(&text);
     assert!(e.message.contains("only to csv"), "{e}");
 }

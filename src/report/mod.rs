@@ -66,8 +66,17 @@ impl fmt::Display for Summary {
             )?;
         }
         if self.rows_failed > 0 {
-            let kinds: Vec<String> = self.failures_by_kind.iter().map(|(k, n)| format!("{k}: {n}")).collect();
-            writeln!(f, "  failed rows ({}) are in {}", kinds.join(", "), self.failures_file.as_deref().unwrap_or("?"))?;
+            let kinds: Vec<String> = self
+                .failures_by_kind
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
+            writeln!(
+                f,
+                "  failed rows ({}) are in {}",
+                kinds.join(", "),
+                self.failures_file.as_deref().unwrap_or("?")
+            )?;
         }
         Ok(())
     }

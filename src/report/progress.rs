@@ -28,7 +28,13 @@ impl Progress {
             bar
         });
         let now = Instant::now();
-        Self { bar, done: 0, total, started: now, last_log: now }
+        Self {
+            bar,
+            done: 0,
+            total,
+            started: now,
+            last_log: now,
+        }
     }
 
     pub fn inc(&mut self, rows: u64) {
@@ -40,8 +46,17 @@ impl Progress {
                     self.last_log = Instant::now();
                     let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
                     match self.total {
-                        Some(t) => tracing::info!(rows = self.done, total = t, rows_per_sec = rate.round(), "progress"),
-                        None => tracing::info!(rows = self.done, rows_per_sec = rate.round(), "progress"),
+                        Some(t) => tracing::info!(
+                            rows = self.done,
+                            total = t,
+                            rows_per_sec = rate.round(),
+                            "progress"
+                        ),
+                        None => tracing::info!(
+                            rows = self.done,
+                            rows_per_sec = rate.round(),
+                            "progress"
+                        ),
                     }
                 }
             }

@@ -39,9 +39,17 @@ impl FailureWriter {
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot remove old failures file {}", path.display())),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot remove old failures file {}", path.display()))
+            }
         }
-        Ok(Self { path: path.to_path_buf(), out: None, count: 0, by_kind: Default::default() })
+        Ok(Self {
+            path: path.to_path_buf(),
+            out: None,
+            count: 0,
+            by_kind: Default::default(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -59,9 +67,11 @@ impl FailureWriter {
     pub fn write(&mut self, letter: &DeadLetter) -> Result<()> {
         if self.out.is_none() {
             if let Some(parent) = self.path.parent() {
-                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
             }
-            let f = std::fs::File::create(&self.path).with_context(|| format!("cannot create {}", self.path.display()))?;
+            let f = std::fs::File::create(&self.path)
+                .with_context(|| format!("cannot create {}", self.path.display()))?;
             self.out = Some(std::io::BufWriter::new(f));
         }
         let out = self.out.as_mut().expect("opened above");
@@ -74,7 +84,8 @@ impl FailureWriter {
 
     pub fn finish(mut self) -> Result<()> {
         if let Some(mut out) = self.out.take() {
-            out.flush().with_context(|| format!("cannot write {}", self.path.display()))?;
+            out.flush()
+                .with_context(|| format!("cannot write {}", self.path.display()))?;
         }
         Ok(())
     }

@@ -17,7 +17,6 @@ use lancedb::Connection;
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 
-
 /// Where the table lives.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -39,35 +38,54 @@ pub fn target(pipeline: &Pipeline) -> Result<Target> {
     if is_remote(raw) {
         let scheme = raw.split("://").next().unwrap_or_default();
         return Err(pipeline
-            .error(sink.uri.span(), format!("`{scheme}://` sinks are not supported by this build yet"))
+            .error(
+                sink.uri.span(),
+                format!("`{scheme}://` sinks are not supported by this build yet"),
+            )
             .with_help("use a local folder, e.g. uri = \"../.embedpipe/db\"")
             .into());
     }
     let dir = pipeline.resolve(raw);
-    Ok(Target { uri: dir.to_string_lossy().to_string(), table, local_dir: Some(dir) })
+    Ok(Target {
+        uri: dir.to_string_lossy().to_string(),
+        table,
+        local_dir: Some(dir),
+    })
 }
 
 /// The dead-letter file of the pipeline.
 pub fn failures_path(pipeline: &Pipeline, target: &Target) -> PathBuf {
     match &pipeline.sink().failures {
         Some(p) => pipeline.resolve(p.get_ref()),
-        None => target.local_dir.clone().unwrap_or_else(|| PathBuf::from(".")).join(format!("{}_failures.jsonl", target.table)),
+        None => target
+            .local_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(format!("{}_failures.jsonl", target.table)),
     }
 }
 
 /// Checks that a local database folder exists or can be created.
 pub fn check_reachable(target: &Target) -> Result<()> {
-    let Some(dir) = &target.local_dir else { return Ok(()) };
+    let Some(dir) = &target.local_dir else {
+        return Ok(());
+    };
     let mut probe: &Path = dir;
     loop {
         match std::fs::metadata(probe) {
             Ok(m) if m.is_dir() => {
                 if m.permissions().readonly() {
-                    bail!("{} is read-only, so the table cannot be written", probe.display());
+                    bail!(
+                        "{} is read-only, so the table cannot be written",
+                        probe.display()
+                    );
                 }
                 return Ok(());
             }
-            Ok(_) => bail!("{} exists and is not a folder; the sink uri must be a folder", probe.display()),
+            Ok(_) => bail!(
+                "{} exists and is not a folder; the sink uri must be a folder",
+                probe.display()
+            ),
             Err(_) => match probe.parent() {
                 Some(p) if !p.as_os_str().is_empty() => probe = p,
                 _ => return Ok(()),
@@ -77,7 +95,10 @@ pub fn check_reachable(target: &Target) -> Result<()> {
 }
 
 pub async fn connect(target: &Target) -> Result<Connection> {
-    lancedb::connect(&target.uri).execute().await.with_context(|| format!("cannot open LanceDB database {}", target.uri))
+    lancedb::connect(&target.uri)
+        .execute()
+        .await
+        .with_context(|| format!("cannot open LanceDB database {}", target.uri))
 }
 
 /// The table's schema, if it exists.
@@ -91,7 +112,12 @@ pub async fn existing_schema(conn: &Connection, table: &str) -> Result<Option<Sc
 }
 
 /// Checks the write mode against the table as it is.
-pub fn check_mode(mode: WriteMode, target: &Target, existing: Option<&Schema>, ours: &Schema) -> Result<()> {
+pub fn check_mode(
+    mode: WriteMode,
+    target: &Target,
+    existing: Option<&Schema>,
+    ours: &Schema,
+) -> Result<()> {
     match (mode, existing) {
         (WriteMode::Create, Some(_)) => bail!(
             "table `{}` already exists in {}; set `mode = \"overwrite\"` to replace it or `mode = \"append\"` to add to it",
@@ -120,7 +146,11 @@ fn check_compatible(theirs: &Schema, ours: &Schema, table: &str) -> Result<()> {
             }
         }
     }
-    if let Some(extra) = theirs.fields().iter().find(|t| ours.field_with_name(t.name()).is_err()) {
+    if let Some(extra) = theirs
+        .fields()
+        .iter()
+        .find(|t| ours.field_with_name(t.name()).is_err())
+    {
         bail!("table `{table}` has a column `{}` this pipeline does not write; use mode = \"overwrite\"", extra.name());
     }
     Ok(())
@@ -134,10 +164,20 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the write. `exists` tells whether the table is there (for append).
-    pub async fn start(conn: Connection, target: &Target, mode: WriteMode, schema: SchemaRef, exists: bool) -> Result<Self> {
+    pub async fn start(
+        conn: Connection,
+        target: &Target,
+        mode: WriteMode,
+        schema: SchemaRef,
+        exists: bool,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<lancedb::Result<RecordBatch>>(4);
-        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed();
-        let stream: SendableRecordBatchStream = Box::pin(SimpleRecordBatchStream { schema, stream });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
+        .boxed();
+        let stream: SendableRecordBatchStream =
+            Box::pin(SimpleRecordBatchStream { schema, stream });
         let table = target.table.clone();
         let task = tokio::spawn(async move {
             match (mode, exists) {
@@ -146,10 +186,16 @@ impl Writer {
                     t.add(stream).mode(AddDataMode::Append).execute().await?;
                 }
                 (WriteMode::Overwrite, _) => {
-                    conn.create_table(&table, stream).mode(CreateTableMode::Overwrite).execute().await?;
+                    conn.create_table(&table, stream)
+                        .mode(CreateTableMode::Overwrite)
+                        .execute()
+                        .await?;
                 }
                 _ => {
-                    conn.create_table(&table, stream).mode(CreateTableMode::Create).execute().await?;
+                    conn.create_table(&table, stream)
+                        .mode(CreateTableMode::Create)
+                        .execute()
+                        .await?;
                 }
             }
             Ok(())
@@ -168,14 +214,22 @@ impl Writer {
     /// Ends the stream and waits for the commit.
     pub async fn finish(self) -> Result<()> {
         drop(self.tx);
-        self.task.await.map_err(|e| anyhow!("table writer panicked: {e}"))?.context("writing the LanceDB table")
+        self.task
+            .await
+            .map_err(|e| anyhow!("table writer panicked: {e}"))?
+            .context("writing the LanceDB table")
     }
 
     /// Aborts the write: nothing is committed. Returns the writer's own error when the write had
     /// already failed by itself (the likely cause of the abort).
     pub async fn abort(self) -> Option<anyhow::Error> {
         let own_failure = self.task.is_finished();
-        let _ = self.tx.send(Err(lancedb::Error::Runtime { message: ABORTED.to_string() })).await;
+        let _ = self
+            .tx
+            .send(Err(lancedb::Error::Runtime {
+                message: ABORTED.to_string(),
+            }))
+            .await;
         drop(self.tx);
         match self.task.await {
             Ok(Err(e)) if own_failure => Some(e.context("writing the LanceDB table")),

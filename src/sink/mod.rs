@@ -6,7 +6,10 @@ pub mod lancedb;
 use crate::config::{Pipeline, Step};
 use crate::dispatch::ModelInfo;
 use anyhow::{bail, Result};
-use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
+use arrow::array::{
+    ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt32Array,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +27,11 @@ pub const FIELD_PARAMS: &str = "embedpipe.params";
 
 /// Output columns of a step: the vector, the model name and the content hash.
 pub fn step_columns(vector: &str) -> [String; 3] {
-    [vector.to_string(), format!("{vector}_model"), format!("{vector}_hash")]
+    [
+        vector.to_string(),
+        format!("{vector}_model"),
+        format!("{vector}_hash"),
+    ]
 }
 
 /// The columns of the output table, and how to fill them.
@@ -38,7 +45,12 @@ pub struct OutputLayout {
 
 impl OutputLayout {
     /// Builds the output schema from the source schema and the loaded models.
-    pub fn new(pipeline: &Pipeline, source: &Schema, metadata: Vec<String>, models: &[ModelInfo]) -> Result<Self> {
+    pub fn new(
+        pipeline: &Pipeline,
+        source: &Schema,
+        metadata: Vec<String>,
+        models: &[ModelInfo],
+    ) -> Result<Self> {
         let mut fields = vec![Field::new("id", DataType::Utf8, false)];
         for m in &metadata {
             let f = source.field_with_name(m)?;
@@ -57,8 +69,15 @@ impl OutputLayout {
             ]);
             let [v, vm, vh] = step_columns(&step.vector);
             fields.push(
-                Field::new(&v, DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), h.dimension as i32), false)
-                    .with_metadata(field_meta),
+                Field::new(
+                    &v,
+                    DataType::FixedSizeList(
+                        Arc::new(Field::new("item", DataType::Float32, true)),
+                        h.dimension as i32,
+                    ),
+                    false,
+                )
+                .with_metadata(field_meta),
             );
             fields.push(Field::new(vm, DataType::Utf8, false));
             fields.push(Field::new(vh, DataType::Utf8, false));
@@ -68,7 +87,11 @@ impl OutputLayout {
             }));
             steps.push((step.clone(), h.dimension, h.name.clone()));
         }
-        fields.push(Field::new("embedded_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false));
+        fields.push(Field::new(
+            "embedded_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ));
         let mut seen = std::collections::HashSet::new();
         for f in &fields {
             if !seen.insert(f.name().clone()) {
@@ -76,8 +99,13 @@ impl OutputLayout {
             }
         }
         let meta = serde_json::json!({ "version": 1, "steps": steps_meta });
-        let schema = Schema::new(fields).with_metadata(HashMap::from([(META_KEY.to_string(), meta.to_string())]));
-        Ok(Self { schema: Arc::new(schema), metadata, steps })
+        let schema = Schema::new(fields)
+            .with_metadata(HashMap::from([(META_KEY.to_string(), meta.to_string())]));
+        Ok(Self {
+            schema: Arc::new(schema),
+            metadata,
+            steps,
+        })
     }
 
     /// Assembles output rows: `keep` picks rows of `batch`; `vectors[s]` holds step `s`'s vectors
@@ -95,17 +123,32 @@ impl OutputLayout {
         let n = keep.len();
         let mut cols: Vec<ArrayRef> = vec![arrow::compute::take(ids, &idx, None)?];
         for m in &self.metadata {
-            cols.push(arrow::compute::take(batch.column_by_name(m).expect("metadata column is projected"), &idx, None)?);
+            cols.push(arrow::compute::take(
+                batch
+                    .column_by_name(m)
+                    .expect("metadata column is projected"),
+                &idx,
+                None,
+            )?);
         }
         for (((step, dim, model), v), h) in self.steps.iter().zip(vectors).zip(hashes) {
             debug_assert_eq!(v.len(), n * dim, "step {}", step.name);
             let values = Arc::new(Float32Array::from(v));
             let item = Arc::new(Field::new("item", DataType::Float32, true));
-            cols.push(Arc::new(FixedSizeListArray::try_new(item, *dim as i32, values, None)?));
-            cols.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(model.as_str(), n))));
+            cols.push(Arc::new(FixedSizeListArray::try_new(
+                item,
+                *dim as i32,
+                values,
+                None,
+            )?));
+            cols.push(Arc::new(StringArray::from_iter_values(
+                std::iter::repeat_n(model.as_str(), n),
+            )));
             cols.push(Arc::new(StringArray::from(h)));
         }
-        cols.push(Arc::new(TimestampMicrosecondArray::from(vec![now_micros; n]).with_timezone("UTC")));
+        cols.push(Arc::new(
+            TimestampMicrosecondArray::from(vec![now_micros; n]).with_timezone("UTC"),
+        ));
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
     }
 }

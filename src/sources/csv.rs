@@ -26,16 +26,26 @@ struct Opts {
 
 fn opts(p: &Pipeline) -> Opts {
     let s = p.source();
-    let byte = |v: &Option<toml::Spanned<String>>, d: u8| v.as_ref().map_or(d, |v| v.get_ref().as_bytes()[0]);
+    let byte = |v: &Option<toml::Spanned<String>>, d: u8| {
+        v.as_ref().map_or(d, |v| v.get_ref().as_bytes()[0])
+    };
     Opts {
         delimiter: byte(&s.delimiter, b','),
         quote: byte(&s.quote, b'"'),
         has_header: s.has_header.as_ref().is_none_or(|h| *h.get_ref()),
-        infer_rows: s.infer_rows.as_ref().map_or(DEFAULT_INFER_ROWS, |n| *n.get_ref()),
+        infer_rows: s
+            .infer_rows
+            .as_ref()
+            .map_or(DEFAULT_INFER_ROWS, |n| *n.get_ref()),
         types: s
             .schema
             .as_ref()
-            .map(|m| m.get_ref().iter().map(|(k, v)| (k.clone(), *v.get_ref())).collect())
+            .map(|m| {
+                m.get_ref()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v.get_ref()))
+                    .collect()
+            })
             .unwrap_or_default(),
     }
 }
@@ -71,7 +81,9 @@ enum Guess {
 }
 
 fn guess(v: &[u8]) -> Guess {
-    let Ok(s) = std::str::from_utf8(v) else { return Guess::Text };
+    let Ok(s) = std::str::from_utf8(v) else {
+        return Guess::Text;
+    };
     let s = s.trim();
     if s.is_empty() {
         Guess::Empty
@@ -99,14 +111,23 @@ fn merge(a: Guess, b: Guess) -> Guess {
 fn header_names(file: &InputFile, o: &Opts) -> Result<Vec<String>> {
     let mut r = reader(file, o)?;
     let mut rec = csv::ByteRecord::new();
-    if !r.read_byte_record(&mut rec).map_err(|e| anyhow!("{}: {e}", file.display))? {
-        bail!("{}: the file is empty; a CSV source needs at least a header line", file.display);
+    if !r
+        .read_byte_record(&mut rec)
+        .map_err(|e| anyhow!("{}: {e}", file.display))?
+    {
+        bail!(
+            "{}: the file is empty; a CSV source needs at least a header line",
+            file.display
+        );
     }
     if o.has_header {
         rec.iter()
             .enumerate()
             .map(|(i, h)| {
-                let name = String::from_utf8_lossy(h).trim().trim_start_matches('\u{feff}').to_string();
+                let name = String::from_utf8_lossy(h)
+                    .trim()
+                    .trim_start_matches('\u{feff}')
+                    .to_string();
                 if name.is_empty() {
                     Ok(format!("column_{}", i + 1))
                 } else {
@@ -125,7 +146,13 @@ pub fn schema(pipeline: &Pipeline, files: &[InputFile]) -> Result<SchemaRef> {
     for f in &files[1..] {
         let other = header_names(f, &o)?;
         if other != names {
-            bail!("{}: header {:?} differs from {}'s {:?}; all files of a source must agree", f.display, other, files[0].display, names);
+            bail!(
+                "{}: header {:?} differs from {}'s {:?}; all files of a source must agree",
+                f.display,
+                other,
+                files[0].display,
+                names
+            );
         }
     }
     if let Some(types) = &pipeline.source().schema {
@@ -135,7 +162,13 @@ pub fn schema(pipeline: &Pipeline, files: &[InputFile]) -> Result<SchemaRef> {
                     .map(|b| format!("did you mean `{b}`? "))
                     .unwrap_or_default();
                 return Err(pipeline
-                    .error(t.span(), format!("[source.schema] names column `{col}`, which {} does not have", files[0].display))
+                    .error(
+                        t.span(),
+                        format!(
+                            "[source.schema] names column `{col}`, which {} does not have",
+                            files[0].display
+                        ),
+                    )
                     .with_help(format!("{help}columns: {}", names.join(", ")))
                     .into());
             }
@@ -181,14 +214,21 @@ pub fn schema(pipeline: &Pipeline, files: &[InputFile]) -> Result<SchemaRef> {
 
 /// Encodes records back to CSV bytes for arrow-csv.
 fn encode(records: &[csv::ByteRecord], o: &Opts) -> Result<Vec<u8>> {
-    let mut w = csv::WriterBuilder::new().delimiter(o.delimiter).quote(o.quote).from_writer(Vec::new());
+    let mut w = csv::WriterBuilder::new()
+        .delimiter(o.delimiter)
+        .quote(o.quote)
+        .from_writer(Vec::new());
     for r in records {
         w.write_byte_record(r)?;
     }
     w.into_inner().map_err(|e| anyhow!("csv encode: {e}"))
 }
 
-fn decode(buf: &[u8], schema: &SchemaRef, o: &Opts) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+fn decode(
+    buf: &[u8],
+    schema: &SchemaRef,
+    o: &Opts,
+) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
     arrow_csv::ReaderBuilder::new(schema.clone())
         .with_header(false)
         .with_delimiter(o.delimiter)
@@ -208,7 +248,10 @@ fn decode_records(
     failures: &mut Vec<ReadFailure>,
 ) -> Result<(RecordBatch, Vec<u64>)> {
     if let Ok(batches) = decode(&encode(records, o)?, schema, o) {
-        return Ok((arrow::compute::concat_batches(schema, &batches)?, lines.to_vec()));
+        return Ok((
+            arrow::compute::concat_batches(schema, &batches)?,
+            lines.to_vec(),
+        ));
     }
     // Slow path: find the records that do not parse.
     let mut good = Vec::new();
@@ -240,11 +283,19 @@ fn strip_arrow_line(msg: &str) -> String {
     }
 }
 
-pub fn open(pipeline: &Pipeline, plan: &SourcePlan, columns: &[String], id_column: Option<String>) -> Result<BatchIter> {
+pub fn open(
+    pipeline: &Pipeline,
+    plan: &SourcePlan,
+    columns: &[String],
+    id_column: Option<String>,
+) -> Result<BatchIter> {
     let o = opts(pipeline);
     let batch_rows = pipeline.batch_rows();
     let schema = plan.schema.clone();
-    let projection: Vec<usize> = columns.iter().map(|c| schema.index_of(c)).collect::<Result<_, _>>()?;
+    let projection: Vec<usize> = columns
+        .iter()
+        .map(|c| schema.index_of(c))
+        .collect::<Result<_, _>>()?;
     let width = schema.fields().len();
     let files = plan.files.clone();
     let mut next_file = 0usize;
@@ -289,7 +340,10 @@ pub fn open(pipeline: &Pipeline, plan: &SourcePlan, columns: &[String], id_colum
                             row: Some(line),
                             id: None,
                             kind: "malformed_row",
-                            message: format!("line {line}: has {} fields, the header has {width}", rec.len()),
+                            message: format!(
+                                "line {line}: has {} fields, the header has {width}",
+                                rec.len()
+                            ),
                         });
                         continue;
                     }
@@ -320,7 +374,8 @@ pub fn open(pipeline: &Pipeline, plan: &SourcePlan, columns: &[String], id_colum
             continue;
         }
         let result = (|| {
-            let (batch, rows) = decode_records(&file_c, &records, &lines, &schema, &o, &mut failures)?;
+            let (batch, rows) =
+                decode_records(&file_c, &records, &lines, &schema, &o, &mut failures)?;
             let batch = batch.project(&projection)?;
             let mut sb = finish(&file_c, batch, rows, id_column.as_deref())?;
             failures.append(&mut sb.failures);

@@ -29,7 +29,10 @@ fn glob_root(pattern: &str) -> PathBuf {
 
 fn rel_slash(path: &Path, root: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path);
-    rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Expands the source's `path`/`paths` into files; every pattern must match something.
@@ -43,11 +46,21 @@ pub fn expand_inputs(pipeline: &Pipeline) -> Result<Vec<InputFile>> {
         if kind == SourceKind::Images {
             if !resolved.is_dir() {
                 return Err(pipeline
-                    .error(p.span(), format!("image folder {} does not exist or is not a folder", resolved.display()))
+                    .error(
+                        p.span(),
+                        format!(
+                            "image folder {} does not exist or is not a folder",
+                            resolved.display()
+                        ),
+                    )
                     .with_help("paths are relative to the pipeline file's folder")
                     .into());
             }
-            out.push(InputFile { display: Arc::from(resolved_str.as_str()), path: resolved, id_prefix: String::new() });
+            out.push(InputFile {
+                display: Arc::from(resolved_str.as_str()),
+                path: resolved,
+                id_prefix: String::new(),
+            });
             continue;
         }
         let is_glob = raw.contains(['*', '?', '[']);
@@ -58,13 +71,24 @@ pub fn expand_inputs(pipeline: &Pipeline) -> Result<Vec<InputFile>> {
                     .with_help("paths are relative to the pipeline file's folder; globs like \"data/*.parquet\" work too")
                     .into());
             }
-            let id_prefix = resolved.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            out.push(InputFile { display: Arc::from(resolved_str.as_str()), path: resolved, id_prefix });
+            let id_prefix = resolved
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            out.push(InputFile {
+                display: Arc::from(resolved_str.as_str()),
+                path: resolved,
+                id_prefix,
+            });
             continue;
         }
         let root = glob_root(&resolved_str);
-        let entries = glob::glob(&resolved_str).map_err(|e| pipeline.error(p.span(), format!("invalid glob: {e}")))?;
-        let mut matched: Vec<PathBuf> = entries.filter_map(|e| e.ok()).filter(|p| p.is_file()).collect();
+        let entries = glob::glob(&resolved_str)
+            .map_err(|e| pipeline.error(p.span(), format!("invalid glob: {e}")))?;
+        let mut matched: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .filter(|p| p.is_file())
+            .collect();
         matched.sort();
         if matched.is_empty() {
             return Err(pipeline
@@ -74,7 +98,11 @@ pub fn expand_inputs(pipeline: &Pipeline) -> Result<Vec<InputFile>> {
         }
         for m in matched {
             let id_prefix = rel_slash(&m, &root);
-            out.push(InputFile { display: Arc::from(m.to_string_lossy().as_ref()), path: m, id_prefix });
+            out.push(InputFile {
+                display: Arc::from(m.to_string_lossy().as_ref()),
+                path: m,
+                id_prefix,
+            });
         }
     }
     out.dedup_by(|a, b| a.path == b.path);
@@ -89,6 +117,9 @@ mod tests {
     fn glob_root_stops_at_first_wildcard() {
         assert_eq!(glob_root("data/2024/*.parquet"), PathBuf::from("data/2024"));
         assert_eq!(glob_root("data/**/x.csv"), PathBuf::from("data"));
-        assert_eq!(rel_slash(Path::new("data/a/b.csv"), Path::new("data")), "a/b.csv");
+        assert_eq!(
+            rel_slash(Path::new("data/a/b.csv"), Path::new("data")),
+            "a/b.csv"
+        );
     }
 }

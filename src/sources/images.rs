@@ -43,7 +43,9 @@ pub fn detect_mime(bytes: &[u8]) -> Option<&'static str> {
 }
 
 fn globset(pats: Option<&Vec<toml::Spanned<String>>>) -> Result<Option<GlobSet>> {
-    let Some(pats) = pats.filter(|p| !p.is_empty()) else { return Ok(None) };
+    let Some(pats) = pats.filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
     let mut b = GlobSetBuilder::new();
     for p in pats {
         b.add(Glob::new(p.get_ref())?);
@@ -72,13 +74,23 @@ fn read_image(path: &Path, rel: &str, max: u64, display: &Arc<str>) -> Result<Im
         kind,
         message,
     };
-    let meta = std::fs::metadata(path).map_err(|e| fail("unreadable", format!("cannot stat: {e}")))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| fail("unreadable", format!("cannot stat: {e}")))?;
     if meta.len() > max {
-        return Err(fail("too_large", format!("{} bytes is over the limit of {max} bytes (max_image_bytes)", meta.len())));
+        return Err(fail(
+            "too_large",
+            format!(
+                "{} bytes is over the limit of {max} bytes (max_image_bytes)",
+                meta.len()
+            ),
+        ));
     }
     let bytes = std::fs::read(path).map_err(|e| fail("unreadable", format!("cannot read: {e}")))?;
     let Some(mime) = detect_mime(&bytes) else {
-        let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
         let msg = if ["png", "jpg", "jpeg", "gif", "webp"].contains(&ext.as_str()) {
             format!("has a .{ext} extension but its content is not a PNG, JPEG, GIF or WebP image")
         } else {
@@ -86,8 +98,19 @@ fn read_image(path: &Path, rel: &str, max: u64, display: &Arc<str>) -> Result<Im
         };
         return Err(fail("not_an_image", msg));
     };
-    let size = imagesize::blob_size(&bytes).map_err(|e| fail("corrupt_image", format!("{mime} header cannot be read: {e}")))?;
-    Ok(Image { rel: rel.to_string(), bytes, mime, width: size.width as u32, height: size.height as u32 })
+    let size = imagesize::blob_size(&bytes).map_err(|e| {
+        fail(
+            "corrupt_image",
+            format!("{mime} header cannot be read: {e}"),
+        )
+    })?;
+    Ok(Image {
+        rel: rel.to_string(),
+        bytes,
+        mime,
+        width: size.width as u32,
+        height: size.height as u32,
+    })
 }
 
 pub fn open(pipeline: &Pipeline, plan: &SourcePlan) -> Result<BatchIter> {
@@ -95,7 +118,10 @@ pub fn open(pipeline: &Pipeline, plan: &SourcePlan) -> Result<BatchIter> {
     let include = globset(src.include.as_ref())?;
     let exclude = globset(src.exclude.as_ref())?;
     let recursive = src.recursive.as_ref().is_none_or(|r| *r.get_ref());
-    let max = src.max_image_bytes.as_ref().map_or(DEFAULT_MAX_IMAGE_BYTES, |m| *m.get_ref());
+    let max = src
+        .max_image_bytes
+        .as_ref()
+        .map_or(DEFAULT_MAX_IMAGE_BYTES, |m| *m.get_ref());
     let batch_rows = pipeline.batch_rows();
     let folders: Vec<InputFile> = plan.files.clone();
     let schema = schema();
@@ -168,13 +194,18 @@ pub fn open(pipeline: &Pipeline, plan: &SourcePlan) -> Result<BatchIter> {
             match entry {
                 Entry::Failed(f) => failures.push(f),
                 Entry::File { path, rel } => {
-                    bytes += std::fs::metadata(&path).map(|m| m.len().min(max)).unwrap_or(0);
+                    bytes += std::fs::metadata(&path)
+                        .map(|m| m.len().min(max))
+                        .unwrap_or(0);
                     chunk.push((path, rel));
                 }
             }
         }
         let display = display?;
-        let results: Vec<Result<Image, ReadFailure>> = chunk.par_iter().map(|(p, rel)| read_image(p, rel, max, &display)).collect();
+        let results: Vec<Result<Image, ReadFailure>> = chunk
+            .par_iter()
+            .map(|(p, rel)| read_image(p, rel, max, &display))
+            .collect();
         let mut images = Vec::with_capacity(results.len());
         for r in results {
             match r {
@@ -187,7 +218,12 @@ pub fn open(pipeline: &Pipeline, plan: &SourcePlan) -> Result<BatchIter> {
     Ok(Box::new(iter))
 }
 
-fn build(schema: &SchemaRef, display: Arc<str>, images: Vec<Image>, failures: Vec<ReadFailure>) -> Result<SourceBatch> {
+fn build(
+    schema: &SchemaRef,
+    display: Arc<str>,
+    images: Vec<Image>,
+    failures: Vec<ReadFailure>,
+) -> Result<SourceBatch> {
     let total: usize = images.iter().map(|i| i.bytes.len()).sum();
     let mut bytes = BinaryBuilder::with_capacity(images.len(), total);
     for i in &images {
@@ -198,7 +234,12 @@ fn build(schema: &SchemaRef, display: Arc<str>, images: Vec<Image>, failures: Ve
         Arc::new(paths.clone()),
         Arc::new(bytes.finish()),
         Arc::new(images.iter().map(|i| Some(i.mime)).collect::<StringArray>()),
-        Arc::new(images.iter().map(|i| i.bytes.len() as u64).collect::<UInt64Array>()),
+        Arc::new(
+            images
+                .iter()
+                .map(|i| i.bytes.len() as u64)
+                .collect::<UInt64Array>(),
+        ),
         Arc::new(images.iter().map(|i| i.width).collect::<UInt32Array>()),
         Arc::new(images.iter().map(|i| i.height).collect::<UInt32Array>()),
     ];

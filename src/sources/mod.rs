@@ -12,7 +12,7 @@ pub use files::{expand_inputs, InputFile};
 
 use crate::config::{Pipeline, SourceKind};
 use anyhow::Result;
-use arrow::array::{ArrayRef, StringArray};
+use arrow::array::{Array, ArrayRef, StringArray};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use std::sync::Arc;
@@ -72,11 +72,20 @@ pub fn plan(pipeline: &Pipeline) -> Result<SourcePlan> {
         SourceKind::Csv => csv::schema(pipeline, &files)?,
         SourceKind::Images => images::schema(),
     };
-    Ok(SourcePlan { kind, files, schema })
+    Ok(SourcePlan {
+        kind,
+        files,
+        schema,
+    })
 }
 
 /// Opens the source, reading only `columns` (which include `id_column`, if any).
-pub fn open(pipeline: &Pipeline, plan: &SourcePlan, columns: &[String], id_column: Option<String>) -> Result<BatchIter> {
+pub fn open(
+    pipeline: &Pipeline,
+    plan: &SourcePlan,
+    columns: &[String],
+    id_column: Option<String>,
+) -> Result<BatchIter> {
     match plan.kind {
         SourceKind::Parquet => parquet::open(pipeline, plan, columns, id_column),
         SourceKind::Csv => csv::open(pipeline, plan, columns, id_column),
@@ -94,25 +103,48 @@ pub(crate) fn tabular_ids(
 ) -> Result<(Arc<StringArray>, Vec<usize>)> {
     match id_column {
         Some(col) => {
-            let array: ArrayRef = arrow::compute::cast(batch.column_by_name(col).expect("id column is projected"), &arrow::datatypes::DataType::Utf8)?;
-            let ids = array.as_any().downcast_ref::<StringArray>().expect("cast to Utf8").clone();
-            let nulls = (0..ids.len()).filter(|&i| ids.is_null(i) || ids.value(i).is_empty()).collect();
+            let array: ArrayRef = arrow::compute::cast(
+                batch.column_by_name(col).expect("id column is projected"),
+                &arrow::datatypes::DataType::Utf8,
+            )?;
+            let ids = array
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("cast to Utf8")
+                .clone();
+            let nulls = (0..ids.len())
+                .filter(|&i| ids.is_null(i) || ids.value(i).is_empty())
+                .collect();
             Ok((Arc::new(ids), nulls))
         }
         None => {
-            let ids: StringArray = rows.iter().map(|r| Some(format!("{}#{r}", file.id_prefix))).collect();
+            let ids: StringArray = rows
+                .iter()
+                .map(|r| Some(format!("{}#{r}", file.id_prefix)))
+                .collect();
             Ok((Arc::new(ids), Vec::new()))
         }
     }
 }
 
 /// Drops `bad` rows (sorted indexes) from a batch, its ids and row numbers.
-pub(crate) fn drop_rows(batch: &RecordBatch, ids: &StringArray, rows: &[u64], bad: &[usize]) -> Result<(RecordBatch, Arc<StringArray>, Vec<u64>)> {
-    let keep: Vec<u32> = (0..batch.num_rows() as u32).filter(|i| bad.binary_search(&(*i as usize)).is_err()).collect();
+pub(crate) fn drop_rows(
+    batch: &RecordBatch,
+    ids: &StringArray,
+    rows: &[u64],
+    bad: &[usize],
+) -> Result<(RecordBatch, Arc<StringArray>, Vec<u64>)> {
+    let keep: Vec<u32> = (0..batch.num_rows() as u32)
+        .filter(|i| bad.binary_search(&(*i as usize)).is_err())
+        .collect();
     let idx = arrow::array::UInt32Array::from(keep.clone());
     let batch = arrow::compute::take_record_batch(batch, &idx)?;
     let ids = arrow::compute::take(ids, &idx, None)?;
-    let ids = ids.as_any().downcast_ref::<StringArray>().expect("string ids").clone();
+    let ids = ids
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("string ids")
+        .clone();
     let rows = keep.iter().map(|&i| rows[i as usize]).collect();
     Ok((batch, Arc::new(ids), rows))
 }

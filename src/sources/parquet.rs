@@ -31,7 +31,12 @@ pub fn schema(_pipeline: &Pipeline, files: &[InputFile]) -> Result<SchemaRef> {
                     files[0].display,
                     field.data_type()
                 ),
-                Err(_) => bail!("{}: has no column `{}` (which {} has); all files of a source must agree", f.display, field.name(), files[0].display),
+                Err(_) => bail!(
+                    "{}: has no column `{}` (which {} has); all files of a source must agree",
+                    f.display,
+                    field.name(),
+                    files[0].display
+                ),
             }
         }
     }
@@ -40,10 +45,22 @@ pub fn schema(_pipeline: &Pipeline, files: &[InputFile]) -> Result<SchemaRef> {
 
 /// Rows in all files, from their footers.
 pub fn total_rows(files: &[InputFile]) -> Option<u64> {
-    files.iter().map(|f| builder(f).ok().map(|b| b.metadata().file_metadata().num_rows() as u64)).sum()
+    files
+        .iter()
+        .map(|f| {
+            builder(f)
+                .ok()
+                .map(|b| b.metadata().file_metadata().num_rows() as u64)
+        })
+        .sum()
 }
 
-pub fn open(pipeline: &Pipeline, plan: &SourcePlan, columns: &[String], id_column: Option<String>) -> Result<BatchIter> {
+pub fn open(
+    pipeline: &Pipeline,
+    plan: &SourcePlan,
+    columns: &[String],
+    id_column: Option<String>,
+) -> Result<BatchIter> {
     let batch_rows = pipeline.batch_rows();
     let files = plan.files.clone();
     let columns = columns.to_vec();
@@ -58,10 +75,16 @@ pub fn open(pipeline: &Pipeline, plan: &SourcePlan, columns: &[String], id_colum
                 let arrow_schema = b.schema().clone();
                 let roots: Vec<usize> = columns
                     .iter()
-                    .map(|c| arrow_schema.index_of(c).map_err(|_| anyhow!("{}: has no column `{c}`", file.display)))
+                    .map(|c| {
+                        arrow_schema
+                            .index_of(c)
+                            .map_err(|_| anyhow!("{}: has no column `{c}`", file.display))
+                    })
                     .collect::<Result<_>>()?;
                 let mask = ProjectionMask::roots(b.parquet_schema(), roots);
-                Ok(b.with_projection(mask).with_batch_size(batch_rows).build()?)
+                Ok(b.with_projection(mask)
+                    .with_batch_size(batch_rows)
+                    .build()?)
             })();
             match reader {
                 Ok(r) => current = Some((file, r, 0)),
@@ -75,7 +98,9 @@ pub fn open(pipeline: &Pipeline, plan: &SourcePlan, columns: &[String], id_colum
                 let at = *rows_done + 1;
                 let display = file.display.clone();
                 current = None;
-                return Some(Err(anyhow!("{display}: cannot decode rows from row {at} on ({e}); the file is corrupt")));
+                return Some(Err(anyhow!(
+                    "{display}: cannot decode rows from row {at} on ({e}); the file is corrupt"
+                )));
             }
             Some(Ok(batch)) => {
                 let start = *rows_done;
@@ -89,7 +114,12 @@ pub fn open(pipeline: &Pipeline, plan: &SourcePlan, columns: &[String], id_colum
 }
 
 /// Attaches ids to a tabular batch and dead-letters rows without one.
-pub(crate) fn finish(file: &InputFile, batch: arrow::record_batch::RecordBatch, rows: Vec<u64>, id_column: Option<&str>) -> Result<SourceBatch> {
+pub(crate) fn finish(
+    file: &InputFile,
+    batch: arrow::record_batch::RecordBatch,
+    rows: Vec<u64>,
+    id_column: Option<&str>,
+) -> Result<SourceBatch> {
     let (ids, null_ids) = tabular_ids(&batch, id_column, file, &rows)?;
     let mut failures = Vec::new();
     let (batch, ids, rows) = if null_ids.is_empty() {
@@ -106,5 +136,11 @@ pub(crate) fn finish(file: &InputFile, batch: arrow::record_batch::RecordBatch, 
         }
         drop_rows(&batch, &ids, &rows, &null_ids)?
     };
-    Ok(SourceBatch { file: file.display.clone(), batch, ids, rows, failures })
+    Ok(SourceBatch {
+        file: file.display.clone(),
+        batch,
+        ids,
+        rows,
+        failures,
+    })
 }

@@ -82,7 +82,10 @@ mode = "overwrite"
 pub fn table_info(db: &Path, table: &str) -> (usize, arrow_schema::SchemaRef) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let conn = lancedb::connect(db.to_str().unwrap()).execute().await.unwrap();
+        let conn = lancedb::connect(db.to_str().unwrap())
+            .execute()
+            .await
+            .unwrap();
         let t = conn.open_table(table).execute().await.unwrap();
         (t.count_rows(None).await.unwrap(), t.schema().await.unwrap())
     })
@@ -90,18 +93,32 @@ pub fn table_info(db: &Path, table: &str) -> (usize, arrow_schema::SchemaRef) {
 
 /// All values of a string column of a local LanceDB table.
 pub fn table_strings(db: &Path, table: &str, column: &str) -> Vec<String> {
+    use arrow::array::Array;
     use futures::TryStreamExt;
     use lancedb::query::{ExecutableQuery, QueryBase, Select};
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let conn = lancedb::connect(db.to_str().unwrap()).execute().await.unwrap();
+        let conn = lancedb::connect(db.to_str().unwrap())
+            .execute()
+            .await
+            .unwrap();
         let t = conn.open_table(table).execute().await.unwrap();
-        let batches: Vec<arrow::record_batch::RecordBatch> =
-            t.query().select(Select::Columns(vec![column.to_string()])).execute().await.unwrap().try_collect().await.unwrap();
+        let batches: Vec<arrow::record_batch::RecordBatch> = t
+            .query()
+            .select(Select::Columns(vec![column.to_string()]))
+            .execute()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
         let mut out = Vec::new();
         for b in batches {
             let a = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
-            let a = a.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+            let a = a
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
             out.extend((0..a.len()).map(|i| a.value(i).to_string()));
         }
         out
@@ -111,7 +128,23 @@ pub fn table_strings(db: &Path, table: &str, column: &str) -> Vec<String> {
 /// Dead letters of a run (one JSON object per line).
 pub fn dead_letters(path: &Path) -> Vec<serde_json::Value> {
     match std::fs::read_to_string(path) {
-        Ok(s) => s.lines().map(|l| serde_json::from_str(l).unwrap()).collect(),
+        Ok(s) => s
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// Number of fragments (data files) of a local LanceDB table.
+pub fn table_fragments(db: &Path, table: &str) -> usize {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = lancedb::connect(db.to_str().unwrap())
+            .execute()
+            .await
+            .unwrap();
+        let t = conn.open_table(table).execute().await.unwrap();
+        t.stats().await.unwrap().fragment_stats.num_fragments
+    })
 }
