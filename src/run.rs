@@ -240,7 +240,7 @@ async fn embed_batch(
                 run_id: run_id.to_string(),
                 id: Some(sb.ids.value(i).to_string()),
                 source: sb.file.to_string(),
-                row: Some(sb.rows[i]),
+                row: Some(sb.rows[i]).filter(|&r| r > 0),
                 step,
                 kind,
                 message,

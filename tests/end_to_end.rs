@@ -211,3 +211,30 @@ fn config_errors_point_at_file_line_and_column() {
     assert_eq!(out.code, 2);
     assert!(!tmp.path().join("db").exists());
 }
+
+#[test]
+fn every_shipped_pipeline_validates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo().join("pipelines")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_embedpipe"))
+                .args(["validate", path.to_str().unwrap(), "--json"])
+                .env("EMBEDPIPE_DB", tmp.path().join("db"))
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(report["ok"], true);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3);
+}

@@ -4,9 +4,14 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-/// An error in a pipeline file, with the position it refers to.
+/// An error in a pipeline file, with the position it refers to (boxed: errors are rare, results
+/// are everywhere).
 #[derive(Debug, Clone)]
-pub struct ConfigError {
+pub struct ConfigError(Box<ConfigErrorDetail>);
+
+/// What a [`ConfigError`] says.
+#[derive(Debug, Clone)]
+pub struct ConfigErrorDetail {
     pub file: PathBuf,
     /// 1-based line and column, when the error has a position.
     pub line: Option<usize>,
@@ -17,17 +22,30 @@ pub struct ConfigError {
     pub help: Option<String>,
 }
 
+impl std::ops::Deref for ConfigError {
+    type Target = ConfigErrorDetail;
+    fn deref(&self) -> &ConfigErrorDetail {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ConfigError {
+    fn deref_mut(&mut self) -> &mut ConfigErrorDetail {
+        &mut self.0
+    }
+}
+
 impl ConfigError {
     /// An error with no position in the file (e.g. the file cannot be read).
     pub fn whole_file(file: &Path, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(ConfigErrorDetail {
             file: file.to_path_buf(),
             line: None,
             column: None,
             snippet: None,
             message: message.into(),
             help: None,
-        }
+        }))
     }
 
     /// An error at `span` (byte offsets) of `text`.

@@ -6,7 +6,7 @@ mod env;
 mod error;
 
 pub use env::{expand, EnvString};
-pub use error::{did_you_mean, ConfigError};
+pub use error::{did_you_mean, ConfigError, ConfigErrorDetail};
 
 use crate::models::{self, Modality, ModelSpec};
 use serde::Deserialize;

@@ -72,7 +72,7 @@ fn misspelt_key_suggests_the_right_one() {
     assert_eq!(e.message, "unknown key `paht`");
     assert_eq!(e.line, Some(line_of(&text, "paht")));
     assert_eq!(e.column, Some(1));
-    let help = e.help.unwrap();
+    let help = e.help.clone().unwrap();
     assert!(help.contains("did you mean `path`?"), "{help}");
     assert!(help.contains("allowed keys:"), "{help}");
 }
@@ -85,7 +85,7 @@ fn bad_enum_value_lists_allowed_values() {
     );
     let e = err(&text);
     assert_eq!(e.line, Some(line_of(&text, "mode =")));
-    let help = e.help.unwrap();
+    let help = e.help.clone().unwrap();
     assert!(
         help.contains("did you mean `overwrite`?") && help.contains("create, overwrite, append"),
         "{help}"
@@ -104,6 +104,7 @@ fn unknown_model_id_lists_known_ids() {
     assert_eq!(e.column, Some(6));
     assert!(e
         .help
+        .clone()
         .unwrap()
         .contains("sentence-transformers/all-MiniLM-L6-v2"));
 }
@@ -117,7 +118,7 @@ fn dimension_not_offered_lists_allowed() {
     let e = err(&text);
     assert!(e.message.contains("768"), "{e}");
     assert_eq!(e.line, Some(line_of(&text, "dimensions")));
-    assert!(e.help.unwrap().contains("allowed dimensions: 384"));
+    assert!(e.help.clone().unwrap().contains("allowed dimensions: 384"));
 }
 
 #[test]
@@ -167,7 +168,7 @@ fn unknown_model_reference_suggests() {
     let text = GOOD.replace("model = \"minilm\"", "model = \"minlm\"");
     let e = err(&text);
     assert!(e.message.contains("no [[model]] named `minlm`"), "{e}");
-    assert!(e.help.unwrap().contains("did you mean `minilm`?"));
+    assert!(e.help.clone().unwrap().contains("did you mean `minilm`?"));
 }
 
 #[test]
@@ -198,7 +199,7 @@ fn image_input_to_text_model_is_rejected() {
     let text = GOOD.replace("text = \"{title}\\n{body}\"", "image = \"bytes\"");
     let e = err(&text);
     assert!(e.message.contains("does not accept image input"), "{e}");
-    assert!(e.help.unwrap().contains("text"));
+    assert!(e.help.clone().unwrap().contains("text"));
 }
 
 #[test]

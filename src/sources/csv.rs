@@ -233,7 +233,7 @@ fn decode(
         .with_header(false)
         .with_delimiter(o.delimiter)
         .with_quote(o.quote)
-        .with_batch_size(usize::MAX.min(1 << 20))
+        .with_batch_size(1 << 20)
         .build_buffered(std::io::Cursor::new(buf))?
         .collect()
 }

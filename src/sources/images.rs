@@ -247,7 +247,8 @@ fn build(
         file: display,
         batch: RecordBatch::try_new(schema.clone(), columns)?,
         ids: Arc::new(paths),
-        rows: (1..=images.len() as u64).collect(),
+        // Image rows are located by their path (the id), not a row number.
+        rows: vec![0; images.len()],
         failures,
     })
 }

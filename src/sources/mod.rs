@@ -26,7 +26,8 @@ pub struct SourceBatch {
     pub batch: RecordBatch,
     /// Stable row ids, one per row of `batch` (from `id_column`, or derived).
     pub ids: Arc<StringArray>,
-    /// 1-based row number in the file (the line number for CSV files without quoted newlines).
+    /// 1-based row number in the file (the line where the record starts, for CSV); 0 where
+    /// rows have no number (image files, located by their path).
     pub rows: Vec<u64>,
     /// Rows of this stretch of the file that could not be read.
     pub failures: Vec<ReadFailure>,
