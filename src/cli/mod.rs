@@ -242,6 +242,12 @@ async fn dispatch(cli: Cli) -> i32 {
                         println!("{}", serde_json::to_string_pretty(&summary).expect("json"));
                     } else if !cli.quiet {
                         print!("{summary}");
+                        if summary.rows_written > 0 {
+                            println!(
+                                "search it: embedpipe search {} \"your query\"",
+                                file.display()
+                            );
+                        }
                     }
                     if summary.rows_failed > 0 {
                         EXIT_ROWS_FAILED

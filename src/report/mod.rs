@@ -39,7 +39,7 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} rows to table `{}` in {} ({} mode) in {:.2}s, {:.0} rows/s",
+            "wrote {} rows to table `{}` in {} (mode {}) in {:.2}s ({:.0} rows/s)",
             self.rows_written,
             self.table,
             self.uri,

@@ -78,51 +78,57 @@ mode = "overwrite"
     )
 }
 
-/// Reads a local LanceDB table: row count and schema.
-pub fn table_info(db: &Path, table: &str) -> (usize, arrow_schema::SchemaRef) {
+/// Opens a local LanceDB table, with a runtime to drive it.
+fn open_table(db: &Path, table: &str) -> (tokio::runtime::Runtime, lancedb::Table) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
+    let t = rt.block_on(async {
         let conn = lancedb::connect(db.to_str().unwrap())
             .execute()
             .await
             .unwrap();
-        let t = conn.open_table(table).execute().await.unwrap();
-        (t.count_rows(None).await.unwrap(), t.schema().await.unwrap())
-    })
+        conn.open_table(table).execute().await.unwrap()
+    });
+    (rt, t)
 }
 
-/// All values of a string column of a local LanceDB table.
+/// Reads a local LanceDB table: row count and schema.
+pub fn table_info(db: &Path, table: &str) -> (usize, arrow_schema::SchemaRef) {
+    let (rt, t) = open_table(db, table);
+    rt.block_on(async { (t.count_rows(None).await.unwrap(), t.schema().await.unwrap()) })
+}
+
+/// All values of a column of a local LanceDB table, as text.
 pub fn table_strings(db: &Path, table: &str, column: &str) -> Vec<String> {
     use arrow::array::Array;
     use futures::TryStreamExt;
     use lancedb::query::{ExecutableQuery, QueryBase, Select};
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let conn = lancedb::connect(db.to_str().unwrap())
-            .execute()
-            .await
-            .unwrap();
-        let t = conn.open_table(table).execute().await.unwrap();
-        let batches: Vec<arrow::record_batch::RecordBatch> = t
-            .query()
+    let (rt, t) = open_table(db, table);
+    let batches: Vec<arrow::record_batch::RecordBatch> = rt.block_on(async {
+        t.query()
             .select(Select::Columns(vec![column.to_string()]))
             .execute()
             .await
             .unwrap()
             .try_collect()
             .await
+            .unwrap()
+    });
+    let mut out = Vec::new();
+    for b in batches {
+        let a = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        let a = a
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
             .unwrap();
-        let mut out = Vec::new();
-        for b in batches {
-            let a = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
-            let a = a
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .unwrap();
-            out.extend((0..a.len()).map(|i| a.value(i).to_string()));
-        }
-        out
-    })
+        out.extend((0..a.len()).map(|i| a.value(i).to_string()));
+    }
+    out
+}
+
+/// Number of fragments (data files) of a local LanceDB table.
+pub fn table_fragments(db: &Path, table: &str) -> usize {
+    let (rt, t) = open_table(db, table);
+    rt.block_on(async { t.stats().await.unwrap().fragment_stats.num_fragments })
 }
 
 /// Dead letters of a run (one JSON object per line).
@@ -134,17 +140,4 @@ pub fn dead_letters(path: &Path) -> Vec<serde_json::Value> {
             .collect(),
         Err(_) => Vec::new(),
     }
-}
-
-/// Number of fragments (data files) of a local LanceDB table.
-pub fn table_fragments(db: &Path, table: &str) -> usize {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let conn = lancedb::connect(db.to_str().unwrap())
-            .execute()
-            .await
-            .unwrap();
-        let t = conn.open_table(table).execute().await.unwrap();
-        t.stats().await.unwrap().fragment_stats.num_fragments
-    })
 }
