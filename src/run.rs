@@ -101,13 +101,17 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
     .await
     .map_err(RunError::Setup)?;
 
-    let mut progress = Progress::new(checked.source.total_rows(), opts.progress);
+    let progress = Progress::new(
+        checked.source.total_rows(),
+        pipeline.steps.len(),
+        opts.progress,
+    );
     let mut counters = Counters {
         read: 0,
         written: 0,
     };
     let outcome = tokio::select! {
-        r = pump(&pipeline, &checked, &models, &writer, &mut failures, &mut counters, &mut progress, &run_id) => r.map_err(RunError::Failed),
+        r = pump(&pipeline, &checked, &models, &writer, &mut failures, &mut counters, &progress, &run_id) => r.map_err(RunError::Failed),
         _ = tokio::signal::ctrl_c() => Err(RunError::Interrupted),
     };
     progress.finish();
@@ -152,7 +156,7 @@ async fn pump(
     writer: &Writer,
     failures: &mut FailureWriter,
     counters: &mut Counters,
-    progress: &mut Progress,
+    progress: &Progress,
     run_id: &str,
 ) -> Result<()> {
     let iter = sources::open(
@@ -185,15 +189,19 @@ async fn pump(
                 message: f.message.clone(),
             })?;
         }
-        let written = embed_batch(pipeline, checked, models, writer, failures, &sb, run_id).await?;
+        let written = embed_batch(
+            pipeline, checked, models, writer, failures, &sb, run_id, progress,
+        )
+        .await?;
         counters.written += written;
-        progress.inc(n);
+        progress.batch_done(n);
     }
     reader.await.context("source reader panicked")?;
     Ok(())
 }
 
 /// Embeds one source batch through every step and sends the rows that made it to the sink.
+#[allow(clippy::too_many_arguments)]
 async fn embed_batch(
     pipeline: &Pipeline,
     checked: &Checked,
@@ -202,6 +210,7 @@ async fn embed_batch(
     failures: &mut FailureWriter,
     sb: &SourceBatch,
     run_id: &str,
+    progress: &Progress,
 ) -> Result<u64> {
     let n = sb.batch.num_rows();
     if n == 0 {
@@ -221,7 +230,9 @@ async fn embed_batch(
         }
         // Rows that already failed an earlier step are not sent again.
         retain_rows(&mut prepared, |row| failed[row].is_none());
-        let out = model.embed(&prepared.inputs).await?;
+        let out = model
+            .embed(&prepared.inputs, &|n| progress.inputs_done(n))
+            .await?;
         for (pos, msg) in out.failed {
             failed[prepared.rows[pos]].get_or_insert((
                 step.name.clone(),

@@ -91,7 +91,9 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
             bail!("column `{}` holds vectors from {their}, but the pipeline's model is {}; re-run the pipeline", step.vector, model.info.spec.id);
         }
     }
-    let out = model.embed(&Inputs::Text(vec![opts.query.clone()])).await?;
+    let out = model
+        .embed(&Inputs::Text(vec![opts.query.clone()]), &|_| {})
+        .await?;
     if let Some((_, msg)) = out.failed.first() {
         bail!("embedding the query failed: {msg}");
     }

@@ -246,3 +246,19 @@ fn image_folder_detects_formats_and_dead_letters_bad_files() {
         "image bytes are not copied into the table by default"
     );
 }
+
+#[test]
+fn header_only_csv_makes_an_empty_table() {
+    ensure_model();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("d.csv"), "id,title\n").unwrap();
+    let p = write_pipeline(
+        tmp.path(),
+        "p.toml",
+        &pipeline_text("type = \"csv\"\npath = \"d.csv\"", "column = \"title\"", ""),
+    );
+    let (code, s, err) = run_json(&p, tmp.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(s["rows_read"], 0);
+    assert_eq!(table_info(&tmp.path().join("db"), "t").0, 0);
+}

@@ -122,8 +122,13 @@ impl ModelHandle {
         self.stats.lock().expect("stats lock").clone()
     }
 
-    /// Embeds all `inputs` of a step, in calls of `batch_size`.
-    pub async fn embed(&self, inputs: &Inputs) -> Result<StepOutput> {
+    /// Embeds all `inputs` of a step, in calls of `batch_size`; `on_call` hears how many inputs
+    /// each finished call covered.
+    pub async fn embed(
+        &self,
+        inputs: &Inputs,
+        on_call: &(dyn Fn(usize) + Sync),
+    ) -> Result<StepOutput> {
         let Inputs::Text(texts) = inputs else {
             bail!(
                 "model `{}` ({}) takes text only",
@@ -144,6 +149,7 @@ impl ModelHandle {
             let result = match &self.backend {
                 Backend::Local(m) => m.embed(call_texts).await,
             };
+            on_call(call.len());
             let mut stats = self.stats.lock().expect("stats lock");
             stats.calls += 1;
             stats.inputs += call.len() as u64;
