@@ -261,26 +261,34 @@ async fn embed_batch(
     if keep.is_empty() {
         return Ok(0);
     }
-    let mut vectors = Vec::with_capacity(per_step.len());
-    let mut hashes = Vec::with_capacity(per_step.len());
-    for (step, (prepared, vecs)) in pipeline.steps.iter().zip(per_step) {
-        let dim = models.get(step.model_index).info.dimension;
-        let mut v = Vec::with_capacity(keep.len() * dim);
-        let mut h = Vec::with_capacity(keep.len());
-        let mut pos = 0;
-        for &row in &keep {
-            while prepared.rows[pos] != row as usize {
-                pos += 1;
+    // Gathering vectors and building the Arrow batch is CPU work: do it on rayon.
+    let dims: Vec<usize> = pipeline
+        .steps
+        .iter()
+        .map(|s| models.get(s.model_index).info.dimension)
+        .collect();
+    let layout = checked.layout.clone();
+    let (batch, ids) = (sb.batch.clone(), sb.ids.clone());
+    let out = cpu(move || {
+        let mut vectors = Vec::with_capacity(per_step.len());
+        let mut hashes = Vec::with_capacity(per_step.len());
+        for (dim, (prepared, vecs)) in dims.into_iter().zip(per_step) {
+            let mut v = Vec::with_capacity(keep.len() * dim);
+            let mut h = Vec::with_capacity(keep.len());
+            let mut pos = 0;
+            for &row in &keep {
+                while prepared.rows[pos] != row as usize {
+                    pos += 1;
+                }
+                v.extend_from_slice(&vecs[pos * dim..(pos + 1) * dim]);
+                h.push(prepared.hashes[pos].clone());
             }
-            v.extend_from_slice(&vecs[pos * dim..(pos + 1) * dim]);
-            h.push(prepared.hashes[pos].clone());
+            vectors.push(v);
+            hashes.push(h);
         }
-        vectors.push(v);
-        hashes.push(h);
-    }
-    let out = checked
-        .layout
-        .assemble(&sb.batch, &sb.ids, &keep, vectors, hashes, now_micros())?;
+        layout.assemble(&batch, &ids, &keep, vectors, hashes, now_micros())
+    })
+    .await??;
     let rows = out.num_rows() as u64;
     writer.send(out).await?;
     Ok(rows)
