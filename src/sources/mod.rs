@@ -49,15 +49,14 @@ pub struct SourcePlan {
     pub files: Vec<InputFile>,
     /// Schema of every batch the source will produce.
     pub schema: SchemaRef,
+    /// Rows the source holds, when known without reading it (Parquet footers).
+    total_rows: Option<u64>,
 }
 
 impl SourcePlan {
     /// Rows the source holds, when known without reading it (Parquet footers).
     pub fn total_rows(&self) -> Option<u64> {
-        match self.kind {
-            SourceKind::Parquet => parquet::total_rows(&self.files),
-            _ => None,
-        }
+        self.total_rows
     }
 }
 
@@ -68,15 +67,19 @@ pub type BatchIter = Box<dyn Iterator<Item = Result<SourceBatch>> + Send>;
 pub fn plan(pipeline: &Pipeline) -> Result<SourcePlan> {
     let kind = *pipeline.source().kind.get_ref();
     let files = expand_inputs(pipeline)?;
-    let schema = match kind {
-        SourceKind::Parquet => parquet::schema(pipeline, &files)?,
-        SourceKind::Csv => csv::schema(pipeline, &files)?,
-        SourceKind::Images => images::schema(),
+    let (schema, total_rows) = match kind {
+        SourceKind::Parquet => {
+            let (schema, rows) = parquet::schema(pipeline, &files)?;
+            (schema, Some(rows))
+        }
+        SourceKind::Csv => (csv::schema(pipeline, &files)?, None),
+        SourceKind::Images => (images::schema(), None),
     };
     Ok(SourcePlan {
         kind,
         files,
         schema,
+        total_rows,
     })
 }
 

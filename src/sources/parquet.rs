@@ -15,11 +15,16 @@ fn builder(file: &InputFile) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     })
 }
 
-/// The schema shared by all files (from their footers); files must agree on common columns.
-pub fn schema(_pipeline: &Pipeline, files: &[InputFile]) -> Result<SchemaRef> {
-    let first = builder(&files[0])?.schema().clone();
+/// The schema shared by all files and their total row count, from the footers alone; files
+/// must agree on common columns.
+pub fn schema(_pipeline: &Pipeline, files: &[InputFile]) -> Result<(SchemaRef, u64)> {
+    let first_builder = builder(&files[0])?;
+    let first = first_builder.schema().clone();
+    let mut rows = first_builder.metadata().file_metadata().num_rows() as u64;
     for f in &files[1..] {
-        let s = builder(f)?.schema().clone();
+        let b = builder(f)?;
+        rows += b.metadata().file_metadata().num_rows() as u64;
+        let s = b.schema().clone();
         for field in first.fields() {
             match s.field_with_name(field.name()) {
                 Ok(other) if other.data_type() == field.data_type() => {}
@@ -40,19 +45,7 @@ pub fn schema(_pipeline: &Pipeline, files: &[InputFile]) -> Result<SchemaRef> {
             }
         }
     }
-    Ok(first)
-}
-
-/// Rows in all files, from their footers.
-pub fn total_rows(files: &[InputFile]) -> Option<u64> {
-    files
-        .iter()
-        .map(|f| {
-            builder(f)
-                .ok()
-                .map(|b| b.metadata().file_metadata().num_rows() as u64)
-        })
-        .sum()
+    Ok((first, rows))
 }
 
 pub fn open(
