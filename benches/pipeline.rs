@@ -4,7 +4,12 @@
 //! 2. Parquet → LanceDB: rows/s of the source → inputs → rows → sink path with the model call
 //!    replaced by ready-made vectors, and the peak RSS while doing it.
 //!
-//! `EMBEDPIPE_BENCH_ROWS` sets the rows of the generated Parquet file (default 500000).
+//! 3. Bedrock emulator: InvokeModel requests/s at zero latency with 1024-d responses, through the
+//!    real AWS SDK client (signing and all) with 64 calls in flight;
+//! 4. transformers: request-build + response-parse time per model family.
+//!
+//! `EMBEDPIPE_BENCH_ROWS` sets the rows of the generated Parquet file (default 500000);
+//! `EMBEDPIPE_BENCH=sink|model|emulator|transform` runs one of them.
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -178,6 +183,126 @@ mode = "overwrite"
     );
 }
 
+async fn bench_emulator() {
+    use embedpipe::emulator::{Emulator, Settings};
+    use embedpipe::providers::bedrock::{Bedrock, Connection};
+    use futures::StreamExt;
+    let emu = Emulator::start(([127, 0, 0, 1], 0).into(), Settings::default())
+        .await
+        .unwrap();
+    let client = Bedrock::connect(&Connection {
+        endpoint_url: Some(emu.endpoint()),
+        emulator_credentials: true,
+        timeout: std::time::Duration::from_secs(30),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let body = br#"{"inputText":"the quick brown fox jumps over the lazy dog","dimensions":1024}"#;
+    let total = 20_000;
+    let run = |n: usize| {
+        let client = client.clone();
+        async move {
+            futures::stream::iter(0..n)
+                .map(|_| {
+                    let c = client.clone();
+                    async move {
+                        c.invoke("amazon.titan-embed-text-v2:0", body.to_vec())
+                            .await
+                            .unwrap()
+                            .len()
+                    }
+                })
+                .buffer_unordered(64)
+                .fold(0usize, |a, b| async move { a + b })
+                .await
+        }
+    };
+    run(2_000).await; // warm-up: connections
+    let t = Instant::now();
+    let bytes = run(total).await;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "emulator (Titan v2, 1024-d, zero latency, SDK client, 64 in flight): {:.0} requests/s ({:.1} KB/response)",
+        total as f64 / secs,
+        bytes as f64 / total as f64 / 1024.0
+    );
+    assert_eq!(
+        emu.stats().models["amazon.titan-embed-text-v2:0"].ok,
+        (total + 2_000) as u64
+    );
+}
+
+fn bench_transform() {
+    use embedpipe::models::{self, Image, ImageFormat, Input, Params};
+    let text =
+        "Volcanic eruptions reshape landscapes: lava flows, ash clouds and new islands. ".repeat(4);
+    let png = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sample_data/images/landscapes/forest-2.png"
+    ))
+    .unwrap();
+    let img = Image {
+        bytes: &png,
+        format: ImageFormat::Png,
+    };
+    let emu_dims = |id: &str, d: usize| (models::lookup(id).unwrap(), d);
+    let cases: Vec<(&str, usize, Vec<Input>)> = vec![
+        (
+            "amazon.titan-embed-text-v2:0",
+            1024,
+            vec![Input::Text(&text)],
+        ),
+        ("amazon.titan-embed-image-v1", 1024, vec![Input::Image(img)]),
+        (
+            "cohere.embed-english-v3",
+            1024,
+            vec![Input::Text(&text); 96],
+        ),
+        ("cohere.embed-v4:0", 1536, vec![Input::Text(&text); 96]),
+        (
+            "amazon.nova-2-multimodal-embeddings-v1:0",
+            3072,
+            vec![Input::Text(&text)],
+        ),
+        (
+            "twelvelabs.marengo-embed-3-0-v1:0",
+            512,
+            vec![Input::Text(&text)],
+        ),
+    ];
+    for (id, dim, inputs) in cases {
+        let (spec, dim) = emu_dims(id, dim);
+        let params = Params::defaults(spec);
+        let body =
+            serde_json::to_vec(&models::build_request(spec, &params, &inputs).unwrap()).unwrap();
+        // A response of the right shape from the emulator's own writer.
+        let resp = embedpipe::emulator::wire::handle(spec, &format!("us.{id}"), &body, None)
+            .unwrap_or_else(|_| embedpipe::emulator::wire::handle(spec, id, &body, None).unwrap())
+            .body;
+        let iters = 2_000 / inputs.len().max(1) + 20;
+        let t = Instant::now();
+        for _ in 0..iters {
+            let b = serde_json::to_vec(&models::build_request(spec, &params, &inputs).unwrap())
+                .unwrap();
+            std::hint::black_box(b);
+        }
+        let build = t.elapsed().as_secs_f64() / iters as f64;
+        let t = Instant::now();
+        for _ in 0..iters {
+            let p = models::parse_response(spec, &params, &resp, inputs.len()).unwrap();
+            std::hint::black_box(p);
+        }
+        let parse = t.elapsed().as_secs_f64() / iters as f64;
+        println!(
+            "transform {id:<42} {} input(s), {dim}-d: build {:>8.1} us, parse {:>8.1} us per call",
+            inputs.len(),
+            build * 1e6,
+            parse * 1e6
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let rows: usize = std::env::var("EMBEDPIPE_BENCH_ROWS")
@@ -188,6 +313,13 @@ fn main() {
     if only.is_empty() || only == "sink" {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(bench_sink(rows));
+    }
+    if only.is_empty() || only == "emulator" {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(bench_emulator());
+    }
+    if only.is_empty() || only == "transform" {
+        bench_transform();
     }
     if only.is_empty() || only == "model" {
         bench_model();

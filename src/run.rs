@@ -21,6 +21,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 pub struct RunOptions {
     /// Show a progress bar / progress log lines.
     pub progress: bool,
+    /// How models are reached (`--emulator`).
+    pub overrides: crate::dispatch::Overrides,
 }
 
 /// Where a run stopped.
@@ -80,7 +82,8 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
     let checked = validate::check(&pipeline).await.map_err(RunError::Setup)?;
     let models = {
         let p = pipeline.clone();
-        tokio::task::spawn_blocking(move || Models::load(&p))
+        let o = opts.overrides.clone();
+        tokio::task::spawn_blocking(move || Models::load(&p, &o))
             .await
             .map_err(|e| RunError::Setup(anyhow!("model loader panicked: {e}")))?
             .map_err(RunError::Setup)?
@@ -233,12 +236,8 @@ async fn embed_batch(
         let out = model
             .embed(&prepared.inputs, &|n| progress.inputs_done(n))
             .await?;
-        for (pos, msg) in out.failed {
-            failed[prepared.rows[pos]].get_or_insert((
-                step.name.clone(),
-                "model_error".into(),
-                msg,
-            ));
+        for (pos, kind, msg) in out.failed {
+            failed[prepared.rows[pos]].get_or_insert((step.name.clone(), kind, msg));
         }
         per_step.push((prepared, out.vectors));
     }

@@ -20,6 +20,8 @@ pub struct SearchOptions {
     pub step: Option<String>,
     /// Columns to show; default `id` plus the metadata columns.
     pub columns: Option<Vec<String>>,
+    /// How the model is reached (`--emulator`).
+    pub overrides: crate::dispatch::Overrides,
 }
 
 /// One result row.
@@ -80,7 +82,8 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
     let model = {
         let p = pipeline.clone();
         let index = step.model_index;
-        tokio::task::spawn_blocking(move || ModelHandle::load(&p, index)).await??
+        let o = opts.overrides.clone();
+        tokio::task::spawn_blocking(move || ModelHandle::load(&p, index, &o)).await??
     };
     if let Some(their) = schema
         .field_with_name(&step.vector)?
@@ -94,7 +97,7 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
     let out = model
         .embed(&Inputs::Text(vec![opts.query.clone()]), &|_| {})
         .await?;
-    if let Some((_, msg)) = out.failed.first() {
+    if let Some((_, _, msg)) = out.failed.first() {
         bail!("embedding the query failed: {msg}");
     }
     let columns: Vec<String> = match &opts.columns {

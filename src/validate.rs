@@ -227,6 +227,11 @@ pub async fn check(pipeline: &Pipeline) -> Result<Checked> {
 
     // Sink.
     let models = ModelInfo::all(pipeline);
+    for step in &pipeline.steps {
+        if let Some(note) = models[step.model_index].spec.deprecation {
+            tracing::warn!("model `{}`: {note}", models[step.model_index].name);
+        }
+    }
     let layout = OutputLayout::new(pipeline, &schema, metadata, &models)?;
     let target = lance_sink::target(pipeline)?;
     lance_sink::check_reachable(&target)?;

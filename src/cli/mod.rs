@@ -1,4 +1,4 @@
-//! The command line: `validate`, `run`, `search`, `models`.
+//! The command line: `validate`, `run`, `search`, `emulator`, `models`.
 //!
 //! Exit codes: 0 success; 1 the run failed midway (nothing committed); 2 invalid command line,
 //! pipeline file, input data, sink or missing model (found before any model call; nothing
@@ -58,6 +58,9 @@ enum Command {
         /// Print the summary as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Send Bedrock calls to an in-process Bedrock emulator (no AWS account needed).
+        #[arg(long)]
+        emulator: bool,
     },
     /// Search the pipeline's table with a text query.
     Search {
@@ -75,12 +78,60 @@ enum Command {
         /// Print results as JSON.
         #[arg(long)]
         json: bool,
+        /// Embed the query with the in-process Bedrock emulator (for tables built with it).
+        #[arg(long)]
+        emulator: bool,
     },
+    /// Serve a Bedrock Runtime emulator on loopback (no AWS account needed).
+    ///
+    /// Point pipelines at it with `endpoint_url = "http://127.0.0.1:PORT"` in [[model]] or
+    /// AWS_ENDPOINT_URL_BEDROCK_RUNTIME; it accepts any well-formed SigV4 credentials.
+    Emulator(EmulatorArgs),
     /// Manage local model weights.
     Models {
         #[command(subcommand)]
         action: ModelsAction,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct EmulatorArgs {
+    /// Port on 127.0.0.1 (0 picks a free one; the address is printed on stdout).
+    #[arg(long, default_value_t = 4566)]
+    port: u16,
+    /// Address to bind (loopback by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Latency in ms: `50`, `20..80` (uniform) or `normal:50,10`.
+    #[arg(long, default_value = "0")]
+    latency_ms: String,
+    /// Requests per minute per model (429 ThrottlingException above it).
+    #[arg(long)]
+    rpm: Option<u64>,
+    /// Tokens per minute per model.
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Share of calls answered with ThrottlingException.
+    #[arg(long, default_value_t = 0.0)]
+    fault_throttle: f64,
+    /// Share of calls answered with a 500/503.
+    #[arg(long, default_value_t = 0.0)]
+    fault_5xx: f64,
+    /// Share of calls answered with ModelTimeoutException.
+    #[arg(long, default_value_t = 0.0)]
+    fault_timeout: f64,
+    /// Share of calls answered with ModelNotReadyException.
+    #[arg(long, default_value_t = 0.0)]
+    fault_not_ready: f64,
+    /// Share of calls answered with a truncated JSON body.
+    #[arg(long, default_value_t = 0.0)]
+    fault_malformed: f64,
+    /// Share of calls whose connection is dropped.
+    #[arg(long, default_value_t = 0.0)]
+    fault_reset: f64,
+    /// Full settings as JSON (see `GET /_emulator/config`); flags above apply on top.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -228,13 +279,22 @@ async fn dispatch(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Run { file, json } => {
+        Command::Run {
+            file,
+            json,
+            emulator,
+        } => {
             let p = match load(&file) {
                 Ok(p) => p,
                 Err(code) => return code,
             };
+            let (_emu, overrides) = match emulator_overrides(emulator).await {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
             let opts = RunOptions {
                 progress: !cli.quiet && !json,
+                overrides,
             };
             match crate::run::run(p, opts).await {
                 Ok(summary) => {
@@ -277,9 +337,14 @@ async fn dispatch(cli: Cli) -> i32 {
             step,
             columns,
             json,
+            emulator,
         } => {
             let p = match load(&file) {
                 Ok(p) => p,
+                Err(code) => return code,
+            };
+            let (_emu, overrides) = match emulator_overrides(emulator).await {
+                Ok(x) => x,
                 Err(code) => return code,
             };
             match crate::search::search(
@@ -289,6 +354,7 @@ async fn dispatch(cli: Cli) -> i32 {
                     k,
                     step,
                     columns,
+                    overrides,
                 },
             )
             .await
@@ -307,6 +373,7 @@ async fn dispatch(cli: Cli) -> i32 {
                 }
             }
         }
+        Command::Emulator(args) => emulator_command(args).await,
         Command::Models { action } => models_command(action),
     }
 }
@@ -350,6 +417,102 @@ fn print_hits(hits: &[crate::search::Hit]) {
             h.id,
             fields.join("  ")
         );
+    }
+}
+
+/// Starts an in-process emulator for `--emulator`; it lives as long as the returned handle.
+async fn emulator_overrides(
+    enabled: bool,
+) -> Result<
+    (
+        Option<crate::emulator::Emulator>,
+        crate::dispatch::Overrides,
+    ),
+    i32,
+> {
+    if !enabled {
+        return Ok((None, Default::default()));
+    }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    match crate::emulator::Emulator::start(addr, Default::default()).await {
+        Ok(emu) => {
+            tracing::info!(
+                "Bedrock calls go to the in-process emulator at {}",
+                emu.endpoint()
+            );
+            let overrides = crate::dispatch::Overrides {
+                endpoint_url: Some(emu.endpoint()),
+                emulator_credentials: true,
+            };
+            Ok((Some(emu), overrides))
+        }
+        Err(e) => {
+            report_error(&e);
+            Err(EXIT_FAILED)
+        }
+    }
+}
+
+async fn emulator_command(a: EmulatorArgs) -> i32 {
+    use crate::emulator::{Emulator, Latency, Settings};
+    let settings = (|| -> anyhow::Result<Settings> {
+        let mut s: Settings = match &a.config {
+            Some(p) => serde_json::from_slice(&std::fs::read(p)?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+            None => Settings::default(),
+        };
+        let latency = Latency::parse(&a.latency_ms)?;
+        if latency != Latency::None || a.config.is_none() {
+            s.latency = latency;
+        }
+        if a.rpm.is_some() {
+            s.quota.requests_per_minute = a.rpm;
+        }
+        if a.tpm.is_some() {
+            s.quota.tokens_per_minute = a.tpm;
+        }
+        for (v, slot) in [
+            (a.fault_throttle, &mut s.faults.throttle),
+            (a.fault_5xx, &mut s.faults.server_error),
+            (a.fault_timeout, &mut s.faults.model_timeout),
+            (a.fault_not_ready, &mut s.faults.not_ready),
+            (a.fault_malformed, &mut s.faults.malformed),
+            (a.fault_reset, &mut s.faults.reset),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                anyhow::bail!("fault rates are between 0 and 1, got {v}");
+            }
+            if v > 0.0 {
+                *slot = v;
+            }
+        }
+        Ok(s)
+    })();
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            report_error(&e);
+            return EXIT_INVALID;
+        }
+    };
+    let emu = match Emulator::start(std::net::SocketAddr::new(a.host, a.port), settings).await {
+        Ok(e) => e,
+        Err(e) => {
+            report_error(&e);
+            return EXIT_FAILED;
+        }
+    };
+    println!("embedpipe Bedrock emulator listening on {}", emu.endpoint());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tokio::select! {
+        r = emu.wait() => {
+            if let Err(e) = r {
+                report_error(&e);
+            }
+            EXIT_FAILED
+        }
+        _ = tokio::signal::ctrl_c() => EXIT_OK,
     }
 }
 

@@ -86,6 +86,27 @@ pub enum ColumnType {
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     Local,
+    Bedrock,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Local => "local",
+            Provider::Bedrock => "bedrock",
+        }
+    }
+}
+
+/// Price overrides for a model (USD); unset fields keep the built-in list price.
+#[derive(Debug, Deserialize, Clone, Copy, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PriceOverride {
+    pub per_1k_tokens: Option<f64>,
+    pub per_image: Option<f64>,
+    pub per_query: Option<f64>,
+    pub per_video_second: Option<f64>,
+    pub per_audio_second: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +127,32 @@ pub struct ModelConfig {
     pub dimensions: Option<Spanned<usize>>,
     /// L2-normalise vectors (default: the model's own convention).
     pub normalize: Option<Spanned<bool>>,
+    // Bedrock connection.
+    /// AWS region (default: the AWS config chain, `AWS_REGION` / profile).
+    pub region: Option<Spanned<EnvString>>,
+    /// Endpoint override (an emulator, a VPC endpoint); `AWS_ENDPOINT_URL_BEDROCK_RUNTIME` also works.
+    pub endpoint_url: Option<Spanned<EnvString>>,
+    /// Per-call timeout in seconds (default 60).
+    pub timeout_secs: Option<Spanned<f64>>,
+    /// Calls in flight at once (default 8).
+    pub concurrency: Option<Spanned<usize>>,
+    /// Attempts per call for throttling, 5xx, timeouts and model-not-ready (default 8).
+    pub max_attempts: Option<Spanned<u32>>,
+    // Model parameters (which ones apply depends on the family; `validate` says).
+    /// Cohere `input_type`.
+    pub input_type: Option<Spanned<String>>,
+    /// Nova `embeddingPurpose`.
+    pub purpose: Option<Spanned<String>>,
+    /// Over-long text: the family's own values (`NONE`/`START`/`END`, Cohere v4 `LEFT`/`RIGHT`).
+    pub truncate: Option<Spanned<String>>,
+    /// Extra embedding types to request (`int8`, `binary`, ...); float is always requested.
+    pub embedding_types: Option<Spanned<Vec<String>>>,
+    /// Cohere v4 per-input token budget.
+    pub max_tokens: Option<Spanned<u32>>,
+    /// Nova image detail level.
+    pub detail_level: Option<Spanned<String>>,
+    /// Price table overrides (USD).
+    pub prices: Option<Spanned<PriceOverride>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -541,6 +588,14 @@ impl Pipeline {
             let Some(spec) =
                 models::lookup(cfg.id.get_ref()).filter(|s| s.provider == *cfg.provider.get_ref())
             else {
+                if let Some(other) = models::lookup(cfg.id.get_ref()) {
+                    return Err(self
+                        .error(
+                            cfg.provider.span(),
+                            format!("`{}` is a {} model", other.id, other.provider.as_str()),
+                        )
+                        .with_help(format!("set provider = \"{}\"", other.provider.as_str())));
+                }
                 let mut help = String::new();
                 if let Some(best) = did_you_mean(cfg.id.get_ref(), known.iter().copied()) {
                     help.push_str(&format!("did you mean `{best}`? "));
@@ -583,6 +638,7 @@ impl Pipeline {
                     ));
                 }
             }
+            self.check_model_params(cfg, spec)?;
             if spec.provider != Provider::Local {
                 for (key, span) in [
                     ("path", cfg.path.as_ref().map(|s| s.span())),
@@ -594,6 +650,128 @@ impl Pipeline {
                         );
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Family parameters: only the ones the family has, with its allowed values.
+    fn check_model_params(&self, cfg: &ModelConfig, spec: &ModelSpec) -> Result<(), ConfigError> {
+        let known: Vec<&str> = spec.params.iter().map(|p| p.key).collect();
+        let list = |v: &[&str]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        let strings: [(&str, Option<&Spanned<String>>); 4] = [
+            ("input_type", cfg.input_type.as_ref()),
+            ("purpose", cfg.purpose.as_ref()),
+            ("truncate", cfg.truncate.as_ref()),
+            ("detail_level", cfg.detail_level.as_ref()),
+        ];
+        let mut present: Vec<(&str, Range<usize>, Vec<&str>)> = strings
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| (*k, v.span(), vec![v.get_ref().as_str()])))
+            .collect();
+        if let Some(t) = &cfg.embedding_types {
+            present.push((
+                "embedding_types",
+                t.span(),
+                t.get_ref().iter().map(String::as_str).collect(),
+            ));
+        }
+        if let Some(m) = &cfg.max_tokens {
+            present.push(("max_tokens", m.span(), vec![]));
+        }
+        for (key, span, values) in present {
+            let Some(p) = spec.param(key) else {
+                return Err(self
+                    .error(span, format!("`{key}` is not a parameter of `{}`", spec.id))
+                    .with_help(format!("its parameters: {}", list(&known))));
+            };
+            for v in values {
+                if !p.values.is_empty() && !p.values.contains(&v) {
+                    let mut help = String::new();
+                    if let Some(best) = did_you_mean(v, p.values.iter().copied()) {
+                        help.push_str(&format!("did you mean `{best}`? "));
+                    }
+                    help.push_str(&format!("allowed values: {}", p.values.join(", ")));
+                    return Err(self
+                        .error(
+                            span,
+                            format!("`{v}` is not a valid `{key}` for `{}`", spec.id),
+                        )
+                        .with_help(help));
+                }
+            }
+        }
+        if let Some(m) = &cfg.max_tokens {
+            if *m.get_ref() == 0 || *m.get_ref() as usize > spec.max_input_tokens {
+                return Err(self.error(
+                    m.span(),
+                    format!("max_tokens must be between 1 and {}", spec.max_input_tokens),
+                ));
+            }
+        }
+        if let Some(t) = &cfg.timeout_secs {
+            if !(*t.get_ref() > 0.0 && *t.get_ref() <= 3600.0) {
+                return Err(self.error(t.span(), "timeout_secs must be between 0 and 3600"));
+            }
+        }
+        if let Some(c) = &cfg.concurrency {
+            if *c.get_ref() == 0 || *c.get_ref() > 1024 {
+                return Err(self.error(c.span(), "concurrency must be between 1 and 1024"));
+            }
+        }
+        if let Some(a) = &cfg.max_attempts {
+            if *a.get_ref() == 0 || *a.get_ref() > 100 {
+                return Err(self.error(a.span(), "max_attempts must be between 1 and 100"));
+            }
+        }
+        if let Some(p) = &cfg.prices {
+            let o = p.get_ref();
+            let all = [
+                o.per_1k_tokens,
+                o.per_image,
+                o.per_query,
+                o.per_video_second,
+                o.per_audio_second,
+            ];
+            if all.iter().flatten().any(|x| !x.is_finite() || *x < 0.0) {
+                return Err(self.error(p.span(), "prices must be zero or positive numbers"));
+            }
+        }
+        if spec.provider == Provider::Local {
+            let bedrock_only = [
+                ("region", cfg.region.as_ref().map(|s| s.span())),
+                ("endpoint_url", cfg.endpoint_url.as_ref().map(|s| s.span())),
+                ("timeout_secs", cfg.timeout_secs.as_ref().map(|s| s.span())),
+                ("concurrency", cfg.concurrency.as_ref().map(|s| s.span())),
+                ("max_attempts", cfg.max_attempts.as_ref().map(|s| s.span())),
+                ("prices", cfg.prices.as_ref().map(|s| s.span())),
+            ];
+            if let Some((key, Some(span))) = bedrock_only.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(self.error(span, format!("`{key}` applies only to Bedrock models")));
+            }
+        }
+        if let Some(r) = models::resolve(cfg.id.get_ref()) {
+            if spec.routes.sync_needs_profile && r.profile.is_none() {
+                let profiles: Vec<String> = spec
+                    .profiles
+                    .iter()
+                    .map(|p| format!("`{p}{}`", spec.id))
+                    .collect();
+                return Err(self
+                    .error(
+                        cfg.id.span(),
+                        format!(
+                            "`{}` is called through InvokeModel only with a cross-region inference profile id",
+                            spec.id
+                        ),
+                    )
+                    .with_help(format!("use {} (the profile of your region)", profiles.join(" or "))));
             }
         }
         Ok(())

@@ -3,7 +3,7 @@
 //! BERT forward pass, attention-masked mean pooling and L2 normalisation, exactly as
 //! sentence-transformers does it (max 256 tokens, padding to the longest input of a batch).
 
-use super::{Modality, ModelSpec};
+use super::{Family, Limits, Modality, ModelSpec, Prices, Routes};
 use crate::config::Provider;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -23,6 +23,24 @@ pub const SPEC: ModelSpec = ModelSpec {
     default_batch_size: 32,
     max_input_tokens: 256,
     normalized: true,
+    profiles: &[],
+    family: Family::LocalMiniLm,
+    text_image: false,
+    limits: Limits::NONE,
+    routes: Routes {
+        sync: true,
+        asynchronous: false,
+        sync_needs_profile: false,
+    },
+    prices: Prices {
+        per_1k_tokens: 0.0,
+        per_image: 0.0,
+        per_query: 0.0,
+        per_video_second: 0.0,
+        per_audio_second: 0.0,
+    },
+    params: &[],
+    deprecation: None,
 };
 
 /// Environment variable naming a folder with the model files (checked after `path` in the file).

@@ -1,13 +1,26 @@
-//! The model registry: what each embedding model accepts and produces, one file per family.
+//! The model registry and the request/response transformers: what each embedding model accepts
+//! and produces, and how its JSON looks on the wire. One file per family.
 //!
-//! Adding a model family means one file here and one line in [`registry`].
+//! Models know JSON, not HTTP: a family turns typed [`Input`]s and [`Params`] into an InvokeModel
+//! body and parses the answer into vectors and [`Usage`]. Providers move the bytes.
+//!
+//! Adding a model family means one file here and one line in [`registry`] (plus its arms in
+//! [`build_request`] / [`parse_response`]).
 
+pub mod cohere;
 pub mod local_minilm;
+pub mod marengo;
+pub mod nova;
+pub mod titan_multimodal;
+pub mod titan_text;
 
 use crate::config::Provider;
+use serde::Serialize;
+use serde_json::Value;
 
 /// Kinds of model input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Modality {
     Text,
     Image,
@@ -26,44 +39,641 @@ impl Modality {
     }
 }
 
+/// Model families: each has its own wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Family {
+    LocalMiniLm,
+    TitanTextV1,
+    TitanTextV2,
+    TitanMultimodal,
+    CohereV3,
+    CohereV4,
+    Nova2,
+    Marengo27,
+    Marengo30,
+}
+
+/// Image encodings a model may accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Png,
+    Jpeg,
+    Gif,
+    Webp,
+}
+
+impl ImageFormat {
+    /// Detects the format from magic bytes.
+    pub fn detect(bytes: &[u8]) -> Option<Self> {
+        if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+            Some(Self::Png)
+        } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            Some(Self::Jpeg)
+        } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+            Some(Self::Gif)
+        } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+            Some(Self::Webp)
+        } else {
+            None
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Jpeg => "jpeg",
+            Self::Gif => "gif",
+            Self::Webp => "webp",
+        }
+    }
+
+    pub fn mime(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Jpeg => "image/jpeg",
+            Self::Gif => "image/gif",
+            Self::Webp => "image/webp",
+        }
+    }
+}
+
+/// An image ready to send: bytes plus their detected format.
+#[derive(Debug, Clone, Copy)]
+pub struct Image<'a> {
+    pub bytes: &'a [u8],
+    pub format: ImageFormat,
+}
+
+impl Image<'_> {
+    pub fn base64(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(self.bytes)
+    }
+
+    pub fn data_uri(&self) -> String {
+        format!("data:{};base64,{}", self.format.mime(), self.base64())
+    }
+}
+
+/// One typed model input.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    Text(&'a str),
+    Image(Image<'a>),
+    /// Text and image embedded together into one vector (Cohere v4 interleaved, Titan
+    /// multimodal averaged, Marengo 3.0 `text_image`).
+    TextImage(&'a str, Image<'a>),
+}
+
+impl Input<'_> {
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Input::Text(t) | Input::TextImage(t, _) => Some(t),
+            Input::Image(_) => None,
+        }
+    }
+
+    pub fn image(&self) -> Option<&Image<'_>> {
+        match self {
+            Input::Image(i) | Input::TextImage(_, i) => Some(i),
+            Input::Text(_) => None,
+        }
+    }
+}
+
+/// Per-input limits the model enforces (checked before sending).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Characters per text input.
+    pub max_chars: Option<usize>,
+    /// Tokens per text input (the model's context; enforced by the service).
+    pub max_tokens: Option<usize>,
+    /// Bytes per image (raw, before base64).
+    pub max_image_bytes: Option<u64>,
+    /// Largest image side in pixels.
+    pub max_image_side: Option<u32>,
+    /// Accepted image encodings.
+    pub image_formats: &'static [ImageFormat],
+    /// InvokeModel body limit.
+    pub max_body_bytes: usize,
+}
+
+/// Bedrock's InvokeModel body limit.
+pub const MAX_BODY_BYTES: usize = 25_000_000;
+
+impl Limits {
+    pub const NONE: Limits = Limits {
+        max_chars: None,
+        max_tokens: None,
+        max_image_bytes: None,
+        max_image_side: None,
+        image_formats: &[],
+        max_body_bytes: usize::MAX,
+    };
+}
+
+/// How a model can be called.
+#[derive(Debug, Clone, Copy)]
+pub struct Routes {
+    /// InvokeModel.
+    pub sync: bool,
+    /// StartAsyncInvoke.
+    pub asynchronous: bool,
+    /// InvokeModel needs a cross-region inference profile id (`us.`/`eu.`), not the base id.
+    pub sync_needs_profile: bool,
+}
+
+/// List prices in USD (on-demand, us-east-1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Prices {
+    pub per_1k_tokens: f64,
+    pub per_image: f64,
+    /// Marengo bills text inputs per query.
+    pub per_query: f64,
+    pub per_video_second: f64,
+    pub per_audio_second: f64,
+}
+
+/// A pipeline-file parameter a family accepts: its key and, for enumerations, the values.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamSpec {
+    pub key: &'static str,
+    /// Allowed values (exact spelling); empty for free-form numbers/booleans.
+    pub values: &'static [&'static str],
+    /// Default value shown in help (`None` when the service's default applies silently).
+    pub default: Option<&'static str>,
+}
+
 /// Static facts about one model.
 #[derive(Debug)]
 pub struct ModelSpec {
-    /// Canonical id, as written in pipeline files.
+    /// Canonical (base) id, as written in pipeline files.
     pub id: &'static str,
     /// Other accepted spellings of the id.
     pub aliases: &'static [&'static str],
+    /// Cross-region inference profile prefixes accepted in front of the id (`us.`, `eu.`, ...).
+    pub profiles: &'static [&'static str],
     pub provider: Provider,
+    pub family: Family,
     pub modalities: &'static [Modality],
+    /// Modalities sent as text+image pairs into one vector.
+    pub text_image: bool,
     /// Output dimensions the model can produce; the first is the default.
     pub dimensions: &'static [usize],
     /// Largest number of inputs in one call.
     pub max_inputs_per_call: usize,
     /// Default inputs per call.
     pub default_batch_size: usize,
-    /// Tokens per input the model reads; longer inputs are truncated.
+    /// Tokens per input the model reads.
     pub max_input_tokens: usize,
     /// Whether the model's vectors are unit length by default.
     pub normalized: bool,
+    pub limits: Limits,
+    pub routes: Routes,
+    pub prices: Prices,
+    /// Model parameters the pipeline file may set for this model.
+    pub params: &'static [ParamSpec],
+    /// Retirement note shown by `validate`.
+    pub deprecation: Option<&'static str>,
 }
 
 impl ModelSpec {
     pub fn default_dimension(&self) -> usize {
         self.dimensions[0]
     }
+
+    pub fn param(&self, key: &str) -> Option<&ParamSpec> {
+        self.params.iter().find(|p| p.key == key)
+    }
 }
 
 /// Every model embedpipe knows.
 pub fn registry() -> &'static [ModelSpec] {
-    static REGISTRY: [ModelSpec; 1] = [local_minilm::SPEC];
+    static REGISTRY: [ModelSpec; 10] = [
+        local_minilm::SPEC,
+        titan_text::V1,
+        titan_text::V2,
+        titan_multimodal::SPEC,
+        cohere::V3_ENGLISH,
+        cohere::V3_MULTILINGUAL,
+        cohere::V4,
+        nova::SPEC,
+        marengo::V2_7,
+        marengo::V3_0,
+    ];
     &REGISTRY
 }
 
-/// Finds a model by id or alias (case-insensitive).
-pub fn lookup(id: &str) -> Option<&'static ModelSpec> {
-    registry().iter().find(|s| {
+/// A model id as written, resolved against the registry.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolved {
+    pub spec: &'static ModelSpec,
+    /// The inference-profile prefix (`us.`), if the id carried one.
+    pub profile: Option<&'static str>,
+}
+
+/// Finds a model by id, alias or profile id (`us.cohere.embed-v4:0`), case-insensitively.
+pub fn resolve(id: &str) -> Option<Resolved> {
+    let matches = |s: &ModelSpec, id: &str| {
         s.id.eq_ignore_ascii_case(id) || s.aliases.iter().any(|a| a.eq_ignore_ascii_case(id))
-    })
+    };
+    for s in registry() {
+        if matches(s, id) {
+            return Some(Resolved {
+                spec: s,
+                profile: None,
+            });
+        }
+        for p in s.profiles {
+            if id.len() > p.len()
+                && id[..p.len()].eq_ignore_ascii_case(p)
+                && matches(s, &id[p.len()..])
+            {
+                return Some(Resolved {
+                    spec: s,
+                    profile: Some(p),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Finds a model by id or alias (case-insensitive), with or without a profile prefix.
+pub fn lookup(id: &str) -> Option<&'static ModelSpec> {
+    resolve(id).map(|r| r.spec)
+}
+
+/// Embedding types a model can return besides float.
+pub const EMBEDDING_TYPES: &[&str] = &["float", "int8", "uint8", "binary", "ubinary"];
+
+/// How over-long text is handled (the family's own vocabulary maps onto this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Truncate {
+    /// Too long is an error: the row is dead-lettered.
+    None,
+    /// Keep the beginning (cut the end).
+    End,
+    /// Keep the end (cut the beginning).
+    Start,
+}
+
+impl Truncate {
+    /// Maps a family's wire value (`END`, `RIGHT`, `end`, ...) onto the policy.
+    pub fn from_wire(v: &str) -> Option<Self> {
+        match v.to_ascii_uppercase().as_str() {
+            "NONE" => Some(Self::None),
+            "END" | "RIGHT" => Some(Self::End),
+            "START" | "LEFT" => Some(Self::Start),
+            _ => None,
+        }
+    }
+}
+
+/// Typed, validated model parameters (from `[[model]]`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Params {
+    pub dimension: usize,
+    /// L2-normalise (Titan v2 on the service; other families on the client).
+    pub normalize: bool,
+    /// Extra embedding types to request (besides float, which is always requested).
+    pub embedding_types: Vec<String>,
+    /// Cohere `input_type` / Nova `embeddingPurpose`.
+    pub input_type: Option<String>,
+    /// Wire value of the truncation mode, if any (`END`, `RIGHT`, `end`, ...).
+    pub truncate: Option<String>,
+    /// Cohere v4 `max_tokens`.
+    pub max_tokens: Option<u32>,
+    /// Nova `detailLevel` for images.
+    pub detail_level: Option<String>,
+    /// Marengo `embeddingOption`.
+    pub embedding_options: Vec<String>,
+}
+
+impl Params {
+    /// The family defaults at `dimension`.
+    pub fn defaults(spec: &ModelSpec) -> Self {
+        let default = |k: &str| spec.param(k).and_then(|p| p.default).map(|s| s.to_string());
+        Params {
+            dimension: spec.default_dimension(),
+            normalize: spec.normalized,
+            embedding_types: Vec::new(),
+            input_type: default("input_type"),
+            truncate: default("truncate"),
+            max_tokens: None,
+            detail_level: None,
+            embedding_options: Vec::new(),
+        }
+    }
+
+    pub fn truncation(&self) -> Truncate {
+        self.truncate
+            .as_deref()
+            .and_then(Truncate::from_wire)
+            .unwrap_or(Truncate::None)
+    }
+}
+
+/// Billable units of one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    /// `input_tokens` is a client-side estimate (the service returned no count).
+    pub tokens_estimated: bool,
+    pub images: u64,
+    /// Marengo text queries.
+    pub queries: u64,
+    pub video_seconds: f64,
+    pub audio_seconds: f64,
+}
+
+impl Usage {
+    pub fn add(&mut self, o: &Usage) {
+        self.input_tokens += o.input_tokens;
+        self.tokens_estimated |= o.tokens_estimated;
+        self.images += o.images;
+        self.queries += o.queries;
+        self.video_seconds += o.video_seconds;
+        self.audio_seconds += o.audio_seconds;
+    }
+
+    pub fn cost(&self, p: &Prices) -> f64 {
+        self.input_tokens as f64 / 1000.0 * p.per_1k_tokens
+            + self.images as f64 * p.per_image
+            + self.queries as f64 * p.per_query
+            + self.video_seconds * p.per_video_second
+            + self.audio_seconds * p.per_audio_second
+    }
+}
+
+/// A parsed InvokeModel response.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parsed {
+    /// One float vector per input, in input order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Other requested embedding types, per type one integer vector per input.
+    pub other_types: Vec<(String, Vec<Vec<i64>>)>,
+    /// Input tokens, when the service reports them.
+    pub input_tokens: Option<u64>,
+}
+
+/// A request could not be built or a response not understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError(pub String);
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WireError {}
+
+pub(crate) fn wire_err<T>(msg: impl Into<String>) -> Result<T, WireError> {
+    Err(WireError(msg.into()))
+}
+
+/// Builds the InvokeModel JSON body for `inputs` (all of one kind, at most
+/// `max_inputs_per_call`).
+pub fn build_request(
+    spec: &ModelSpec,
+    params: &Params,
+    inputs: &[Input<'_>],
+) -> Result<Value, WireError> {
+    if inputs.is_empty() || inputs.len() > spec.max_inputs_per_call {
+        return wire_err(format!(
+            "{} takes 1 to {} inputs per call, got {}",
+            spec.id,
+            spec.max_inputs_per_call,
+            inputs.len()
+        ));
+    }
+    match spec.family {
+        Family::LocalMiniLm => wire_err("the local model has no wire format"),
+        Family::TitanTextV1 | Family::TitanTextV2 => titan_text::build(spec, params, inputs),
+        Family::TitanMultimodal => titan_multimodal::build(params, inputs),
+        Family::CohereV3 | Family::CohereV4 => cohere::build(spec, params, inputs),
+        Family::Nova2 => nova::build(params, inputs),
+        Family::Marengo27 | Family::Marengo30 => marengo::build(spec, params, inputs),
+    }
+}
+
+/// Parses an InvokeModel response body for a call of `n` inputs.
+pub fn parse_response(
+    spec: &ModelSpec,
+    params: &Params,
+    body: &[u8],
+    n: usize,
+) -> Result<Parsed, WireError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        WireError(format!(
+            "{} answered with a body that is not JSON ({e}): {}",
+            spec.id,
+            snippet(body)
+        ))
+    })?;
+    let parsed = match spec.family {
+        Family::LocalMiniLm => return wire_err("the local model has no wire format"),
+        Family::TitanTextV1 | Family::TitanTextV2 => titan_text::parse(params, &v)?,
+        Family::TitanMultimodal => titan_multimodal::parse(&v)?,
+        Family::CohereV3 | Family::CohereV4 => cohere::parse(params, &v)?,
+        Family::Nova2 => nova::parse(&v)?,
+        Family::Marengo27 | Family::Marengo30 => marengo::parse(&v)?,
+    };
+    if parsed.vectors.len() != n {
+        return wire_err(format!(
+            "{} returned {} vectors for {} inputs",
+            spec.id,
+            parsed.vectors.len(),
+            n
+        ));
+    }
+    if let Some(v) = parsed.vectors.iter().find(|v| v.len() != params.dimension) {
+        return wire_err(format!(
+            "{} returned a {}-dimensional vector, expected {}",
+            spec.id,
+            v.len(),
+            params.dimension
+        ));
+    }
+    Ok(parsed)
+}
+
+/// The first bytes of a body, for error messages.
+pub fn snippet(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    if body.len() > 200 {
+        format!("{s}…")
+    } else {
+        s.into_owned()
+    }
+}
+
+/// Reads a JSON array of numbers as f32.
+pub(crate) fn f32_vec(v: &Value, what: &str) -> Result<Vec<f32>, WireError> {
+    let Some(a) = v.as_array() else {
+        return wire_err(format!("`{what}` is not an array"));
+    };
+    a.iter()
+        .map(|x| {
+            x.as_f64()
+                .map(|f| f as f32)
+                .ok_or_else(|| WireError(format!("`{what}` holds a non-number")))
+        })
+        .collect()
+}
+
+/// Reads a JSON array of integers.
+pub(crate) fn i64_vec(v: &Value, what: &str) -> Result<Vec<i64>, WireError> {
+    let Some(a) = v.as_array() else {
+        return wire_err(format!("`{what}` is not an array"));
+    };
+    a.iter()
+        .map(|x| {
+            x.as_i64()
+                .ok_or_else(|| WireError(format!("`{what}` holds a non-integer")))
+        })
+        .collect()
+}
+
+/// Client-side token estimate for services that return no count (≈ 4 characters per token).
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4).max(1)
+}
+
+/// L2-normalises in place (zero vectors stay zero).
+pub fn l2_normalize(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if n > 0.0 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+/// Why an input is not sent (dead-letter kind, reason).
+pub type Rejection = (&'static str, String);
+
+/// Checks one input against the model's limits before anything is sent. Returns the text to send
+/// when it had to be cut (the truncation policy allows it), or the reason to dead-letter it.
+pub fn preflight(
+    spec: &ModelSpec,
+    params: &Params,
+    input: &Input<'_>,
+) -> Result<Option<String>, Rejection> {
+    let mut cut = None;
+    if let Some(text) = input.text() {
+        if !spec.modalities.contains(&Modality::Text) {
+            return Err(("wrong_modality", format!("{} does not take text", spec.id)));
+        }
+        if text.trim().is_empty() {
+            return Err(("empty_input", "the text is empty".into()));
+        }
+        if let Some(max) = spec.limits.max_chars {
+            let n = text.chars().count();
+            if n > max {
+                cut = Some(match params.truncation() {
+                    Truncate::None => {
+                        return Err((
+                            "input_too_long",
+                            format!(
+                            "the text has {n} characters, over the {max}-character limit of {}; \
+                                 set `truncate` in its [[model]] table to cut it instead",
+                            spec.id
+                        ),
+                        ))
+                    }
+                    Truncate::End => text.chars().take(max).collect(),
+                    Truncate::Start => text.chars().skip(n - max).collect(),
+                });
+            }
+        }
+    }
+    if let Some(img) = input.image() {
+        if !spec.modalities.contains(&Modality::Image) {
+            return Err((
+                "wrong_modality",
+                format!("{} does not take images", spec.id),
+            ));
+        }
+        let allowed = spec.limits.image_formats;
+        if !allowed.contains(&img.format) {
+            let names: Vec<&str> = allowed.iter().map(|f| f.as_str()).collect();
+            return Err((
+                "unsupported_image_format",
+                format!(
+                    "{} images are not accepted by {}; it takes {}",
+                    img.format.as_str(),
+                    spec.id,
+                    names.join(", ")
+                ),
+            ));
+        }
+        if let Some(max) = spec.limits.max_image_bytes {
+            if img.bytes.len() as u64 > max {
+                return Err((
+                    "image_too_large",
+                    format!(
+                        "the image has {} bytes, over the {max}-byte limit of {}",
+                        img.bytes.len(),
+                        spec.id
+                    ),
+                ));
+            }
+        }
+        if img.bytes.len().div_ceil(3) * 4 > spec.limits.max_body_bytes {
+            return Err((
+                "image_too_large",
+                format!(
+                    "the image is too large for one request ({} bytes after base64; the limit is {})",
+                    img.bytes.len().div_ceil(3) * 4,
+                    spec.limits.max_body_bytes
+                ),
+            ));
+        }
+        if let Some(side) = spec.limits.max_image_side {
+            match imagesize::blob_size(img.bytes) {
+                Ok(sz) if sz.width > side as usize || sz.height > side as usize => {
+                    return Err((
+                        "image_too_large",
+                        format!(
+                            "the image is {}x{} pixels, over the {side}x{side} limit of {}",
+                            sz.width, sz.height, spec.id
+                        ),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err((
+                        "unreadable_image",
+                        format!("the image header cannot be read: {e}"),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(cut)
+}
+
+/// The billable units of one successful call.
+pub fn usage(spec: &ModelSpec, inputs: &[Input<'_>], parsed: &Parsed) -> Usage {
+    let mut u = Usage::default();
+    match parsed.input_tokens {
+        Some(t) => u.input_tokens = t,
+        None => {
+            u.input_tokens = inputs
+                .iter()
+                .filter_map(|i| i.text())
+                .map(estimate_tokens)
+                .sum();
+            u.tokens_estimated = u.input_tokens > 0;
+        }
+    }
+    u.images = inputs.iter().filter(|i| i.image().is_some()).count() as u64;
+    if matches!(spec.family, Family::Marengo27 | Family::Marengo30) {
+        // Marengo bills text per query, not per token.
+        u.queries = inputs.iter().filter(|i| i.text().is_some()).count() as u64;
+    }
+    u
 }
 
 #[cfg(test)]
@@ -71,7 +681,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lookup_by_id_and_alias() {
+    fn lookup_by_id_alias_and_profile() {
         assert_eq!(
             lookup("sentence-transformers/all-MiniLM-L6-v2").unwrap().id,
             local_minilm::SPEC.id
@@ -80,15 +690,109 @@ mod tests {
             lookup("all-minilm-l6-v2").unwrap().id,
             local_minilm::SPEC.id
         );
+        let r = resolve("us.cohere.embed-v4:0").unwrap();
+        assert_eq!(r.spec.id, "cohere.embed-v4:0");
+        assert_eq!(r.profile, Some("us."));
+        assert!(resolve("xx.cohere.embed-v4:0").is_none());
+        // Titan has no profiles.
+        assert!(resolve("us.amazon.titan-embed-text-v2:0").is_none());
         assert!(lookup("nope").is_none());
     }
 
     #[test]
     fn registry_entries_are_consistent() {
+        let mut ids = std::collections::HashSet::new();
         for s in registry() {
+            assert!(ids.insert(s.id), "duplicate {}", s.id);
             assert!(!s.dimensions.is_empty(), "{}", s.id);
             assert!(s.default_batch_size <= s.max_inputs_per_call, "{}", s.id);
             assert!(!s.modalities.is_empty(), "{}", s.id);
+            if s.modalities.contains(&Modality::Image) {
+                assert!(!s.limits.image_formats.is_empty(), "{}", s.id);
+            }
         }
+    }
+
+    #[test]
+    fn image_formats_by_magic() {
+        assert_eq!(
+            ImageFormat::detect(b"\x89PNG\r\n\x1a\n...."),
+            Some(ImageFormat::Png)
+        );
+        assert_eq!(
+            ImageFormat::detect(b"RIFF\0\0\0\0WEBPVP8 "),
+            Some(ImageFormat::Webp)
+        );
+        assert_eq!(ImageFormat::detect(b"BM...."), None);
+    }
+
+    #[test]
+    fn preflight_rejects_and_truncates() {
+        let mut p = Params::defaults(&cohere::V3_ENGLISH);
+        let long = "x".repeat(3000);
+        let e = preflight(&cohere::V3_ENGLISH, &p, &Input::Text(&long)).unwrap_err();
+        assert_eq!(e.0, "input_too_long");
+        assert!(e.1.contains("2048"), "{}", e.1);
+        p.truncate = Some("END".into());
+        let cut = preflight(&cohere::V3_ENGLISH, &p, &Input::Text(&long)).unwrap();
+        assert_eq!(cut.unwrap().len(), 2048);
+        assert_eq!(
+            preflight(&cohere::V3_ENGLISH, &p, &Input::Text(" "))
+                .unwrap_err()
+                .0,
+            "empty_input"
+        );
+        let gif = Image {
+            bytes: b"GIF89a\x01\0\x01\0",
+            format: ImageFormat::Gif,
+        };
+        let e = preflight(&titan_multimodal::SPEC, &p, &Input::Image(gif)).unwrap_err();
+        assert_eq!(e.0, "unsupported_image_format");
+        assert!(e.1.contains("png, jpeg"), "{}", e.1);
+        let e = preflight(&titan_text::V2, &p, &Input::Image(gif)).unwrap_err();
+        assert_eq!(e.0, "wrong_modality");
+        // A PNG header claiming 4000x10 pixels is over Titan multimodal's 2048 px side.
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+        png.extend_from_slice(&4000u32.to_be_bytes());
+        png.extend_from_slice(&10u32.to_be_bytes());
+        png.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let big = Image {
+            bytes: &png,
+            format: ImageFormat::Png,
+        };
+        let e = preflight(&titan_multimodal::SPEC, &p, &Input::Image(big)).unwrap_err();
+        assert_eq!(e.0, "image_too_large");
+        assert!(e.1.contains("4000x10"), "{}", e.1);
+    }
+
+    #[test]
+    fn usage_uses_reported_tokens_or_estimates() {
+        let parsed = Parsed {
+            input_tokens: Some(9),
+            ..Default::default()
+        };
+        let u = usage(&titan_text::V2, &[Input::Text("abcdefgh")], &parsed);
+        assert_eq!((u.input_tokens, u.tokens_estimated), (9, false));
+        let u = usage(&nova::SPEC, &[Input::Text("abcdefgh")], &Parsed::default());
+        assert_eq!((u.input_tokens, u.tokens_estimated), (2, true));
+        let u = usage(&marengo::V3_0, &[Input::Text("abc")], &Parsed::default());
+        assert_eq!(u.queries, 1);
+    }
+
+    #[test]
+    fn cost_adds_every_unit() {
+        let u = Usage {
+            input_tokens: 2000,
+            images: 3,
+            queries: 1,
+            ..Default::default()
+        };
+        let p = Prices {
+            per_1k_tokens: 0.5,
+            per_image: 1.0,
+            per_query: 10.0,
+            ..Default::default()
+        };
+        assert!((u.cost(&p) - 14.0).abs() < 1e-9);
     }
 }

@@ -53,16 +53,55 @@ impl fmt::Display for Summary {
             self.rows_read, self.rows_written, self.rows_skipped, self.rows_failed
         )?;
         for m in &self.models {
+            let mut units = vec![format!(
+                "{} input tokens{}",
+                m.usage.input_tokens,
+                if m.usage.tokens_estimated {
+                    " (estimated)"
+                } else {
+                    ""
+                }
+            )];
+            if m.usage.images > 0 {
+                units.push(format!("{} images", m.usage.images));
+            }
+            if m.usage.queries > 0 {
+                units.push(format!("{} queries", m.usage.queries));
+            }
             writeln!(
                 f,
-                "  model {} ({}): {} calls, {} inputs, {} input tokens, {} failed calls, {:.2}s busy",
+                "  model {} ({}): {} calls, {} inputs, {}, ${:.6}",
                 m.model,
                 m.model_id,
                 m.calls,
                 m.inputs,
-                m.input_tokens,
-                m.failed_calls,
-                m.busy.as_secs_f64()
+                units.join(", "),
+                m.cost_usd,
+            )?;
+            let mut extra = Vec::new();
+            if m.retries > 0 {
+                extra.push(format!("{} retries", m.retries));
+            }
+            if m.throttled > 0 {
+                extra.push(format!("{} throttled", m.throttled));
+            }
+            if m.failed_calls > 0 {
+                extra.push(format!("{} failed calls", m.failed_calls));
+            }
+            if m.rejected_inputs > 0 {
+                extra.push(format!(
+                    "{} inputs rejected before sending",
+                    m.rejected_inputs
+                ));
+            }
+            extra.push(format!("{:.2}s busy", m.busy.as_secs_f64()));
+            writeln!(f, "    {}", extra.join(", "))?;
+        }
+        let cost: f64 = self.models.iter().map(|m| m.cost_usd).sum();
+        if cost > 0.0 {
+            writeln!(
+                f,
+                "  estimated cost: ${cost:.6} (list prices; override with [model.prices])"
             )?;
         }
         if self.rows_failed > 0 {

@@ -95,7 +95,15 @@ pub fn check_reachable(target: &Target) -> Result<()> {
 }
 
 pub async fn connect(target: &Target) -> Result<Connection> {
-    lancedb::connect(&target.uri)
+    // An absolute path: lancedb reads a bare relative name like `db` as a LanceDB Cloud URI.
+    let uri = match &target.local_dir {
+        Some(dir) => std::path::absolute(dir)
+            .unwrap_or_else(|_| dir.clone())
+            .to_string_lossy()
+            .into_owned(),
+        None => target.uri.clone(),
+    };
+    lancedb::connect(&uri)
         .execute()
         .await
         .with_context(|| format!("cannot open LanceDB database {}", target.uri))

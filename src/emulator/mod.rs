@@ -1,0 +1,664 @@
+//! A Bedrock Runtime emulator: `POST /model/{modelId}/invoke` for every embedding model in the
+//! registry, speaking Bedrock's wire protocol (restJson, `x-amzn-ErrorType` errors), so tests,
+//! benchmarks and newcomers can run Bedrock pipelines with no AWS account.
+//!
+//! It shares the registry's facts (ids, profiles, dimensions) but none of the client code: the
+//! request validation and response bodies in [`wire`] are written from the reference on their
+//! own. Configurable latency, quotas (requests and tokens per minute per model → 429
+//! `ThrottlingException`) and fault injection; counts what it received (`GET /_emulator/stats`).
+//!
+//! Control endpoints: `GET /_emulator/stats`, `POST /_emulator/reset` (zero the counters),
+//! `PUT /_emulator/config` (JSON, any subset of [`Settings`]).
+
+pub mod vectors;
+pub mod wire;
+
+use crate::models::{self, Family};
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use wire::ApiError;
+
+/// Simulated service latency.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Latency {
+    #[default]
+    None,
+    Fixed {
+        ms: f64,
+    },
+    Uniform {
+        min_ms: f64,
+        max_ms: f64,
+    },
+    Normal {
+        mean_ms: f64,
+        sd_ms: f64,
+    },
+}
+
+impl Latency {
+    /// Parses `50`, `20..80` (uniform) or `normal:50,10` (milliseconds).
+    pub fn parse(s: &str) -> Result<Self> {
+        let num = |x: &str| -> Result<f64> {
+            let v: f64 = x
+                .trim()
+                .trim_end_matches("ms")
+                .parse()
+                .with_context(|| format!("`{x}` is not a number of milliseconds"))?;
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("latency must be zero or positive");
+            }
+            Ok(v)
+        };
+        if let Some(rest) = s.strip_prefix("normal:") {
+            let (m, sd) = rest
+                .split_once(',')
+                .context("normal latency is `normal:MEAN,SD`")?;
+            return Ok(Latency::Normal {
+                mean_ms: num(m)?,
+                sd_ms: num(sd)?,
+            });
+        }
+        if let Some((a, b)) = s.split_once("..") {
+            let (min_ms, max_ms) = (num(a)?, num(b)?);
+            if min_ms > max_ms {
+                bail!("uniform latency `{s}`: the minimum is above the maximum");
+            }
+            return Ok(Latency::Uniform { min_ms, max_ms });
+        }
+        let ms = num(s)?;
+        Ok(if ms == 0.0 {
+            Latency::None
+        } else {
+            Latency::Fixed { ms }
+        })
+    }
+
+    fn sample(&self) -> Duration {
+        let ms = match *self {
+            Latency::None => 0.0,
+            Latency::Fixed { ms } => ms,
+            Latency::Uniform { min_ms, max_ms } => min_ms + (max_ms - min_ms) * fastrand::f64(),
+            Latency::Normal { mean_ms, sd_ms } => {
+                // Box-Muller.
+                let (u1, u2) = (fastrand::f64().max(1e-12), fastrand::f64());
+                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                (mean_ms + sd_ms * z).max(0.0)
+            }
+        };
+        Duration::from_secs_f64(ms / 1000.0)
+    }
+}
+
+/// Fault injection rates (0..1), drawn independently per request in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// 429 ThrottlingException (besides quota throttling).
+    pub throttle: f64,
+    /// 500 InternalServerException / 503 ServiceUnavailableException.
+    pub server_error: f64,
+    /// 408 ModelTimeoutException.
+    pub model_timeout: f64,
+    /// 429 ModelNotReadyException.
+    pub not_ready: f64,
+    /// 200 with a truncated JSON body.
+    pub malformed: f64,
+    /// The connection is dropped without an answer.
+    pub reset: f64,
+}
+
+/// Per-model quotas (per minute, sliding window).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quota {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// Everything configurable, changeable at runtime through `PUT /_emulator/config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub latency: Latency,
+    pub faults: Faults,
+    /// Quota applied to every model without its own entry.
+    pub quota: Quota,
+    /// Quotas per model id (base id; profiles share their model's quota).
+    pub model_quotas: BTreeMap<String, Quota>,
+    /// Only this access key id is accepted (default: any well-formed SigV4 request).
+    pub access_key_id: Option<String>,
+    /// Models the caller has no access to (403 AccessDeniedException).
+    pub denied_models: Vec<String>,
+    /// Text inputs containing this string are refused with ValidationException.
+    pub poison: Option<String>,
+}
+
+/// What the emulator received, per model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ModelCounters {
+    pub requests: u64,
+    pub ok: u64,
+    pub inputs: u64,
+    pub tokens: u64,
+    /// Answers by error code (`ThrottlingException`, ...), plus `ConnectionReset` and
+    /// `MalformedBody`.
+    pub errors: BTreeMap<String, u64>,
+    /// Most successful requests seen in any trailing 60-second window.
+    pub max_requests_per_minute: u64,
+    /// Most tokens seen in any trailing 60-second window.
+    pub max_tokens_per_minute: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    pub requests: u64,
+    pub unauthenticated: u64,
+    pub models: BTreeMap<String, ModelCounters>,
+}
+
+#[derive(Default)]
+struct Window {
+    /// (time, tokens) of accepted requests within the last minute.
+    events: VecDeque<(Instant, u64)>,
+    tokens: u64,
+}
+
+impl Window {
+    fn prune(&mut self, now: Instant) {
+        while let Some(&(t, k)) = self.events.front() {
+            if now.duration_since(t) >= Duration::from_secs(60) {
+                self.events.pop_front();
+                self.tokens -= k;
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+struct State {
+    settings: RwLock<Settings>,
+    stats: Mutex<Stats>,
+    windows: Mutex<HashMap<String, Window>>,
+}
+
+/// A running emulator.
+pub struct Emulator {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Emulator {
+    /// Binds `addr` (port 0 picks a free port) and serves until dropped.
+    pub async fn start(addr: SocketAddr, settings: Settings) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            settings: RwLock::new(settings),
+            stats: Mutex::new(Stats::default()),
+            windows: Mutex::new(HashMap::new()),
+        });
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(st.clone(), req));
+                    let _ = http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, state, task })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.state.stats.lock().expect("stats").clone()
+    }
+
+    pub fn set(&self, settings: Settings) {
+        *self.state.settings.write().expect("settings") = settings;
+    }
+
+    /// Serves until the task ends (it does not, short of a panic).
+    pub async fn wait(mut self) -> Result<()> {
+        (&mut self.task).await?;
+        Ok(())
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: u16, body: Vec<u8>) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-amzn-requestid", request_id())
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
+fn request_id() -> String {
+    format!(
+        "{:08x}-emul-{:012x}",
+        fastrand::u32(..),
+        fastrand::u64(..) >> 16
+    )
+}
+
+fn error_response(e: &ApiError) -> Resp {
+    let body = serde_json::to_vec(&serde_json::json!({ "message": e.message })).expect("json");
+    let mut r = json_response(e.status, body);
+    r.headers_mut().insert(
+        "x-amzn-errortype",
+        format!(
+            "{}:http://internal.amazon.com/coral/com.amazon.bedrock/",
+            e.code
+        )
+        .parse()
+        .expect("header"),
+    );
+    r
+}
+
+fn api(code: &'static str, status: u16, message: impl Into<String>) -> ApiError {
+    ApiError {
+        code,
+        status,
+        message: message.into(),
+    }
+}
+
+/// A well-formed SigV4 Authorization header for service `bedrock`; returns the access key id.
+fn check_sigv4<B>(req: &Request<B>) -> Result<String, ApiError> {
+    let missing = || {
+        api(
+            "MissingAuthenticationTokenException",
+            403,
+            "Missing Authentication Token",
+        )
+    };
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .ok_or_else(missing)?;
+    let rest = auth.strip_prefix("AWS4-HMAC-SHA256 ").ok_or_else(|| {
+        api(
+            "IncompleteSignatureException",
+            403,
+            "Authorization header requires the AWS4-HMAC-SHA256 algorithm",
+        )
+    })?;
+    let mut cred = None;
+    let mut signed = None;
+    let mut sig = None;
+    for part in rest.split(',').map(str::trim) {
+        if let Some(v) = part.strip_prefix("Credential=") {
+            cred = Some(v);
+        } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
+            signed = Some(v);
+        } else if let Some(v) = part.strip_prefix("Signature=") {
+            sig = Some(v);
+        }
+    }
+    let incomplete = |what: &str| {
+        api(
+            "IncompleteSignatureException",
+            403,
+            format!("Authorization header requires '{what}' parameter"),
+        )
+    };
+    let cred = cred.ok_or_else(|| incomplete("Credential"))?;
+    let signed = signed.ok_or_else(|| incomplete("SignedHeaders"))?;
+    let sig = sig.ok_or_else(|| incomplete("Signature"))?;
+    let scope: Vec<&str> = cred.split('/').collect();
+    if scope.len() != 5 || scope[3] != "bedrock" || scope[4] != "aws4_request" {
+        return Err(api(
+            "InvalidSignatureException",
+            403,
+            "Credential should be scoped to a valid region and the service 'bedrock'",
+        ));
+    }
+    if sig.len() != 64 || !sig.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(api(
+            "InvalidSignatureException",
+            403,
+            "The request signature we calculated does not match the signature you provided",
+        ));
+    }
+    if !signed.split(';').any(|h| h == "host") || req.headers().get("x-amz-date").is_none() {
+        return Err(api(
+            "InvalidSignatureException",
+            403,
+            "The host and x-amz-date headers must be signed",
+        ));
+    }
+    Ok(scope[0].to_string())
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, std::io::Error> {
+    let path = req.uri().path().to_string();
+    // Control plane (unsigned, loopback only).
+    if let Some(ctl) = path.strip_prefix("/_emulator/") {
+        return Ok(control(&state, ctl, req).await);
+    }
+    state.stats.lock().expect("stats").requests += 1;
+    let Some(model_id) = path
+        .strip_prefix("/model/")
+        .and_then(|p| p.strip_suffix("/invoke"))
+        .map(percent_decode)
+    else {
+        let e = api(
+            "UnknownOperationException",
+            404,
+            format!("no such operation: {} {path}", req.method()),
+        );
+        return Ok(error_response(&e));
+    };
+    if req.method() != hyper::Method::POST {
+        return Ok(error_response(&api(
+            "UnknownOperationException",
+            404,
+            "InvokeModel is POST",
+        )));
+    }
+    let settings = state.settings.read().expect("settings").clone();
+    let key = match check_sigv4(&req) {
+        Ok(k) => k,
+        Err(e) => {
+            state.stats.lock().expect("stats").unauthenticated += 1;
+            return Ok(error_response(&e));
+        }
+    };
+    if settings.access_key_id.as_deref().is_some_and(|k| k != key) {
+        state.stats.lock().expect("stats").unauthenticated += 1;
+        return Ok(error_response(&api(
+            "UnrecognizedClientException",
+            403,
+            "The security token included in the request is invalid.",
+        )));
+    }
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Err(std::io::Error::other(e)),
+    };
+    let Some(resolved) =
+        models::resolve(&model_id).filter(|r| r.spec.family != Family::LocalMiniLm)
+    else {
+        return Ok(error_response(&wire::validation(
+            "The provided model identifier is invalid.",
+        )));
+    };
+    let spec = resolved.spec;
+    let base = spec.id.to_string();
+    let count = |f: &dyn Fn(&mut ModelCounters)| {
+        let mut s = state.stats.lock().expect("stats");
+        let c = s.models.entry(base.clone()).or_default();
+        c.requests += 1;
+        f(c);
+    };
+    let latency = settings.latency.sample();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let fail = |code: &'static str| {
+        move |c: &mut ModelCounters| *c.errors.entry(code.to_string()).or_default() += 1
+    };
+    if settings
+        .denied_models
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case(spec.id) || d.eq_ignore_ascii_case(&model_id))
+    {
+        count(&fail("AccessDeniedException"));
+        return Ok(error_response(&api(
+            "AccessDeniedException",
+            403,
+            format!("You don't have access to the model with the specified model ID {model_id}."),
+        )));
+    }
+    if body.len() > models::MAX_BODY_BYTES {
+        count(&fail("ValidationException"));
+        return Ok(error_response(&wire::validation(
+            "Input is too long for requested model.",
+        )));
+    }
+    // Faults, independent draws.
+    let f = settings.faults;
+    let draw = |p: f64| p > 0.0 && fastrand::f64() < p;
+    if draw(f.reset) {
+        count(&fail("ConnectionReset"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "injected reset",
+        ));
+    }
+    if draw(f.throttle) {
+        count(&fail("ThrottlingException"));
+        return Ok(error_response(&api(
+            "ThrottlingException",
+            429,
+            "Too many requests, please wait before trying again.",
+        )));
+    }
+    if draw(f.server_error) {
+        return Ok(if fastrand::bool() {
+            count(&fail("InternalServerException"));
+            error_response(&api(
+                "InternalServerException",
+                500,
+                "The server encountered an internal error while processing the request.",
+            ))
+        } else {
+            count(&fail("ServiceUnavailableException"));
+            error_response(&api(
+                "ServiceUnavailableException",
+                503,
+                "Bedrock is unable to process your request.",
+            ))
+        });
+    }
+    if draw(f.model_timeout) {
+        count(&fail("ModelTimeoutException"));
+        return Ok(error_response(&api(
+            "ModelTimeoutException",
+            408,
+            "Model has timed out in processing the request. Try your request again.",
+        )));
+    }
+    if draw(f.not_ready) {
+        count(&fail("ModelNotReadyException"));
+        return Ok(error_response(&api("ModelNotReadyException", 429, "Model is not ready to serve inference requests. The AWS SDK will automatically retry the operation.")));
+    }
+    // Validate and build the answer (CPU work, cheap enough for the runtime at these sizes).
+    let accepted = match wire::handle(spec, &model_id, &body, settings.poison.as_deref()) {
+        Ok(a) => a,
+        Err(e) => {
+            count(&fail(e.code));
+            return Ok(error_response(&e));
+        }
+    };
+    // Quotas: a sliding one-minute window per model.
+    let quota = settings
+        .model_quotas
+        .get(spec.id)
+        .copied()
+        .unwrap_or(settings.quota);
+    let (rpm, tpm) = {
+        let mut windows = state.windows.lock().expect("windows");
+        let w = windows.entry(base.clone()).or_default();
+        let now = Instant::now();
+        w.prune(now);
+        let over_requests = quota
+            .requests_per_minute
+            .is_some_and(|q| w.events.len() as u64 >= q);
+        let over_tokens = quota
+            .tokens_per_minute
+            .is_some_and(|q| w.tokens + accepted.tokens > q);
+        if over_requests || over_tokens {
+            drop(windows);
+            count(&fail("ThrottlingException"));
+            return Ok(error_response(&api(
+                "ThrottlingException",
+                429,
+                "Too many requests, please wait before trying again.",
+            )));
+        }
+        w.events.push_back((now, accepted.tokens));
+        w.tokens += accepted.tokens;
+        (w.events.len() as u64, w.tokens)
+    };
+    if draw(f.malformed) {
+        count(&fail("MalformedBody"));
+        let cut = accepted.body.len() / 2;
+        return Ok(json_response(200, accepted.body[..cut].to_vec()));
+    }
+    count(&|c: &mut ModelCounters| {
+        c.ok += 1;
+        c.inputs += accepted.inputs;
+        c.tokens += accepted.tokens;
+        c.max_requests_per_minute = c.max_requests_per_minute.max(rpm);
+        c.max_tokens_per_minute = c.max_tokens_per_minute.max(tpm);
+    });
+    Ok(json_response(200, accepted.body))
+}
+
+async fn control(state: &State, ctl: &str, req: Request<Incoming>) -> Resp {
+    match (req.method().as_str(), ctl) {
+        ("GET", "stats") => {
+            let s = state.stats.lock().expect("stats").clone();
+            json_response(200, serde_json::to_vec_pretty(&s).expect("json"))
+        }
+        ("POST", "reset") => {
+            *state.stats.lock().expect("stats") = Stats::default();
+            state.windows.lock().expect("windows").clear();
+            json_response(200, b"{}".to_vec())
+        }
+        ("GET", "config") => {
+            let s = state.settings.read().expect("settings").clone();
+            json_response(200, serde_json::to_vec_pretty(&s).expect("json"))
+        }
+        ("PUT", "config") => {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return json_response(400, format!("{{\"message\":\"{e}\"}}").into_bytes())
+                }
+            };
+            // Merge: keys present in the body replace the current ones.
+            let current = serde_json::to_value(state.settings.read().expect("settings").clone())
+                .expect("json");
+            let patch: serde_json::Value = match serde_json::from_slice(&body) {
+                Ok(p) => p,
+                Err(e) => {
+                    return json_response(
+                        400,
+                        serde_json::to_vec(&serde_json::json!({"message": e.to_string()}))
+                            .expect("json"),
+                    )
+                }
+            };
+            let mut merged = current;
+            if let (Some(m), Some(p)) = (merged.as_object_mut(), patch.as_object()) {
+                for (k, v) in p {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+            match serde_json::from_value::<Settings>(merged) {
+                Ok(s) => {
+                    *state.settings.write().expect("settings") = s.clone();
+                    json_response(200, serde_json::to_vec_pretty(&s).expect("json"))
+                }
+                Err(e) => json_response(
+                    400,
+                    serde_json::to_vec(&serde_json::json!({"message": e.to_string()}))
+                        .expect("json"),
+                ),
+            }
+        }
+        _ => json_response(404, b"{\"message\":\"unknown control endpoint\"}".to_vec()),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_forms() {
+        assert_eq!(Latency::parse("0").unwrap(), Latency::None);
+        assert_eq!(Latency::parse("50").unwrap(), Latency::Fixed { ms: 50.0 });
+        assert_eq!(
+            Latency::parse("20..80").unwrap(),
+            Latency::Uniform {
+                min_ms: 20.0,
+                max_ms: 80.0
+            }
+        );
+        assert_eq!(
+            Latency::parse("normal:50,10").unwrap(),
+            Latency::Normal {
+                mean_ms: 50.0,
+                sd_ms: 10.0
+            }
+        );
+        assert!(Latency::parse("80..20").is_err());
+        assert!(Latency::parse("fast").is_err());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("cohere.embed-v4%3A0"), "cohere.embed-v4:0");
+        assert_eq!(percent_decode("abc%"), "abc%");
+    }
+}

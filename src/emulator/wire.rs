@@ -1,0 +1,1008 @@
+//! The emulator's own reading of each family's InvokeModel body: as strict as the reference
+//! describes, written independently of the client transformers (so each checks the other), and
+//! the response each family sends back.
+
+use super::vectors;
+use crate::models::{Family, ModelSpec};
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+/// A Bedrock error to send back: exception name, HTTP status, message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub code: &'static str,
+    pub status: u16,
+    pub message: String,
+}
+
+pub fn validation(msg: impl Into<String>) -> ApiError {
+    ApiError {
+        code: "ValidationException",
+        status: 400,
+        message: msg.into(),
+    }
+}
+
+/// What one accepted request asks for: inputs to embed and how to answer.
+pub struct Accepted {
+    pub body: Vec<u8>,
+    pub inputs: u64,
+    pub tokens: u64,
+}
+
+/// The emulator's token count: words, with long words costing more (deterministic, roughly
+/// like a subword tokenizer).
+pub fn count_tokens(text: &str) -> u64 {
+    text.split(|c: char| c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .map(|w| (w.chars().count() as u64).div_ceil(6).max(1))
+        .sum::<u64>()
+        .max(1)
+}
+
+type Obj = Map<String, Value>;
+
+fn object(v: &Value, at: &str) -> Result<Obj, ApiError> {
+    v.as_object().cloned().ok_or_else(|| {
+        validation(format!(
+            "Malformed input request: {at}: expected type: JSONObject, found: {}",
+            kind(v)
+        ))
+    })
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "Null",
+        Value::Bool(_) => "Boolean",
+        Value::Number(_) => "Number",
+        Value::String(_) => "String",
+        Value::Array(_) => "JSONArray",
+        Value::Object(_) => "JSONObject",
+    }
+}
+
+/// Fails on keys outside `allowed`.
+fn only(o: &Obj, allowed: &[&str], at: &str) -> Result<(), ApiError> {
+    for k in o.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(validation(format!(
+                "Malformed input request: {at}: extraneous key [{k}] is not permitted, please reformat your input and try again."
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn required<'a>(o: &'a Obj, key: &str, at: &str) -> Result<&'a Value, ApiError> {
+    o.get(key).ok_or_else(|| {
+        validation(format!(
+            "Malformed input request: {at}: required key [{key}] not found, please reformat your input and try again."
+        ))
+    })
+}
+
+fn string<'a>(v: &'a Value, at: &str) -> Result<&'a str, ApiError> {
+    v.as_str().ok_or_else(|| {
+        validation(format!(
+            "Malformed input request: {at}: expected type: String, found: {}",
+            kind(v)
+        ))
+    })
+}
+
+fn one_of<'a>(v: &'a Value, allowed: &[&str], at: &str) -> Result<&'a str, ApiError> {
+    let s = string(v, at)?;
+    if allowed.contains(&s) {
+        Ok(s)
+    } else {
+        Err(validation(format!(
+            "Malformed input request: {at}: {s} is not a valid enum value; expected one of [{}]",
+            allowed.join(", ")
+        )))
+    }
+}
+
+fn uint(v: &Value, at: &str) -> Result<u64, ApiError> {
+    v.as_u64().ok_or_else(|| {
+        validation(format!(
+            "Malformed input request: {at}: expected type: Integer, found: {}",
+            kind(v)
+        ))
+    })
+}
+
+fn dims(v: Option<&Value>, allowed: &[usize], at: &str) -> Result<Option<usize>, ApiError> {
+    let Some(v) = v else { return Ok(None) };
+    let d = uint(v, at)? as usize;
+    if allowed.contains(&d) {
+        Ok(Some(d))
+    } else {
+        let list: Vec<String> = allowed.iter().map(|d| d.to_string()).collect();
+        Err(validation(format!(
+            "Malformed input request: {at}: {d} is not a valid value; expected one of [{}]",
+            list.join(", ")
+        )))
+    }
+}
+
+fn decode_b64(s: &str, at: &str) -> Result<Vec<u8>, ApiError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|_| validation(format!("Malformed input request: {at}: invalid base64")))
+}
+
+/// Image bytes must be a real image of an accepted format.
+fn image_bytes(bytes: &[u8], formats: &[&str], at: &str) -> Result<(), ApiError> {
+    let f = crate::models::ImageFormat::detect(bytes).map(|f| f.as_str());
+    match f {
+        Some(f) if formats.contains(&f) => Ok(()),
+        _ => Err(validation(format!(
+            "{at}: unsupported or unreadable image; supported formats: {}",
+            formats.join(", ")
+        ))),
+    }
+}
+
+fn data_uri(s: &str, formats: &[&str], at: &str) -> Result<Vec<u8>, ApiError> {
+    let Some(rest) = s.strip_prefix("data:") else {
+        return Err(validation(format!(
+            "{at}: images must be data URIs (data:image/<type>;base64,...)"
+        )));
+    };
+    let Some((meta, data)) = rest.split_once(',') else {
+        return Err(validation(format!(
+            "{at}: invalid data URI (missing comma)"
+        )));
+    };
+    let Some(mime) = meta.strip_suffix(";base64") else {
+        return Err(validation(format!(
+            "{at}: data URIs must be base64-encoded"
+        )));
+    };
+    let bytes = decode_b64(data, at)?;
+    image_bytes(&bytes, formats, at)?;
+    let declared = mime.strip_prefix("image/").unwrap_or("");
+    let actual = crate::models::ImageFormat::detect(&bytes).map(|f| f.as_str());
+    if Some(if declared == "jpg" { "jpeg" } else { declared }) != actual {
+        return Err(validation(format!(
+            "{at}: the data URI says {mime} but holds {}",
+            actual.unwrap_or("unknown")
+        )));
+    }
+    Ok(bytes)
+}
+
+fn vec_json(v: &[f32]) -> Value {
+    Value::Array(v.iter().map(|x| json!(x)).collect())
+}
+
+/// Validates `body` for `spec` (called with model id `id`) and builds the response.
+pub fn handle(
+    spec: &ModelSpec,
+    id: &str,
+    body: &[u8],
+    poison: Option<&str>,
+) -> Result<Accepted, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| {
+        validation("Malformed input request, please reformat your input and try again.")
+    })?;
+    let o = object(&v, "#")?;
+    let check_poison = |t: &str| -> Result<(), ApiError> {
+        match poison {
+            Some(p) if !p.is_empty() && t.contains(p) => Err(validation(
+                "Malformed input request: the input was rejected by the model (poisoned input)",
+            )),
+            _ => Ok(()),
+        }
+    };
+    let seed = spec.id;
+    match spec.family {
+        Family::TitanTextV1 | Family::TitanTextV2 => {
+            let v2 = spec.family == Family::TitanTextV2;
+            only(
+                &o,
+                if v2 {
+                    &["inputText", "dimensions", "normalize", "embeddingTypes"]
+                } else {
+                    &["inputText"]
+                },
+                "#",
+            )?;
+            let text = string(required(&o, "inputText", "#")?, "#/inputText")?;
+            if text.is_empty() {
+                return Err(validation(
+                    "Malformed input request: #/inputText: expected minLength: 1, actual: 0",
+                ));
+            }
+            if text.chars().count() > 50_000 {
+                return Err(validation(
+                    "Malformed input request: #/inputText: expected maxLength: 50000",
+                ));
+            }
+            check_poison(text)?;
+            let tokens = count_tokens(text);
+            if tokens > 8192 {
+                return Err(validation(format!(
+                    "Input is too long for requested model ({tokens} tokens, limit 8192)"
+                )));
+            }
+            let dim = if v2 {
+                dims(o.get("dimensions"), &[1024, 512, 256], "#/dimensions")?.unwrap_or(1024)
+            } else {
+                1536
+            };
+            let normalize = match o.get("normalize") {
+                Some(Value::Bool(b)) => *b,
+                Some(other) => {
+                    return Err(validation(format!(
+                        "Malformed input request: #/normalize: expected type: Boolean, found: {}",
+                        kind(other)
+                    )))
+                }
+                None => v2,
+            };
+            let mut types = vec!["float".to_string()];
+            if let Some(t) = o.get("embeddingTypes") {
+                let Some(a) = t.as_array() else {
+                    return Err(validation(format!("Malformed input request: #/embeddingTypes: expected type: JSONArray, found: {}", kind(t))));
+                };
+                if a.is_empty() {
+                    return Err(validation(
+                        "Malformed input request: #/embeddingTypes: expected minItems: 1",
+                    ));
+                }
+                types = a
+                    .iter()
+                    .map(|x| {
+                        one_of(x, &["float", "binary"], "#/embeddingTypes").map(str::to_string)
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            let vector = vectors::text(seed, text, dim, normalize);
+            let mut resp = Map::new();
+            resp.insert("embedding".into(), vec_json(&vector));
+            resp.insert("inputTextTokenCount".into(), json!(tokens));
+            if v2 {
+                let mut by = Map::new();
+                for t in &types {
+                    match t.as_str() {
+                        "float" => by.insert("float".into(), vec_json(&vector)),
+                        _ => by.insert(
+                            "binary".into(),
+                            json!(vector
+                                .iter()
+                                .map(|x| u8::from(*x > 0.0))
+                                .collect::<Vec<_>>()),
+                        ),
+                    };
+                }
+                if !by.contains_key("float") {
+                    by.insert("float".into(), vec_json(&vector));
+                }
+                resp.insert("embeddingsByType".into(), Value::Object(by));
+            }
+            Ok(Accepted {
+                body: serde_json::to_vec(&resp).expect("json"),
+                inputs: 1,
+                tokens,
+            })
+        }
+        Family::TitanMultimodal => {
+            only(&o, &["inputText", "inputImage", "embeddingConfig"], "#")?;
+            let text = o
+                .get("inputText")
+                .map(|t| string(t, "#/inputText"))
+                .transpose()?;
+            let image = o
+                .get("inputImage")
+                .map(|i| string(i, "#/inputImage"))
+                .transpose()?;
+            if text.is_none() && image.is_none() {
+                return Err(validation(
+                    "Malformed input request: at least one of inputText and inputImage is required",
+                ));
+            }
+            let mut dim = 1024;
+            if let Some(c) = o.get("embeddingConfig") {
+                let c = object(c, "#/embeddingConfig")?;
+                only(&c, &["outputEmbeddingLength"], "#/embeddingConfig")?;
+                dim = dims(
+                    c.get("outputEmbeddingLength"),
+                    &[1024, 384, 256],
+                    "#/embeddingConfig/outputEmbeddingLength",
+                )?
+                .unwrap_or(1024);
+            }
+            let mut tokens = 0;
+            let mut parts = Vec::new();
+            if let Some(t) = text {
+                check_poison(t)?;
+                tokens = count_tokens(t);
+                if tokens > 128 {
+                    return Err(validation(format!(
+                        "Input is too long for requested model ({tokens} tokens, limit 128)"
+                    )));
+                }
+                parts.push(vectors::text(seed, t, dim, true));
+            }
+            if let Some(i) = image {
+                let bytes = decode_b64(i, "#/inputImage")?;
+                image_bytes(&bytes, &["png", "jpeg"], "#/inputImage")?;
+                if bytes.len() > 25 * 1024 * 1024 {
+                    return Err(validation("#/inputImage: the image is larger than 25 MB"));
+                }
+                parts.push(vectors::bytes(seed, &bytes, dim, true));
+            }
+            let vector = vectors::average(&parts, false);
+            let resp = json!({"embedding": vec_json(&vector), "inputTextTokenCount": tokens, "message": null});
+            Ok(Accepted {
+                body: serde_json::to_vec(&resp).expect("json"),
+                inputs: 1,
+                tokens,
+            })
+        }
+        Family::CohereV3 | Family::CohereV4 => cohere(spec, &o, poison),
+        Family::Nova2 => nova(spec, &o, poison),
+        Family::Marengo27 | Family::Marengo30 => marengo(spec, id, &o, poison),
+        Family::LocalMiniLm => Err(validation("The provided model identifier is invalid.")),
+    }
+}
+
+fn cohere(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, ApiError> {
+    let v4 = spec.family == Family::CohereV4;
+    let seed = spec.id;
+    let mut allowed = vec![
+        "texts",
+        "images",
+        "input_type",
+        "truncate",
+        "embedding_types",
+    ];
+    if v4 {
+        allowed.extend(["inputs", "output_dimension", "max_tokens"]);
+    }
+    only(o, &allowed, "#")?;
+    let input_types: &[&str] = if v4 {
+        &[
+            "search_document",
+            "search_query",
+            "classification",
+            "clustering",
+        ]
+    } else {
+        &[
+            "search_document",
+            "search_query",
+            "classification",
+            "clustering",
+            "image",
+        ]
+    };
+    one_of(required(o, "input_type", "#")?, input_types, "#/input_type")?;
+    let truncate = match o.get("truncate") {
+        Some(t) => one_of(
+            t,
+            if v4 {
+                &["NONE", "LEFT", "RIGHT"]
+            } else {
+                &["NONE", "START", "END"]
+            },
+            "#/truncate",
+        )?,
+        None => "NONE",
+    };
+    let mut types: Vec<String> = Vec::new();
+    if let Some(t) = o.get("embedding_types") {
+        let Some(a) = t.as_array() else {
+            return Err(validation(
+                "Malformed request. Please check your parameter/values and try again.",
+            ));
+        };
+        types = a
+            .iter()
+            .map(|x| {
+                one_of(
+                    x,
+                    &["float", "int8", "uint8", "binary", "ubinary"],
+                    "#/embedding_types",
+                )
+                .map(str::to_string)
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    let dim = if v4 {
+        dims(
+            o.get("output_dimension"),
+            &[256, 512, 1024, 1536],
+            "#/output_dimension",
+        )?
+        .unwrap_or(1536)
+    } else {
+        1024
+    };
+    let max_tokens = match o.get("max_tokens") {
+        Some(m) => uint(m, "#/max_tokens")?,
+        None => {
+            if v4 {
+                128_000
+            } else {
+                512
+            }
+        }
+    };
+    let present: Vec<&str> = ["texts", "images", "inputs"]
+        .into_iter()
+        .filter(|k| o.contains_key(*k))
+        .collect();
+    if present.len() != 1 {
+        return Err(validation(
+            "Malformed input request: exactly one of texts, images or inputs is required",
+        ));
+    }
+    let image_formats: &[&str] = if v4 {
+        &["png", "jpeg", "webp", "gif"]
+    } else {
+        &["png", "jpeg"]
+    };
+    let mut vectors_out = Vec::new();
+    let mut tokens = 0u64;
+    let list = o[present[0]].as_array().ok_or_else(|| {
+        validation(format!(
+            "Malformed input request: #/{}: expected type: JSONArray",
+            present[0]
+        ))
+    })?;
+    if list.is_empty() || list.len() > 96 {
+        return Err(validation(format!(
+            "Malformed input request: #/{}: expected between 1 and 96 items, got {}",
+            present[0],
+            list.len()
+        )));
+    }
+    let check_text = |t: &str, i: usize, tokens: &mut u64| -> Result<String, ApiError> {
+        if let Some(p) = poison.filter(|p| !p.is_empty() && t.contains(*p)) {
+            let _ = p;
+            return Err(validation(format!("Malformed input request: #/texts/{i}: the input was rejected by the model (poisoned input)")));
+        }
+        if !v4 && t.chars().count() > 2048 {
+            return Err(validation(format!(
+                "Malformed input request: #/texts/{i}: expected maxLength: 2048, actual: {}",
+                t.chars().count()
+            )));
+        }
+        let n = count_tokens(t);
+        let kept = if n > max_tokens {
+            if truncate == "NONE" {
+                return Err(validation(format!("Malformed input request: #/texts/{i}: too many tokens ({n} > {max_tokens}); set truncate")));
+            }
+            // Keep the right share of words.
+            let words: Vec<&str> = t.split_whitespace().collect();
+            let keep = (words.len() as u64 * max_tokens / n) as usize;
+            *tokens += max_tokens;
+            if truncate == "END" || truncate == "RIGHT" {
+                words[..keep].join(" ")
+            } else {
+                words[words.len() - keep..].join(" ")
+            }
+        } else {
+            *tokens += n;
+            t.to_string()
+        };
+        Ok(kept)
+    };
+    match present[0] {
+        "texts" => {
+            for (i, t) in list.iter().enumerate() {
+                let t = string(t, &format!("#/texts/{i}"))?;
+                let kept = check_text(t, i, &mut tokens)?;
+                vectors_out.push(vectors::text(seed, &kept, dim, true));
+            }
+        }
+        "images" => {
+            if !v4 && list.len() > 1 {
+                return Err(validation(
+                    "Malformed input request: #/images: expected maxItems: 1",
+                ));
+            }
+            for (i, img) in list.iter().enumerate() {
+                let at = format!("#/images/{i}");
+                let bytes = data_uri(string(img, &at)?, image_formats, &at)?;
+                if bytes.len() > 5 * 1024 * 1024 {
+                    return Err(validation(format!("{at}: images must be at most 5 MB")));
+                }
+                vectors_out.push(vectors::bytes(seed, &bytes, dim, true));
+            }
+        }
+        _ => {
+            for (i, item) in list.iter().enumerate() {
+                let at = format!("#/inputs/{i}");
+                let item = object(item, &at)?;
+                only(&item, &["content"], &at)?;
+                let content = required(&item, "content", &at)?
+                    .as_array()
+                    .ok_or_else(|| validation(format!("{at}/content: expected type: JSONArray")))?;
+                let mut parts = Vec::new();
+                for (j, c) in content.iter().enumerate() {
+                    let cat = format!("{at}/content/{j}");
+                    let c = object(c, &cat)?;
+                    match one_of(
+                        required(&c, "type", &cat)?,
+                        &["text", "image_url"],
+                        &format!("{cat}/type"),
+                    )? {
+                        "text" => {
+                            only(&c, &["type", "text"], &cat)?;
+                            let t = string(required(&c, "text", &cat)?, &format!("{cat}/text"))?;
+                            let kept = check_text(t, i, &mut tokens)?;
+                            parts.push(vectors::text(seed, &kept, dim, true));
+                        }
+                        _ => {
+                            only(&c, &["type", "image_url"], &cat)?;
+                            let u = required(&c, "image_url", &cat)?;
+                            let url = match u {
+                                Value::String(s) => s.as_str(),
+                                Value::Object(m) => string(
+                                    m.get("url").unwrap_or(&Value::Null),
+                                    &format!("{cat}/image_url/url"),
+                                )?,
+                                other => {
+                                    return Err(validation(format!(
+                                        "{cat}/image_url: expected a string or {{url}}, found {}",
+                                        kind(other)
+                                    )))
+                                }
+                            };
+                            let bytes = data_uri(url, image_formats, &cat)?;
+                            parts.push(vectors::bytes(seed, &bytes, dim, true));
+                        }
+                    }
+                }
+                if parts.is_empty() {
+                    return Err(validation(format!("{at}/content: expected minItems: 1")));
+                }
+                vectors_out.push(vectors::average(&parts, true));
+            }
+        }
+    }
+    let mut resp = Map::new();
+    resp.insert(
+        "id".into(),
+        json!(format!(
+            "emu-{:016x}",
+            vectors::fnv(format!("{o:?}").as_bytes())
+        )),
+    );
+    if types.is_empty() {
+        resp.insert("response_type".into(), json!("embeddings_floats"));
+        resp.insert(
+            "embeddings".into(),
+            Value::Array(vectors_out.iter().map(|v| vec_json(v)).collect()),
+        );
+    } else {
+        resp.insert("response_type".into(), json!("embeddings_by_type"));
+        let mut by = Map::new();
+        for t in &types {
+            let vs: Vec<Value> = vectors_out
+                .iter()
+                .map(|v| match t.as_str() {
+                    "float" => vec_json(v),
+                    other => json!(vectors::quantize(v, other)),
+                })
+                .collect();
+            by.insert(t.clone(), Value::Array(vs));
+        }
+        resp.insert("embeddings".into(), Value::Object(by));
+    }
+    if present[0] == "texts" {
+        resp.insert("texts".into(), o["texts"].clone());
+    }
+    let n = vectors_out.len() as u64;
+    Ok(Accepted {
+        body: serde_json::to_vec(&resp).expect("json"),
+        inputs: n,
+        tokens,
+    })
+}
+
+fn source_bytes(src: &Value, at: &str, allow_bytes: bool) -> Result<Option<Vec<u8>>, ApiError> {
+    let s = object(src, at)?;
+    only(&s, &["bytes", "s3Location"], at)?;
+    match (s.get("bytes"), s.get("s3Location")) {
+        (Some(b), None) if allow_bytes => {
+            Ok(Some(decode_b64(string(b, &format!("{at}/bytes"))?, at)?))
+        }
+        (Some(_), None) => Err(validation(format!(
+            "{at}: inline bytes are not allowed here; use s3Location"
+        ))),
+        (None, Some(l)) => {
+            let l = object(l, &format!("{at}/s3Location"))?;
+            only(&l, &["uri", "bucketOwner"], &format!("{at}/s3Location"))?;
+            let uri = string(
+                required(&l, "uri", &format!("{at}/s3Location"))?,
+                &format!("{at}/s3Location/uri"),
+            )?;
+            if !uri.starts_with("s3://") {
+                return Err(validation(format!(
+                    "{at}/s3Location/uri: must be an s3:// URI"
+                )));
+            }
+            Ok(None)
+        }
+        _ => Err(validation(format!(
+            "{at}: exactly one of bytes and s3Location is required"
+        ))),
+    }
+}
+
+fn nova(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, ApiError> {
+    only(
+        o,
+        &[
+            "schemaVersion",
+            "taskType",
+            "singleEmbeddingParams",
+            "segmentedEmbeddingParams",
+        ],
+        "#",
+    )?;
+    if let Some(s) = o.get("schemaVersion") {
+        one_of(s, &["nova-multimodal-embed-v1"], "#/schemaVersion")?;
+    }
+    match one_of(
+        required(o, "taskType", "#")?,
+        &["SINGLE_EMBEDDING", "SEGMENTED_EMBEDDING"],
+        "#/taskType",
+    )? {
+        "SINGLE_EMBEDDING" => {}
+        _ => {
+            return Err(validation(
+                "SEGMENTED_EMBEDDING is only available through StartAsyncInvoke",
+            ))
+        }
+    }
+    if o.contains_key("segmentedEmbeddingParams") {
+        return Err(validation("Malformed input request: #: extraneous key [segmentedEmbeddingParams] is not permitted for SINGLE_EMBEDDING"));
+    }
+    let p = object(
+        required(o, "singleEmbeddingParams", "#")?,
+        "#/singleEmbeddingParams",
+    )?;
+    let at = "#/singleEmbeddingParams";
+    only(
+        &p,
+        &[
+            "embeddingPurpose",
+            "embeddingDimension",
+            "text",
+            "image",
+            "audio",
+            "video",
+        ],
+        at,
+    )?;
+    one_of(
+        required(&p, "embeddingPurpose", at)?,
+        crate::models::nova::PURPOSES,
+        &format!("{at}/embeddingPurpose"),
+    )?;
+    let dim = dims(
+        p.get("embeddingDimension"),
+        &[3072, 1024, 384, 256],
+        &format!("{at}/embeddingDimension"),
+    )?
+    .unwrap_or(3072);
+    let present: Vec<&str> = ["text", "image", "audio", "video"]
+        .into_iter()
+        .filter(|k| p.contains_key(*k))
+        .collect();
+    if present.len() != 1 {
+        return Err(validation(format!(
+            "{at}: exactly one of text, image, audio or video is required"
+        )));
+    }
+    let m = present[0];
+    let mat = format!("{at}/{m}");
+    let mo = object(&p[m], &mat)?;
+    let seed = spec.id;
+    let mut tokens = 0;
+    let mut resp_entry = Map::new();
+    let vector = match m {
+        "text" => {
+            only(&mo, &["truncationMode", "value", "source"], &mat)?;
+            let mode = one_of(
+                required(&mo, "truncationMode", &mat)?,
+                &["START", "END", "NONE"],
+                &format!("{mat}/truncationMode"),
+            )?;
+            match (mo.get("value"), mo.get("source")) {
+                (Some(v), None) => {
+                    let t = string(v, &format!("{mat}/value"))?;
+                    if t.is_empty() {
+                        return Err(validation(format!("{mat}/value: expected minLength: 1")));
+                    }
+                    let n = t.chars().count();
+                    if n > 8192 {
+                        return Err(validation(format!(
+                            "{mat}/value: expected maxLength: 8192, actual: {n}"
+                        )));
+                    }
+                    if let Some(p) = poison.filter(|p| !p.is_empty() && t.contains(*p)) {
+                        let _ = p;
+                        return Err(validation("Malformed input request: the input was rejected by the model (poisoned input)"));
+                    }
+                    tokens = count_tokens(t);
+                    let kept: String = if tokens > 8192 {
+                        if mode == "NONE" {
+                            return Err(validation(format!(
+                                "Input is too long ({tokens} tokens, limit 8192)"
+                            )));
+                        }
+                        let cut = n * 8192 / tokens as usize;
+                        resp_entry.insert("truncatedCharLength".into(), json!(cut));
+                        if mode == "END" {
+                            t.chars().take(cut).collect()
+                        } else {
+                            t.chars().skip(n - cut).collect()
+                        }
+                    } else {
+                        t.to_string()
+                    };
+                    resp_entry.insert("embeddingType".into(), json!("TEXT"));
+                    vectors::text(seed, &kept, dim, false)
+                }
+                (None, Some(s)) => {
+                    source_bytes(s, &format!("{mat}/source"), false)?;
+                    resp_entry.insert("embeddingType".into(), json!("TEXT"));
+                    vectors::bytes(seed, format!("{s}").as_bytes(), dim, false)
+                }
+                _ => {
+                    return Err(validation(format!(
+                        "{mat}: exactly one of value and source is required"
+                    )))
+                }
+            }
+        }
+        "image" => {
+            only(&mo, &["format", "source", "detailLevel"], &mat)?;
+            let fmt = one_of(
+                required(&mo, "format", &mat)?,
+                &["png", "jpeg", "gif", "webp"],
+                &format!("{mat}/format"),
+            )?;
+            if let Some(d) = mo.get("detailLevel") {
+                one_of(
+                    d,
+                    &["STANDARD_IMAGE", "DOCUMENT_IMAGE"],
+                    &format!("{mat}/detailLevel"),
+                )?;
+            }
+            resp_entry.insert("embeddingType".into(), json!("IMAGE"));
+            match source_bytes(
+                required(&mo, "source", &mat)?,
+                &format!("{mat}/source"),
+                true,
+            )? {
+                Some(bytes) => {
+                    image_bytes(&bytes, &[fmt], &format!("{mat}/source/bytes"))?;
+                    vectors::bytes(seed, &bytes, dim, false)
+                }
+                None => vectors::bytes(seed, format!("{}", mo["source"]).as_bytes(), dim, false),
+            }
+        }
+        _ => {
+            let formats: &[&str] = if m == "audio" {
+                &["mp3", "wav", "ogg"]
+            } else {
+                &[
+                    "mp4", "mov", "mkv", "webm", "flv", "mpeg", "mpg", "wmv", "3gp",
+                ]
+            };
+            let mut keys = vec!["format", "source"];
+            if m == "video" {
+                keys.push("embeddingMode");
+                one_of(
+                    required(&mo, "embeddingMode", &mat)?,
+                    &["AUDIO_VIDEO_COMBINED", "AUDIO_VIDEO_SEPARATE"],
+                    &format!("{mat}/embeddingMode"),
+                )?;
+            }
+            only(&mo, &keys, &mat)?;
+            one_of(
+                required(&mo, "format", &mat)?,
+                formats,
+                &format!("{mat}/format"),
+            )?;
+            let src = required(&mo, "source", &mat)?;
+            let bytes = source_bytes(src, &format!("{mat}/source"), true)?
+                .unwrap_or_else(|| format!("{src}").into_bytes());
+            resp_entry.insert(
+                "embeddingType".into(),
+                json!(if m == "audio" {
+                    "AUDIO"
+                } else {
+                    "AUDIO_VIDEO_COMBINED"
+                }),
+            );
+            vectors::bytes(seed, &bytes, dim, false)
+        }
+    };
+    resp_entry.insert("embedding".into(), vec_json(&vector));
+    let resp = json!({"embeddings": [Value::Object(resp_entry)]});
+    Ok(Accepted {
+        body: serde_json::to_vec(&resp).expect("json"),
+        inputs: 1,
+        tokens,
+    })
+}
+
+fn media_source(v: &Value, at: &str, need_owner: bool) -> Result<Vec<u8>, ApiError> {
+    let m = object(v, at)?;
+    only(&m, &["base64String", "s3Location"], at)?;
+    match (m.get("base64String"), m.get("s3Location")) {
+        (Some(b), None) => {
+            let bytes = decode_b64(string(b, &format!("{at}/base64String"))?, at)?;
+            if bytes.len() > 5 * 1024 * 1024 {
+                return Err(validation(format!("{at}: images must be at most 5 MB")));
+            }
+            image_bytes(&bytes, &["png", "jpeg"], at)?;
+            Ok(bytes)
+        }
+        (None, Some(l)) => {
+            let l = object(l, &format!("{at}/s3Location"))?;
+            only(&l, &["uri", "bucketOwner"], &format!("{at}/s3Location"))?;
+            let uri = string(required(&l, "uri", &format!("{at}/s3Location"))?, "uri")?;
+            if need_owner && !l.contains_key("bucketOwner") {
+                return Err(validation(format!(
+                    "{at}/s3Location: required key [bucketOwner] not found"
+                )));
+            }
+            Ok(uri.as_bytes().to_vec())
+        }
+        _ => Err(validation(format!(
+            "{at}: exactly one of base64String and s3Location is required"
+        ))),
+    }
+}
+
+fn marengo(
+    spec: &ModelSpec,
+    id: &str,
+    o: &Obj,
+    poison: Option<&str>,
+) -> Result<Accepted, ApiError> {
+    let v27 = spec.family == Family::Marengo27;
+    if v27 && id.eq_ignore_ascii_case(spec.id) {
+        return Err(validation(format!(
+            "Invocation of model ID {} with on-demand throughput isn't supported. Retry your request with the ID or ARN of an inference profile that contains this model.",
+            spec.id
+        )));
+    }
+    let seed = spec.id;
+    let dim = spec.dimensions[0];
+    let input_type = string(required(o, "inputType", "#")?, "#/inputType")?;
+    let poisoned = |t: &str| poison.is_some_and(|p| !p.is_empty() && t.contains(p));
+    let (vector, tokens) = if v27 {
+        match one_of(
+            required(o, "inputType", "#")?,
+            &["text", "image", "video", "audio"],
+            "#/inputType",
+        )? {
+            "text" => {
+                only(o, &["inputType", "inputText", "textTruncate"], "#")?;
+                let t = string(required(o, "inputText", "#")?, "#/inputText")?;
+                let trunc = match o.get("textTruncate") {
+                    Some(x) => one_of(x, &["end", "none"], "#/textTruncate")?,
+                    None => "end",
+                };
+                if poisoned(t) {
+                    return Err(validation("Malformed input request: the input was rejected by the model (poisoned input)"));
+                }
+                let n = count_tokens(t);
+                if n > 77 && trunc == "none" {
+                    return Err(validation(format!(
+                        "Input is too long ({n} tokens, limit 77)"
+                    )));
+                }
+                let kept: Vec<&str> = t
+                    .split_whitespace()
+                    .take(if n > 77 { 77 } else { usize::MAX })
+                    .collect();
+                (vectors::text(seed, &kept.join(" "), dim, false), n.min(77))
+            }
+            "image" => {
+                only(o, &["inputType", "mediaSource"], "#")?;
+                let b = media_source(required(o, "mediaSource", "#")?, "#/mediaSource", false)?;
+                (vectors::bytes(seed, &b, dim, false), 0)
+            }
+            other => {
+                return Err(validation(format!(
+                    "inputType {other} is only available through StartAsyncInvoke"
+                )))
+            }
+        }
+    } else {
+        if let Some(k) = [
+            "textTruncate",
+            "lengthSec",
+            "useFixedLengthSec",
+            "minClipSec",
+        ]
+        .iter()
+        .find(|k| o.contains_key(**k))
+        {
+            return Err(validation(format!("Malformed input request: #: extraneous key [{k}] is not permitted (a Marengo 2.7 parameter)")));
+        }
+        match one_of(
+            required(o, "inputType", "#")?,
+            &[
+                "text",
+                "image",
+                "text_image",
+                "multi_input",
+                "video",
+                "audio",
+            ],
+            "#/inputType",
+        )? {
+            "text" => {
+                only(o, &["inputType", "text", "inferenceId"], "#")?;
+                let x = object(required(o, "text", "#")?, "#/text")?;
+                only(&x, &["inputText"], "#/text")?;
+                let t = string(required(&x, "inputText", "#/text")?, "#/text/inputText")?;
+                if poisoned(t) {
+                    return Err(validation("Malformed input request: the input was rejected by the model (poisoned input)"));
+                }
+                let n = count_tokens(t);
+                if n > 500 {
+                    return Err(validation(format!(
+                        "Input is too long ({n} tokens, limit 500)"
+                    )));
+                }
+                (vectors::text(seed, t, dim, false), n)
+            }
+            "image" => {
+                only(o, &["inputType", "image", "inferenceId"], "#")?;
+                let x = object(required(o, "image", "#")?, "#/image")?;
+                only(&x, &["mediaSource"], "#/image")?;
+                let b = media_source(
+                    required(&x, "mediaSource", "#/image")?,
+                    "#/image/mediaSource",
+                    true,
+                )?;
+                (vectors::bytes(seed, &b, dim, false), 0)
+            }
+            "text_image" => {
+                only(o, &["inputType", "text_image", "inferenceId"], "#")?;
+                let x = object(required(o, "text_image", "#")?, "#/text_image")?;
+                only(&x, &["inputText", "mediaSource"], "#/text_image")?;
+                let t = string(
+                    required(&x, "inputText", "#/text_image")?,
+                    "#/text_image/inputText",
+                )?;
+                let b = media_source(
+                    required(&x, "mediaSource", "#/text_image")?,
+                    "#/text_image/mediaSource",
+                    true,
+                )?;
+                let parts = [
+                    vectors::text(seed, t, dim, true),
+                    vectors::bytes(seed, &b, dim, true),
+                ];
+                (vectors::average(&parts, false), count_tokens(t))
+            }
+            other => {
+                return Err(validation(format!(
+                    "inputType {other} is only available through StartAsyncInvoke"
+                )))
+            }
+        }
+    };
+    let _ = input_type;
+    let resp = json!({"data": [{"embedding": vec_json(&vector)}]});
+    Ok(Accepted {
+        body: serde_json::to_vec(&resp).expect("json"),
+        inputs: 1,
+        tokens,
+    })
+}

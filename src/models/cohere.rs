@@ -1,0 +1,349 @@
+//! Cohere Embed v3 (`cohere.embed-english-v3`, `cohere.embed-multilingual-v3`) and v4
+//! (`cohere.embed-v4:0`): up to 96 texts per call; images (v3: one per call); v4 also
+//! interleaved text+image inputs and a choice of dimensions.
+
+use super::{
+    f32_vec, i64_vec, wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec,
+    Params, Parsed, Prices, Routes, WireError,
+};
+use crate::config::Provider;
+use serde_json::{json, Map, Value};
+
+const INPUT_TYPES_V3: &[&str] = &[
+    "search_document",
+    "search_query",
+    "classification",
+    "clustering",
+];
+
+const V3_PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        key: "input_type",
+        values: INPUT_TYPES_V3,
+        default: Some("search_document"),
+    },
+    ParamSpec {
+        key: "truncate",
+        values: &["NONE", "START", "END"],
+        default: Some("NONE"),
+    },
+    ParamSpec {
+        key: "embedding_types",
+        values: &["float", "int8", "uint8", "binary", "ubinary"],
+        default: None,
+    },
+];
+
+const V3_LIMITS: Limits = Limits {
+    max_chars: Some(2048),
+    max_tokens: Some(512),
+    max_image_bytes: Some(5 * 1024 * 1024),
+    max_image_side: None,
+    image_formats: &[ImageFormat::Png, ImageFormat::Jpeg],
+    max_body_bytes: super::MAX_BODY_BYTES,
+};
+
+const V3_PRICES: Prices = Prices {
+    per_1k_tokens: 0.0001,
+    per_image: 0.0,
+    per_query: 0.0,
+    per_video_second: 0.0,
+    per_audio_second: 0.0,
+};
+
+const SYNC: Routes = Routes {
+    sync: true,
+    asynchronous: false,
+    sync_needs_profile: false,
+};
+
+pub const V3_ENGLISH: ModelSpec = ModelSpec {
+    id: "cohere.embed-english-v3",
+    aliases: &[],
+    profiles: &[],
+    provider: Provider::Bedrock,
+    family: Family::CohereV3,
+    modalities: &[Modality::Text, Modality::Image],
+    text_image: false,
+    dimensions: &[1024],
+    max_inputs_per_call: 96,
+    default_batch_size: 96,
+    max_input_tokens: 512,
+    normalized: false,
+    limits: V3_LIMITS,
+    routes: SYNC,
+    prices: V3_PRICES,
+    params: V3_PARAMS,
+    deprecation: None,
+};
+
+pub const V3_MULTILINGUAL: ModelSpec = ModelSpec {
+    id: "cohere.embed-multilingual-v3",
+    ..V3_ENGLISH
+};
+
+pub const V4: ModelSpec = ModelSpec {
+    id: "cohere.embed-v4:0",
+    aliases: &["cohere.embed-v4"],
+    profiles: &["us.", "eu.", "global."],
+    provider: Provider::Bedrock,
+    family: Family::CohereV4,
+    modalities: &[Modality::Text, Modality::Image],
+    text_image: true,
+    dimensions: &[1536, 1024, 512, 256],
+    max_inputs_per_call: 96,
+    default_batch_size: 96,
+    max_input_tokens: 128_000,
+    normalized: false,
+    limits: Limits {
+        max_chars: None,
+        max_tokens: Some(128_000),
+        max_image_bytes: Some(5 * 1024 * 1024),
+        max_image_side: None,
+        image_formats: &[
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Webp,
+            ImageFormat::Gif,
+        ],
+        // Cohere v4's payload limit is ~20 MB, below Bedrock's 25 MB.
+        max_body_bytes: 20_000_000,
+    },
+    routes: SYNC,
+    prices: Prices {
+        per_1k_tokens: 0.00012,
+        per_image: 0.0,
+        per_query: 0.0,
+        per_video_second: 0.0,
+        per_audio_second: 0.0,
+    },
+    params: &[
+        ParamSpec {
+            key: "input_type",
+            values: INPUT_TYPES_V3,
+            default: Some("search_document"),
+        },
+        ParamSpec {
+            key: "truncate",
+            values: &["NONE", "LEFT", "RIGHT"],
+            default: Some("NONE"),
+        },
+        ParamSpec {
+            key: "embedding_types",
+            values: &["float", "int8", "uint8", "binary", "ubinary"],
+            default: None,
+        },
+        ParamSpec {
+            key: "max_tokens",
+            values: &[],
+            default: None,
+        },
+    ],
+    deprecation: None,
+};
+
+pub(super) fn build(
+    spec: &ModelSpec,
+    params: &Params,
+    inputs: &[Input<'_>],
+) -> Result<Value, WireError> {
+    let v4 = spec.family == Family::CohereV4;
+    let mut body = Map::new();
+    let input_type = params.input_type.as_deref().unwrap_or("search_document");
+    match inputs[0] {
+        Input::Text(_) => {
+            let texts: Vec<&str> = inputs
+                .iter()
+                .map(|i| match i {
+                    Input::Text(t) => Ok(*t),
+                    _ => wire_err("a Cohere call cannot mix texts with images"),
+                })
+                .collect::<Result<_, _>>()?;
+            body.insert("texts".into(), json!(texts));
+            body.insert("input_type".into(), json!(input_type));
+        }
+        Input::Image(_) => {
+            if !v4 && inputs.len() > 1 {
+                return wire_err("Cohere Embed v3 takes one image per call");
+            }
+            let images: Vec<String> = inputs
+                .iter()
+                .map(|i| match i {
+                    Input::Image(img) => Ok(img.data_uri()),
+                    _ => wire_err("a Cohere call cannot mix images with texts"),
+                })
+                .collect::<Result<_, _>>()?;
+            body.insert("images".into(), json!(images));
+            // v3 requires `image`; v4 lists no image input type and takes the indexing one.
+            body.insert(
+                "input_type".into(),
+                json!(if v4 { input_type } else { "image" }),
+            );
+        }
+        Input::TextImage(..) => {
+            if !v4 {
+                return wire_err("Cohere Embed v3 cannot embed text and image together");
+            }
+            let items: Vec<Value> = inputs
+                .iter()
+                .map(|i| match i {
+                    Input::TextImage(t, img) => Ok(json!({"content": [
+                        {"type": "text", "text": t},
+                        {"type": "image_url", "image_url": {"url": img.data_uri()}},
+                    ]})),
+                    _ => wire_err("a Cohere call cannot mix interleaved inputs with others"),
+                })
+                .collect::<Result<_, _>>()?;
+            body.insert("inputs".into(), json!(items));
+            body.insert("input_type".into(), json!(input_type));
+        }
+    }
+    if let Some(t) = &params.truncate {
+        body.insert("truncate".into(), json!(t));
+    }
+    if !params.embedding_types.is_empty() {
+        let mut types = vec!["float".to_string()];
+        types.extend(
+            params
+                .embedding_types
+                .iter()
+                .filter(|t| *t != "float")
+                .cloned(),
+        );
+        body.insert("embedding_types".into(), json!(types));
+    }
+    if v4 {
+        body.insert("output_dimension".into(), json!(params.dimension));
+        if let Some(m) = params.max_tokens {
+            body.insert("max_tokens".into(), json!(m));
+        }
+    }
+    Ok(Value::Object(body))
+}
+
+fn vectors_f32(v: &Value, what: &str) -> Result<Vec<Vec<f32>>, WireError> {
+    let Some(a) = v.as_array() else {
+        return wire_err(format!("`{what}` is not a list of vectors"));
+    };
+    a.iter().map(|x| f32_vec(x, what)).collect()
+}
+
+/// Parses both shapes: `embeddings` as a list of float vectors (`embeddings_floats`) or as a map
+/// from type to vectors (`embeddings_by_type`).
+pub(super) fn parse(params: &Params, v: &Value) -> Result<Parsed, WireError> {
+    let Some(emb) = v.get("embeddings") else {
+        return wire_err("the response has no `embeddings`");
+    };
+    let mut out = Parsed::default();
+    if emb.is_array() {
+        out.vectors = vectors_f32(emb, "embeddings")?;
+    } else if let Some(map) = emb.as_object() {
+        let Some(f) = map.get("float") else {
+            return wire_err("`embeddings` has no `float` vectors");
+        };
+        out.vectors = vectors_f32(f, "embeddings.float")?;
+        for t in params.embedding_types.iter().filter(|t| *t != "float") {
+            let Some(x) = map.get(t).and_then(Value::as_array) else {
+                return wire_err(format!("`embeddings.{t}` is missing"));
+            };
+            let vs = x
+                .iter()
+                .map(|row| i64_vec(row, t))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.other_types.push((t.clone(), vs));
+        }
+    } else {
+        return wire_err("`embeddings` is neither a list nor a map of types");
+    }
+    out.input_tokens = v
+        .pointer("/meta/billed_units/input_tokens")
+        .and_then(Value::as_u64);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{build_request, parse_response, Image};
+
+    #[test]
+    fn v3_golden_requests() {
+        let p = Params::defaults(&V3_ENGLISH);
+        assert_eq!(
+            build_request(&V3_ENGLISH, &p, &[Input::Text("a"), Input::Text("b")]).unwrap(),
+            json!({"texts": ["a", "b"], "input_type": "search_document", "truncate": "NONE"})
+        );
+        let mut p = p;
+        p.input_type = Some("search_query".into());
+        p.truncate = Some("END".into());
+        p.embedding_types = vec!["int8".into()];
+        assert_eq!(
+            build_request(&V3_ENGLISH, &p, &[Input::Text("q")]).unwrap(),
+            json!({"texts": ["q"], "input_type": "search_query", "truncate": "END",
+                   "embedding_types": ["float", "int8"]})
+        );
+        let img = Image {
+            bytes: b"\xFF\xD8\xFFxx",
+            format: ImageFormat::Jpeg,
+        };
+        let b = build_request(&V3_ENGLISH, &p, &[Input::Image(img)]).unwrap();
+        assert_eq!(b["images"], json!(["data:image/jpeg;base64,/9j/eHg="]));
+        assert_eq!(b["input_type"], "image");
+        assert!(build_request(&V3_ENGLISH, &p, &[Input::Image(img), Input::Image(img)]).is_err());
+        assert!(build_request(&V3_ENGLISH, &p, &[Input::TextImage("x", img)]).is_err());
+        let too_many: Vec<Input> = (0..97).map(|_| Input::Text("x")).collect();
+        assert!(build_request(&V3_ENGLISH, &p, &too_many).is_err());
+    }
+
+    #[test]
+    fn v4_golden_requests() {
+        let mut p = Params::defaults(&V4);
+        p.dimension = 512;
+        p.truncate = Some("RIGHT".into());
+        p.max_tokens = Some(1000);
+        assert_eq!(
+            build_request(&V4, &p, &[Input::Text("a")]).unwrap(),
+            json!({"texts": ["a"], "input_type": "search_document", "truncate": "RIGHT",
+                   "output_dimension": 512, "max_tokens": 1000})
+        );
+        let img = Image {
+            bytes: b"GIF89a",
+            format: ImageFormat::Gif,
+        };
+        let b = build_request(&V4, &p, &[Input::TextImage("caption", img)]).unwrap();
+        assert_eq!(
+            b["inputs"],
+            json!([{"content": [
+                {"type": "text", "text": "caption"},
+                {"type": "image_url", "image_url": {"url": "data:image/gif;base64,R0lGODlh"}}
+            ]}])
+        );
+        assert_eq!(b["input_type"], "search_document");
+        let b = build_request(&V4, &p, &[Input::Image(img), Input::Image(img)]).unwrap();
+        assert_eq!(b["images"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn parses_list_and_by_type_shapes() {
+        let mut p = Params::defaults(&V3_ENGLISH);
+        p.dimension = 2;
+        let list = br#"{"id":"x","response_type":"embeddings_floats",
+            "embeddings":[[1,0],[0,1]],"texts":["a","b"]}"#;
+        let r = parse_response(&V3_ENGLISH, &p, list, 2).unwrap();
+        assert_eq!(r.vectors, vec![vec![1.0, 0.0], vec![0.0, 1.0]]);
+        assert_eq!(r.input_tokens, None);
+        p.embedding_types = vec!["int8".into()];
+        let typed = br#"{"id":"x","response_type":"embeddings_by_type",
+            "embeddings":{"float":[[0.5,0.5]],"int8":[[12,-7]]},
+            "meta":{"billed_units":{"input_tokens":4}}}"#;
+        let r = parse_response(&V3_ENGLISH, &p, typed, 1).unwrap();
+        assert_eq!(r.vectors, vec![vec![0.5, 0.5]]);
+        assert_eq!(
+            r.other_types,
+            vec![("int8".to_string(), vec![vec![12, -7]])]
+        );
+        assert_eq!(r.input_tokens, Some(4));
+        // Count mismatch is an error.
+        assert!(parse_response(&V3_ENGLISH, &p, typed, 2).is_err());
+    }
+}

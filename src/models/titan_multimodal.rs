@@ -1,0 +1,136 @@
+//! Amazon Titan Multimodal Embeddings G1 (`amazon.titan-embed-image-v1`): a text, an image, or
+//! both (one vector averaging the two), one input per call.
+
+use super::{
+    f32_vec, wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec, Params,
+    Parsed, Prices, Routes, WireError, MAX_BODY_BYTES,
+};
+use crate::config::Provider;
+use serde_json::{json, Map, Value};
+
+pub const SPEC: ModelSpec = ModelSpec {
+    id: "amazon.titan-embed-image-v1",
+    aliases: &[],
+    profiles: &[],
+    provider: Provider::Bedrock,
+    family: Family::TitanMultimodal,
+    modalities: &[Modality::Text, Modality::Image],
+    text_image: true,
+    dimensions: &[1024, 384, 256],
+    max_inputs_per_call: 1,
+    default_batch_size: 1,
+    // The reference lists 128 (LiteLLM) and 256 (AWS) tokens; the smaller is the safe limit.
+    max_input_tokens: 128,
+    normalized: false,
+    limits: Limits {
+        max_chars: None,
+        max_tokens: Some(128),
+        // AWS lists 25 MB and, on one page, 5 MB; 25 MB is the documented limit.
+        max_image_bytes: Some(25 * 1024 * 1024),
+        max_image_side: Some(2048),
+        image_formats: &[ImageFormat::Png, ImageFormat::Jpeg],
+        max_body_bytes: MAX_BODY_BYTES,
+    },
+    routes: Routes {
+        sync: true,
+        asynchronous: false,
+        sync_needs_profile: false,
+    },
+    prices: Prices {
+        per_1k_tokens: 0.0008,
+        per_image: 0.00006,
+        per_query: 0.0,
+        per_video_second: 0.0,
+        per_audio_second: 0.0,
+    },
+    params: &[ParamSpec {
+        key: "truncate",
+        values: &["NONE", "END", "START"],
+        default: Some("NONE"),
+    }],
+    deprecation: None,
+};
+
+pub(super) fn build(params: &Params, inputs: &[Input<'_>]) -> Result<Value, WireError> {
+    let [input] = inputs else {
+        return wire_err("amazon.titan-embed-image-v1 takes one input per call");
+    };
+    let mut body = Map::new();
+    if let Some(t) = input.text() {
+        body.insert("inputText".into(), json!(t));
+    }
+    if let Some(i) = input.image() {
+        body.insert("inputImage".into(), json!(i.base64()));
+    }
+    body.insert(
+        "embeddingConfig".into(),
+        json!({ "outputEmbeddingLength": params.dimension }),
+    );
+    Ok(Value::Object(body))
+}
+
+pub(super) fn parse(v: &Value) -> Result<Parsed, WireError> {
+    if let Some(m) = v
+        .get("message")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+    {
+        if v.get("embedding").is_none() {
+            return wire_err(format!("the model reported: {m}"));
+        }
+    }
+    let Some(e) = v.get("embedding") else {
+        return wire_err("the response has no `embedding`");
+    };
+    Ok(Parsed {
+        vectors: vec![f32_vec(e, "embedding")?],
+        other_types: Vec::new(),
+        input_tokens: v.get("inputTextTokenCount").and_then(Value::as_u64),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{build_request, parse_response, Image};
+
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\nxx";
+
+    #[test]
+    fn golden_requests() {
+        let mut p = Params::defaults(&SPEC);
+        p.dimension = 384;
+        let img = Image {
+            bytes: PNG,
+            format: ImageFormat::Png,
+        };
+        assert_eq!(
+            build_request(&SPEC, &p, &[Input::Text("a cat")]).unwrap(),
+            json!({"inputText": "a cat", "embeddingConfig": {"outputEmbeddingLength": 384}})
+        );
+        assert_eq!(
+            build_request(&SPEC, &p, &[Input::Image(img)]).unwrap(),
+            json!({"inputImage": "iVBORw0KGgp4eA==", "embeddingConfig": {"outputEmbeddingLength": 384}})
+        );
+        let both = build_request(&SPEC, &p, &[Input::TextImage("a cat", img)]).unwrap();
+        assert_eq!(both["inputText"], "a cat");
+        assert_eq!(both["inputImage"], "iVBORw0KGgp4eA==");
+    }
+
+    #[test]
+    fn parses_and_reports_model_messages() {
+        let mut p = Params::defaults(&SPEC);
+        p.dimension = 2;
+        let r = parse_response(
+            &SPEC,
+            &p,
+            br#"{"embedding":[1,0],"inputTextTokenCount":3,"message":null}"#,
+            1,
+        )
+        .unwrap();
+        assert_eq!(r.vectors, vec![vec![1.0, 0.0]]);
+        assert_eq!(r.input_tokens, Some(3));
+        let e = parse_response(&SPEC, &p, br#"{"message":"bad image"}"#, 1).unwrap_err();
+        assert!(e.0.contains("bad image"));
+    }
+}

@@ -1,0 +1,197 @@
+//! Amazon Titan Text Embeddings G1 (`amazon.titan-embed-text-v1`) and V2
+//! (`amazon.titan-embed-text-v2:0`): one text per call, token count in the response.
+
+use super::{
+    f32_vec, i64_vec, wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec,
+    Params, Parsed, Prices, Routes, WireError, MAX_BODY_BYTES,
+};
+use crate::config::Provider;
+use serde_json::{json, Map, Value};
+
+const ROUTES: Routes = Routes {
+    sync: true,
+    asynchronous: false,
+    sync_needs_profile: false,
+};
+
+const NO_IMAGES: &[ImageFormat] = &[];
+
+pub const V1: ModelSpec = ModelSpec {
+    id: "amazon.titan-embed-text-v1",
+    aliases: &["amazon.titan-embed-g1-text-02"],
+    profiles: &[],
+    provider: Provider::Bedrock,
+    family: Family::TitanTextV1,
+    modalities: &[Modality::Text],
+    text_image: false,
+    dimensions: &[1536],
+    max_inputs_per_call: 1,
+    default_batch_size: 1,
+    max_input_tokens: 8192,
+    normalized: false,
+    limits: Limits {
+        max_chars: Some(50_000),
+        max_tokens: Some(8192),
+        max_image_bytes: None,
+        max_image_side: None,
+        image_formats: NO_IMAGES,
+        max_body_bytes: MAX_BODY_BYTES,
+    },
+    routes: ROUTES,
+    prices: Prices {
+        per_1k_tokens: 0.0001,
+        per_image: 0.0,
+        per_query: 0.0,
+        per_video_second: 0.0,
+        per_audio_second: 0.0,
+    },
+    params: &[ParamSpec {
+        key: "truncate",
+        values: &["NONE", "END", "START"],
+        default: Some("NONE"),
+    }],
+    deprecation: None,
+};
+
+pub const V2: ModelSpec = ModelSpec {
+    id: "amazon.titan-embed-text-v2:0",
+    aliases: &[],
+    profiles: &[],
+    provider: Provider::Bedrock,
+    family: Family::TitanTextV2,
+    modalities: &[Modality::Text],
+    text_image: false,
+    dimensions: &[1024, 512, 256],
+    max_inputs_per_call: 1,
+    default_batch_size: 1,
+    max_input_tokens: 8192,
+    normalized: true,
+    limits: V1.limits,
+    routes: ROUTES,
+    prices: Prices {
+        per_1k_tokens: 0.00002,
+        per_image: 0.0,
+        per_query: 0.0,
+        per_video_second: 0.0,
+        per_audio_second: 0.0,
+    },
+    params: &[
+        ParamSpec {
+            key: "truncate",
+            values: &["NONE", "END", "START"],
+            default: Some("NONE"),
+        },
+        ParamSpec {
+            key: "embedding_types",
+            values: &["float", "binary"],
+            default: None,
+        },
+    ],
+    deprecation: None,
+};
+
+pub(super) fn build(
+    spec: &ModelSpec,
+    params: &Params,
+    inputs: &[Input<'_>],
+) -> Result<Value, WireError> {
+    let [Input::Text(text)] = inputs else {
+        return wire_err(format!("{} takes one text per call", spec.id));
+    };
+    let mut body = Map::new();
+    body.insert("inputText".into(), json!(text));
+    if spec.family == Family::TitanTextV2 {
+        body.insert("dimensions".into(), json!(params.dimension));
+        body.insert("normalize".into(), json!(params.normalize));
+        if !params.embedding_types.is_empty() {
+            let mut types = vec!["float".to_string()];
+            types.extend(
+                params
+                    .embedding_types
+                    .iter()
+                    .filter(|t| *t != "float")
+                    .cloned(),
+            );
+            body.insert("embeddingTypes".into(), json!(types));
+        }
+    }
+    Ok(Value::Object(body))
+}
+
+pub(super) fn parse(params: &Params, v: &Value) -> Result<Parsed, WireError> {
+    let by_type = v.get("embeddingsByType");
+    let float = match by_type.and_then(|b| b.get("float")) {
+        Some(f) => f32_vec(f, "embeddingsByType.float")?,
+        None => match v.get("embedding") {
+            Some(e) => f32_vec(e, "embedding")?,
+            None => return wire_err("the response has neither `embedding` nor `embeddingsByType`"),
+        },
+    };
+    let mut other_types = Vec::new();
+    for t in params.embedding_types.iter().filter(|t| *t != "float") {
+        match by_type.and_then(|b| b.get(t)) {
+            Some(x) => other_types.push((t.clone(), vec![i64_vec(x, t)?])),
+            None => return wire_err(format!("`embeddingsByType.{t}` is missing")),
+        }
+    }
+    Ok(Parsed {
+        vectors: vec![float],
+        other_types,
+        input_tokens: v.get("inputTextTokenCount").and_then(Value::as_u64),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{build_request, parse_response};
+
+    #[test]
+    fn v1_body_is_only_input_text() {
+        let p = Params::defaults(&V1);
+        let body = build_request(&V1, &p, &[Input::Text("hello")]).unwrap();
+        assert_eq!(body, json!({"inputText": "hello"}));
+    }
+
+    #[test]
+    fn v2_golden_requests() {
+        let mut p = Params::defaults(&V2);
+        assert_eq!(
+            build_request(&V2, &p, &[Input::Text("hi")]).unwrap(),
+            json!({"inputText": "hi", "dimensions": 1024, "normalize": true})
+        );
+        p.dimension = 256;
+        p.normalize = false;
+        p.embedding_types = vec!["binary".into()];
+        assert_eq!(
+            build_request(&V2, &p, &[Input::Text("hi")]).unwrap(),
+            json!({"inputText": "hi", "dimensions": 256, "normalize": false,
+                   "embeddingTypes": ["float", "binary"]})
+        );
+        assert!(build_request(&V2, &p, &[Input::Text("a"), Input::Text("b")]).is_err());
+    }
+
+    #[test]
+    fn v2_parses_embedding_and_by_type() {
+        let mut p = Params::defaults(&V2);
+        p.dimension = 3;
+        let plain = br#"{"embedding":[0.1,0.2,0.3],"inputTextTokenCount":7}"#;
+        let r = parse_response(&V2, &p, plain, 1).unwrap();
+        assert_eq!(r.vectors, vec![vec![0.1, 0.2, 0.3]]);
+        assert_eq!(r.input_tokens, Some(7));
+        p.embedding_types = vec!["binary".into()];
+        let typed = br#"{"embedding":[9,9,9],"inputTextTokenCount":2,
+            "embeddingsByType":{"float":[0.5,0.5,0.5],"binary":[1,0,1]}}"#;
+        let r = parse_response(&V2, &p, typed, 1).unwrap();
+        assert_eq!(r.vectors, vec![vec![0.5, 0.5, 0.5]]);
+        assert_eq!(
+            r.other_types,
+            vec![("binary".to_string(), vec![vec![1, 0, 1]])]
+        );
+        // Wrong dimension and missing fields are errors, not garbage vectors.
+        p.dimension = 4;
+        assert!(parse_response(&V2, &p, plain, 1).is_err());
+        assert!(parse_response(&V2, &p, br#"{"x":1}"#, 1).is_err());
+        assert!(parse_response(&V2, &p, b"<html>", 1).is_err());
+    }
+}

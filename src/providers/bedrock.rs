@@ -1,0 +1,250 @@
+//! The Bedrock provider: InvokeModel through the real `aws-sdk-bedrockruntime` client, with
+//! `aws-config`'s default credential chain (env, profile, SSO, IMDS/ECS roles).
+//!
+//! It knows HTTP and the SDK, not model JSON: bodies go in and out as bytes. Errors are
+//! classified from the SDK's error types so dispatch can decide what to retry.
+
+use anyhow::{bail, Result};
+use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region};
+use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_bedrockruntime::operation::invoke_model::InvokeModelError;
+use aws_sdk_bedrockruntime::primitives::Blob;
+use aws_smithy_http_client::tls;
+use aws_smithy_runtime_api::http::Response as HttpResponse;
+use serde::Serialize;
+use std::time::Duration;
+
+/// How to reach Bedrock for one model.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub timeout: Duration,
+    /// Sign with fixed dummy credentials (for the emulator), not the AWS credential chain.
+    pub emulator_credentials: bool,
+}
+
+/// What went wrong with a call, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// ThrottlingException (429): slow down and retry.
+    Throttled,
+    /// ModelNotReadyException: retry after a pause.
+    ModelNotReady,
+    /// InternalServer / ServiceUnavailable / other 5xx, or an unreadable response: retry.
+    ServerError,
+    /// ModelTimeoutException or a client-side timeout: retry.
+    Timeout,
+    /// The connection failed or was reset: retry.
+    Network,
+    /// ValidationException: the input is wrong; never retried.
+    Validation,
+    /// AccessDeniedException: IAM or model access; stops nothing else, never retried.
+    AccessDenied,
+    /// Missing or invalid credentials.
+    Credentials,
+    /// ResourceNotFoundException: wrong model id or region.
+    NotFound,
+    /// ServiceQuotaExceededException.
+    QuotaExceeded,
+    /// ModelErrorException (424).
+    ModelError,
+    Other,
+}
+
+impl ErrorClass {
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            Self::Throttled
+                | Self::ModelNotReady
+                | Self::ServerError
+                | Self::Timeout
+                | Self::Network
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Throttled => "throttled",
+            Self::ModelNotReady => "model_not_ready",
+            Self::ServerError => "server_error",
+            Self::Timeout => "timeout",
+            Self::Network => "network",
+            Self::Validation => "validation",
+            Self::AccessDenied => "access_denied",
+            Self::Credentials => "credentials",
+            Self::NotFound => "not_found",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::ModelError => "model_error",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// A failed call.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.class.as_str())
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// A connected Bedrock Runtime client.
+#[derive(Clone)]
+pub struct Bedrock {
+    client: aws_sdk_bedrockruntime::Client,
+}
+
+impl Bedrock {
+    /// Resolves region and credentials provider (credentials themselves are fetched lazily).
+    pub async fn connect(conn: &Connection) -> Result<Self> {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            // Dispatch retries with its own backoff and knows which errors are worth it.
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .operation_attempt_timeout(conn.timeout)
+                    .build(),
+            );
+        if let Some(r) = &conn.region {
+            loader = loader.region(Region::new(r.clone()));
+        }
+        if let Some(e) = &conn.endpoint_url {
+            loader = loader.endpoint_url(e);
+        }
+        if conn.emulator_credentials {
+            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+                "EMULATOR",
+                "emulator-secret",
+                None,
+                None,
+                "embedpipe-emulator",
+            ));
+            if conn.region.is_none() {
+                loader = loader.region(Region::new("us-east-1"));
+            }
+        }
+        let cfg = loader.load().await;
+        if cfg.region().is_none() {
+            bail!("no AWS region is configured: set `region = \"us-east-1\"` (or yours) in the [[model]] table, or AWS_REGION in the environment");
+        }
+        Ok(Self {
+            client: aws_sdk_bedrockruntime::Client::new(&cfg),
+        })
+    }
+
+    /// Calls InvokeModel with a JSON body and returns the response body.
+    pub async fn invoke(&self, model_id: &str, body: Vec<u8>) -> Result<Vec<u8>, CallError> {
+        let out = self
+            .client
+            .invoke_model()
+            .model_id(model_id)
+            .content_type("application/json")
+            .accept("application/json")
+            .body(Blob::new(body))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(out.body.into_inner())
+    }
+}
+
+fn classify(e: SdkError<InvokeModelError, HttpResponse>) -> CallError {
+    let (class, message) = match &e {
+        SdkError::TimeoutError(_) => (ErrorClass::Timeout, "the call timed out".to_string()),
+        SdkError::DispatchFailure(d) => {
+            let text = chain(&e);
+            let class = if d.is_timeout() {
+                ErrorClass::Timeout
+            } else if text.contains("credential") {
+                ErrorClass::Credentials
+            } else if d.is_io()
+                || d.as_other() == Some(aws_smithy_types::retry::ErrorKind::TransientError)
+            {
+                ErrorClass::Network
+            } else {
+                ErrorClass::Other
+            };
+            (class, format!("the request could not be sent: {text}"))
+        }
+        SdkError::ResponseError(_) => (
+            ErrorClass::ServerError,
+            format!("the response could not be read: {}", chain(&e)),
+        ),
+        SdkError::ServiceError(se) => {
+            let err = se.err();
+            let class = match err {
+                InvokeModelError::ThrottlingException(_) => ErrorClass::Throttled,
+                InvokeModelError::ModelNotReadyException(_) => ErrorClass::ModelNotReady,
+                InvokeModelError::InternalServerException(_)
+                | InvokeModelError::ServiceUnavailableException(_) => ErrorClass::ServerError,
+                InvokeModelError::ModelTimeoutException(_) => ErrorClass::Timeout,
+                InvokeModelError::ValidationException(_) => ErrorClass::Validation,
+                InvokeModelError::AccessDeniedException(_) => ErrorClass::AccessDenied,
+                InvokeModelError::ResourceNotFoundException(_) => ErrorClass::NotFound,
+                InvokeModelError::ServiceQuotaExceededException(_) => ErrorClass::QuotaExceeded,
+                InvokeModelError::ModelErrorException(_) => ErrorClass::ModelError,
+                _ => match (err.code(), se.raw().status().as_u16()) {
+                    (
+                        Some(
+                            "UnrecognizedClientException"
+                            | "InvalidSignatureException"
+                            | "ExpiredTokenException"
+                            | "IncompleteSignatureException",
+                        ),
+                        _,
+                    )
+                    | (_, 401) => ErrorClass::Credentials,
+                    (_, 403) => ErrorClass::AccessDenied,
+                    (_, 429) => ErrorClass::Throttled,
+                    (_, 500..=599) => ErrorClass::ServerError,
+                    _ => ErrorClass::Other,
+                },
+            };
+            let code = err.code().unwrap_or("UnknownError");
+            let msg = err.message().unwrap_or("(no message)");
+            (class, format!("{code}: {msg}"))
+        }
+        SdkError::ConstructionFailure(_) => {
+            let text = chain(&e);
+            let class = if text.contains("credential") {
+                ErrorClass::Credentials
+            } else {
+                ErrorClass::Other
+            };
+            (class, format!("the request could not be built: {text}"))
+        }
+        _ => (ErrorClass::Other, chain(&e)),
+    };
+    CallError { class, message }
+}
+
+/// The error and its sources, `: `-separated (without Debug dumps).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.last().is_some_and(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,650 @@
+//! Bedrock pipelines through the real CLI and the real AWS SDK, against the emulator started by
+//! each test on loopback (reached through `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`, signed with
+//! credentials from the environment, as in production).
+
+mod common;
+
+use common::*;
+use embedpipe::emulator::{Emulator, Faults, ModelCounters, Settings};
+use std::path::Path;
+use std::process::Command;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+struct Env {
+    rt: tokio::runtime::Runtime,
+    emu: Emulator,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(settings: Settings) -> Self {
+        let rt = runtime();
+        let emu = rt
+            .block_on(Emulator::start(([127, 0, 0, 1], 0).into(), settings))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // Empty AWS config files: the machine's own never leak into a test.
+        std::fs::write(dir.path().join("aws-config"), "").unwrap();
+        std::fs::write(dir.path().join("aws-credentials"), "").unwrap();
+        Env { rt, emu, dir }
+    }
+
+    fn db(&self) -> std::path::PathBuf {
+        self.dir.path().join("db")
+    }
+
+    /// Runs the CLI with the emulator as the Bedrock endpoint.
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, &[])
+    }
+
+    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_embedpipe"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", self.emu.endpoint())
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLETESTKEY")
+            .env("AWS_SECRET_ACCESS_KEY", "test-secret-do-not-log")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env("AWS_CONFIG_FILE", self.dir.path().join("aws-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.dir.path().join("aws-credentials"),
+            );
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        write_pipeline(self.dir.path(), name, text)
+    }
+
+    fn counters(&self, model: &str) -> ModelCounters {
+        self.emu
+            .stats()
+            .models
+            .get(model)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn articles() -> String {
+    format!(
+        "type = \"parquet\"\npath = {:?}\n",
+        sample("articles.parquet").to_string_lossy()
+    )
+}
+
+fn images() -> String {
+    format!(
+        "type = \"images\"\npath = {:?}\n",
+        sample("images").to_string_lossy()
+    )
+}
+
+fn bedrock_pipeline(source: &str, model: &str, embed: &str) -> String {
+    format!(
+        r#"
+[source]
+{source}
+
+[[model]]
+name = "m"
+provider = "bedrock"
+{model}
+
+[[embed]]
+model = "m"
+{embed}
+
+[sink]
+uri = "db"
+table = "t"
+mode = "overwrite"
+"#
+    )
+}
+
+fn summary(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr))
+}
+
+fn vector_dim(db: &Path) -> i32 {
+    let (_, schema) = table_info(db, "t");
+    match schema.field_with_name("vector").unwrap().data_type() {
+        arrow_schema::DataType::FixedSizeList(_, d) => *d,
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn every_text_family_end_to_end() {
+    let env = Env::new(Settings::default());
+    // (model table, base id for the emulator's counters, dimension, expected calls for 240 rows)
+    let cases = [
+        ("id = \"amazon.titan-embed-text-v1\"", "amazon.titan-embed-text-v1", 1536, 240),
+        (
+            "id = \"amazon.titan-embed-text-v2:0\"\ndimensions = 256",
+            "amazon.titan-embed-text-v2:0",
+            256,
+            240,
+        ),
+        (
+            "id = \"cohere.embed-english-v3\"\ntruncate = \"END\"",
+            "cohere.embed-english-v3",
+            1024,
+            3,
+        ),
+        (
+            "id = \"cohere.embed-multilingual-v3\"\ntruncate = \"END\"\nembedding_types = [\"int8\"]",
+            "cohere.embed-multilingual-v3",
+            1024,
+            3,
+        ),
+        (
+            "id = \"us.cohere.embed-v4:0\"\ndimensions = 512\ninput_type = \"search_document\"",
+            "cohere.embed-v4:0",
+            512,
+            3,
+        ),
+        (
+            "id = \"amazon.nova-2-multimodal-embeddings-v1:0\"\ndimensions = 1024\npurpose = \"TEXT_RETRIEVAL\"",
+            "amazon.nova-2-multimodal-embeddings-v1:0",
+            1024,
+            240,
+        ),
+        (
+            "id = \"us.twelvelabs.marengo-embed-2-7-v1:0\"",
+            "twelvelabs.marengo-embed-2-7-v1:0",
+            1024,
+            240,
+        ),
+        (
+            "id = \"twelvelabs.marengo-embed-3-0-v1:0\"",
+            "twelvelabs.marengo-embed-3-0-v1:0",
+            512,
+            240,
+        ),
+    ];
+    for (model, base, dim, calls) in cases {
+        let p = env.write(
+            "p.toml",
+            &bedrock_pipeline(
+                &articles(),
+                &format!("{model}\nconcurrency = 16"),
+                "text = \"{title}\\n{body}\"",
+            ),
+        );
+        let out = env.run(&["run", &p, "--json"]);
+        assert_eq!(out.code, 0, "{base}: {}{}", out.stdout, out.stderr);
+        let s = summary(&out);
+        assert_eq!(s["rows_written"], 240, "{base}");
+        assert_eq!(s["models"][0]["calls"], calls, "{base}");
+        assert_eq!(s["models"][0]["inputs"], 240, "{base}");
+        assert!(
+            s["models"][0]["input_tokens"].as_u64().unwrap() > 240,
+            "{base}"
+        );
+        assert!(s["models"][0]["cost_usd"].as_f64().unwrap() > 0.0, "{base}");
+        let c = env.counters(base);
+        assert_eq!(c.ok, calls, "{base}: {c:?}");
+        assert_eq!(c.inputs, 240, "{base}");
+        assert_eq!(vector_dim(&env.db()), dim, "{base}");
+        // Secrets never reach output.
+        assert!(!out.stdout.contains("test-secret") && !out.stderr.contains("test-secret"));
+    }
+    // Titan returns token counts; Nova does not, so its tokens are estimated and say so.
+    let p = env.write(
+        "p.toml",
+        &bedrock_pipeline(
+            &articles(),
+            "id = \"amazon.titan-embed-text-v2:0\"",
+            "column = \"title\"",
+        ),
+    );
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["models"][0]["tokens_estimated"], false);
+}
+
+#[test]
+fn image_families_and_preflight_rejections() {
+    let env = Env::new(Settings::default());
+    // 24 sample images: 12 PNG, 6 JPEG, 3 GIF, 3 WebP.
+    let (mut png_jpeg, mut all) = (0, 0);
+    for e in walkdir(&sample("images")) {
+        all += 1;
+        let ext = e.extension().unwrap().to_string_lossy().to_lowercase();
+        if ["png", "jpg", "jpeg"].contains(&ext.as_str()) {
+            png_jpeg += 1;
+        }
+    }
+    assert_eq!(all, 24);
+    let cases = [
+        // Titan multimodal takes PNG/JPEG only: GIF and WebP are dead-lettered before sending.
+        (
+            "id = \"amazon.titan-embed-image-v1\"\ndimensions = 384",
+            "amazon.titan-embed-image-v1",
+            384,
+            png_jpeg,
+        ),
+        (
+            "id = \"cohere.embed-v4:0\"\ndimensions = 256",
+            "cohere.embed-v4:0",
+            256,
+            all,
+        ),
+        (
+            "id = \"amazon.nova-2-multimodal-embeddings-v1:0\"\ndimensions = 384",
+            "amazon.nova-2-multimodal-embeddings-v1:0",
+            384,
+            all,
+        ),
+        (
+            "id = \"cohere.embed-english-v3\"",
+            "cohere.embed-english-v3",
+            1024,
+            png_jpeg,
+        ),
+        (
+            "id = \"twelvelabs.marengo-embed-3-0-v1:0\"",
+            "twelvelabs.marengo-embed-3-0-v1:0",
+            512,
+            png_jpeg,
+        ),
+    ];
+    for (model, base, dim, accepted) in cases {
+        let p = env.write(
+            "p.toml",
+            &bedrock_pipeline(&images(), model, "image = \"bytes\""),
+        );
+        let before = env.counters(base).inputs;
+        let out = env.run(&["run", &p, "--json"]);
+        let s = summary(&out);
+        assert_eq!(s["rows_written"], accepted, "{base}: {}", out.stderr);
+        assert_eq!(s["rows_failed"], all - accepted, "{base}");
+        assert_eq!(out.code, if accepted == all { 0 } else { 3 }, "{base}");
+        assert_eq!(
+            env.counters(base).inputs - before,
+            accepted as u64,
+            "{base}: rejected images must not be sent"
+        );
+        assert_eq!(s["models"][0]["images"], accepted, "{base}");
+        if accepted < all {
+            let dead = dead_letters(&env.db().join("t_failures.jsonl"));
+            assert_eq!(dead.len(), (all - accepted) as usize);
+            for d in &dead {
+                assert_eq!(d["kind"], "unsupported_image_format", "{d}");
+                assert!(d["message"].as_str().unwrap().contains("png, jpeg"), "{d}");
+            }
+        }
+        assert_eq!(vector_dim(&env.db()), dim, "{base}");
+    }
+}
+
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A CSV with some rows over Cohere v3's 2,048 characters and one poisoned row.
+fn write_csv(dir: &Path) -> String {
+    let mut csv = String::from("id,text\n");
+    for i in 0..50 {
+        let text = match i {
+            7 | 21 => "long ".repeat(600),
+            33 => "this row is POISON for the model".to_string(),
+            _ => format!("row number {i} about topic {}", i % 5),
+        };
+        csv.push_str(&format!("r{i},{text}\n"));
+    }
+    let p = dir.join("rows.csv");
+    std::fs::write(&p, csv).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn long_inputs_are_rejected_before_sending_and_a_bad_input_is_isolated() {
+    let env = Env::new(Settings {
+        poison: Some("POISON".into()),
+        ..Default::default()
+    });
+    let csv = write_csv(env.dir.path());
+    let source = format!("type = \"csv\"\npath = {csv:?}\nid_column = \"id\"\n");
+    // truncate = NONE (Cohere's default): over-long rows are dead-lettered, never sent.
+    let p = env.write(
+        "p.toml",
+        &bedrock_pipeline(
+            &source,
+            "id = \"cohere.embed-english-v3\"",
+            "column = \"text\"",
+        ),
+    );
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    let s = summary(&out);
+    assert_eq!(s["rows_written"], 47);
+    assert_eq!(s["rows_failed"], 3);
+    let dead = dead_letters(&env.db().join("t_failures.jsonl"));
+    let by_id = |id: &str| dead.iter().find(|d| d["id"] == id).unwrap().clone();
+    assert_eq!(by_id("r7")["kind"], "input_too_long");
+    assert!(by_id("r7")["message"].as_str().unwrap().contains("2048"));
+    assert_eq!(by_id("r21")["kind"], "input_too_long");
+    // The poisoned row made its whole 48-text call fail validation; halving isolated it.
+    assert_eq!(by_id("r33")["kind"], "validation");
+    assert!(by_id("r33")["message"]
+        .as_str()
+        .unwrap()
+        .contains("ValidationException"));
+    let c = env.counters("cohere.embed-english-v3");
+    assert_eq!(c.inputs, 47, "long rows were never sent: {c:?}");
+    assert!(c.errors["ValidationException"] >= 6, "{c:?}");
+
+    // With truncate = END they are cut to the limit and embedded.
+    let p = env.write(
+        "p.toml",
+        &bedrock_pipeline(
+            &source,
+            "id = \"cohere.embed-english-v3\"\ntruncate = \"END\"",
+            "column = \"text\"",
+        ),
+    );
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_written"], 49);
+    assert_eq!(s["rows_failed"], 1);
+}
+
+fn fault_run(faults: Faults, extra: &str) -> (Env, Output) {
+    let env = Env::new(Settings {
+        faults,
+        ..Default::default()
+    });
+    let p = env.write(
+        "p.toml",
+        &bedrock_pipeline(
+            &articles(),
+            &format!("id = \"amazon.titan-embed-text-v2:0\"\n{extra}"),
+            "column = \"title\"",
+        ),
+    );
+    let out = env.run(&["run", &p, "--json"]);
+    (env, out)
+}
+
+#[test]
+fn each_error_class_is_mapped_from_the_sdk() {
+    let cases: [(Faults, &str, &str); 6] = [
+        (
+            Faults {
+                throttle: 1.0,
+                ..Default::default()
+            },
+            "throttled",
+            "ThrottlingException",
+        ),
+        (
+            Faults {
+                server_error: 1.0,
+                ..Default::default()
+            },
+            "server_error",
+            "Exception",
+        ),
+        (
+            Faults {
+                model_timeout: 1.0,
+                ..Default::default()
+            },
+            "timeout",
+            "ModelTimeoutException",
+        ),
+        (
+            Faults {
+                not_ready: 1.0,
+                ..Default::default()
+            },
+            "model_not_ready",
+            "ModelNotReadyException",
+        ),
+        (
+            Faults {
+                malformed: 1.0,
+                ..Default::default()
+            },
+            "server_error",
+            "unusable response",
+        ),
+        (
+            Faults {
+                reset: 1.0,
+                ..Default::default()
+            },
+            "network",
+            "could not be sent",
+        ),
+    ];
+    for (faults, kind, message) in cases {
+        // Two attempts per call, so retryable errors are retried once and then dead-lettered.
+        let (env, out) = fault_run(faults, "max_attempts = 2\nconcurrency = 32");
+        assert_eq!(out.code, 3, "{kind}: {}{}", out.stdout, out.stderr);
+        let s = summary(&out);
+        assert_eq!(s["rows_failed"], 240, "{kind}");
+        assert_eq!(
+            s["models"][0]["retries"], 240,
+            "{kind}: retryable, retried once"
+        );
+        let dead = dead_letters(&env.db().join("t_failures.jsonl"));
+        assert_eq!(dead.len(), 240);
+        assert_eq!(dead[0]["kind"], kind, "{}", dead[0]);
+        let m = dead[0]["message"].as_str().unwrap();
+        assert!(
+            m.contains(message) && m.contains("after 2 attempts"),
+            "{kind}: {m}"
+        );
+    }
+}
+
+#[test]
+fn faults_are_retried_until_every_row_is_written() {
+    let (env, out) = fault_run(
+        Faults {
+            throttle: 0.3,
+            server_error: 0.1,
+            model_timeout: 0.05,
+            malformed: 0.05,
+            reset: 0.05,
+            ..Default::default()
+        },
+        "concurrency = 32",
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let s = summary(&out);
+    assert_eq!(s["rows_written"], 240);
+    assert!(s["models"][0]["retries"].as_u64().unwrap() > 20, "{s}");
+    assert!(s["models"][0]["throttled"].as_u64().unwrap() > 10, "{s}");
+    assert_eq!(env.counters("amazon.titan-embed-text-v2:0").ok, 240);
+}
+
+#[test]
+fn access_and_credential_errors_stop_the_run() {
+    let env = Env::new(Settings {
+        denied_models: vec!["amazon.titan-embed-text-v2:0".into()],
+        access_key_id: Some("AKIDEXAMPLETESTKEY".into()),
+        ..Default::default()
+    });
+    let p = env.write(
+        "p.toml",
+        &bedrock_pipeline(
+            &articles(),
+            "id = \"amazon.titan-embed-text-v2:0\"",
+            "column = \"title\"",
+        ),
+    );
+    let out = env.run(&["run", &p]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("AccessDeniedException"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("bedrock:InvokeModel"), "{}", out.stderr);
+    assert!(!env.db().join("t.lance").exists(), "nothing is committed");
+
+    let p = env.write(
+        "p.toml",
+        &bedrock_pipeline(
+            &articles(),
+            "id = \"amazon.titan-embed-text-v1\"",
+            "column = \"title\"",
+        ),
+    );
+    let out = env.run_with(&["run", &p], &[("AWS_ACCESS_KEY_ID", "AKIDSOMEONEELSE")]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("UnrecognizedClientException"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("credential chain"), "{}", out.stderr);
+    assert!(!out.stderr.contains("test-secret"));
+}
+
+#[test]
+fn model_parameters_are_checked_against_the_registry() {
+    let env = Env::new(Settings::default());
+    let cases = [
+        (
+            "id = \"amazon.titan-embed-text-v2:0\"\ndimensions = 768",
+            "1024, 512, 256",
+        ),
+        (
+            "id = \"cohere.embed-v4:0\"\ntruncate = \"END\"",
+            "NONE, LEFT, RIGHT",
+        ),
+        (
+            "id = \"cohere.embed-english-v3\"\ntruncate = \"RIGHT\"",
+            "NONE, START, END",
+        ),
+        (
+            "id = \"amazon.titan-embed-text-v2:0\"\ninput_type = \"search_query\"",
+            "its parameters: truncate, embedding_types",
+        ),
+        (
+            "id = \"twelvelabs.marengo-embed-2-7-v1:0\"",
+            "us.twelvelabs.marengo-embed-2-7-v1:0",
+        ),
+        (
+            "id = \"amazon.nova-2-multimodal-embeddings-v1:0\"\npurpose = \"INDEX\"",
+            "GENERIC_INDEX",
+        ),
+    ];
+    for (model, help) in cases {
+        let p = env.write(
+            "p.toml",
+            &bedrock_pipeline(&articles(), model, "column = \"title\""),
+        );
+        let out = env.run(&["validate", &p]);
+        assert_eq!(out.code, 2, "{model}: {}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains(help), "{model}: {}", out.stderr);
+        assert!(out.stderr.contains("p.toml:"), "{}", out.stderr);
+    }
+    assert_eq!(env.emu.stats().requests, 0, "validate makes no call");
+}
+
+#[test]
+fn emulator_requires_sigv4_and_the_cli_can_serve_it() {
+    let env = Env::new(Settings::default());
+    // An unsigned request is refused like Bedrock does.
+    let status = env.rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(env.emu.addr).await.unwrap();
+        let body = r#"{"inputText":"hi"}"#;
+        let req = format!(
+            "POST /model/amazon.titan-embed-text-v1/invoke HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        resp
+    });
+    assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+    assert!(
+        status.contains("MissingAuthenticationTokenException"),
+        "{status}"
+    );
+    assert_eq!(env.emu.stats().unauthenticated, 1);
+
+    // `embedpipe run --emulator` needs no AWS setup at all.
+    let p = env.write(
+        "p.toml",
+        &bedrock_pipeline(
+            &articles(),
+            "id = \"amazon.titan-embed-text-v2:0\"",
+            "column = \"title\"",
+        ),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_embedpipe"))
+        .args(["run", &p, "--emulator", "--json"])
+        .current_dir(env.dir.path())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_ENDPOINT_URL_BEDROCK_RUNTIME")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hits = Command::new(env!("CARGO_BIN_EXE_embedpipe"))
+        .args([
+            "search",
+            &p,
+            "volcano eruption lava",
+            "-k",
+            "3",
+            "--emulator",
+            "--json",
+        ])
+        .current_dir(env.dir.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert_eq!(
+        hits.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&hits.stderr)
+    );
+    let hits: serde_json::Value = serde_json::from_slice(&hits.stdout).unwrap();
+    assert_eq!(hits.as_array().unwrap().len(), 3);
+}
