@@ -648,3 +648,91 @@ fn emulator_requires_sigv4_and_the_cli_can_serve_it() {
     let hits: serde_json::Value = serde_json::from_slice(&hits.stdout).unwrap();
     assert_eq!(hits.as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn emulator_quotas_throttle_and_are_counted() {
+    use embedpipe::emulator::Quota;
+    let env = Env::new(Settings {
+        quota: Quota {
+            requests_per_minute: Some(50),
+            tokens_per_minute: None,
+        },
+        ..Default::default()
+    });
+    let p = env.write(
+        "p.toml",
+        &bedrock_pipeline(
+            &articles(),
+            "id = \"amazon.titan-embed-text-v2:0\"\nmax_attempts = 1\nconcurrency = 4",
+            "column = \"title\"",
+        ),
+    );
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    let s = summary(&out);
+    assert_eq!(s["rows_written"], 50);
+    assert_eq!(s["models"][0]["throttled"], 190);
+    let c = env.counters("amazon.titan-embed-text-v2:0");
+    assert_eq!((c.ok, c.max_requests_per_minute), (50, 50), "{c:?}");
+    assert_eq!(c.errors["ThrottlingException"], 190);
+
+    // A token quota: each title is a few tokens, so ~100 tokens admit a handful of calls.
+    env.emu.reset();
+    env.emu.set(Settings {
+        quota: Quota {
+            requests_per_minute: None,
+            tokens_per_minute: Some(100),
+        },
+        ..Default::default()
+    });
+    let out = env.run(&["run", &p, "--json"]);
+    let s = summary(&out);
+    let written = s["rows_written"].as_u64().unwrap();
+    assert!((5..60).contains(&written), "{written}");
+    let tokens = s["models"][0]["input_tokens"].as_u64().unwrap();
+    assert!(tokens <= 100, "{tokens}");
+}
+
+#[test]
+fn timeouts_regions_and_price_overrides() {
+    let env = Env::new(Settings {
+        latency: embedpipe::emulator::Latency::Fixed { ms: 1500.0 },
+        ..Default::default()
+    });
+    let csv = env.dir.path().join("few.csv");
+    std::fs::write(&csv, "id,text\na,alpha\nb,beta\n").unwrap();
+    let source = format!("type = \"csv\"\npath = {:?}\n", csv.to_string_lossy());
+    let p = env.write(
+        "p.toml",
+        &bedrock_pipeline(
+            &source,
+            "id = \"amazon.titan-embed-text-v2:0\"\ntimeout_secs = 0.3\nmax_attempts = 1",
+            "column = \"text\"",
+        ),
+    );
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    let dead = dead_letters(&env.db().join("t_failures.jsonl"));
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0]["kind"], "timeout", "{}", dead[0]);
+
+    env.emu.set(Settings::default());
+    let p = env.write(
+        "p.toml",
+        &bedrock_pipeline(
+            &source,
+            "id = \"amazon.titan-embed-text-v2:0\"\nregion = \"eu-west-1\"\n[model.prices]\nper_1k_tokens = 1000.0",
+            "column = \"text\"",
+        ),
+    );
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let s = summary(&out);
+    // Price override: $1 per token.
+    assert_eq!(
+        s["models"][0]["cost_usd"].as_f64().unwrap(),
+        s["models"][0]["input_tokens"].as_f64().unwrap()
+    );
+    let c = env.counters("amazon.titan-embed-text-v2:0");
+    assert_eq!(c.regions.get("eu-west-1"), Some(&2), "{c:?}");
+}

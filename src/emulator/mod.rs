@@ -160,6 +160,8 @@ pub struct ModelCounters {
     pub max_requests_per_minute: u64,
     /// Most tokens seen in any trailing 60-second window.
     pub max_tokens_per_minute: u64,
+    /// Requests by the region in their SigV4 credential scope.
+    pub regions: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -242,6 +244,12 @@ impl Emulator {
         self.state.stats.lock().expect("stats").clone()
     }
 
+    /// Zeroes the counters and the quota windows.
+    pub fn reset(&self) {
+        *self.state.stats.lock().expect("stats") = Stats::default();
+        self.state.windows.lock().expect("windows").clear();
+    }
+
     pub fn set(&self, settings: Settings) {
         *self.state.settings.write().expect("settings") = settings;
     }
@@ -301,8 +309,9 @@ fn api(code: &'static str, status: u16, message: impl Into<String>) -> ApiError 
     }
 }
 
-/// A well-formed SigV4 Authorization header for service `bedrock`; returns the access key id.
-fn check_sigv4<B>(req: &Request<B>) -> Result<String, ApiError> {
+/// A well-formed SigV4 Authorization header for service `bedrock`; returns the access key id
+/// and the region of the credential scope.
+fn check_sigv4<B>(req: &Request<B>) -> Result<(String, String), ApiError> {
     let missing = || {
         api(
             "MissingAuthenticationTokenException",
@@ -366,7 +375,7 @@ fn check_sigv4<B>(req: &Request<B>) -> Result<String, ApiError> {
             "The host and x-amz-date headers must be signed",
         ));
     }
-    Ok(scope[0].to_string())
+    Ok((scope[0].to_string(), scope[2].to_string()))
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, std::io::Error> {
@@ -396,7 +405,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, std::
         )));
     }
     let settings = state.settings.read().expect("settings").clone();
-    let key = match check_sigv4(&req) {
+    let (key, region) = match check_sigv4(&req) {
         Ok(k) => k,
         Err(e) => {
             state.stats.lock().expect("stats").unauthenticated += 1;
@@ -428,6 +437,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, std::
         let mut s = state.stats.lock().expect("stats");
         let c = s.models.entry(base.clone()).or_default();
         c.requests += 1;
+        *c.regions.entry(region.clone()).or_default() += 1;
         f(c);
     };
     let latency = settings.latency.sample();
@@ -564,6 +574,7 @@ async fn control(state: &State, ctl: &str, req: Request<Incoming>) -> Resp {
         ("POST", "reset") => {
             *state.stats.lock().expect("stats") = Stats::default();
             state.windows.lock().expect("windows").clear();
+            // (same as Emulator::reset)
             json_response(200, b"{}".to_vec())
         }
         ("GET", "config") => {

@@ -669,6 +669,17 @@ pub fn usage(spec: &ModelSpec, inputs: &[Input<'_>], parsed: &Parsed) -> Usage {
         }
     }
     u.images = inputs.iter().filter(|i| i.image().is_some()).count() as u64;
+    if spec.family == Family::CohereV4 && parsed.input_tokens.is_none() {
+        // Cohere v4 bills images as tokens: pixels ÷ 784 × 4, after resizing into
+        // [3,136, 2,458,624] pixels.
+        for img in inputs.iter().filter_map(|i| i.image()) {
+            let px = imagesize::blob_size(img.bytes)
+                .map_or(2_458_624, |s| (s.width * s.height) as u64)
+                .clamp(3_136, 2_458_624);
+            u.input_tokens += px / 784 * 4;
+            u.tokens_estimated = true;
+        }
+    }
     if matches!(spec.family, Family::Marengo27 | Family::Marengo30) {
         // Marengo bills text per query, not per token.
         u.queries = inputs.iter().filter(|i| i.text().is_some()).count() as u64;
