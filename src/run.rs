@@ -312,5 +312,9 @@ fn retain_rows(p: &mut Prepared, keep: impl Fn(usize) -> bool) {
             let mut it = mask.iter();
             t.retain(|_| *it.next().expect("same length"));
         }
+        plan::Inputs::TextImage(t) => {
+            let mut it = mask.iter();
+            t.retain(|_| *it.next().expect("same length"));
+        }
     }
 }

@@ -115,9 +115,14 @@ pub async fn check(pipeline: &Pipeline) -> Result<Checked> {
                     &file,
                 ));
             };
+            let is_image = match &step.input {
+                StepInput::Image(_) => true,
+                StepInput::TextImage(_, i) => *i == col,
+                _ => false,
+            };
             match &step.input {
-                StepInput::Image(_)
-                    if !matches!(field.data_type(), DataType::Binary | DataType::LargeBinary) =>
+                _ if is_image
+                    && !matches!(field.data_type(), DataType::Binary | DataType::LargeBinary) =>
                 {
                     return Err(pipeline
                         .error(
@@ -129,7 +134,7 @@ pub async fn check(pipeline: &Pipeline) -> Result<Checked> {
                         )
                         .into())
                 }
-                StepInput::Column(_) | StepInput::Template(_) if !texty(field.data_type()) => {
+                _ if !is_image && !texty(field.data_type()) => {
                     return Err(pipeline
                         .error(
                             span,

@@ -156,7 +156,7 @@ fn every_text_family_end_to_end() {
             3,
         ),
         (
-            "id = \"cohere.embed-multilingual-v3\"\ntruncate = \"END\"\nembedding_types = [\"int8\"]",
+            "id = \"cohere.embed-multilingual-v3\"\ntruncate = \"END\"\nembedding_types = [\"float\"]",
             "cohere.embed-multilingual-v3",
             1024,
             3,
@@ -482,7 +482,8 @@ fn faults_are_retried_until_every_row_is_written() {
             reset: 0.05,
             ..Default::default()
         },
-        "concurrency = 32",
+        // Half the attempts fail: 20 attempts make losing a row (0.5^20) practically impossible.
+        "concurrency = 32\nmax_attempts = 20",
     );
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     let s = summary(&out);
@@ -563,6 +564,18 @@ fn model_parameters_are_checked_against_the_registry() {
         (
             "id = \"amazon.nova-2-multimodal-embeddings-v1:0\"\npurpose = \"INDEX\"",
             "GENERIC_INDEX",
+        ),
+        (
+            "id = \"cohere.embed-v4:0\"\nembedding_types = [\"int8\"]",
+            "cannot be stored yet",
+        ),
+        (
+            "id = \"cohere.embed-v4:0\"\nembedding_types = [\"int4\"]",
+            "float, int8, uint8, binary, ubinary",
+        ),
+        (
+            "id = \"amazon.titan-embed-text-v2:0\"\npath = \"x\"",
+            "applies only to local models",
         ),
     ];
     for (model, help) in cases {
@@ -735,4 +748,61 @@ fn timeouts_regions_and_price_overrides() {
     );
     let c = env.counters("amazon.titan-embed-text-v2:0");
     assert_eq!(c.regions.get("eu-west-1"), Some(&2), "{c:?}");
+}
+
+#[test]
+fn text_and_image_embedded_together() {
+    let env = Env::new(Settings::default());
+    let source = format!("{}include = [\"**/*.png\", \"**/*.jpg\"]\n", images());
+    for (model, base, dim) in [
+        (
+            "id = \"cohere.embed-v4:0\"\ndimensions = 256",
+            "cohere.embed-v4:0",
+            256,
+        ),
+        (
+            "id = \"amazon.titan-embed-image-v1\"\ndimensions = 256",
+            "amazon.titan-embed-image-v1",
+            256,
+        ),
+        (
+            "id = \"twelvelabs.marengo-embed-3-0-v1:0\"",
+            "twelvelabs.marengo-embed-3-0-v1:0",
+            512,
+        ),
+    ] {
+        let p = env.write(
+            "p.toml",
+            &bedrock_pipeline(
+                &source,
+                model,
+                "text = \"a photo of {path}\"\nimage = \"bytes\"",
+            ),
+        );
+        let out = env.run(&["run", &p, "--json"]);
+        assert_eq!(out.code, 0, "{base}: {}{}", out.stdout, out.stderr);
+        let s = summary(&out);
+        assert_eq!(s["rows_written"], 12, "{base}");
+        assert_eq!(s["models"][0]["images"], 12, "{base}");
+        assert_eq!(vector_dim(&env.db()), dim, "{base}");
+        assert_eq!(env.counters(base).inputs, 12, "{base}");
+    }
+    // A model that cannot is refused at validate, with the ones that can.
+    let p = env.write(
+        "p.toml",
+        &bedrock_pipeline(
+            &source,
+            "id = \"amazon.nova-2-multimodal-embeddings-v1:0\"",
+            "text = \"{path}\"\nimage = \"bytes\"",
+        ),
+    );
+    let out = env.run(&["validate", &p]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .contains("cannot embed a text and an image together"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("cohere.embed-v4:0"), "{}", out.stderr);
 }

@@ -384,6 +384,10 @@ fn describe_input(i: &crate::config::StepInput) -> String {
         StepInput::Column(c) => format!("text column `{c}`"),
         StepInput::Template(t) => format!("template over `{}`", t.columns().join("`, `")),
         StepInput::Image(c) => format!("image column `{c}`"),
+        StepInput::TextImage(t, i) => format!(
+            "template over `{}` with image column `{i}`",
+            t.columns().join("`, `")
+        ),
     }
 }
 

@@ -241,12 +241,14 @@ pub enum StepInput {
     Column(String),
     Template(Template),
     Image(String),
+    /// A text (template) and an image embedded together into one vector.
+    TextImage(Template, String),
 }
 
 impl StepInput {
     pub fn modality(&self) -> Modality {
         match self {
-            StepInput::Image(_) => Modality::Image,
+            StepInput::Image(_) | StepInput::TextImage(..) => Modality::Image,
             _ => Modality::Text,
         }
     }
@@ -256,6 +258,11 @@ impl StepInput {
         match self {
             StepInput::Column(c) | StepInput::Image(c) => vec![c.clone()],
             StepInput::Template(t) => t.columns(),
+            StepInput::TextImage(t, i) => {
+                let mut c = t.columns();
+                c.push(i.clone());
+                c
+            }
         }
     }
 }
@@ -707,6 +714,16 @@ impl Pipeline {
                 }
             }
         }
+        if let Some(t) = &cfg.embedding_types {
+            if let Some(other) = t.get_ref().iter().find(|t| *t != "float") {
+                return Err(self
+                    .error(
+                        t.span(),
+                        format!("`{other}` embeddings cannot be stored yet: the table holds float vectors"),
+                    )
+                    .with_help("remove `embedding_types` (float vectors are always requested and stored)"));
+            }
+        }
         if let Some(m) = &cfg.max_tokens {
             if *m.get_ref() == 0 || *m.get_ref() as usize > spec.max_input_tokens {
                 return Err(self.error(
@@ -834,6 +851,16 @@ impl Pipeline {
                 [(_, t)] => StepInput::Template(
                     Template::parse(t.get_ref()).map_err(|m| self.error(t.span(), format!("invalid text template: {m}")))?,
                 ),
+                [("column", c), ("image", i)] => StepInput::TextImage(
+                    Template {
+                        parts: vec![TemplatePart::Column(c.get_ref().clone())],
+                    },
+                    i.get_ref().clone(),
+                ),
+                [("text", t), ("image", i)] => StepInput::TextImage(
+                    Template::parse(t.get_ref()).map_err(|m| self.error(t.span(), format!("invalid text template: {m}")))?,
+                    i.get_ref().clone(),
+                ),
                 [] => {
                     return Err(self
                         .error(e.span(), "this [[embed]] step has no input")
@@ -842,10 +869,30 @@ impl Pipeline {
                 [_, (key, second), ..] => {
                     return Err(self
                         .error(second.span(), format!("`{key}` conflicts with another input key of this step"))
-                        .with_help("give exactly one of `column`, `text` or `image`"))
+                        .with_help("give one of `column`, `text` or `image` (or `image` with one of `column`/`text`, for models that embed text and image together)"))
                 }
             };
             let spec = self.model_spec(model_index);
+            if matches!(input, StepInput::TextImage(..)) && !spec.text_image {
+                let both: Vec<&str> = models::registry()
+                    .iter()
+                    .filter(|s| s.text_image)
+                    .map(|s| s.id)
+                    .collect();
+                let span = cfg.image.as_ref().map_or(e.span(), |s| s.span());
+                return Err(self
+                    .error(
+                        span,
+                        format!(
+                            "model `{}` ({}) cannot embed a text and an image together",
+                            model_name, spec.id
+                        ),
+                    )
+                    .with_help(format!(
+                        "use two steps (one `text`, one `image`), or a model that can: {}",
+                        both.join(", ")
+                    )));
+            }
             if !spec.modalities.contains(&input.modality()) {
                 let span = cfg
                     .image

@@ -187,6 +187,7 @@ pub struct StepOutput {
 enum Owned {
     Text(String),
     Image(Arc<[u8]>, ImageFormat),
+    TextImage(String, Arc<[u8]>, ImageFormat),
 }
 
 impl Owned {
@@ -197,6 +198,13 @@ impl Owned {
                 bytes: b,
                 format: *f,
             }),
+            Owned::TextImage(t, b, f) => Input::TextImage(
+                t,
+                Image {
+                    bytes: b,
+                    format: *f,
+                },
+            ),
         }
     }
 }
@@ -325,9 +333,12 @@ impl ModelHandle {
     ) -> Result<StepOutput> {
         let spec = self.info.spec;
         let params = &self.info.params;
-        let n = match inputs {
-            Inputs::Text(t) => t.len(),
-            Inputs::Image(i) => i.len(),
+        let n = inputs.len();
+        let not_an_image = || {
+            Some(Err((
+                "unsupported_image_format".to_string(),
+                "the bytes are not a PNG, JPEG, GIF or WebP image".to_string(),
+            )))
         };
         let mut slots: Vec<Option<Slot>> = vec![None; n];
         // Pre-flight: nothing that would be refused is sent.
@@ -338,17 +349,27 @@ impl ModelHandle {
                 Inputs::Image(imgs) => match ImageFormat::detect(&imgs[i]) {
                     Some(f) => Owned::Image(imgs[i].clone(), f),
                     None => {
-                        slots[i] = Some(Err((
-                            "unsupported_image_format".into(),
-                            "the bytes are not a PNG, JPEG, GIF or WebP image".into(),
-                        )));
+                        slots[i] = not_an_image();
+                        continue;
+                    }
+                },
+                Inputs::TextImage(pairs) => match ImageFormat::detect(&pairs[i].1) {
+                    Some(f) => Owned::TextImage(pairs[i].0.clone(), pairs[i].1.clone(), f),
+                    None => {
+                        slots[i] = not_an_image();
                         continue;
                     }
                 },
             };
             match models::preflight(spec, params, &owned.as_input()) {
                 Ok(None) => ready.push((i, owned)),
-                Ok(Some(cut)) => ready.push((i, Owned::Text(cut))),
+                Ok(Some(cut)) => ready.push((
+                    i,
+                    match owned {
+                        Owned::TextImage(_, b, f) => Owned::TextImage(cut, b, f),
+                        _ => Owned::Text(cut),
+                    },
+                )),
                 Err((kind, msg)) => slots[i] = Some(Err((kind.into(), msg))),
             }
         }
@@ -369,6 +390,7 @@ impl ModelHandle {
             let size = match &o {
                 Owned::Text(t) => t.len() + 16,
                 Owned::Image(b, _) => b.len().div_ceil(3) * 4 + 64,
+                Owned::TextImage(t, b, _) => t.len() + b.len().div_ceil(3) * 4 + 96,
             };
             if !cur.is_empty()
                 && (cur.len() >= per_call || cur_bytes + size > spec.limits.max_body_bytes)

@@ -173,8 +173,61 @@ fn data_uri(s: &str, formats: &[&str], at: &str) -> Result<Vec<u8>, ApiError> {
     Ok(bytes)
 }
 
-fn vec_json(v: &[f32]) -> Value {
-    Value::Array(v.iter().map(|x| json!(x)).collect())
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TitanOut<'a> {
+    embedding: &'a [f32],
+    input_text_token_count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embeddings_by_type: Option<TitanByType<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct TitanByType<'a> {
+    float: &'a [f32],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binary: Option<Vec<u8>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TitanMmOut<'a> {
+    embedding: &'a [f32],
+    input_text_token_count: u64,
+    message: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct CohereFloats<'a> {
+    id: String,
+    response_type: &'static str,
+    embeddings: Vec<&'a [f32]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    texts: Option<&'a Value>,
+}
+
+#[derive(serde::Serialize)]
+struct NovaOut<'a> {
+    embeddings: [NovaEntry<'a>; 1],
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NovaEntry<'a> {
+    embedding_type: &'a str,
+    embedding: &'a [f32],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    truncated_char_length: Option<u64>,
+}
+
+#[derive(serde::Serialize)]
+struct MarengoOut<'a> {
+    data: [MarengoEntry<'a>; 1],
+}
+
+#[derive(serde::Serialize)]
+struct MarengoEntry<'a> {
+    embedding: &'a [f32],
 }
 
 /// Validates `body` for `spec` (called with model id `id`) and builds the response.
@@ -260,28 +313,18 @@ pub fn handle(
                     .collect::<Result<_, _>>()?;
             }
             let vector = vectors::text(seed, text, dim, normalize);
-            let mut resp = Map::new();
-            resp.insert("embedding".into(), vec_json(&vector));
-            resp.insert("inputTextTokenCount".into(), json!(tokens));
-            if v2 {
-                let mut by = Map::new();
-                for t in &types {
-                    match t.as_str() {
-                        "float" => by.insert("float".into(), vec_json(&vector)),
-                        _ => by.insert(
-                            "binary".into(),
-                            json!(vector
-                                .iter()
-                                .map(|x| u8::from(*x > 0.0))
-                                .collect::<Vec<_>>()),
-                        ),
-                    };
-                }
-                if !by.contains_key("float") {
-                    by.insert("float".into(), vec_json(&vector));
-                }
-                resp.insert("embeddingsByType".into(), Value::Object(by));
-            }
+            let binary: Option<Vec<u8>> = types
+                .iter()
+                .any(|t| t == "binary")
+                .then(|| vector.iter().map(|x| u8::from(*x > 0.0)).collect());
+            let resp = TitanOut {
+                embedding: &vector,
+                input_text_token_count: tokens,
+                embeddings_by_type: v2.then(|| TitanByType {
+                    float: &vector,
+                    binary,
+                }),
+            };
             Ok(Accepted {
                 body: serde_json::to_vec(&resp).expect("json"),
                 inputs: 1,
@@ -335,7 +378,11 @@ pub fn handle(
                 parts.push(vectors::bytes(seed, &bytes, dim, true));
             }
             let vector = vectors::average(&parts, false);
-            let resp = json!({"embedding": vec_json(&vector), "inputTextTokenCount": tokens, "message": null});
+            let resp = TitanMmOut {
+                embedding: &vector,
+                input_text_token_count: tokens,
+                message: None,
+            };
             Ok(Accepted {
                 body: serde_json::to_vec(&resp).expect("json"),
                 inputs: 1,
@@ -565,39 +612,42 @@ fn cohere(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, A
             }
         }
     }
-    let mut resp = Map::new();
-    resp.insert(
-        "id".into(),
-        json!(format!(
-            "emu-{:016x}",
-            vectors::fnv(format!("{o:?}").as_bytes())
-        )),
+    let id = format!(
+        "emu-{:016x}",
+        vectors::fnv(format!("{:?}", o.get(present[0])).as_bytes())
     );
+    let n = vectors_out.len() as u64;
     if types.is_empty() {
-        resp.insert("response_type".into(), json!("embeddings_floats"));
-        resp.insert(
-            "embeddings".into(),
-            Value::Array(vectors_out.iter().map(|v| vec_json(v)).collect()),
-        );
-    } else {
-        resp.insert("response_type".into(), json!("embeddings_by_type"));
-        let mut by = Map::new();
-        for t in &types {
-            let vs: Vec<Value> = vectors_out
-                .iter()
-                .map(|v| match t.as_str() {
-                    "float" => vec_json(v),
-                    other => json!(vectors::quantize(v, other)),
-                })
-                .collect();
-            by.insert(t.clone(), Value::Array(vs));
-        }
-        resp.insert("embeddings".into(), Value::Object(by));
+        let resp = CohereFloats {
+            id,
+            response_type: "embeddings_floats",
+            embeddings: vectors_out.iter().map(Vec::as_slice).collect(),
+            texts: o.get("texts"),
+        };
+        return Ok(Accepted {
+            body: serde_json::to_vec(&resp).expect("json"),
+            inputs: n,
+            tokens,
+        });
     }
+    let mut resp = Map::new();
+    resp.insert("id".into(), json!(id));
+    resp.insert("response_type".into(), json!("embeddings_by_type"));
+    let mut by = Map::new();
+    for t in &types {
+        let vs: Vec<Value> = vectors_out
+            .iter()
+            .map(|v| match t.as_str() {
+                "float" => json!(v),
+                other => json!(vectors::quantize(v, other)),
+            })
+            .collect();
+        by.insert(t.clone(), Value::Array(vs));
+    }
+    resp.insert("embeddings".into(), Value::Object(by));
     if present[0] == "texts" {
         resp.insert("texts".into(), o["texts"].clone());
     }
-    let n = vectors_out.len() as u64;
     Ok(Accepted {
         body: serde_json::to_vec(&resp).expect("json"),
         inputs: n,
@@ -827,8 +877,18 @@ fn nova(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, Api
             vectors::bytes(seed, &bytes, dim, false)
         }
     };
-    resp_entry.insert("embedding".into(), vec_json(&vector));
-    let resp = json!({"embeddings": [Value::Object(resp_entry)]});
+    let resp = NovaOut {
+        embeddings: [NovaEntry {
+            embedding_type: resp_entry
+                .get("embeddingType")
+                .and_then(Value::as_str)
+                .unwrap_or("TEXT"),
+            embedding: &vector,
+            truncated_char_length: resp_entry
+                .get("truncatedCharLength")
+                .and_then(Value::as_u64),
+        }],
+    };
     Ok(Accepted {
         body: serde_json::to_vec(&resp).expect("json"),
         inputs: 1,
@@ -999,7 +1059,9 @@ fn marengo(
         }
     };
     let _ = input_type;
-    let resp = json!({"data": [{"embedding": vec_json(&vector)}]});
+    let resp = MarengoOut {
+        data: [MarengoEntry { embedding: &vector }],
+    };
     Ok(Accepted {
         body: serde_json::to_vec(&resp).expect("json"),
         inputs: 1,

@@ -3,8 +3,8 @@
 //! interleaved text+image inputs and a choice of dimensions.
 
 use super::{
-    f32_vec, i64_vec, wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec,
-    Params, Parsed, Prices, Routes, WireError,
+    wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec, Params, Parsed,
+    Prices, Routes, WireError,
 };
 use crate::config::Provider;
 use serde_json::{json, Map, Value};
@@ -221,43 +221,94 @@ pub(super) fn build(
     Ok(Value::Object(body))
 }
 
-fn vectors_f32(v: &Value, what: &str) -> Result<Vec<Vec<f32>>, WireError> {
-    let Some(a) = v.as_array() else {
-        return wire_err(format!("`{what}` is not a list of vectors"));
-    };
-    a.iter().map(|x| f32_vec(x, what)).collect()
+#[derive(serde::Deserialize)]
+pub(super) struct Response {
+    embeddings: Embeddings,
+    meta: Option<Meta>,
 }
 
-/// Parses both shapes: `embeddings` as a list of float vectors (`embeddings_floats`) or as a map
-/// from type to vectors (`embeddings_by_type`).
-pub(super) fn parse(params: &Params, v: &Value) -> Result<Parsed, WireError> {
-    let Some(emb) = v.get("embeddings") else {
-        return wire_err("the response has no `embeddings`");
-    };
-    let mut out = Parsed::default();
-    if emb.is_array() {
-        out.vectors = vectors_f32(emb, "embeddings")?;
-    } else if let Some(map) = emb.as_object() {
-        let Some(f) = map.get("float") else {
-            return wire_err("`embeddings` has no `float` vectors");
-        };
-        out.vectors = vectors_f32(f, "embeddings.float")?;
-        for t in params.embedding_types.iter().filter(|t| *t != "float") {
-            let Some(x) = map.get(t).and_then(Value::as_array) else {
-                return wire_err(format!("`embeddings.{t}` is missing"));
-            };
-            let vs = x
-                .iter()
-                .map(|row| i64_vec(row, t))
-                .collect::<Result<Vec<_>, _>>()?;
-            out.other_types.push((t.clone(), vs));
+#[derive(serde::Deserialize)]
+struct Meta {
+    billed_units: Option<Billed>,
+}
+
+#[derive(serde::Deserialize)]
+struct Billed {
+    input_tokens: Option<f64>,
+}
+
+/// `embeddings`: a list of float vectors (`embeddings_floats`) or a map from type to vectors
+/// (`embeddings_by_type`).
+enum Embeddings {
+    List(Vec<Vec<f32>>),
+    ByType {
+        float: Option<Vec<Vec<f32>>>,
+        other: Vec<(String, Vec<Vec<i64>>)>,
+    },
+}
+
+impl<'de> serde::Deserialize<'de> for Embeddings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Embeddings;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of vectors or a map from embedding type to vectors")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Embeddings, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(v) = seq.next_element::<Vec<f32>>()? {
+                    out.push(v);
+                }
+                Ok(Embeddings::List(out))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Embeddings, A::Error> {
+                let mut float = None;
+                let mut other = Vec::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    if k == "float" {
+                        float = Some(map.next_value()?);
+                    } else {
+                        other.push((k, map.next_value()?));
+                    }
+                }
+                Ok(Embeddings::ByType { float, other })
+            }
         }
-    } else {
-        return wire_err("`embeddings` is neither a list nor a map of types");
+        d.deserialize_any(V)
     }
-    out.input_tokens = v
-        .pointer("/meta/billed_units/input_tokens")
-        .and_then(Value::as_u64);
+}
+
+pub(super) fn parse(params: &Params, r: Response) -> Result<Parsed, WireError> {
+    let mut out = Parsed {
+        input_tokens: r
+            .meta
+            .and_then(|m| m.billed_units)
+            .and_then(|b| b.input_tokens)
+            .map(|t| t as u64),
+        ..Default::default()
+    };
+    match r.embeddings {
+        Embeddings::List(v) => out.vectors = v,
+        Embeddings::ByType { float, mut other } => {
+            let Some(f) = float else {
+                return wire_err("`embeddings` has no `float` vectors");
+            };
+            out.vectors = f;
+            for t in params.embedding_types.iter().filter(|t| *t != "float") {
+                let Some(pos) = other.iter().position(|(k, _)| k == t) else {
+                    return wire_err(format!("`embeddings.{t}` is missing"));
+                };
+                out.other_types.push(other.swap_remove(pos));
+            }
+        }
+    }
     Ok(out)
 }
 

@@ -466,20 +466,15 @@ pub fn parse_response(
     body: &[u8],
     n: usize,
 ) -> Result<Parsed, WireError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        WireError(format!(
-            "{} answered with a body that is not JSON ({e}): {}",
-            spec.id,
-            snippet(body)
-        ))
-    })?;
     let parsed = match spec.family {
         Family::LocalMiniLm => return wire_err("the local model has no wire format"),
-        Family::TitanTextV1 | Family::TitanTextV2 => titan_text::parse(params, &v)?,
-        Family::TitanMultimodal => titan_multimodal::parse(&v)?,
-        Family::CohereV3 | Family::CohereV4 => cohere::parse(params, &v)?,
-        Family::Nova2 => nova::parse(&v)?,
-        Family::Marengo27 | Family::Marengo30 => marengo::parse(&v)?,
+        Family::TitanTextV1 | Family::TitanTextV2 => {
+            titan_text::parse(params, from_json(spec, body)?)?
+        }
+        Family::TitanMultimodal => titan_multimodal::parse(from_json(spec, body)?)?,
+        Family::CohereV3 | Family::CohereV4 => cohere::parse(params, from_json(spec, body)?)?,
+        Family::Nova2 => nova::parse(from_json(spec, body)?)?,
+        Family::Marengo27 | Family::Marengo30 => marengo::parse(&from_json(spec, body)?)?,
     };
     if parsed.vectors.len() != n {
         return wire_err(format!(
@@ -498,6 +493,21 @@ pub fn parse_response(
         ));
     }
     Ok(parsed)
+}
+
+/// Deserialises a response body into a family's response type (typed, so vectors go straight
+/// into `Vec<f32>` without an intermediate JSON tree).
+pub(crate) fn from_json<'a, T: serde::Deserialize<'a>>(
+    spec: &ModelSpec,
+    body: &'a [u8],
+) -> Result<T, WireError> {
+    serde_json::from_slice(body).map_err(|e| {
+        WireError(format!(
+            "{} answered with a body that is not its response format ({e}): {}",
+            spec.id,
+            snippet(body)
+        ))
+    })
 }
 
 /// The first bytes of a body, for error messages.
@@ -520,19 +530,6 @@ pub(crate) fn f32_vec(v: &Value, what: &str) -> Result<Vec<f32>, WireError> {
             x.as_f64()
                 .map(|f| f as f32)
                 .ok_or_else(|| WireError(format!("`{what}` holds a non-number")))
-        })
-        .collect()
-}
-
-/// Reads a JSON array of integers.
-pub(crate) fn i64_vec(v: &Value, what: &str) -> Result<Vec<i64>, WireError> {
-    let Some(a) = v.as_array() else {
-        return wire_err(format!("`{what}` is not an array"));
-    };
-    a.iter()
-        .map(|x| {
-            x.as_i64()
-                .ok_or_else(|| WireError(format!("`{what}` holds a non-integer")))
         })
         .collect()
 }

@@ -2,8 +2,8 @@
 //! per call; sync `SINGLE_EMBEDDING` for text and images (video/audio go async).
 
 use super::{
-    f32_vec, wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec, Params,
-    Parsed, Prices, Routes, WireError, MAX_BODY_BYTES,
+    wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec, Params, Parsed,
+    Prices, Routes, WireError, MAX_BODY_BYTES,
 };
 use crate::config::Provider;
 use serde_json::{json, Value};
@@ -110,18 +110,22 @@ pub(super) fn build(params: &Params, inputs: &[Input<'_>]) -> Result<Value, Wire
     }))
 }
 
-pub(super) fn parse(v: &Value) -> Result<Parsed, WireError> {
-    let Some(list) = v.get("embeddings").and_then(Value::as_array) else {
-        return wire_err("the response has no `embeddings` list");
-    };
-    let Some(first) = list.first() else {
+#[derive(serde::Deserialize)]
+pub(super) struct Response {
+    embeddings: Vec<Entry>,
+}
+
+#[derive(serde::Deserialize)]
+struct Entry {
+    embedding: Vec<f32>,
+}
+
+pub(super) fn parse(r: Response) -> Result<Parsed, WireError> {
+    let Some(first) = r.embeddings.into_iter().next() else {
         return wire_err("the response's `embeddings` list is empty");
     };
-    let Some(e) = first.get("embedding") else {
-        return wire_err("`embeddings[0]` has no `embedding`");
-    };
     Ok(Parsed {
-        vectors: vec![f32_vec(e, "embeddings[0].embedding")?],
+        vectors: vec![first.embedding],
         other_types: Vec::new(),
         input_tokens: None,
     })

@@ -2,8 +2,8 @@
 //! both (one vector averaging the two), one input per call.
 
 use super::{
-    f32_vec, wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec, Params,
-    Parsed, Prices, Routes, WireError, MAX_BODY_BYTES,
+    wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec, Params, Parsed,
+    Prices, Routes, WireError, MAX_BODY_BYTES,
 };
 use crate::config::Provider;
 use serde_json::{json, Map, Value};
@@ -69,23 +69,25 @@ pub(super) fn build(params: &Params, inputs: &[Input<'_>]) -> Result<Value, Wire
     Ok(Value::Object(body))
 }
 
-pub(super) fn parse(v: &Value) -> Result<Parsed, WireError> {
-    if let Some(m) = v
-        .get("message")
-        .and_then(Value::as_str)
-        .filter(|m| !m.is_empty())
-    {
-        if v.get("embedding").is_none() {
-            return wire_err(format!("the model reported: {m}"));
-        }
-    }
-    let Some(e) = v.get("embedding") else {
-        return wire_err("the response has no `embedding`");
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Response {
+    embedding: Option<Vec<f32>>,
+    input_text_token_count: Option<u64>,
+    message: Option<String>,
+}
+
+pub(super) fn parse(r: Response) -> Result<Parsed, WireError> {
+    let Some(e) = r.embedding else {
+        return match r.message.filter(|m| !m.is_empty()) {
+            Some(m) => wire_err(format!("the model reported: {m}")),
+            None => wire_err("the response has no `embedding`"),
+        };
     };
     Ok(Parsed {
-        vectors: vec![f32_vec(e, "embedding")?],
+        vectors: vec![e],
         other_types: Vec::new(),
-        input_tokens: v.get("inputTextTokenCount").and_then(Value::as_u64),
+        input_tokens: r.input_text_token_count,
     })
 }
 

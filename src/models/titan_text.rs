@@ -2,8 +2,8 @@
 //! (`amazon.titan-embed-text-v2:0`): one text per call, token count in the response.
 
 use super::{
-    f32_vec, i64_vec, wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec,
-    Params, Parsed, Prices, Routes, WireError, MAX_BODY_BYTES,
+    wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec, Params, Parsed,
+    Prices, Routes, WireError, MAX_BODY_BYTES,
 };
 use crate::config::Provider;
 use serde_json::{json, Map, Value};
@@ -118,26 +118,39 @@ pub(super) fn build(
     Ok(Value::Object(body))
 }
 
-pub(super) fn parse(params: &Params, v: &Value) -> Result<Parsed, WireError> {
-    let by_type = v.get("embeddingsByType");
-    let float = match by_type.and_then(|b| b.get("float")) {
-        Some(f) => f32_vec(f, "embeddingsByType.float")?,
-        None => match v.get("embedding") {
-            Some(e) => f32_vec(e, "embedding")?,
-            None => return wire_err("the response has neither `embedding` nor `embeddingsByType`"),
-        },
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Response {
+    embedding: Option<Vec<f32>>,
+    input_text_token_count: Option<u64>,
+    embeddings_by_type: Option<ByType>,
+}
+
+#[derive(serde::Deserialize)]
+struct ByType {
+    float: Option<Vec<f32>>,
+    binary: Option<Vec<i64>>,
+}
+
+pub(super) fn parse(params: &Params, r: Response) -> Result<Parsed, WireError> {
+    let (float, binary) = match r.embeddings_by_type {
+        Some(b) => (b.float.or(r.embedding), b.binary),
+        None => (r.embedding, None),
+    };
+    let Some(float) = float else {
+        return wire_err("the response has neither `embedding` nor `embeddingsByType`");
     };
     let mut other_types = Vec::new();
-    for t in params.embedding_types.iter().filter(|t| *t != "float") {
-        match by_type.and_then(|b| b.get(t)) {
-            Some(x) => other_types.push((t.clone(), vec![i64_vec(x, t)?])),
-            None => return wire_err(format!("`embeddingsByType.{t}` is missing")),
+    if params.embedding_types.iter().any(|t| t == "binary") {
+        match binary {
+            Some(b) => other_types.push(("binary".to_string(), vec![b])),
+            None => return wire_err("`embeddingsByType.binary` is missing"),
         }
     }
     Ok(Parsed {
         vectors: vec![float],
         other_types,
-        input_tokens: v.get("inputTextTokenCount").and_then(Value::as_u64),
+        input_tokens: r.input_text_token_count,
     })
 }
 

@@ -1,7 +1,7 @@
 //! Per embed step: turn source rows into model inputs, and hash each input with the model's
 //! fingerprint (the basis of incremental runs).
 
-use crate::config::{StepInput, TemplatePart};
+use crate::config::{StepInput, Template, TemplatePart};
 use anyhow::{Context, Result};
 use arrow::array::{Array, BinaryArray, LargeBinaryArray, RecordBatch, StringArray};
 use arrow::datatypes::DataType;
@@ -23,6 +23,22 @@ pub struct Prepared {
 pub enum Inputs {
     Text(Vec<String>),
     Image(Vec<Arc<[u8]>>),
+    /// A text and an image per input, embedded together.
+    TextImage(Vec<(String, Arc<[u8]>)>),
+}
+
+impl Inputs {
+    pub fn len(&self) -> usize {
+        match self {
+            Inputs::Text(t) => t.len(),
+            Inputs::Image(i) => i.len(),
+            Inputs::TextImage(p) => p.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Default for Inputs {
@@ -53,6 +69,71 @@ fn as_text(batch: &RecordBatch, column: &str) -> Result<StringArray> {
         .clone())
 }
 
+/// Renders a template for every row: the text, or why the row has none.
+fn render(t: &Template, batch: &RecordBatch) -> Result<Vec<Result<String, String>>> {
+    let cols: Vec<(String, StringArray)> = t
+        .columns()
+        .into_iter()
+        .map(|c| as_text(batch, &c).map(|a| (c, a)))
+        .collect::<Result<_>>()?;
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let mut s = String::new();
+        let mut any = false;
+        for part in &t.parts {
+            match part {
+                TemplatePart::Literal(l) => s.push_str(l),
+                TemplatePart::Column(c) => {
+                    let a = &cols
+                        .iter()
+                        .find(|(n, _)| n == c)
+                        .expect("template columns are cast")
+                        .1;
+                    if !a.is_null(i) {
+                        let v = a.value(i);
+                        any |= !v.trim().is_empty();
+                        s.push_str(v);
+                    }
+                }
+            }
+        }
+        out.push(if any {
+            Ok(s)
+        } else {
+            let names = t.columns().join("`, `");
+            Err(if t.columns().len() == 1 {
+                format!("column `{names}` is empty")
+            } else {
+                format!("template columns `{names}` are all empty")
+            })
+        });
+    }
+    Ok(out)
+}
+
+/// Accessor for the non-empty image bytes of row `i` of a binary column.
+fn image_column<'a>(
+    batch: &'a RecordBatch,
+    c: &str,
+) -> Result<impl Fn(usize) -> Option<&'a [u8]> + 'a> {
+    let col = batch
+        .column_by_name(c)
+        .with_context(|| format!("column `{c}` is missing from the batch"))?;
+    Ok(move |i: usize| -> Option<&'a [u8]> {
+        if col.is_null(i) {
+            return None;
+        }
+        let v = if let Some(a) = col.as_any().downcast_ref::<BinaryArray>() {
+            Some(a.value(i))
+        } else {
+            col.as_any()
+                .downcast_ref::<LargeBinaryArray>()
+                .map(|a| a.value(i))
+        };
+        v.filter(|b| !b.is_empty())
+    })
+}
+
 /// Builds the inputs of `input` for every row of `batch`.
 pub fn prepare(input: &StepInput, fingerprint: &str, batch: &RecordBatch) -> Result<Prepared> {
     let n = batch.num_rows();
@@ -75,67 +156,52 @@ pub fn prepare(input: &StepInput, fingerprint: &str, batch: &RecordBatch) -> Res
             out.inputs = Inputs::Text(texts);
         }
         StepInput::Template(t) => {
-            let cols: Vec<(String, StringArray)> = t
-                .columns()
-                .into_iter()
-                .map(|c| as_text(batch, &c).map(|a| (c, a)))
-                .collect::<Result<_>>()?;
+            let rendered = render(t, batch)?;
             let mut texts = Vec::with_capacity(n);
-            for i in 0..n {
-                let mut s = String::new();
-                let mut any = false;
-                for part in &t.parts {
-                    match part {
-                        TemplatePart::Literal(l) => s.push_str(l),
-                        TemplatePart::Column(c) => {
-                            let a = &cols
-                                .iter()
-                                .find(|(n, _)| n == c)
-                                .expect("template columns are cast")
-                                .1;
-                            if !a.is_null(i) {
-                                let v = a.value(i);
-                                any |= !v.trim().is_empty();
-                                s.push_str(v);
-                            }
-                        }
+            for (i, r) in rendered.into_iter().enumerate() {
+                match r {
+                    Ok(s) => {
+                        out.hashes.push(content_hash(fingerprint, s.as_bytes()));
+                        texts.push(s);
+                        out.rows.push(i);
                     }
+                    Err(msg) => out.failures.push((i, "empty_input", msg)),
                 }
-                if !any {
-                    let names = t.columns().join("`, `");
-                    out.failures.push((
-                        i,
-                        "empty_input",
-                        format!("template columns `{names}` are all empty"),
-                    ));
-                    continue;
-                }
-                out.hashes.push(content_hash(fingerprint, s.as_bytes()));
-                texts.push(s);
-                out.rows.push(i);
             }
             out.inputs = Inputs::Text(texts);
         }
+        StepInput::TextImage(t, c) => {
+            let rendered = render(t, batch)?;
+            let images = image_column(batch, c)?;
+            let mut pairs = Vec::with_capacity(n);
+            for (i, r) in rendered.into_iter().enumerate() {
+                let img = images(i);
+                match (r, img) {
+                    (Ok(text), Some(b)) => {
+                        let mut h = Vec::with_capacity(text.len() + b.len() + 1);
+                        h.extend_from_slice(text.as_bytes());
+                        h.push(0xFF); // never in UTF-8: text and image cannot run together
+                        h.extend_from_slice(b);
+                        out.hashes.push(content_hash(fingerprint, &h));
+                        pairs.push((text, Arc::from(b)));
+                        out.rows.push(i);
+                    }
+                    (Err(msg), _) => out.failures.push((i, "empty_input", msg)),
+                    (_, None) => out.failures.push((
+                        i,
+                        "empty_input",
+                        format!("image column `{c}` is empty"),
+                    )),
+                }
+            }
+            out.inputs = Inputs::TextImage(pairs);
+        }
         StepInput::Image(c) => {
-            let col = batch
-                .column_by_name(c)
-                .with_context(|| format!("column `{c}` is missing from the batch"))?;
-            let value = |i: usize| -> Option<&[u8]> {
-                if col.is_null(i) {
-                    return None;
-                }
-                if let Some(a) = col.as_any().downcast_ref::<BinaryArray>() {
-                    Some(a.value(i))
-                } else {
-                    col.as_any()
-                        .downcast_ref::<LargeBinaryArray>()
-                        .map(|a| a.value(i))
-                }
-            };
+            let value = image_column(batch, c)?;
             let mut images = Vec::with_capacity(n);
             for i in 0..n {
                 match value(i) {
-                    Some(b) if !b.is_empty() => {
+                    Some(b) => {
                         out.hashes.push(content_hash(fingerprint, b));
                         images.push(Arc::from(b));
                         out.rows.push(i);
@@ -156,7 +222,6 @@ pub fn prepare(input: &StepInput, fingerprint: &str, batch: &RecordBatch) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Template;
     use arrow::array::Int64Array;
     use arrow::datatypes::{Field, Schema};
 

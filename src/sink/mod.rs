@@ -60,7 +60,9 @@ impl OutputLayout {
         let mut steps = Vec::new();
         for step in &pipeline.steps {
             let h = &models[step.model_index];
-            let params = serde_json::json!({ "normalize": h.normalize });
+            // Every parameter that shapes the vector space (the model fingerprint).
+            let params: serde_json::Value = serde_json::from_str(&h.fingerprint)
+                .unwrap_or_else(|_| serde_json::json!({ "normalize": h.normalize }));
             let field_meta = HashMap::from([
                 (FIELD_MODEL.to_string(), h.name.clone()),
                 (FIELD_MODEL_ID.to_string(), h.spec.id.to_string()),
