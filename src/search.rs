@@ -79,12 +79,14 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
             step.vector
         );
     }
-    let model = {
+    let mut model = {
         let p = pipeline.clone();
         let index = step.model_index;
         let o = opts.overrides.clone();
         tokio::task::spawn_blocking(move || ModelHandle::load(&p, index, &o)).await??
     };
+    // Asymmetric models embed queries differently from documents.
+    model.info.params = model.info.params.for_query(model.info.spec);
     if let Some(their) = schema
         .field_with_name(&step.vector)?
         .metadata()

@@ -1068,3 +1068,208 @@ fn marengo(
         tokens,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{cohere, marengo, nova, titan_multimodal, titan_text};
+
+    fn err(spec: &ModelSpec, id: &str, body: &str) -> ApiError {
+        match handle(spec, id, body.as_bytes(), None) {
+            Ok(_) => panic!("accepted: {body}"),
+            Err(e) => e,
+        }
+    }
+
+    fn ok(spec: &ModelSpec, id: &str, body: &str) -> Value {
+        let a = handle(spec, id, body.as_bytes(), None)
+            .unwrap_or_else(|e| panic!("{body}: {}", e.message));
+        serde_json::from_slice(&a.body).unwrap()
+    }
+
+    #[test]
+    fn titan_rules() {
+        let v2 = &titan_text::V2;
+        let id = v2.id;
+        let r = ok(
+            v2,
+            id,
+            r#"{"inputText":"hello world","dimensions":256,"embeddingTypes":["float","binary"]}"#,
+        );
+        assert_eq!(r["embedding"].as_array().unwrap().len(), 256);
+        assert_eq!(
+            r["embeddingsByType"]["binary"].as_array().unwrap().len(),
+            256
+        );
+        assert_eq!(r["inputTextTokenCount"], 2);
+        for (body, needle) in [
+            (
+                r#"{"inputText":"a","dimensions":768}"#,
+                "768 is not a valid value",
+            ),
+            (r#"{"inputText":"a","extra":1}"#, "extraneous key [extra]"),
+            (r#"{"dimensions":256}"#, "required key [inputText]"),
+            (r#"{"inputText":""}"#, "minLength"),
+            (r#"{"inputText":5}"#, "expected type: String"),
+            (r#"{"inputText":"a","normalize":"yes"}"#, "Boolean"),
+            (r#"{"inputText":"a","embeddingTypes":"float"}"#, "JSONArray"),
+            ("not json", "Malformed input request"),
+        ] {
+            let e = err(v2, id, body);
+            assert_eq!((e.code, e.status), ("ValidationException", 400));
+            assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
+        // v1 takes inputText only.
+        assert!(err(
+            &titan_text::V1,
+            titan_text::V1.id,
+            r#"{"inputText":"a","dimensions":256}"#
+        )
+        .message
+        .contains("extraneous"));
+        assert!(err(
+            &titan_multimodal::SPEC,
+            "x",
+            r#"{"embeddingConfig":{"outputEmbeddingLength":384}}"#
+        )
+        .message
+        .contains("at least one"));
+    }
+
+    #[test]
+    fn cohere_rules_differ_by_version() {
+        let v3 = &cohere::V3_ENGLISH;
+        let v4 = &cohere::V4;
+        let r = ok(
+            v3,
+            v3.id,
+            r#"{"texts":["a","b"],"input_type":"search_query","truncate":"END"}"#,
+        );
+        assert_eq!(r["response_type"], "embeddings_floats");
+        assert_eq!(r["embeddings"].as_array().unwrap().len(), 2);
+        let r = ok(
+            v4,
+            "us.cohere.embed-v4:0",
+            r#"{"texts":["a"],"input_type":"search_document","truncate":"LEFT","output_dimension":256,"embedding_types":["float","int8"]}"#,
+        );
+        assert_eq!(r["response_type"], "embeddings_by_type");
+        assert_eq!(r["embeddings"]["int8"][0].as_array().unwrap().len(), 256);
+        for (spec, body, needle) in [
+            (
+                v3,
+                r#"{"texts":["a"],"input_type":"search_query","truncate":"LEFT"}"#,
+                "[NONE, START, END]",
+            ),
+            (
+                v4,
+                r#"{"texts":["a"],"input_type":"search_query","truncate":"END"}"#,
+                "[NONE, LEFT, RIGHT]",
+            ),
+            (v3, r#"{"texts":["a"]}"#, "required key [input_type]"),
+            (
+                v4,
+                r#"{"texts":["a"],"input_type":"image"}"#,
+                "not a valid enum value",
+            ),
+            (
+                v3,
+                r#"{"texts":["a"],"input_type":"search_query","output_dimension":256}"#,
+                "extraneous key [output_dimension]",
+            ),
+            (
+                v4,
+                r#"{"texts":["a"],"input_type":"search_query","output_dimension":768}"#,
+                "768",
+            ),
+            (
+                v3,
+                r#"{"texts":["a"],"input_type":"search_query","embedding_types":"float"}"#,
+                "Malformed request",
+            ),
+            (
+                v3,
+                r#"{"input_type":"search_query"}"#,
+                "exactly one of texts",
+            ),
+        ] {
+            let e = err(spec, spec.id, body);
+            assert_eq!(e.code, "ValidationException");
+            assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
+        let many: Vec<String> = (0..97).map(|i| format!("t{i}")).collect();
+        let body = serde_json::json!({"texts": many, "input_type": "search_document"}).to_string();
+        assert!(err(v3, v3.id, &body).message.contains("between 1 and 96"));
+        let long = "x".repeat(2049);
+        let body =
+            serde_json::json!({"texts": [long], "input_type": "search_document"}).to_string();
+        assert!(err(v3, v3.id, &body).message.contains("2048"));
+    }
+
+    #[test]
+    fn nova_and_marengo_routes() {
+        let n = &nova::SPEC;
+        let r = ok(
+            n,
+            n.id,
+            r#"{"taskType":"SINGLE_EMBEDDING","singleEmbeddingParams":{"embeddingPurpose":"GENERIC_INDEX","embeddingDimension":384,"text":{"truncationMode":"END","value":"hi"}}}"#,
+        );
+        assert_eq!(
+            r["embeddings"][0]["embedding"].as_array().unwrap().len(),
+            384
+        );
+        assert_eq!(r["embeddings"][0]["embeddingType"], "TEXT");
+        for (body, needle) in [
+            (
+                r#"{"taskType":"SEGMENTED_EMBEDDING","segmentedEmbeddingParams":{}}"#,
+                "StartAsyncInvoke",
+            ),
+            (
+                r#"{"taskType":"SINGLE_EMBEDDING","singleEmbeddingParams":{"embeddingPurpose":"GENERIC_INDEX","text":{"value":"hi"}}}"#,
+                "required key [truncationMode]",
+            ),
+            (
+                r#"{"taskType":"SINGLE_EMBEDDING","singleEmbeddingParams":{"embeddingPurpose":"X","text":{"truncationMode":"END","value":"hi"}}}"#,
+                "not a valid enum value",
+            ),
+            (
+                r#"{"taskType":"SINGLE_EMBEDDING","singleEmbeddingParams":{"embeddingPurpose":"GENERIC_INDEX","text":{"truncationMode":"END","source":{"bytes":"aGk="}}}}"#,
+                "use s3Location",
+            ),
+        ] {
+            let e = err(n, n.id, body);
+            assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
+        // Marengo 2.7: InvokeModel needs the inference profile; video is async only.
+        let m = &marengo::V2_7;
+        let e = err(m, m.id, r#"{"inputType":"text","inputText":"a dog"}"#);
+        assert!(e.message.contains("inference profile"), "{}", e.message);
+        let r = ok(
+            m,
+            "us.twelvelabs.marengo-embed-2-7-v1:0",
+            r#"{"inputType":"text","inputText":"a dog"}"#,
+        );
+        assert_eq!(r["data"][0]["embedding"].as_array().unwrap().len(), 1024);
+        let e = err(
+            m,
+            "us.twelvelabs.marengo-embed-2-7-v1:0",
+            r#"{"inputType":"video","mediaSource":{"s3Location":{"uri":"s3://b/v.mp4"}}}"#,
+        );
+        assert!(e.message.contains("StartAsyncInvoke"), "{}", e.message);
+        // Marengo 3.0 refuses 2.7 parameters.
+        let m3 = &marengo::V3_0;
+        let e = err(
+            m3,
+            m3.id,
+            r#"{"inputType":"text","text":{"inputText":"a"},"textTruncate":"end"}"#,
+        );
+        assert!(e.message.contains("textTruncate"), "{}", e.message);
+    }
+
+    #[test]
+    fn poisoned_inputs_are_refused() {
+        let v3 = &cohere::V3_ENGLISH;
+        let body = br#"{"texts":["fine","BAD one"],"input_type":"search_document"}"#;
+        assert!(handle(v3, v3.id, body, Some("BAD")).is_err());
+        assert!(handle(v3, v3.id, body, Some("nothing")).is_ok());
+    }
+}

@@ -367,6 +367,23 @@ impl Params {
         }
     }
 
+    /// The parameters for embedding a search query against vectors made with `self`: the
+    /// query-side input type where the family has one (Cohere `search_query`, Nova
+    /// `GENERIC_RETRIEVAL`); everything that shapes the space stays.
+    pub fn for_query(&self, spec: &ModelSpec) -> Params {
+        let mut q = self.clone();
+        match (spec.family, self.input_type.as_deref()) {
+            (Family::CohereV3 | Family::CohereV4, Some("search_document") | None) => {
+                q.input_type = Some("search_query".into())
+            }
+            (Family::Nova2, Some("GENERIC_INDEX") | None) => {
+                q.input_type = Some("GENERIC_RETRIEVAL".into())
+            }
+            _ => {}
+        }
+        q
+    }
+
     pub fn truncation(&self) -> Truncate {
         self.truncate
             .as_deref()
@@ -785,6 +802,23 @@ mod tests {
         assert_eq!((u.input_tokens, u.tokens_estimated), (2, true));
         let u = usage(&marengo::V3_0, &[Input::Text("abc")], &Parsed::default());
         assert_eq!(u.queries, 1);
+    }
+
+    #[test]
+    fn queries_use_the_query_side_input_type() {
+        let p = Params::defaults(&cohere::V4);
+        assert_eq!(p.input_type.as_deref(), Some("search_document"));
+        let q = p.for_query(&cohere::V4);
+        assert_eq!(q.input_type.as_deref(), Some("search_query"));
+        assert_eq!(q.dimension, p.dimension);
+        let n = Params::defaults(&nova::SPEC).for_query(&nova::SPEC);
+        assert_eq!(n.input_type.as_deref(), Some("GENERIC_RETRIEVAL"));
+        let mut c = Params::defaults(&cohere::V3_ENGLISH);
+        c.input_type = Some("clustering".into());
+        assert_eq!(
+            c.for_query(&cohere::V3_ENGLISH).input_type.as_deref(),
+            Some("clustering")
+        );
     }
 
     #[test]
