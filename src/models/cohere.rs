@@ -202,15 +202,7 @@ pub(super) fn build(
         body.insert("truncate".into(), json!(t));
     }
     if !params.embedding_types.is_empty() {
-        let mut types = vec!["float".to_string()];
-        types.extend(
-            params
-                .embedding_types
-                .iter()
-                .filter(|t| *t != "float")
-                .cloned(),
-        );
-        body.insert("embedding_types".into(), json!(types));
+        body.insert("embedding_types".into(), json!(params.requested_types()));
     }
     if v4 {
         body.insert("output_dimension".into(), json!(params.dimension));

@@ -384,6 +384,18 @@ impl Params {
         q
     }
 
+    /// Embedding types to ask for: float always (it is what the table stores), then the extras.
+    pub fn requested_types(&self) -> Vec<&str> {
+        std::iter::once("float")
+            .chain(
+                self.embedding_types
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|t| *t != "float"),
+            )
+            .collect()
+    }
+
     pub fn truncation(&self) -> Truncate {
         self.truncate
             .as_deref()

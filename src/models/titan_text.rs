@@ -104,15 +104,7 @@ pub(super) fn build(
         body.insert("dimensions".into(), json!(params.dimension));
         body.insert("normalize".into(), json!(params.normalize));
         if !params.embedding_types.is_empty() {
-            let mut types = vec!["float".to_string()];
-            types.extend(
-                params
-                    .embedding_types
-                    .iter()
-                    .filter(|t| *t != "float")
-                    .cloned(),
-            );
-            body.insert("embeddingTypes".into(), json!(types));
+            body.insert("embeddingTypes".into(), json!(params.requested_types()));
         }
     }
     Ok(Value::Object(body))
