@@ -806,3 +806,47 @@ fn text_and_image_embedded_together() {
     );
     assert!(out.stderr.contains("cohere.embed-v4:0"), "{}", out.stderr);
 }
+
+#[test]
+fn requests_per_minute_paces_the_calls() {
+    let env = Env::new(Settings::default());
+    let csv = env.dir.path().join("rows.csv");
+    let mut text = String::from("id,text\n");
+    for i in 0..30 {
+        text.push_str(&format!("r{i},row {i}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let source = format!("type = \"csv\"\npath = {:?}\n", csv.to_string_lossy());
+    // 600 per minute = 10 per second, with 8 calls in flight and a zero-latency service.
+    let p = env.write(
+        "p.toml",
+        &bedrock_pipeline(
+            &source,
+            "id = \"amazon.titan-embed-text-v2:0\"\nconcurrency = 8\nrequests_per_minute = 600",
+            "column = \"text\"",
+        ),
+    );
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let c = env.counters("amazon.titan-embed-text-v2:0");
+    assert_eq!(c.ok, 30);
+    // Any one-second window holds at most the rate plus the single-call burst.
+    assert!(c.max_requests_per_second <= 11, "{c:?}");
+
+    // Without the limit the same run goes as fast as the service answers.
+    env.emu.reset();
+    let p = env.write(
+        "p.toml",
+        &bedrock_pipeline(
+            &source,
+            "id = \"amazon.titan-embed-text-v2:0\"\nconcurrency = 8",
+            "column = \"text\"",
+        ),
+    );
+    assert_eq!(env.run(&["run", &p]).code, 0);
+    assert!(
+        env.counters("amazon.titan-embed-text-v2:0")
+            .max_requests_per_second
+            > 11
+    );
+}

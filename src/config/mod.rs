@@ -138,6 +138,10 @@ pub struct ModelConfig {
     pub concurrency: Option<Spanned<usize>>,
     /// Attempts per call for throttling, 5xx, timeouts and model-not-ready (default 8).
     pub max_attempts: Option<Spanned<u32>>,
+    /// Requests per minute this pipeline may send to the model (default: unlimited).
+    pub requests_per_minute: Option<Spanned<u32>>,
+    /// Input tokens per minute (estimated before each call; default: unlimited).
+    pub tokens_per_minute: Option<Spanned<u32>>,
     // Model parameters (which ones apply depends on the family; `validate` says).
     /// Cohere `input_type`.
     pub input_type: Option<Spanned<String>>,
@@ -742,6 +746,14 @@ impl Pipeline {
                 return Err(self.error(c.span(), "concurrency must be between 1 and 1024"));
             }
         }
+        for r in [&cfg.requests_per_minute, &cfg.tokens_per_minute]
+            .into_iter()
+            .flatten()
+        {
+            if *r.get_ref() == 0 {
+                return Err(self.error(r.span(), "a rate limit must be at least 1 per minute"));
+            }
+        }
         if let Some(a) = &cfg.max_attempts {
             if *a.get_ref() == 0 || *a.get_ref() > 100 {
                 return Err(self.error(a.span(), "max_attempts must be between 1 and 100"));
@@ -767,6 +779,14 @@ impl Pipeline {
                 ("timeout_secs", cfg.timeout_secs.as_ref().map(|s| s.span())),
                 ("concurrency", cfg.concurrency.as_ref().map(|s| s.span())),
                 ("max_attempts", cfg.max_attempts.as_ref().map(|s| s.span())),
+                (
+                    "requests_per_minute",
+                    cfg.requests_per_minute.as_ref().map(|s| s.span()),
+                ),
+                (
+                    "tokens_per_minute",
+                    cfg.tokens_per_minute.as_ref().map(|s| s.span()),
+                ),
                 ("prices", cfg.prices.as_ref().map(|s| s.span())),
             ];
             if let Some((key, Some(span))) = bedrock_only.into_iter().find(|(_, s)| s.is_some()) {

@@ -5,6 +5,7 @@
 //! calls in flight, retried with backoff, validation failures split until the bad input is
 //! isolated), and joins results back in input order.
 
+mod limits;
 mod retry;
 
 use crate::config::{Pipeline, PriceOverride, Provider};
@@ -14,6 +15,7 @@ use crate::providers::bedrock::{Bedrock, CallError, Connection, ErrorClass};
 use crate::providers::local::LocalModel;
 use anyhow::{anyhow, bail, Result};
 use futures::stream::{self, StreamExt};
+pub use limits::RateLimits;
 pub use retry::RetryPolicy;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -172,6 +174,7 @@ pub struct ModelHandle {
     pub info: ModelInfo,
     backend: Backend,
     retry: RetryPolicy,
+    limits: RateLimits,
     stats: Mutex<ModelStats>,
 }
 
@@ -244,6 +247,10 @@ impl ModelHandle {
             }),
             info,
             backend,
+            limits: RateLimits::new(
+                cfg.requests_per_minute.as_ref().map(|r| *r.get_ref()),
+                cfg.tokens_per_minute.as_ref().map(|r| *r.get_ref()),
+            ),
             retry: RetryPolicy {
                 max_attempts: cfg
                     .max_attempts
@@ -497,8 +504,14 @@ impl ModelHandle {
             class: ErrorClass::Validation,
             message: e.0,
         })?;
+        let est_tokens: u64 = inputs_owned
+            .iter()
+            .filter_map(|o| o.as_input().text().map(models::estimate_tokens))
+            .sum();
         let mut attempt = 0u32;
         loop {
+            // Every attempt counts against the quota, retries too.
+            self.limits.acquire(est_tokens).await;
             let started = Instant::now();
             let result = client.invoke(&self.info.invoke_id, body.clone()).await;
             let result = result.and_then(|resp| {

@@ -160,6 +160,8 @@ pub struct ModelCounters {
     pub max_requests_per_minute: u64,
     /// Most tokens seen in any trailing 60-second window.
     pub max_tokens_per_minute: u64,
+    /// Most successful requests seen in any trailing 1-second window.
+    pub max_requests_per_second: u64,
     /// Requests by the region in their SigV4 credential scope.
     pub regions: BTreeMap<String, u64>,
 }
@@ -176,6 +178,8 @@ struct Window {
     /// (time, tokens) of accepted requests within the last minute.
     events: VecDeque<(Instant, u64)>,
     tokens: u64,
+    /// Accepted requests within the last second.
+    second: VecDeque<Instant>,
 }
 
 impl Window {
@@ -526,7 +530,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, std::
         .get(spec.id)
         .copied()
         .unwrap_or(settings.quota);
-    let (rpm, tpm) = {
+    let (rpm, tpm, rps) = {
         let mut windows = state.windows.lock().expect("windows");
         let w = windows.entry(base.clone()).or_default();
         let now = Instant::now();
@@ -548,7 +552,15 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, std::
         }
         w.events.push_back((now, accepted.tokens));
         w.tokens += accepted.tokens;
-        (w.events.len() as u64, w.tokens)
+        while w
+            .second
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            w.second.pop_front();
+        }
+        w.second.push_back(now);
+        (w.events.len() as u64, w.tokens, w.second.len() as u64)
     };
     if draw(f.malformed) {
         count(&fail("MalformedBody"));
@@ -561,6 +573,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, std::
         c.tokens += accepted.tokens;
         c.max_requests_per_minute = c.max_requests_per_minute.max(rpm);
         c.max_tokens_per_minute = c.max_tokens_per_minute.max(tpm);
+        c.max_requests_per_second = c.max_requests_per_second.max(rps);
     });
     Ok(json_response(200, accepted.body))
 }
