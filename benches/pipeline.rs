@@ -6,10 +6,16 @@
 //!
 //! 3. Bedrock emulator: InvokeModel requests/s at zero latency with 1024-d responses, through the
 //!    real AWS SDK client (signing and all) with 64 calls in flight;
-//! 4. transformers: request-build + response-parse time per model family.
+//! 4. transformers: request-build + response-parse time per model family;
+//! 5. dispatch at quota speed: achieved requests/s against the emulator with latency L, calls in
+//!    flight C and a requests/minute limit R, divided by min(R, C/L), over 10,000 requests, for
+//!    Titan v2 (1 input per call) and Cohere v3 (96 per call), through the dispatch layer;
+//! 6. end to end at zero latency: Parquet → Cohere v3 (1024-d) on the emulator → LanceDB, rows/s
+//!    and the process's peak RSS (run it alone: `EMBEDPIPE_BENCH=e2e`).
 //!
-//! `EMBEDPIPE_BENCH_ROWS` sets the rows of the generated Parquet file (default 500000);
-//! `EMBEDPIPE_BENCH=sink|model|emulator|transform` runs one of them.
+//! `EMBEDPIPE_BENCH_ROWS` sets the rows of the generated Parquet file (default 500000; `e2e`
+//! default 1000000); `EMBEDPIPE_BENCH=sink|model|emulator|transform|dispatch|e2e` runs one of
+//! them (`e2e` runs only when asked for).
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -303,6 +309,157 @@ fn bench_transform() {
     }
 }
 
+/// A pipeline file around one Bedrock `[[model]]` (the source is a tiny CSV; the dispatch bench
+/// feeds inputs itself).
+fn bedrock_pipeline(dir: &std::path::Path, source: &str, model: &str) -> Arc<Pipeline> {
+    std::fs::write(dir.join("rows.csv"), "id,text\na,alpha\n").unwrap();
+    let text = format!(
+        r#"
+[source]
+{source}
+[[model]]
+name = "m"
+provider = "bedrock"
+{model}
+[[embed]]
+model = "m"
+column = "text"
+[sink]
+uri = "db"
+table = "bench"
+mode = "overwrite"
+"#
+    );
+    Arc::new(Pipeline::parse(&dir.join("p.toml"), &text).unwrap())
+}
+
+async fn bench_dispatch_case(
+    model_id: &str,
+    concurrency: usize,
+    latency_ms: f64,
+    rpm: Option<u32>,
+) {
+    use embedpipe::dispatch::{ModelHandle, Overrides};
+    use embedpipe::emulator::{Emulator, Latency, Settings};
+    use embedpipe::plan::Inputs;
+    use futures::StreamExt;
+    let requests = 10_000usize;
+    let emu = Emulator::start(
+        ([127, 0, 0, 1], 0).into(),
+        Settings {
+            latency: Latency::Fixed { ms: latency_ms },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let limit = rpm.map_or(String::new(), |r| format!("requests_per_minute = {r}\n"));
+    let pipeline = bedrock_pipeline(
+        tmp.path(),
+        "type = \"csv\"\npath = \"rows.csv\"",
+        &format!("id = \"{model_id}\"\nconcurrency = {concurrency}\n{limit}"),
+    );
+    let overrides = Overrides {
+        endpoint_url: Some(emu.endpoint()),
+        emulator_credentials: true,
+    };
+    let p = pipeline.clone();
+    let handle = tokio::task::spawn_blocking(move || ModelHandle::load(&p, 0, &overrides, None))
+        .await
+        .unwrap()
+        .unwrap();
+    let per_call = handle.info.batch_size;
+    let rows_per_batch = 1024usize;
+    let feed = |n_inputs: usize| {
+        let handle = &handle;
+        async move {
+            let batches = n_inputs.div_ceil(rows_per_batch);
+            // As `run` does: several source batches in flight, results in order.
+            futures::stream::iter(0..batches)
+                .map(|b| async move {
+                    let start = b * rows_per_batch;
+                    let end = (start + rows_per_batch).min(n_inputs);
+                    let texts: Vec<String> = (start..end)
+                        .map(|i| format!("row {i} about topic {}", i % 17))
+                        .collect();
+                    let out = handle.embed(&Inputs::Text(texts), &|_| {}).await.unwrap();
+                    assert!(out.failed.is_empty());
+                    out.vectors.len()
+                })
+                .buffered(((2 * concurrency * per_call).div_ceil(rows_per_batch) + 1).clamp(2, 16))
+                .fold(0usize, |a, b| async move { a + b })
+                .await
+        }
+    };
+    // Warm-up: open the connections.
+    feed(concurrency * per_call).await;
+    emu.reset();
+    let t = Instant::now();
+    feed(requests * per_call).await;
+    let secs = t.elapsed().as_secs_f64();
+    let c = emu.stats().models[handle.info.spec.id].clone();
+    assert_eq!(c.ok as usize, requests, "{c:?}");
+    let achieved = c.requests as f64 / secs;
+    let by_concurrency = concurrency as f64 / (latency_ms / 1000.0);
+    let ideal = rpm.map_or(by_concurrency, |r| by_concurrency.min(r as f64 / 60.0));
+    let stats = handle.stats();
+    println!(
+        "dispatch {model_id} ({per_call}/call), L = {latency_ms} ms, C = {concurrency}, R = {}: {:.1} requests/s ({:.0} inputs/s) vs ideal {:.1}: ratio {:.3}; p50 {:.1} ms, p95 {:.1} ms",
+        rpm.map_or("none".to_string(), |r| format!("{r}/min")),
+        achieved,
+        achieved * per_call as f64,
+        ideal,
+        achieved / ideal,
+        stats.latency_p50_ms,
+        stats.latency_p95_ms,
+    );
+}
+
+async fn bench_dispatch() {
+    bench_dispatch_case("amazon.titan-embed-text-v2:0", 64, 50.0, None).await;
+    bench_dispatch_case("amazon.titan-embed-text-v2:0", 64, 50.0, Some(30_000)).await;
+    bench_dispatch_case("cohere.embed-english-v3", 8, 50.0, None).await;
+    bench_dispatch_case("cohere.embed-english-v3", 8, 50.0, Some(6_000)).await;
+}
+
+async fn bench_e2e(rows: usize) {
+    use embedpipe::dispatch::Overrides;
+    use embedpipe::emulator::{Emulator, Settings};
+    use embedpipe::run::{run, RunOptions};
+    let emu = Emulator::start(([127, 0, 0, 1], 0).into(), Settings::default())
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    write_parquet(&tmp.path().join("data.parquet"), rows);
+    let pipeline = bedrock_pipeline(
+        tmp.path(),
+        "type = \"parquet\"\npath = \"data.parquet\"",
+        "id = \"cohere.embed-english-v3\"\nconcurrency = 8",
+    );
+    let t = Instant::now();
+    let summary = run(
+        pipeline,
+        RunOptions {
+            progress: false,
+            overrides: Overrides {
+                endpoint_url: Some(emu.endpoint()),
+                emulator_credentials: true,
+            },
+        },
+    )
+    .await
+    .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(summary.rows_written as usize, rows);
+    println!(
+        "end to end parquet -> Cohere v3 (emulator, zero latency, 96/call, C = 8) -> lancedb ({rows} rows, 1024-d): {:.0} rows/s, {:.1}s, peak RSS {:.0} MB (emulator in the same process)",
+        rows as f64 / secs,
+        secs,
+        peak_rss_mb()
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let rows: usize = std::env::var("EMBEDPIPE_BENCH_ROWS")
@@ -323,5 +480,17 @@ fn main() {
     }
     if only.is_empty() || only == "model" {
         bench_model();
+    }
+    if only.is_empty() || only == "dispatch" {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(bench_dispatch());
+    }
+    if only == "e2e" {
+        let rows = std::env::var("EMBEDPIPE_BENCH_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(bench_e2e(rows));
     }
 }

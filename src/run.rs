@@ -13,6 +13,9 @@ use crate::sink::lancedb::{self as lance_sink, Writer};
 use crate::sources::{self, SourceBatch};
 use crate::validate::{self, Checked};
 use anyhow::{anyhow, Context, Result};
+use arrow::array::RecordBatch;
+use futures::StreamExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -104,11 +107,33 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
     .await
     .map_err(RunError::Setup)?;
 
+    let remote: Vec<&crate::dispatch::ModelHandle> = models
+        .iter()
+        .filter(|m| m.info.spec.provider != crate::config::Provider::Local)
+        .collect();
     let progress = Progress::new(
         checked.source.total_rows(),
         pipeline.steps.len(),
         opts.progress,
+        &remote
+            .iter()
+            .map(|m| m.info.name.clone())
+            .collect::<Vec<_>>(),
     );
+    let model_lines = async {
+        if !opts.progress || remote.is_empty() {
+            return std::future::pending::<()>().await;
+        }
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let lines: Vec<_> = remote
+                .iter()
+                .map(|m| (m.stats(), m.concurrency_now()))
+                .collect();
+            progress.models(&lines);
+        }
+    };
     let mut counters = Counters {
         read: 0,
         written: 0,
@@ -116,6 +141,7 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
     let outcome = tokio::select! {
         r = pump(&pipeline, &checked, &models, &writer, &mut failures, &mut counters, &progress, &run_id) => r.map_err(RunError::Failed),
         _ = tokio::signal::ctrl_c() => Err(RunError::Interrupted),
+        () = model_lines => unreachable!("the progress ticker never ends"),
     };
     progress.finish();
     match outcome {
@@ -151,6 +177,29 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
     })
 }
 
+/// What one source batch became.
+struct BatchOutput {
+    /// Rows read (incl. rows the reader could not decode).
+    read: u64,
+    /// Rows to write.
+    batch: Option<RecordBatch>,
+    dead: Vec<DeadLetter>,
+    /// Model inputs embedded for it (progress bookkeeping).
+    inputs: u64,
+}
+
+/// Source batches worked on at once: enough to keep every model's calls in flight full while
+/// finished batches are written, few enough that memory stays small.
+fn batches_in_flight(pipeline: &Pipeline, models: &Models) -> usize {
+    let rows = pipeline.batch_rows().max(1);
+    let want = models
+        .iter()
+        .map(|m| m.info.concurrency * m.info.batch_size)
+        .max()
+        .unwrap_or(1);
+    (2 * want).div_ceil(rows).saturating_add(1).clamp(2, 16)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn pump(
     pipeline: &Arc<Pipeline>,
@@ -168,7 +217,7 @@ async fn pump(
         &checked.read_columns,
         checked.id_column.clone(),
     )?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<SourceBatch>>(2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<SourceBatch>>(2);
     let reader = tokio::task::spawn_blocking(move || {
         for item in iter {
             let stop = item.is_err();
@@ -177,88 +226,130 @@ async fn pump(
             }
         }
     });
-    while let Some(item) = rx.recv().await {
-        let sb = item?;
-        let n = sb.batch.num_rows() as u64 + sb.failures.len() as u64;
-        counters.read += n;
-        for f in &sb.failures {
-            failures.write(&DeadLetter {
-                run_id: run_id.to_string(),
-                id: f.id.clone(),
-                source: f.file.to_string(),
-                row: f.row,
-                step: "read".into(),
-                kind: f.kind.into(),
-                message: f.message.clone(),
-            })?;
+    let batches = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    // Several batches in flight; results come back in source order.
+    let mut results = std::pin::pin!(batches
+        .map(|item| async move {
+            let sb = item?;
+            embed_batch(pipeline, checked, models, &sb, run_id, progress).await
+        })
+        .buffered(batches_in_flight(pipeline, models)));
+    while let Some(out) = results.next().await {
+        let out = out?;
+        counters.read += out.read;
+        for d in &out.dead {
+            failures.write(d)?;
         }
-        let written = embed_batch(
-            pipeline, checked, models, writer, failures, &sb, run_id, progress,
-        )
-        .await?;
-        counters.written += written;
-        progress.batch_done(n);
+        if let Some(batch) = out.batch {
+            counters.written += batch.num_rows() as u64;
+            writer.send(batch).await?;
+        }
+        progress.batch_done(out.read, out.inputs);
     }
     reader.await.context("source reader panicked")?;
     Ok(())
 }
 
-/// Embeds one source batch through every step and sends the rows that made it to the sink.
-#[allow(clippy::too_many_arguments)]
+/// Embeds one source batch through every step: the rows to write and the dead letters.
 async fn embed_batch(
     pipeline: &Pipeline,
     checked: &Checked,
     models: &Models,
-    writer: &Writer,
-    failures: &mut FailureWriter,
     sb: &SourceBatch,
     run_id: &str,
     progress: &Progress,
-) -> Result<u64> {
+) -> Result<BatchOutput> {
     let n = sb.batch.num_rows();
+    let dead_letter =
+        |id: Option<String>, row: Option<u64>, step: String, kind: String, message: String| {
+            DeadLetter {
+                run_id: run_id.to_string(),
+                id,
+                source: sb.file.to_string(),
+                row,
+                step,
+                kind,
+                message,
+            }
+        };
+    let mut out = BatchOutput {
+        read: n as u64 + sb.failures.len() as u64,
+        batch: None,
+        dead: sb
+            .failures
+            .iter()
+            .map(|f| {
+                dead_letter(
+                    f.id.clone(),
+                    f.row,
+                    "read".into(),
+                    f.kind.into(),
+                    f.message.clone(),
+                )
+            })
+            .collect(),
+        inputs: 0,
+    };
     if n == 0 {
-        return Ok(0);
+        return Ok(out);
     }
+    let embedded = AtomicU64::new(0);
+    let on_call = |k: usize| {
+        embedded.fetch_add(k as u64, Ordering::Relaxed);
+        progress.inputs_done(k);
+    };
     // First failure of each row, if any.
     let mut failed: Vec<Option<(String, String, String)>> = vec![None; n];
-    let mut per_step: Vec<(Prepared, Vec<f32>)> = Vec::with_capacity(pipeline.steps.len());
+    let mut prepared: Vec<Prepared> = Vec::with_capacity(pipeline.steps.len());
     for step in &pipeline.steps {
-        let model = models.get(step.model_index);
         let input = step.input.clone();
-        let fingerprint = model.info.fingerprint.clone();
+        let fingerprint = models.get(step.model_index).info.fingerprint.clone();
         let batch = sb.batch.clone();
-        let mut prepared = cpu(move || plan::prepare(&input, &fingerprint, &batch)).await??;
-        for (row, kind, msg) in prepared.failures.drain(..) {
+        let mut p = cpu(move || plan::prepare(&input, &fingerprint, &batch)).await??;
+        for (row, kind, msg) in p.failures.drain(..) {
             failed[row].get_or_insert((step.name.clone(), kind.to_string(), msg));
         }
-        // Rows that already failed an earlier step are not sent again.
-        retain_rows(&mut prepared, |row| failed[row].is_none());
-        let out = model
-            .embed(&prepared.inputs, &|n| progress.inputs_done(n))
-            .await?;
-        for (pos, kind, msg) in out.failed {
-            failed[prepared.rows[pos]].get_or_insert((step.name.clone(), kind, msg));
-        }
-        per_step.push((prepared, out.vectors));
+        prepared.push(p);
     }
+    // A row without an input for some step is not sent to any model.
+    for p in &mut prepared {
+        retain_rows(p, |row| failed[row].is_none());
+    }
+    // All steps at once: steps sharing a model fill the same calls.
+    let outputs = futures::future::try_join_all(
+        pipeline
+            .steps
+            .iter()
+            .zip(&prepared)
+            .map(|(step, p)| models.get(step.model_index).embed(&p.inputs, &on_call)),
+    )
+    .await?;
+    let mut per_step: Vec<(Prepared, Vec<f32>)> = Vec::with_capacity(pipeline.steps.len());
+    for ((step, p), step_out) in pipeline.steps.iter().zip(prepared).zip(outputs) {
+        for (pos, kind, msg) in step_out.failed {
+            failed[p.rows[pos]].get_or_insert((step.name.clone(), kind, msg));
+        }
+        per_step.push((p, step_out.vectors));
+    }
+    out.inputs = embedded.load(Ordering::Relaxed);
     let keep: Vec<u32> = (0..n as u32)
         .filter(|&i| failed[i as usize].is_none())
         .collect();
     for (i, f) in failed.into_iter().enumerate() {
         if let Some((step, kind, message)) = f {
-            failures.write(&DeadLetter {
-                run_id: run_id.to_string(),
-                id: Some(sb.ids.value(i).to_string()),
-                source: sb.file.to_string(),
-                row: Some(sb.rows[i]).filter(|&r| r > 0),
+            out.dead.push(dead_letter(
+                Some(sb.ids.value(i).to_string()),
+                Some(sb.rows[i]).filter(|&r| r > 0),
                 step,
                 kind,
                 message,
-            })?;
+            ));
         }
     }
     if keep.is_empty() {
-        return Ok(0);
+        return Ok(out);
     }
     // Gathering vectors and building the Arrow batch is CPU work: do it on rayon.
     let dims: Vec<usize> = pipeline
@@ -268,7 +359,7 @@ async fn embed_batch(
         .collect();
     let layout = checked.layout.clone();
     let (batch, ids) = (sb.batch.clone(), sb.ids.clone());
-    let out = cpu(move || {
+    let assembled = cpu(move || {
         let mut vectors = Vec::with_capacity(per_step.len());
         let mut hashes = Vec::with_capacity(per_step.len());
         for (dim, (prepared, vecs)) in dims.into_iter().zip(per_step) {
@@ -288,9 +379,8 @@ async fn embed_batch(
         layout.assemble(&batch, &ids, &keep, vectors, hashes, now_micros())
     })
     .await??;
-    let rows = out.num_rows() as u64;
-    writer.send(out).await?;
-    Ok(rows)
+    out.batch = Some(assembled);
+    Ok(out)
 }
 
 /// Keeps only the prepared inputs whose row passes `keep`.

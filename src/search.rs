@@ -83,7 +83,7 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
         let p = pipeline.clone();
         let index = step.model_index;
         let o = opts.overrides.clone();
-        tokio::task::spawn_blocking(move || ModelHandle::load(&p, index, &o)).await??
+        tokio::task::spawn_blocking(move || ModelHandle::load(&p, index, &o, None)).await??
     };
     // Asymmetric models embed queries differently from documents.
     model.info.params = model.info.params.for_query(model.info.spec);

@@ -31,6 +31,18 @@ pub struct PipelineFile {
     #[serde(default, rename = "embed")]
     pub embeds: Vec<Spanned<EmbedConfig>>,
     pub sink: Spanned<SinkConfig>,
+    /// Named rate limits shared by several models (`quota = "name"` in `[[model]]`).
+    #[serde(default, rename = "quota")]
+    pub quotas: Vec<Spanned<QuotaConfig>>,
+}
+
+/// A `[[quota]]` group: limits shared by every model that names it, on top of their own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub name: Spanned<String>,
+    pub requests_per_minute: Option<Spanned<u32>>,
+    pub tokens_per_minute: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -136,8 +148,15 @@ pub struct ModelConfig {
     pub timeout_secs: Option<Spanned<f64>>,
     /// Calls in flight at once (default 8).
     pub concurrency: Option<Spanned<usize>>,
-    /// Attempts per call for throttling, 5xx, timeouts and model-not-ready (default 8).
+    /// Attempts per call that may fail with 5xx, timeouts, resets or model-not-ready (default 8);
+    /// throttled attempts are bounded by `retry_deadline_secs` instead.
     pub max_attempts: Option<Spanned<u32>>,
+    /// No retry of a call starts later than this after its first attempt (default 600).
+    pub retry_deadline_secs: Option<Spanned<f64>>,
+    /// How long a partly filled call waits for more inputs, in milliseconds (default 20).
+    pub linger_ms: Option<Spanned<u64>>,
+    /// A `[[quota]]` group whose limits this model shares with others.
+    pub quota: Option<Spanned<String>>,
     /// Requests per minute this pipeline may send to the model (default: unlimited).
     pub requests_per_minute: Option<Spanned<u32>>,
     /// Input tokens per minute (estimated before each call; default: unlimited).
@@ -581,7 +600,38 @@ impl Pipeline {
         Ok(())
     }
 
+    fn check_quotas(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for q in &self.file.quotas {
+            let g = q.get_ref();
+            if !names.insert(g.name.get_ref().as_str()) {
+                return Err(self.error(
+                    g.name.span(),
+                    format!("quota group `{}` is declared twice", g.name.get_ref()),
+                ));
+            }
+            if g.requests_per_minute.is_none() && g.tokens_per_minute.is_none() {
+                return Err(self
+                    .error(
+                        q.span(),
+                        format!("quota group `{}` sets no limit", g.name.get_ref()),
+                    )
+                    .with_help("set requests_per_minute, tokens_per_minute or both"));
+            }
+            for r in [&g.requests_per_minute, &g.tokens_per_minute]
+                .into_iter()
+                .flatten()
+            {
+                if *r.get_ref() == 0 {
+                    return Err(self.error(r.span(), "a rate limit must be at least 1 per minute"));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check_models(&self) -> Result<(), ConfigError> {
+        self.check_quotas()?;
         let mut names = HashSet::new();
         for m in &self.file.models {
             let cfg = m.get_ref();
@@ -759,6 +809,44 @@ impl Pipeline {
                 return Err(self.error(a.span(), "max_attempts must be between 1 and 100"));
             }
         }
+        if let Some(d) = &cfg.retry_deadline_secs {
+            if !(*d.get_ref() > 0.0 && *d.get_ref() <= 86_400.0) {
+                return Err(self.error(
+                    d.span(),
+                    "retry_deadline_secs must be between 0 and 86400 (a day)",
+                ));
+            }
+        }
+        if let Some(l) = &cfg.linger_ms {
+            if *l.get_ref() > 60_000 {
+                return Err(self.error(l.span(), "linger_ms must be at most 60000 (a minute)"));
+            }
+        }
+        if let Some(q) = &cfg.quota {
+            let names = self
+                .file
+                .quotas
+                .iter()
+                .map(|g| g.get_ref().name.get_ref().as_str());
+            if !names.clone().any(|n| n == q.get_ref()) {
+                let mut help = String::new();
+                if let Some(best) = did_you_mean(q.get_ref(), names.clone()) {
+                    help.push_str(&format!("did you mean `{best}`? "));
+                }
+                let known: Vec<&str> = names.collect();
+                help.push_str(&if known.is_empty() {
+                    format!(
+                        "declare it: [[quota]] name = \"{}\" requests_per_minute = ...",
+                        q.get_ref()
+                    )
+                } else {
+                    format!("declared quota groups: {}", known.join(", "))
+                });
+                return Err(self
+                    .error(q.span(), format!("unknown quota group `{}`", q.get_ref()))
+                    .with_help(help));
+            }
+        }
         if let Some(p) = &cfg.prices {
             let o = p.get_ref();
             let all = [
@@ -779,6 +867,12 @@ impl Pipeline {
                 ("timeout_secs", cfg.timeout_secs.as_ref().map(|s| s.span())),
                 ("concurrency", cfg.concurrency.as_ref().map(|s| s.span())),
                 ("max_attempts", cfg.max_attempts.as_ref().map(|s| s.span())),
+                (
+                    "retry_deadline_secs",
+                    cfg.retry_deadline_secs.as_ref().map(|s| s.span()),
+                ),
+                ("linger_ms", cfg.linger_ms.as_ref().map(|s| s.span())),
+                ("quota", cfg.quota.as_ref().map(|s| s.span())),
                 (
                     "requests_per_minute",
                     cfg.requests_per_minute.as_ref().map(|s| s.span()),

@@ -218,3 +218,71 @@ fn duplicate_vector_columns_are_rejected() {
     let e = err(&text);
     assert!(e.message.contains("vector column `vector`"), "{e}");
 }
+
+const BEDROCK: &str = r#"
+[source]
+type = "parquet"
+path = "data.parquet"
+
+[[quota]]
+name = "titan"
+requests_per_minute = 600
+
+[[model]]
+name = "titan"
+provider = "bedrock"
+id = "amazon.titan-embed-text-v2:0"
+quota = "titan"
+retry_deadline_secs = 120
+linger_ms = 5
+
+[[embed]]
+model = "titan"
+column = "title"
+
+[sink]
+uri = "db"
+table = "articles"
+"#;
+
+#[test]
+fn quota_groups_and_dispatch_keys_are_checked() {
+    let p = parse(BEDROCK).unwrap();
+    assert_eq!(p.file.quotas.len(), 1);
+    assert_eq!(p.model(0).quota.as_ref().unwrap().get_ref(), "titan");
+
+    let text = BEDROCK.replace("quota = \"titan\"", "quota = \"titna\"");
+    let e = err(&text);
+    assert_eq!(e.message, "unknown quota group `titna`");
+    assert_eq!(e.line, Some(line_of(&text, "quota = \"titna\"")));
+    assert!(e.help.clone().unwrap().contains("did you mean `titan`?"));
+
+    let text = BEDROCK.replace("requests_per_minute = 600\n", "");
+    let e = err(&text);
+    assert_eq!(e.message, "quota group `titan` sets no limit");
+    assert_eq!(e.line, Some(line_of(&text, "[[quota]]")));
+
+    let text = BEDROCK.replace(
+        "requests_per_minute = 600\n",
+        "requests_per_minute = 600\n[[quota]]\nname = \"titan\"\ntokens_per_minute = 5\n",
+    );
+    assert_eq!(err(&text).message, "quota group `titan` is declared twice");
+
+    let text = BEDROCK.replace("retry_deadline_secs = 120", "retry_deadline_secs = 0");
+    let e = err(&text);
+    assert!(e.message.starts_with("retry_deadline_secs must be"), "{e}");
+    assert_eq!(e.line, Some(line_of(&text, "retry_deadline_secs")));
+
+    let text = BEDROCK.replace("linger_ms = 5", "linger_ms = 600000");
+    assert!(err(&text).message.starts_with("linger_ms must be"));
+
+    // Dispatch keys mean nothing for the local model.
+    let text = GOOD.replace(
+        "id = \"sentence-transformers/all-MiniLM-L6-v2\"",
+        "id = \"sentence-transformers/all-MiniLM-L6-v2\"\nlinger_ms = 5",
+    );
+    assert_eq!(
+        err(&text).message,
+        "`linger_ms` applies only to Bedrock models"
+    );
+}

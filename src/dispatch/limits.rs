@@ -1,15 +1,24 @@
-//! Per-model rate limits with `governor`: requests per minute and (estimated) tokens per minute,
-//! shared by every step that uses the model. Bursts are kept small so that no trailing minute
-//! sees more than the quota plus one call.
+//! Per-model rate limits with `governor`: requests per minute and tokens per minute, shared by
+//! every step that uses the model (and, through a `[[quota]]` group, by several models). Bursts
+//! are kept small so that no trailing minute sees more than the quota plus one call.
+//!
+//! Tokens are estimated before a call and corrected from the usage the service reports: a call
+//! that used more than estimated leaves a debt that the next call pays before it goes; one that
+//! used fewer leaves a credit.
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
+use std::sync::Mutex;
 use std::time::Duration;
 
-/// The limiters of one model (either may be absent).
+/// The limiters of one model or quota group (either may be absent).
 pub struct RateLimits {
     requests: Option<DefaultDirectRateLimiter>,
     tokens: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
+    /// Tokens owed (positive) or prepaid (negative) by earlier estimates.
+    debt: Mutex<i64>,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
 }
 
 impl RateLimits {
@@ -29,19 +38,51 @@ impl RateLimits {
                 .allow_burst(burst);
             (RateLimiter::direct(q), burst)
         });
-        Self { requests, tokens }
+        Self {
+            requests,
+            tokens,
+            debt: Mutex::new(0),
+            requests_per_minute: requests_per_minute.filter(|&n| n > 0),
+            tokens_per_minute: tokens_per_minute.filter(|&n| n > 0),
+        }
+    }
+
+    /// No limit at all.
+    pub fn is_unlimited(&self) -> bool {
+        self.requests.is_none() && self.tokens.is_none()
     }
 
     /// Waits until one request of about `tokens` tokens may be sent.
     pub async fn acquire(&self, tokens: u64) {
         if let Some((t, burst)) = &self.tokens {
-            let n = NonZeroU32::new(tokens.clamp(1, burst.get() as u64) as u32)
-                .unwrap_or(NonZeroU32::MIN);
-            // `n` never exceeds the burst, so capacity is always sufficient.
-            let _ = t.until_n_ready(n).await;
+            // Pay the estimate plus what earlier calls owe, at most one burst now; the rest
+            // stays owed and is paid by the next call.
+            let pay = {
+                let mut debt = self.debt.lock().expect("debt lock");
+                let due = *debt + tokens as i64;
+                if due <= 0 {
+                    *debt = due;
+                    0
+                } else {
+                    let pay = due.min(burst.get() as i64);
+                    *debt = due - pay;
+                    pay as u32
+                }
+            };
+            if let Some(n) = NonZeroU32::new(pay) {
+                // `n` never exceeds the burst, so capacity is always sufficient.
+                let _ = t.until_n_ready(n).await;
+            }
         }
         if let Some(r) = &self.requests {
             r.until_ready().await;
+        }
+    }
+
+    /// A call estimated at `estimated` tokens used `actual`.
+    pub fn correct(&self, estimated: u64, actual: u64) {
+        if self.tokens.is_some() && estimated != actual {
+            *self.debt.lock().expect("debt lock") += actual as i64 - estimated as i64;
         }
     }
 }
@@ -70,5 +111,32 @@ mod tests {
     async fn oversized_token_requests_do_not_fail() {
         let l = RateLimits::new(None, Some(60)); // burst 1 token
         l.acquire(10_000).await;
+    }
+
+    #[tokio::test]
+    async fn usage_corrections_are_paid_by_later_calls() {
+        // 6,000 tokens/min: 100 per second, burst 100.
+        let l = RateLimits::new(None, Some(6000));
+        let t = Instant::now();
+        l.acquire(100).await; // the burst: at once
+        assert!(t.elapsed() < Duration::from_millis(50));
+        // The call really used 150 tokens: the next call (estimated 50) pays 100, i.e. waits
+        // a second's worth of tokens.
+        l.correct(100, 150);
+        l.acquire(50).await;
+        assert!(
+            t.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
+        // An overestimate is credited: this call is free.
+        l.correct(50, 0);
+        let t2 = Instant::now();
+        l.acquire(50).await;
+        assert!(
+            t2.elapsed() < Duration::from_millis(50),
+            "{:?}",
+            t2.elapsed()
+        );
     }
 }

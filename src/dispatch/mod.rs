@@ -1,31 +1,40 @@
 //! Dispatch: schedules model calls per model and keeps per-model statistics.
 //!
-//! It checks inputs before sending (pre-flight), splits a step's inputs into calls of the model's
-//! batch size, runs them through the provider (local: length-sorted, on rayon; Bedrock: several
-//! calls in flight, retried with backoff, validation failures split until the bad input is
-//! isolated), and joins results back in input order.
+//! It checks inputs before sending (pre-flight) and hands them to the model: the local model
+//! embeds length-sorted calls on rayon; a Bedrock model's batcher fills calls across steps and
+//! source batches, under per-model (and quota-group) rate limits and an adaptive cap on calls in
+//! flight, retries with backoff, and splits invalid calls until the bad input is isolated.
+//! Results are joined back to their inputs whatever order calls finish in.
 
+mod batcher;
+mod concurrency;
 mod limits;
 mod retry;
+mod telemetry;
 
 use crate::config::{Pipeline, PriceOverride, Provider};
-use crate::models::{self, Family, Image, ImageFormat, Input, ModelSpec, Params, Prices, Usage};
+use crate::models::{self, ImageFormat, ModelSpec, Params, Prices, Usage};
 use crate::plan::Inputs;
-use crate::providers::bedrock::{Bedrock, CallError, Connection, ErrorClass};
+use crate::providers::bedrock::{Bedrock, Connection};
 use crate::providers::local::LocalModel;
 use anyhow::{anyhow, bail, Result};
-use futures::stream::{self, StreamExt};
+use batcher::{Caller, Item, Outcome, Owned, Slot};
+use concurrency::AdaptiveLimit;
 pub use limits::RateLimits;
-pub use retry::RetryPolicy;
+pub use retry::{RetryPolicy, DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use telemetry::Telemetry;
+use tokio::sync::mpsc;
 
-/// Default calls in flight per Bedrock model.
+/// Default calls in flight per Bedrock model (the adaptive cap starts here and never exceeds it).
 pub const DEFAULT_CONCURRENCY: usize = 8;
 /// Default per-call timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time a partly filled call waits for more inputs.
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(20);
 
 /// Run-wide overrides of how models are reached (`--emulator`).
 #[derive(Debug, Clone, Default)]
@@ -41,6 +50,7 @@ pub struct Overrides {
 pub struct ModelStats {
     pub model: String,
     pub model_id: String,
+    /// Successful calls.
     pub calls: u64,
     pub inputs: u64,
     /// Billable units: input tokens (`tokens_estimated` when the service returned no count),
@@ -57,11 +67,21 @@ pub struct ModelStats {
     pub cost_usd: f64,
     #[serde(serialize_with = "crate::report::ser_secs")]
     pub busy: Duration,
-}
-
-enum Backend {
-    Local(LocalModel),
-    Bedrock(Bedrock),
+    /// Call latency (answered attempts), milliseconds.
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    /// Requests (every attempt) and input tokens per minute, from the first request to the last
+    /// answer.
+    pub requests_per_minute: f64,
+    pub tokens_per_minute: f64,
+    /// The limits in force (the tighter of the model's and its quota group's).
+    pub limit_requests_per_minute: Option<u32>,
+    pub limit_tokens_per_minute: Option<u32>,
+    /// The quota group the model shares, if any.
+    pub quota: Option<String>,
+    /// Configured cap on calls in flight, and the lowest the adaptive cap went.
+    pub concurrency: usize,
+    pub concurrency_lowest: usize,
 }
 
 /// What a `[[model]]` produces, known from the pipeline file without loading anything.
@@ -173,9 +193,7 @@ impl ModelInfo {
 pub struct ModelHandle {
     pub info: ModelInfo,
     backend: Backend,
-    retry: RetryPolicy,
-    limits: RateLimits,
-    stats: Mutex<ModelStats>,
+    stats: Arc<Mutex<ModelStats>>,
 }
 
 /// Vectors for a step's inputs, row-major, in input order; or one error per failed input.
@@ -185,45 +203,49 @@ pub struct StepOutput {
     pub failed: Vec<(usize, String, String)>,
 }
 
-/// Owned inputs of one call, movable to a worker thread.
-#[derive(Clone)]
-enum Owned {
-    Text(String),
-    Image(Arc<[u8]>, ImageFormat),
-    TextImage(String, Arc<[u8]>, ImageFormat),
+enum Backend {
+    Local(LocalModel),
+    Bedrock {
+        caller: Arc<Caller>,
+        queue: mpsc::UnboundedSender<Item>,
+    },
 }
-
-impl Owned {
-    fn as_input(&self) -> Input<'_> {
-        match self {
-            Owned::Text(t) => Input::Text(t),
-            Owned::Image(b, f) => Input::Image(Image {
-                bytes: b,
-                format: *f,
-            }),
-            Owned::TextImage(t, b, f) => Input::TextImage(
-                t,
-                Image {
-                    bytes: b,
-                    format: *f,
-                },
-            ),
-        }
-    }
-}
-
-/// The outcome of one position of a Bedrock step.
-type Slot = std::result::Result<Vec<f32>, (String, String)>;
 
 impl ModelHandle {
     /// Loads model `index` of the pipeline (call from a blocking thread inside the runtime).
-    pub fn load(pipeline: &Pipeline, index: usize, overrides: &Overrides) -> Result<Self> {
+    /// `group` is the model's `[[quota]]` group, shared with the other models in it.
+    pub fn load(
+        pipeline: &Pipeline,
+        index: usize,
+        overrides: &Overrides,
+        group: Option<Arc<RateLimits>>,
+    ) -> Result<Self> {
         let mut info = ModelInfo::from_config(pipeline, index);
         if let Some(e) = &overrides.endpoint_url {
             info.connection.endpoint_url = Some(e.clone());
         }
         info.connection.emulator_credentials = overrides.emulator_credentials;
         let cfg = pipeline.model(index);
+        let own = RateLimits::new(
+            cfg.requests_per_minute.as_ref().map(|r| *r.get_ref()),
+            cfg.tokens_per_minute.as_ref().map(|r| *r.get_ref()),
+        );
+        let limits: Vec<Arc<RateLimits>> = std::iter::once(Arc::new(own))
+            .chain(group)
+            .filter(|l| !l.is_unlimited())
+            .collect();
+        let remote = info.spec.provider != Provider::Local;
+        let tightest = |f: fn(&RateLimits) -> Option<u32>| limits.iter().filter_map(|l| f(l)).min();
+        let stats = Arc::new(Mutex::new(ModelStats {
+            model: info.name.clone(),
+            model_id: info.invoke_id.clone(),
+            limit_requests_per_minute: tightest(|l| l.requests_per_minute),
+            limit_tokens_per_minute: tightest(|l| l.tokens_per_minute),
+            quota: cfg.quota.as_ref().map(|q| q.get_ref().clone()),
+            concurrency: if remote { info.concurrency } else { 1 },
+            concurrency_lowest: if remote { info.concurrency } else { 1 },
+            ..Default::default()
+        }));
         let backend = match info.spec.provider {
             Provider::Local => {
                 let path = cfg.path.as_ref().map(|p| pipeline.resolve(p.get_ref()));
@@ -233,36 +255,69 @@ impl ModelHandle {
             }
             Provider::Bedrock => {
                 let conn = info.connection.clone();
-                let client = tokio::runtime::Handle::current()
+                let rt = tokio::runtime::Handle::current();
+                let client = rt
                     .block_on(async move { Bedrock::connect(&conn).await })
                     .map_err(|e| anyhow!("model `{}` ({}): {e:#}", info.name, info.spec.id))?;
-                Backend::Bedrock(client)
+                let retry = RetryPolicy {
+                    max_attempts: cfg
+                        .max_attempts
+                        .as_ref()
+                        .map_or(DEFAULT_MAX_ATTEMPTS, |a| *a.get_ref()),
+                    deadline: cfg
+                        .retry_deadline_secs
+                        .as_ref()
+                        .map_or(DEFAULT_DEADLINE, |d| Duration::from_secs_f64(*d.get_ref())),
+                    ..RetryPolicy::default()
+                };
+                let caller = Arc::new(Caller {
+                    info: info.clone(),
+                    client,
+                    retry,
+                    limits,
+                    concurrency: AdaptiveLimit::new(info.concurrency),
+                    linger: cfg
+                        .linger_ms
+                        .as_ref()
+                        .map_or(DEFAULT_LINGER, |l| Duration::from_millis(*l.get_ref())),
+                    stats: stats.clone(),
+                    telemetry: Arc::new(Mutex::new(Telemetry::default())),
+                });
+                let queue = {
+                    let _guard = rt.enter();
+                    batcher::spawn(caller.clone())
+                };
+                Backend::Bedrock { caller, queue }
             }
         };
         Ok(Self {
-            stats: Mutex::new(ModelStats {
-                model: info.name.clone(),
-                model_id: info.invoke_id.clone(),
-                ..Default::default()
-            }),
+            stats,
             info,
             backend,
-            limits: RateLimits::new(
-                cfg.requests_per_minute.as_ref().map(|r| *r.get_ref()),
-                cfg.tokens_per_minute.as_ref().map(|r| *r.get_ref()),
-            ),
-            retry: RetryPolicy {
-                max_attempts: cfg
-                    .max_attempts
-                    .as_ref()
-                    .map_or(RetryPolicy::default().max_attempts, |a| *a.get_ref()),
-                ..RetryPolicy::default()
-            },
         })
     }
 
+    /// Counters so far, with latency percentiles and achieved rates.
     pub fn stats(&self) -> ModelStats {
-        self.stats.lock().expect("stats lock").clone()
+        let mut s = self.stats.lock().expect("stats lock").clone();
+        if let Backend::Bedrock { caller, .. } = &self.backend {
+            let r = caller.telemetry.lock().expect("telemetry lock").rates();
+            let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
+            s.latency_p50_ms = ms(r.latency_p50);
+            s.latency_p95_ms = ms(r.latency_p95);
+            s.requests_per_minute = r.requests_per_minute.round();
+            s.tokens_per_minute = r.tokens_per_minute.round();
+            s.concurrency_lowest = caller.concurrency.lowest();
+        }
+        s
+    }
+
+    /// Calls in flight allowed right now (Bedrock: the adaptive cap).
+    pub fn concurrency_now(&self) -> usize {
+        match &self.backend {
+            Backend::Bedrock { caller, .. } => caller.concurrency.current(),
+            Backend::Local(_) => 1,
+        }
     }
 
     /// Embeds all `inputs` of a step; `on_call` hears how many inputs each finished call covered.
@@ -277,7 +332,7 @@ impl ModelHandle {
     ) -> Result<StepOutput> {
         match &self.backend {
             Backend::Local(m) => self.embed_local(m, inputs, on_call).await,
-            Backend::Bedrock(b) => self.embed_bedrock(b, inputs, on_call).await,
+            Backend::Bedrock { queue, .. } => self.embed_bedrock(queue, inputs, on_call).await,
         }
     }
 
@@ -334,7 +389,7 @@ impl ModelHandle {
 
     async fn embed_bedrock(
         &self,
-        client: &Bedrock,
+        queue: &mpsc::UnboundedSender<Item>,
         inputs: &Inputs,
         on_call: &(dyn Fn(usize) + Sync),
     ) -> Result<StepOutput> {
@@ -348,8 +403,10 @@ impl ModelHandle {
             )))
         };
         let mut slots: Vec<Option<Slot>> = vec![None; n];
-        // Pre-flight: nothing that would be refused is sent.
-        let mut ready: Vec<(usize, Owned)> = Vec::with_capacity(n);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut queued = 0usize;
+        let closed = || anyhow!("model `{}`: its call queue has stopped", self.info.name);
+        // Pre-flight: nothing that would be refused is sent; the rest joins the model's queue.
         for i in 0..n {
             let owned = match inputs {
                 Inputs::Text(t) => Owned::Text(t[i].clone()),
@@ -368,61 +425,42 @@ impl ModelHandle {
                     }
                 },
             };
-            match models::preflight(spec, params, &owned.as_input()) {
-                Ok(None) => ready.push((i, owned)),
-                Ok(Some(cut)) => ready.push((
-                    i,
-                    match owned {
-                        Owned::TextImage(_, b, f) => Owned::TextImage(cut, b, f),
-                        _ => Owned::Text(cut),
-                    },
-                )),
-                Err((kind, msg)) => slots[i] = Some(Err((kind.into(), msg))),
-            }
+            let owned = match models::preflight(spec, params, &owned.as_input()) {
+                Ok(None) => owned,
+                Ok(Some(cut)) => match owned {
+                    Owned::TextImage(_, b, f) => Owned::TextImage(cut, b, f),
+                    _ => Owned::Text(cut),
+                },
+                Err((kind, msg)) => {
+                    slots[i] = Some(Err((kind.into(), msg)));
+                    continue;
+                }
+            };
+            queue
+                .send(Item::new(&self.info, owned, tx.clone(), i))
+                .map_err(|_| closed())?;
+            queued += 1;
         }
-        let rejected = n - ready.len();
+        drop(tx);
+        let rejected = n - queued;
         if rejected > 0 {
             self.stats.lock().expect("stats lock").rejected_inputs += rejected as u64;
         }
-        // Calls: up to batch_size inputs (Cohere v3 images: one per call) and under the body
-        // limit.
-        let mut calls: Vec<Vec<(usize, Owned)>> = Vec::new();
-        let mut cur: Vec<(usize, Owned)> = Vec::new();
-        let mut cur_bytes = 0usize;
-        let per_call = match (spec.family, inputs) {
-            (Family::CohereV3, Inputs::Image(_)) => 1,
-            _ => self.info.batch_size,
-        };
-        for (i, o) in ready {
-            let size = match &o {
-                Owned::Text(t) => t.len() + 16,
-                Owned::Image(b, _) => b.len().div_ceil(3) * 4 + 64,
-                Owned::TextImage(t, b, _) => t.len() + b.len().div_ceil(3) * 4 + 96,
-            };
-            if !cur.is_empty()
-                && (cur.len() >= per_call || cur_bytes + size > spec.limits.max_body_bytes)
-            {
-                calls.push(std::mem::take(&mut cur));
-                cur_bytes = 0;
+        let mut done = 0usize;
+        while done < queued {
+            let first = rx.recv().await.ok_or_else(closed)?;
+            let mut got = 0usize;
+            let mut next = Some(first);
+            while let Some(outcome) = next {
+                match outcome {
+                    Outcome::Done(i, slot) => slots[i] = Some(slot),
+                    Outcome::Fatal(msg) => bail!(msg),
+                }
+                got += 1;
+                next = rx.try_recv().ok();
             }
-            cur_bytes += size;
-            cur.push((i, o));
-        }
-        if !cur.is_empty() {
-            calls.push(cur);
-        }
-        let mut results = stream::iter(calls)
-            .map(|call| async move {
-                let len = call.len();
-                let out = self.call_splitting(client, call).await;
-                on_call(len);
-                out
-            })
-            .buffer_unordered(self.info.concurrency);
-        while let Some(r) = results.next().await {
-            for (i, slot) in r? {
-                slots[i] = Some(slot);
-            }
+            done += got;
+            on_call(got);
         }
         let dim = self.info.dimension;
         let mut vectors = vec![0f32; n * dim];
@@ -435,156 +473,6 @@ impl ModelHandle {
         }
         Ok(StepOutput { vectors, failed })
     }
-
-    /// Runs one call; when the service rejects a multi-input call as invalid, splits it in halves
-    /// until the bad inputs are isolated, so the others still get their vectors.
-    async fn call_splitting(
-        &self,
-        client: &Bedrock,
-        call: Vec<(usize, Owned)>,
-    ) -> Result<Vec<(usize, Slot)>> {
-        let mut out = Vec::with_capacity(call.len());
-        let mut work = vec![call];
-        while let Some(call) = work.pop() {
-            match self.call_with_retries(client, &call).await {
-                Ok(vectors) => out.extend(
-                    call.iter()
-                        .map(|(i, _)| *i)
-                        .zip(vectors.into_iter().map(Ok)),
-                ),
-                Err(e) if e.class == ErrorClass::Validation && call.len() > 1 => {
-                    let mut a = call;
-                    let b = a.split_off(a.len() / 2);
-                    work.push(b);
-                    work.push(a);
-                }
-                Err(e) if fatal(e.class) => {
-                    bail!(
-                        "model `{}` ({}) cannot be called: {}{}",
-                        self.info.name,
-                        self.info.invoke_id,
-                        e.message,
-                        fatal_help(e.class)
-                    )
-                }
-                Err(e) => {
-                    let kind = e.class.as_str().to_string();
-                    out.extend(
-                        call.iter()
-                            .map(|(i, _)| (*i, Err((kind.clone(), e.message.clone())))),
-                    );
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// One call with retries for throttling, server errors, timeouts and model-not-ready.
-    async fn call_with_retries(
-        &self,
-        client: &Bedrock,
-        call: &[(usize, Owned)],
-    ) -> std::result::Result<Vec<Vec<f32>>, CallError> {
-        let spec = self.info.spec;
-        let params = self.info.params.clone();
-        let owned: Vec<Owned> = call.iter().map(|(_, o)| o.clone()).collect();
-        // Building the body (base64 of images) is CPU work.
-        let (body, inputs_owned) = crate::run::cpu(move || {
-            let inputs: Vec<Input> = owned.iter().map(Owned::as_input).collect();
-            let body = models::build_request(spec, &params, &inputs)
-                .map(|v| serde_json::to_vec(&v).expect("JSON values serialise"));
-            (body, owned)
-        })
-        .await
-        .map_err(|e| CallError {
-            class: ErrorClass::Other,
-            message: e.to_string(),
-        })?;
-        let body = body.map_err(|e| CallError {
-            class: ErrorClass::Validation,
-            message: e.0,
-        })?;
-        let est_tokens: u64 = inputs_owned
-            .iter()
-            .filter_map(|o| o.as_input().text().map(models::estimate_tokens))
-            .sum();
-        let mut attempt = 0u32;
-        loop {
-            // Every attempt counts against the quota, retries too.
-            self.limits.acquire(est_tokens).await;
-            let started = Instant::now();
-            let result = client.invoke(&self.info.invoke_id, body.clone()).await;
-            let result = result.and_then(|resp| {
-                models::parse_response(spec, &self.info.params, &resp, call.len()).map_err(|e| {
-                    CallError {
-                        class: ErrorClass::ServerError,
-                        message: format!("unusable response: {e}"),
-                    }
-                })
-            });
-            let elapsed = started.elapsed();
-            let wait = {
-                let mut stats = self.stats.lock().expect("stats lock");
-                stats.busy += elapsed;
-                match result {
-                    Ok(mut parsed) => {
-                        stats.calls += 1;
-                        stats.inputs += call.len() as u64;
-                        let inputs: Vec<Input> = inputs_owned.iter().map(Owned::as_input).collect();
-                        let u = models::usage(spec, &inputs, &parsed);
-                        stats.usage.add(&u);
-                        stats.cost_usd += u.cost(&self.info.prices);
-                        drop(stats);
-                        if self.info.normalize && spec.family != Family::TitanTextV2 {
-                            parsed
-                                .vectors
-                                .iter_mut()
-                                .for_each(|v| models::l2_normalize(v));
-                        }
-                        return Ok(parsed.vectors);
-                    }
-                    Err(mut e) => {
-                        *stats
-                            .errors
-                            .entry(e.class.as_str().to_string())
-                            .or_default() += 1;
-                        if e.class == ErrorClass::Throttled {
-                            stats.throttled += 1;
-                        }
-                        attempt += 1;
-                        if !e.class.retryable() || attempt >= self.retry.max_attempts {
-                            stats.failed_calls += 1;
-                            if attempt > 1 {
-                                e.message = format!("{} (after {attempt} attempts)", e.message);
-                            }
-                            return Err(e);
-                        }
-                        stats.retries += 1;
-                        tracing::debug!(model = %self.info.name, class = e.class.as_str(), attempt, "retrying: {}", e.message);
-                        self.retry.backoff(attempt, e.class)
-                    }
-                }
-            };
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
-/// Errors that no row can get past: the run stops instead of dead-lettering everything.
-fn fatal(class: ErrorClass) -> bool {
-    matches!(
-        class,
-        ErrorClass::AccessDenied | ErrorClass::Credentials | ErrorClass::NotFound
-    )
-}
-
-fn fatal_help(class: ErrorClass) -> &'static str {
-    match class {
-        ErrorClass::AccessDenied => "\n  help: grant bedrock:InvokeModel on this model to your role, and enable the model in the Bedrock console (Model access) for this region",
-        ErrorClass::Credentials => "\n  help: embedpipe uses the AWS default credential chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE (incl. SSO: `aws sso login`), or an instance/task role",
-        ErrorClass::NotFound => "\n  help: check the model id and that the model is offered in this region (`region` in [[model]])",
-        _ => "",
-    }
 }
 
 /// All models of a pipeline that some step uses, loaded once, indexed like `[[model]]`.
@@ -595,13 +483,34 @@ pub struct Models {
 impl Models {
     /// Loads the models that steps use (unused `[[model]]` tables are not loaded).
     pub fn load(pipeline: &Pipeline, overrides: &Overrides) -> Result<Self> {
+        // One set of limiters per `[[quota]]` group, shared by its models.
+        let groups: BTreeMap<&str, Arc<RateLimits>> = pipeline
+            .file
+            .quotas
+            .iter()
+            .map(|q| {
+                let q = q.get_ref();
+                (
+                    q.name.get_ref().as_str(),
+                    Arc::new(RateLimits::new(
+                        q.requests_per_minute.as_ref().map(|r| *r.get_ref()),
+                        q.tokens_per_minute.as_ref().map(|r| *r.get_ref()),
+                    )),
+                )
+            })
+            .collect();
         let handles = (0..pipeline.file.models.len())
             .map(|i| {
+                let group = pipeline
+                    .model(i)
+                    .quota
+                    .as_ref()
+                    .and_then(|q| groups.get(q.get_ref().as_str()).cloned());
                 pipeline
                     .steps
                     .iter()
                     .any(|s| s.model_index == i)
-                    .then(|| ModelHandle::load(pipeline, i, overrides))
+                    .then(|| ModelHandle::load(pipeline, i, overrides, group))
                     .transpose()
             })
             .collect::<Result<_>>()?;

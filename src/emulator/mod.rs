@@ -162,6 +162,8 @@ pub struct ModelCounters {
     pub max_tokens_per_minute: u64,
     /// Most successful requests seen in any trailing 1-second window.
     pub max_requests_per_second: u64,
+    /// Most requests received (answered or refused) in any trailing 60-second window.
+    pub max_received_per_minute: u64,
     /// Requests by the region in their SigV4 credential scope.
     pub regions: BTreeMap<String, u64>,
 }
@@ -169,8 +171,40 @@ pub struct ModelCounters {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Stats {
     pub requests: u64,
+    /// Most model requests received, over all models, in any trailing 60-second window.
+    pub max_received_per_minute: u64,
+    /// The same over any trailing 1-second window.
+    pub max_received_per_second: u64,
     pub unauthenticated: u64,
     pub models: BTreeMap<String, ModelCounters>,
+}
+
+/// Arrival times within a trailing window.
+struct Arrivals {
+    span: Duration,
+    times: VecDeque<Instant>,
+}
+
+impl Arrivals {
+    fn new(span: Duration) -> Self {
+        Self {
+            span,
+            times: VecDeque::new(),
+        }
+    }
+
+    /// Records an arrival now; returns how many arrived within the trailing window.
+    fn arrive(&mut self, now: Instant) -> u64 {
+        while self
+            .times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.span)
+        {
+            self.times.pop_front();
+        }
+        self.times.push_back(now);
+        self.times.len() as u64
+    }
 }
 
 #[derive(Default)]
@@ -180,6 +214,8 @@ struct Window {
     tokens: u64,
     /// Accepted requests within the last second.
     second: VecDeque<Instant>,
+    /// Every request received within the last minute.
+    received: Option<Arrivals>,
 }
 
 impl Window {
@@ -199,6 +235,15 @@ struct State {
     settings: RwLock<Settings>,
     stats: Mutex<Stats>,
     windows: Mutex<HashMap<String, Window>>,
+    /// Requests to any model in the last minute and the last second.
+    arrivals: Mutex<(Arrivals, Arrivals)>,
+}
+
+fn all_arrivals() -> Mutex<(Arrivals, Arrivals)> {
+    Mutex::new((
+        Arrivals::new(Duration::from_secs(60)),
+        Arrivals::new(Duration::from_secs(1)),
+    ))
 }
 
 /// A running emulator.
@@ -219,6 +264,7 @@ impl Emulator {
             settings: RwLock::new(settings),
             stats: Mutex::new(Stats::default()),
             windows: Mutex::new(HashMap::new()),
+            arrivals: all_arrivals(),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -252,6 +298,7 @@ impl Emulator {
     pub fn reset(&self) {
         *self.state.stats.lock().expect("stats") = Stats::default();
         self.state.windows.lock().expect("windows").clear();
+        *self.state.arrivals.lock().expect("arrivals") = all_arrivals().into_inner().expect("new");
     }
 
     pub fn set(&self, settings: Settings) {
@@ -444,6 +491,28 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, std::
         *c.regions.entry(region.clone()).or_default() += 1;
         f(c);
     };
+    // What arrives, refused or not: a client that respects its quota never exceeds it here.
+    {
+        let now = Instant::now();
+        let model_minute = state
+            .windows
+            .lock()
+            .expect("windows")
+            .entry(base.clone())
+            .or_default()
+            .received
+            .get_or_insert_with(|| Arrivals::new(Duration::from_secs(60)))
+            .arrive(now);
+        let (minute, second) = {
+            let mut a = state.arrivals.lock().expect("arrivals");
+            (a.0.arrive(now), a.1.arrive(now))
+        };
+        let mut s = state.stats.lock().expect("stats");
+        s.max_received_per_minute = s.max_received_per_minute.max(minute);
+        s.max_received_per_second = s.max_received_per_second.max(second);
+        let c = s.models.entry(base.clone()).or_default();
+        c.max_received_per_minute = c.max_received_per_minute.max(model_minute);
+    }
     let latency = settings.latency.sample();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -587,6 +656,7 @@ async fn control(state: &State, ctl: &str, req: Request<Incoming>) -> Resp {
         ("POST", "reset") => {
             *state.stats.lock().expect("stats") = Stats::default();
             state.windows.lock().expect("windows").clear();
+            *state.arrivals.lock().expect("arrivals") = all_arrivals().into_inner().expect("new");
             // (same as Emulator::reset)
             json_response(200, b"{}".to_vec())
         }

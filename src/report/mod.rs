@@ -96,6 +96,28 @@ impl fmt::Display for Summary {
             }
             extra.push(format!("{:.2}s busy", m.busy.as_secs_f64()));
             writeln!(f, "    {}", extra.join(", "))?;
+            if m.requests_per_minute > 0.0 {
+                let limit = |l: Option<u32>| l.map_or(String::new(), |l| format!(" (limit {l})"));
+                let mut rates = format!(
+                    "latency p50 {:.1} ms, p95 {:.1} ms; {:.0} requests/min{}, {:.0} tokens/min{}",
+                    m.latency_p50_ms,
+                    m.latency_p95_ms,
+                    m.requests_per_minute,
+                    limit(m.limit_requests_per_minute),
+                    m.tokens_per_minute,
+                    limit(m.limit_tokens_per_minute),
+                );
+                if let Some(q) = &m.quota {
+                    rates.push_str(&format!(", quota group `{q}`"));
+                }
+                if m.concurrency_lowest < m.concurrency {
+                    rates.push_str(&format!(
+                        "; calls in flight cut from {} to {} by throttling",
+                        m.concurrency, m.concurrency_lowest
+                    ));
+                }
+                writeln!(f, "    {rates}")?;
+            }
         }
         let cost: f64 = self.models.iter().map(|m| m.cost_usd).sum();
         if cost > 0.0 {

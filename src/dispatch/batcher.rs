@@ -1,0 +1,380 @@
+//! The per-model batcher and the Bedrock call machinery.
+//!
+//! Every step that uses a model (in every source batch in flight) hands its inputs to the model's
+//! queue. One batcher task per model takes a free slot under the adaptive concurrency cap, fills a
+//! call up to the family's inputs per call and body limit (lingering briefly when the queue runs
+//! dry, so tails do not wait forever and full calls are not sent half empty), and spawns the call.
+//! A call waits for the rate limits, is sent, retried with backoff, or split in halves when the
+//! service rejects it as invalid; each input's outcome goes back to the step that asked for it.
+
+use super::concurrency::{AdaptiveLimit, Permit};
+use super::limits::RateLimits;
+use super::retry::{Attempts, RetryPolicy};
+use super::telemetry::Telemetry;
+use super::{ModelInfo, ModelStats};
+use crate::models::{self, Family, Image, ImageFormat, Input};
+use crate::providers::bedrock::{Bedrock, CallError, ErrorClass};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Owned inputs of one call, movable to a worker thread.
+#[derive(Clone)]
+pub(crate) enum Owned {
+    Text(String),
+    Image(Arc<[u8]>, ImageFormat),
+    TextImage(String, Arc<[u8]>, ImageFormat),
+}
+
+impl Owned {
+    pub(crate) fn as_input(&self) -> Input<'_> {
+        match self {
+            Owned::Text(t) => Input::Text(t),
+            Owned::Image(b, f) => Input::Image(Image {
+                bytes: b,
+                format: *f,
+            }),
+            Owned::TextImage(t, b, f) => Input::TextImage(
+                t,
+                Image {
+                    bytes: b,
+                    format: *f,
+                },
+            ),
+        }
+    }
+
+    /// Approximate bytes this input adds to a request body (images travel as base64).
+    fn body_bytes(&self) -> usize {
+        match self {
+            Owned::Text(t) => t.len() + 16,
+            Owned::Image(b, _) => b.len().div_ceil(3) * 4 + 64,
+            Owned::TextImage(t, b, _) => t.len() + b.len().div_ceil(3) * 4 + 96,
+        }
+    }
+}
+
+/// The outcome of one input: its vector, or (dead-letter kind, reason).
+pub(crate) type Slot = std::result::Result<Vec<f32>, (String, String)>;
+
+/// What the batcher sends back for one input.
+pub(crate) enum Outcome {
+    Done(usize, Slot),
+    /// The model cannot be called at all (credentials, access, id): the run stops.
+    Fatal(String),
+}
+
+/// One input waiting in a model's queue.
+pub(crate) struct Item {
+    input: Owned,
+    /// Estimated input tokens.
+    tokens: u64,
+    /// Must travel alone (Cohere v3 images).
+    solo: bool,
+    reply: mpsc::UnboundedSender<Outcome>,
+    pos: usize,
+}
+
+impl Item {
+    pub(crate) fn new(
+        info: &ModelInfo,
+        input: Owned,
+        reply: mpsc::UnboundedSender<Outcome>,
+        pos: usize,
+    ) -> Self {
+        let solo = info.spec.family == Family::CohereV3 && matches!(input, Owned::Image(..));
+        let tokens = input.as_input().text().map_or(0, models::estimate_tokens);
+        Self {
+            input,
+            tokens,
+            solo,
+            reply,
+            pos,
+        }
+    }
+}
+
+/// What calls need, shared by the batcher and its call tasks.
+pub(crate) struct Caller {
+    pub info: ModelInfo,
+    pub client: Bedrock,
+    pub retry: RetryPolicy,
+    /// The model's own limits, then its quota group's.
+    pub limits: Vec<Arc<RateLimits>>,
+    pub concurrency: Arc<AdaptiveLimit>,
+    pub linger: Duration,
+    pub stats: Arc<Mutex<ModelStats>>,
+    pub telemetry: Arc<Mutex<Telemetry>>,
+}
+
+/// Starts the batcher of one model; inputs sent to the returned queue get their outcome back
+/// through their own reply channel. The task ends when every sender is dropped.
+pub(crate) fn spawn(caller: Arc<Caller>) -> mpsc::UnboundedSender<Item> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(batch_loop(caller, rx));
+    tx
+}
+
+async fn batch_loop(caller: Arc<Caller>, mut rx: mpsc::UnboundedReceiver<Item>) {
+    let per_call = caller.info.batch_size.max(1);
+    let max_body = caller.info.spec.limits.max_body_bytes;
+    let mut carry: Option<Item> = None;
+    loop {
+        let first = match carry.take() {
+            Some(i) => i,
+            None => match rx.recv().await {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        // Then a slot (never held while idle: retries need slots too). Inputs keep arriving
+        // meanwhile, so calls leave fuller.
+        let permit = caller.concurrency.acquire().await;
+        let mut bytes = first.input.body_bytes();
+        let mut call = vec![first];
+        if !call[0].solo {
+            let linger_until = Instant::now() + caller.linger;
+            while call.len() < per_call {
+                let next = match rx.try_recv() {
+                    Ok(i) => Some(i),
+                    Err(mpsc::error::TryRecvError::Empty) if !caller.linger.is_zero() => {
+                        tokio::time::timeout_at(linger_until, rx.recv())
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                    Err(_) => None,
+                };
+                let Some(item) = next else { break };
+                let size = item.input.body_bytes();
+                if item.solo || bytes + size > max_body {
+                    carry = Some(item);
+                    break;
+                }
+                bytes += size;
+                call.push(item);
+            }
+        }
+        tokio::spawn(run_call(caller.clone(), call, permit));
+    }
+}
+
+/// Runs one call (splitting and retrying as needed) and answers each of its inputs.
+async fn run_call(caller: Arc<Caller>, items: Vec<Item>, permit: Permit) {
+    let call: Vec<(usize, Owned, u64)> = items
+        .iter()
+        .enumerate()
+        .map(|(k, it)| (k, it.input.clone(), it.tokens))
+        .collect();
+    match caller.call_splitting(call, permit).await {
+        Ok(results) => {
+            for (k, slot) in results {
+                let it = &items[k];
+                let _ = it.reply.send(Outcome::Done(it.pos, slot));
+            }
+        }
+        Err(msg) => {
+            for it in &items {
+                let _ = it.reply.send(Outcome::Fatal(msg.clone()));
+            }
+        }
+    }
+}
+
+/// Errors that no row can get past: the run stops instead of dead-lettering everything.
+fn fatal(class: ErrorClass) -> bool {
+    matches!(
+        class,
+        ErrorClass::AccessDenied | ErrorClass::Credentials | ErrorClass::NotFound
+    )
+}
+
+fn fatal_help(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::AccessDenied => "\n  help: grant bedrock:InvokeModel on this model to your role, and enable the model in the Bedrock console (Model access) for this region",
+        ErrorClass::Credentials => "\n  help: embedpipe uses the AWS default credential chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE (incl. SSO: `aws sso login`), or an instance/task role",
+        ErrorClass::NotFound => "\n  help: check the model id and that the model is offered in this region (`region` in [[model]])",
+        _ => "",
+    }
+}
+
+type CallInputs = Vec<(usize, Owned, u64)>;
+
+impl Caller {
+    /// Runs one call; when the service rejects a multi-input call as invalid, splits it in halves
+    /// until the bad inputs are isolated, so the others still get their vectors. An error means
+    /// the model cannot be called at all.
+    async fn call_splitting(
+        &self,
+        call: CallInputs,
+        permit: Permit,
+    ) -> Result<Vec<(usize, Slot)>, String> {
+        let mut out = Vec::with_capacity(call.len());
+        let mut work = vec![call];
+        let mut permit = Some(permit);
+        while let Some(call) = work.pop() {
+            match self.call_with_retries(&call, permit.take()).await {
+                Ok(vectors) => out.extend(
+                    call.iter()
+                        .map(|(i, _, _)| *i)
+                        .zip(vectors.into_iter().map(Ok)),
+                ),
+                Err(e) if e.class == ErrorClass::Validation && call.len() > 1 => {
+                    let mut a = call;
+                    let b = a.split_off(a.len() / 2);
+                    work.push(b);
+                    work.push(a);
+                }
+                Err(e) if fatal(e.class) => {
+                    return Err(format!(
+                        "model `{}` ({}) cannot be called: {}{}",
+                        self.info.name,
+                        self.info.invoke_id,
+                        e.message,
+                        fatal_help(e.class)
+                    ))
+                }
+                Err(e) => {
+                    let kind = e.class.as_str().to_string();
+                    out.extend(
+                        call.iter()
+                            .map(|(i, _, _)| (*i, Err((kind.clone(), e.message.clone())))),
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One call with retries for throttling, server errors, timeouts and model-not-ready. The
+    /// first attempt may come with a slot already taken.
+    async fn call_with_retries(
+        &self,
+        call: &[(usize, Owned, u64)],
+        mut permit: Option<Permit>,
+    ) -> Result<Vec<Vec<f32>>, CallError> {
+        let spec = self.info.spec;
+        let params = self.info.params.clone();
+        let owned: Vec<Owned> = call.iter().map(|(_, o, _)| o.clone()).collect();
+        // Building the body (base64 of images) is CPU work.
+        let (body, inputs_owned) = crate::run::cpu(move || {
+            let inputs: Vec<Input> = owned.iter().map(Owned::as_input).collect();
+            let body = models::build_request(spec, &params, &inputs)
+                .map(|v| serde_json::to_vec(&v).expect("JSON values serialise"));
+            (body, owned)
+        })
+        .await
+        .map_err(|e| CallError {
+            class: ErrorClass::Other,
+            message: e.to_string(),
+        })?;
+        let body = body.map_err(|e| CallError {
+            class: ErrorClass::Validation,
+            message: e.0,
+        })?;
+        let est_tokens: u64 = call.iter().map(|(_, _, t)| t).sum();
+        let first_attempt = Instant::now();
+        let mut attempts = Attempts::default();
+        loop {
+            let mut slot = match permit.take() {
+                Some(p) => p,
+                None => self.concurrency.acquire().await,
+            };
+            // Every attempt counts against the quota, retries too.
+            for l in &self.limits {
+                l.acquire(est_tokens).await;
+            }
+            slot.sent_now();
+            let sent = Instant::now();
+            let result = self.client.invoke(&self.info.invoke_id, body.clone()).await;
+            let answered = result.is_ok()
+                || result
+                    .as_ref()
+                    .is_err_and(|e| !matches!(e.class, ErrorClass::Timeout | ErrorClass::Network));
+            self.telemetry
+                .lock()
+                .expect("telemetry lock")
+                .attempt(sent.into_std(), answered);
+            let result = match result {
+                // Parsing a response (up to 96 × 1,536 floats) is CPU work.
+                Ok(resp) => {
+                    let (params, n) = (self.info.params.clone(), call.len());
+                    crate::run::cpu(move || models::parse_response(spec, &params, &resp, n))
+                        .await
+                        .unwrap_or_else(|e| Err(models::WireError(e.to_string())))
+                        .map_err(|e| CallError {
+                            class: ErrorClass::ServerError,
+                            message: format!("unusable response: {e}"),
+                        })
+                }
+                Err(e) => Err(e),
+            };
+            let elapsed = sent.elapsed();
+            match result {
+                Ok(mut parsed) => {
+                    slot.success();
+                    let inputs: Vec<Input> = inputs_owned.iter().map(Owned::as_input).collect();
+                    let u = models::usage(spec, &inputs, &parsed);
+                    for l in &self.limits {
+                        l.correct(est_tokens, u.input_tokens);
+                    }
+                    self.telemetry
+                        .lock()
+                        .expect("telemetry lock")
+                        .tokens(u.input_tokens);
+                    {
+                        let mut stats = self.stats.lock().expect("stats lock");
+                        stats.busy += elapsed;
+                        stats.calls += 1;
+                        stats.inputs += call.len() as u64;
+                        stats.usage.add(&u);
+                        stats.cost_usd += u.cost(&self.info.prices);
+                    }
+                    if self.info.normalize && spec.family != Family::TitanTextV2 {
+                        parsed
+                            .vectors
+                            .iter_mut()
+                            .for_each(|v| models::l2_normalize(v));
+                    }
+                    return Ok(parsed.vectors);
+                }
+                Err(mut e) => {
+                    if e.class == ErrorClass::Throttled {
+                        slot.throttled();
+                    } else {
+                        drop(slot);
+                    }
+                    let wait = self
+                        .retry
+                        .next(&mut attempts, e.class, first_attempt.elapsed());
+                    {
+                        let mut stats = self.stats.lock().expect("stats lock");
+                        stats.busy += elapsed;
+                        *stats
+                            .errors
+                            .entry(e.class.as_str().to_string())
+                            .or_default() += 1;
+                        if e.class == ErrorClass::Throttled {
+                            stats.throttled += 1;
+                        }
+                        if wait.is_some() {
+                            stats.retries += 1;
+                        } else {
+                            stats.failed_calls += 1;
+                        }
+                    }
+                    let Some(wait) = wait else {
+                        let n = attempts.total();
+                        if n > 1 {
+                            e.message = format!("{} (after {n} attempts)", e.message);
+                        }
+                        return Err(e);
+                    };
+                    tracing::debug!(model = %self.info.name, class = e.class.as_str(), attempt = attempts.total(), "retrying in {wait:?}: {}", e.message);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}

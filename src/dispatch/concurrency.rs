@@ -1,0 +1,159 @@
+//! Adaptive cap on calls in flight: additive increase, multiplicative decrease (AIMD).
+//!
+//! Every successful call raises the cap by `1/cap` (one whole call per round of calls); a
+//! throttled call halves it, at most once per round: a throttle counts only if its call was sent
+//! after the last decrease, so a burst of throttles from calls that were already on the wire
+//! halves the cap once. The cap never exceeds the configured `concurrency` nor drops below one.
+
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub struct AdaptiveLimit {
+    max: usize,
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+struct State {
+    limit: f64,
+    in_flight: usize,
+    /// When the cap was last decreased.
+    decreased_at: Option<Instant>,
+    lowest: f64,
+}
+
+/// One call's slot; dropping it frees the slot.
+pub struct Permit {
+    owner: Arc<AdaptiveLimit>,
+    sent: Instant,
+}
+
+impl AdaptiveLimit {
+    pub fn new(max: usize) -> Arc<Self> {
+        let max = max.max(1);
+        Arc::new(Self {
+            max,
+            state: Mutex::new(State {
+                limit: max as f64,
+                in_flight: 0,
+                decreased_at: None,
+                lowest: max as f64,
+            }),
+            notify: Notify::new(),
+        })
+    }
+
+    /// Waits for a free slot under the current cap.
+    pub async fn acquire(self: &Arc<Self>) -> Permit {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut s = self.state.lock().expect("limit lock");
+                if s.in_flight < (s.limit as usize).max(1) {
+                    s.in_flight += 1;
+                    return Permit {
+                        owner: self.clone(),
+                        sent: Instant::now(),
+                    };
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The current cap (whole calls).
+    pub fn current(&self) -> usize {
+        (self.state.lock().expect("limit lock").limit as usize).max(1)
+    }
+
+    /// The lowest cap reached so far.
+    pub fn lowest(&self) -> usize {
+        (self.state.lock().expect("limit lock").lowest as usize).max(1)
+    }
+}
+
+impl Permit {
+    /// Marks the moment the call goes on the wire (after rate-limit waits).
+    pub fn sent_now(&mut self) {
+        self.sent = Instant::now();
+    }
+
+    /// The call succeeded: additive increase.
+    pub fn success(self) {
+        {
+            let mut s = self.owner.state.lock().expect("limit lock");
+            s.limit = (s.limit + 1.0 / s.limit).min(self.owner.max as f64);
+        }
+        // Dropping `self` frees the slot and wakes waiters.
+    }
+
+    /// The call was throttled: multiplicative decrease, once per round.
+    pub fn throttled(self) {
+        {
+            let mut s = self.owner.state.lock().expect("limit lock");
+            if s.decreased_at.is_none_or(|d| self.sent >= d) {
+                s.limit = (s.limit / 2.0).max(1.0);
+                s.lowest = s.lowest.min(s.limit);
+                s.decreased_at = Some(Instant::now());
+                tracing::debug!(limit = s.limit, "throttled: fewer calls in flight");
+            }
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.owner.state.lock().expect("limit lock").in_flight -= 1;
+        self.owner.notify.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn caps_calls_in_flight() {
+        let l = AdaptiveLimit::new(2);
+        let a = l.acquire().await;
+        let _b = l.acquire().await;
+        let third = tokio::time::timeout(std::time::Duration::from_millis(30), l.acquire()).await;
+        assert!(third.is_err(), "a third call waits");
+        drop(a);
+        let c = tokio::time::timeout(std::time::Duration::from_millis(300), l.acquire()).await;
+        assert!(c.is_ok(), "a freed slot is taken");
+    }
+
+    #[tokio::test]
+    async fn halves_once_per_round_and_recovers() {
+        let l = AdaptiveLimit::new(16);
+        let permits: Vec<Permit> = futures::future::join_all((0..16).map(|_| l.acquire())).await;
+        // Sixteen calls sent before the first throttle: all their throttles count as one.
+        for p in permits {
+            p.throttled();
+        }
+        assert_eq!(l.current(), 8);
+        // A call sent after the decrease may decrease again.
+        l.acquire().await.throttled();
+        assert_eq!(l.current(), 4);
+        assert_eq!(l.lowest(), 4);
+        // Successes climb back one call per round, never above the maximum.
+        for _ in 0..1000 {
+            l.acquire().await.success();
+        }
+        assert_eq!(l.current(), 16);
+    }
+
+    #[tokio::test]
+    async fn never_below_one() {
+        let l = AdaptiveLimit::new(4);
+        for _ in 0..10 {
+            l.acquire().await.throttled();
+        }
+        assert_eq!(l.current(), 1);
+        let _p = l.acquire().await;
+    }
+}
