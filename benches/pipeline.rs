@@ -13,6 +13,8 @@
 //! 6. end to end at zero latency: Parquet → Cohere v3 (1024-d) on the emulator → LanceDB, rows/s
 //!    and the process's peak RSS (run it alone: `EMBEDPIPE_BENCH=e2e`).
 //!
+//! `EMBEDPIPE_BENCH_REQUESTS` changes the 10,000 requests of the dispatch bench and
+//! `EMBEDPIPE_BENCH_MODEL=titan|cohere` runs one model's cases;
 //! `EMBEDPIPE_BENCH_ROWS` sets the rows of the generated Parquet file (default 500000; `e2e`
 //! default 1000000); `EMBEDPIPE_BENCH=sink|model|emulator|transform|dispatch|e2e` runs one of
 //! them (`e2e` runs only when asked for).
@@ -311,7 +313,12 @@ fn bench_transform() {
 
 /// A pipeline file around one Bedrock `[[model]]` (the source is a tiny CSV; the dispatch bench
 /// feeds inputs itself).
-fn bedrock_pipeline(dir: &std::path::Path, source: &str, model: &str) -> Arc<Pipeline> {
+fn bedrock_pipeline(
+    dir: &std::path::Path,
+    source: &str,
+    model: &str,
+    embed: &str,
+) -> Arc<Pipeline> {
     std::fs::write(dir.join("rows.csv"), "id,text\na,alpha\n").unwrap();
     let text = format!(
         r#"
@@ -323,7 +330,7 @@ provider = "bedrock"
 {model}
 [[embed]]
 model = "m"
-column = "text"
+{embed}
 [sink]
 uri = "db"
 table = "bench"
@@ -343,15 +350,28 @@ async fn bench_dispatch_case(
     use embedpipe::emulator::{Emulator, Latency, Settings};
     use embedpipe::plan::Inputs;
     use futures::StreamExt;
-    let requests = 10_000usize;
-    let emu = Emulator::start(
-        ([127, 0, 0, 1], 0).into(),
-        Settings {
+    let requests: usize = std::env::var("EMBEDPIPE_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    // The emulator gets a runtime (one thread) of its own, as a remote service would, so its
+    // timers do not queue behind the client's tasks.
+    let (emu, emu_rt) = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let settings = Settings {
             latency: Latency::Fixed { ms: latency_ms },
             ..Default::default()
-        },
-    )
-    .await
+        };
+        let emu = rt
+            .block_on(Emulator::start(([127, 0, 0, 1], 0).into(), settings))
+            .unwrap();
+        (emu, rt)
+    })
+    .join()
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let limit = rpm.map_or(String::new(), |r| format!("requests_per_minute = {r}\n"));
@@ -359,6 +379,7 @@ async fn bench_dispatch_case(
         tmp.path(),
         "type = \"csv\"\npath = \"rows.csv\"",
         &format!("id = \"{model_id}\"\nconcurrency = {concurrency}\n{limit}"),
+        "column = \"text\"",
     );
     let overrides = Overrides {
         endpoint_url: Some(emu.endpoint()),
@@ -399,14 +420,19 @@ async fn bench_dispatch_case(
     feed(requests * per_call).await;
     let secs = t.elapsed().as_secs_f64();
     let c = emu.stats().models[handle.info.spec.id].clone();
-    assert_eq!(c.ok as usize, requests, "{c:?}");
-    let achieved = c.requests as f64 / secs;
+    drop(emu);
+    emu_rt.shutdown_background();
+    assert_eq!(c.inputs as usize, requests * per_call, "{c:?}");
+    assert!(c.errors.is_empty(), "{c:?}");
+    // In full calls' worth of inputs (a call may leave part-filled when its linger ends).
+    let achieved = c.inputs as f64 / per_call as f64 / secs;
     let by_concurrency = concurrency as f64 / (latency_ms / 1000.0);
     let ideal = rpm.map_or(by_concurrency, |r| by_concurrency.min(r as f64 / 60.0));
     let stats = handle.stats();
     println!(
-        "dispatch {model_id} ({per_call}/call), L = {latency_ms} ms, C = {concurrency}, R = {}: {:.1} requests/s ({:.0} inputs/s) vs ideal {:.1}: ratio {:.3}; p50 {:.1} ms, p95 {:.1} ms",
+        "dispatch {model_id} ({per_call}/call), L = {latency_ms} ms, C = {concurrency}, R = {}: {} calls, {:.1} full calls/s ({:.0} inputs/s) vs ideal {:.1}: ratio {:.3}; p50 {:.1} ms, p95 {:.1} ms",
         rpm.map_or("none".to_string(), |r| format!("{r}/min")),
+        c.requests,
         achieved,
         achieved * per_call as f64,
         ideal,
@@ -417,10 +443,15 @@ async fn bench_dispatch_case(
 }
 
 async fn bench_dispatch() {
-    bench_dispatch_case("amazon.titan-embed-text-v2:0", 64, 50.0, None).await;
-    bench_dispatch_case("amazon.titan-embed-text-v2:0", 64, 50.0, Some(30_000)).await;
-    bench_dispatch_case("cohere.embed-english-v3", 8, 50.0, None).await;
-    bench_dispatch_case("cohere.embed-english-v3", 8, 50.0, Some(6_000)).await;
+    let only = std::env::var("EMBEDPIPE_BENCH_MODEL").unwrap_or_default();
+    if only.is_empty() || only == "titan" {
+        bench_dispatch_case("amazon.titan-embed-text-v2:0", 64, 50.0, None).await;
+        bench_dispatch_case("amazon.titan-embed-text-v2:0", 64, 50.0, Some(30_000)).await;
+    }
+    if only.is_empty() || only == "cohere" {
+        bench_dispatch_case("cohere.embed-english-v3", 8, 50.0, None).await;
+        bench_dispatch_case("cohere.embed-english-v3", 8, 50.0, Some(6_000)).await;
+    }
 }
 
 async fn bench_e2e(rows: usize) {
@@ -436,6 +467,7 @@ async fn bench_e2e(rows: usize) {
         tmp.path(),
         "type = \"parquet\"\npath = \"data.parquet\"",
         "id = \"cohere.embed-english-v3\"\nconcurrency = 8",
+        "text = \"{title} ({topic})\"",
     );
     let t = Instant::now();
     let summary = run(
@@ -461,6 +493,12 @@ async fn bench_e2e(rows: usize) {
 }
 
 fn main() {
+    if let Ok(filter) = std::env::var("EMBEDPIPE_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     // `cargo bench` passes `--bench`; ignore arguments.
     let rows: usize = std::env::var("EMBEDPIPE_BENCH_ROWS")
         .ok()

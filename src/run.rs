@@ -238,6 +238,7 @@ async fn pump(
         .buffered(batches_in_flight(pipeline, models)));
     while let Some(out) = results.next().await {
         let out = out?;
+        tracing::trace!(rows = out.read, "batch embedded");
         counters.read += out.read;
         for d in &out.dead {
             failures.write(d)?;
@@ -245,6 +246,7 @@ async fn pump(
         if let Some(batch) = out.batch {
             counters.written += batch.num_rows() as u64;
             writer.send(batch).await?;
+            tracing::trace!("batch sent to the writer");
         }
         progress.batch_done(out.read, out.inputs);
     }
@@ -334,6 +336,7 @@ async fn embed_batch(
         per_step.push((p, step_out.vectors));
     }
     out.inputs = embedded.load(Ordering::Relaxed);
+    tracing::trace!(rows = n, "steps done");
     let keep: Vec<u32> = (0..n as u32)
         .filter(|&i| failed[i as usize].is_none())
         .collect();

@@ -136,16 +136,11 @@ async fn batch_loop(caller: Arc<Caller>, mut rx: mpsc::UnboundedReceiver<Item>) 
         if !call[0].solo {
             let linger_until = Instant::now() + caller.linger;
             while call.len() < per_call {
-                let next = match rx.try_recv() {
-                    Ok(i) => Some(i),
-                    Err(mpsc::error::TryRecvError::Empty) if !caller.linger.is_zero() => {
-                        tokio::time::timeout_at(linger_until, rx.recv())
-                            .await
-                            .ok()
-                            .flatten()
-                    }
-                    Err(_) => None,
-                };
+                // (An input already queued is taken at once, even when the linger is over.)
+                let next = tokio::time::timeout_at(linger_until, rx.recv())
+                    .await
+                    .ok()
+                    .flatten();
                 let Some(item) = next else { break };
                 let size = item.input.body_bytes();
                 if item.solo || bytes + size > max_body {
@@ -156,6 +151,7 @@ async fn batch_loop(caller: Arc<Caller>, mut rx: mpsc::UnboundedReceiver<Item>) 
                 call.push(item);
             }
         }
+        tracing::trace!(model = %caller.info.name, inputs = call.len(), "call formed");
         tokio::spawn(run_call(caller.clone(), call, permit));
     }
 }
@@ -167,7 +163,9 @@ async fn run_call(caller: Arc<Caller>, items: Vec<Item>, permit: Permit) {
         .enumerate()
         .map(|(k, it)| (k, it.input.clone(), it.tokens))
         .collect();
-    match caller.call_splitting(call, permit).await {
+    let outcome = caller.call_splitting(call, permit).await;
+    tracing::trace!(model = %caller.info.name, inputs = items.len(), ok = outcome.is_ok(), "call done");
+    match outcome {
         Ok(results) => {
             for (k, slot) in results {
                 let it = &items[k];
@@ -200,6 +198,10 @@ fn fatal_help(class: ErrorClass) -> &'static str {
 }
 
 type CallInputs = Vec<(usize, Owned, u64)>;
+
+/// Request bodies and responses up to this size are built and parsed on the calling task
+/// (tens of microseconds); larger ones go to rayon.
+const INLINE_BYTES: usize = 64 * 1024;
 
 impl Caller {
     /// Runs one call; when the service rejects a multi-input call as invalid, splits it in halves
@@ -257,18 +259,23 @@ impl Caller {
         let spec = self.info.spec;
         let params = self.info.params.clone();
         let owned: Vec<Owned> = call.iter().map(|(_, o, _)| o.clone()).collect();
-        // Building the body (base64 of images) is CPU work.
-        let (body, inputs_owned) = crate::run::cpu(move || {
+        let build = move || {
             let inputs: Vec<Input> = owned.iter().map(Owned::as_input).collect();
             let body = models::build_request(spec, &params, &inputs)
                 .map(|v| serde_json::to_vec(&v).expect("JSON values serialise"));
             (body, owned)
-        })
-        .await
-        .map_err(|e| CallError {
-            class: ErrorClass::Other,
-            message: e.to_string(),
-        })?;
+        };
+        let body_bytes: usize = call.iter().map(|(_, o, _)| o.body_bytes()).sum();
+        // Building a large body (base64 of images) is CPU work for rayon; a few texts are
+        // cheaper to build here than to hand over.
+        let (body, inputs_owned) = if body_bytes <= INLINE_BYTES {
+            build()
+        } else {
+            crate::run::cpu(build).await.map_err(|e| CallError {
+                class: ErrorClass::Other,
+                message: e.to_string(),
+            })?
+        };
         let body = body.map_err(|e| CallError {
             class: ErrorClass::Validation,
             message: e.0,
@@ -288,6 +295,13 @@ impl Caller {
             slot.sent_now();
             let sent = Instant::now();
             let result = self.client.invoke(&self.info.invoke_id, body.clone()).await;
+            // The call is off the wire: free its slot before parsing (local CPU work), and tell
+            // the adaptive cap how it went.
+            match &result {
+                Err(e) if e.class == ErrorClass::Throttled => slot.throttled(),
+                Err(_) => drop(slot),
+                Ok(_) => slot.success(),
+            }
             let answered = result.is_ok()
                 || result
                     .as_ref()
@@ -297,23 +311,26 @@ impl Caller {
                 .expect("telemetry lock")
                 .attempt(sent.into_std(), answered);
             let result = match result {
-                // Parsing a response (up to 96 × 1,536 floats) is CPU work.
+                // Parsing a large response (up to 96 × 1,536 floats) is CPU work for rayon.
                 Ok(resp) => {
                     let (params, n) = (self.info.params.clone(), call.len());
-                    crate::run::cpu(move || models::parse_response(spec, &params, &resp, n))
-                        .await
-                        .unwrap_or_else(|e| Err(models::WireError(e.to_string())))
-                        .map_err(|e| CallError {
-                            class: ErrorClass::ServerError,
-                            message: format!("unusable response: {e}"),
-                        })
+                    let parsed = if resp.len() <= INLINE_BYTES {
+                        models::parse_response(spec, &params, &resp, n)
+                    } else {
+                        crate::run::cpu(move || models::parse_response(spec, &params, &resp, n))
+                            .await
+                            .unwrap_or_else(|e| Err(models::WireError(e.to_string())))
+                    };
+                    parsed.map_err(|e| CallError {
+                        class: ErrorClass::ServerError,
+                        message: format!("unusable response: {e}"),
+                    })
                 }
                 Err(e) => Err(e),
             };
             let elapsed = sent.elapsed();
             match result {
                 Ok(mut parsed) => {
-                    slot.success();
                     let inputs: Vec<Input> = inputs_owned.iter().map(Owned::as_input).collect();
                     let u = models::usage(spec, &inputs, &parsed);
                     for l in &self.limits {
@@ -340,11 +357,6 @@ impl Caller {
                     return Ok(parsed.vectors);
                 }
                 Err(mut e) => {
-                    if e.class == ErrorClass::Throttled {
-                        slot.throttled();
-                    } else {
-                        drop(slot);
-                    }
                     let wait = self
                         .retry
                         .next(&mut attempts, e.class, first_attempt.elapsed());

@@ -1,6 +1,11 @@
 //! Per-model rate limits with `governor`: requests per minute and tokens per minute, shared by
-//! every step that uses the model (and, through a `[[quota]]` group, by several models). Bursts
-//! are kept small so that no trailing minute sees more than the quota plus one call.
+//! every step that uses the model (and, through a `[[quota]]` group, by several models).
+//!
+//! GCRA with period T and burst b admits n calls over no less than (n − b)·T, so a window
+//! shorter than a minute holds at most 60/T + b − 1 of them. Requests use a burst of two at
+//! Q − 1 per minute: never more than Q in any minute, and a call that wakes a little late
+//! (timer granularity) does not lose its slot, as it would with a burst of one. Tokens use a
+//! burst of one second's worth b, at Q − b + 1 per minute: never more than Q in any minute.
 //!
 //! Tokens are estimated before a call and corrected from the usage the service reports: a call
 //! that used more than estimated leaves a debt that the next call pays before it goes; one that
@@ -23,20 +28,22 @@ pub struct RateLimits {
 
 impl RateLimits {
     pub fn new(requests_per_minute: Option<u32>, tokens_per_minute: Option<u32>) -> Self {
-        let per = |n: u32| Duration::from_secs(60).div_f64(n as f64);
-        let requests = requests_per_minute.and_then(NonZeroU32::new).map(|n| {
-            let q = Quota::with_period(per(n.get()))
+        // `n` per minute in bursts of `burst`, at most `n` in any minute (see the module docs).
+        let gcra = |n: u32, burst: u32| {
+            let (rate, burst) = if n > burst {
+                (n - burst + 1, burst)
+            } else {
+                (n, 1)
+            };
+            let q = Quota::with_period(Duration::from_secs(60).div_f64(rate as f64))
                 .expect("positive period")
-                .allow_burst(NonZeroU32::MIN);
-            RateLimiter::direct(q)
-        });
-        let tokens = tokens_per_minute.and_then(NonZeroU32::new).map(|n| {
-            // One second's worth of tokens may go at once (at least one).
-            let burst = NonZeroU32::new(n.get() / 60).unwrap_or(NonZeroU32::MIN);
-            let q = Quota::with_period(per(n.get()))
-                .expect("positive period")
-                .allow_burst(burst);
+                .allow_burst(NonZeroU32::new(burst).expect("positive burst"));
             (RateLimiter::direct(q), burst)
+        };
+        let requests = requests_per_minute.filter(|&n| n > 0).map(|n| gcra(n, 2).0);
+        let tokens = tokens_per_minute.filter(|&n| n > 0).map(|n| {
+            let (limiter, burst) = gcra(n, (n / 60).max(1));
+            (limiter, NonZeroU32::new(burst).expect("positive burst"))
         });
         Self {
             requests,
@@ -93,13 +100,13 @@ mod tests {
     use std::time::Instant;
 
     #[tokio::test]
-    async fn requests_are_spaced_after_a_burst_of_one() {
+    async fn requests_are_spaced_after_a_burst_of_two() {
         let l = RateLimits::new(Some(1200), None); // one per 50 ms
         let t = Instant::now();
-        for _ in 0..5 {
+        for _ in 0..6 {
             l.acquire(1).await;
         }
-        // The first goes at once, the next four wait 50 ms each.
+        // The first two go at once, the next four wait 50 ms each.
         assert!(
             t.elapsed() >= Duration::from_millis(190),
             "{:?}",

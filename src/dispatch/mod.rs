@@ -446,21 +446,13 @@ impl ModelHandle {
         if rejected > 0 {
             self.stats.lock().expect("stats lock").rejected_inputs += rejected as u64;
         }
-        let mut done = 0usize;
-        while done < queued {
-            let first = rx.recv().await.ok_or_else(closed)?;
-            let mut got = 0usize;
-            let mut next = Some(first);
-            while let Some(outcome) = next {
-                match outcome {
-                    Outcome::Done(i, slot) => slots[i] = Some(slot),
-                    Outcome::Fatal(msg) => bail!(msg),
-                }
-                got += 1;
-                next = rx.try_recv().ok();
+        tracing::trace!(model = %self.info.name, queued, "inputs queued");
+        for _ in 0..queued {
+            match rx.recv().await.ok_or_else(closed)? {
+                Outcome::Done(i, slot) => slots[i] = Some(slot),
+                Outcome::Fatal(msg) => bail!(msg),
             }
-            done += got;
-            on_call(got);
+            on_call(1);
         }
         let dim = self.info.dimension;
         let mut vectors = vec![0f32; n * dim];

@@ -429,7 +429,23 @@ fn check_sigv4<B>(req: &Request<B>) -> Result<(String, String), ApiError> {
     Ok((scope[0].to_string(), scope[2].to_string()))
 }
 
+/// Answers a request no sooner than the configured latency after it arrived: the work of
+/// answering (validation, vectors, JSON) is part of the latency, not added to it.
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, std::io::Error> {
+    let arrived = tokio::time::Instant::now();
+    let mut latency = Duration::ZERO;
+    let result = answer(state, req, &mut latency).await;
+    if !latency.is_zero() {
+        tokio::time::sleep_until(arrived + latency).await;
+    }
+    result
+}
+
+async fn answer(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    latency: &mut Duration,
+) -> Result<Resp, std::io::Error> {
     let path = req.uri().path().to_string();
     // Control plane (unsigned, loopback only).
     if let Some(ctl) = path.strip_prefix("/_emulator/") {
@@ -513,10 +529,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, std::
         let c = s.models.entry(base.clone()).or_default();
         c.max_received_per_minute = c.max_received_per_minute.max(model_minute);
     }
-    let latency = settings.latency.sample();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
+    *latency = settings.latency.sample();
     let fail = |code: &'static str| {
         move |c: &mut ModelCounters| *c.errors.entry(code.to_string()).or_default() += 1
     };
