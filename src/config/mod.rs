@@ -618,16 +618,25 @@ impl Pipeline {
                     )
                     .with_help("set requests_per_minute, tokens_per_minute or both"));
             }
-            for r in [&g.requests_per_minute, &g.tokens_per_minute]
-                .into_iter()
-                .flatten()
-            {
-                if *r.get_ref() == 0 {
-                    return Err(self.error(r.span(), "a rate limit must be at least 1 per minute"));
-                }
-            }
+            self.check_rates(&g.requests_per_minute, &g.tokens_per_minute)?;
         }
         Ok(())
+    }
+
+    /// Requests and tokens per minute, when set, are at least one.
+    fn check_rates(
+        &self,
+        requests: &Option<Spanned<u32>>,
+        tokens: &Option<Spanned<u32>>,
+    ) -> Result<(), ConfigError> {
+        match [requests, tokens]
+            .into_iter()
+            .flatten()
+            .find(|r| *r.get_ref() == 0)
+        {
+            Some(r) => Err(self.error(r.span(), "a rate limit must be at least 1 per minute")),
+            None => Ok(()),
+        }
     }
 
     fn check_models(&self) -> Result<(), ConfigError> {
@@ -796,14 +805,7 @@ impl Pipeline {
                 return Err(self.error(c.span(), "concurrency must be between 1 and 1024"));
             }
         }
-        for r in [&cfg.requests_per_minute, &cfg.tokens_per_minute]
-            .into_iter()
-            .flatten()
-        {
-            if *r.get_ref() == 0 {
-                return Err(self.error(r.span(), "a rate limit must be at least 1 per minute"));
-            }
-        }
+        self.check_rates(&cfg.requests_per_minute, &cfg.tokens_per_minute)?;
         if let Some(a) = &cfg.max_attempts {
             if *a.get_ref() == 0 || *a.get_ref() > 100 {
                 return Err(self.error(a.span(), "max_attempts must be between 1 and 100"));

@@ -268,6 +268,16 @@ fn quota_groups_and_dispatch_keys_are_checked() {
     );
     assert_eq!(err(&text).message, "quota group `titan` is declared twice");
 
+    for (from, to) in [
+        ("requests_per_minute = 600", "requests_per_minute = 0"),
+        ("linger_ms = 5", "linger_ms = 5\ntokens_per_minute = 0"),
+    ] {
+        let text = BEDROCK.replace(from, to);
+        let e = err(&text);
+        assert_eq!(e.message, "a rate limit must be at least 1 per minute");
+        assert_eq!(e.line, Some(line_of(&text, &to[to.len() - 20..])));
+    }
+
     let text = BEDROCK.replace("retry_deadline_secs = 120", "retry_deadline_secs = 0");
     let e = err(&text);
     assert!(e.message.starts_with("retry_deadline_secs must be"), "{e}");
