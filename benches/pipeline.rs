@@ -13,7 +13,8 @@
 //! 6. end to end at zero latency: Parquet → Cohere v3 (1024-d) on the emulator → LanceDB, rows/s
 //!    and the process's peak RSS (run it alone: `EMBEDPIPE_BENCH=e2e`).
 //!
-//! `EMBEDPIPE_BENCH_REQUESTS` changes the 10,000 requests of the dispatch bench and
+//! `EMBEDPIPE_BENCH_REQUESTS` changes the 10,000 requests of the dispatch bench,
+//! `EMBEDPIPE_BENCH_LATENCY_MS` its emulator latency (default 50) and
 //! `EMBEDPIPE_BENCH_MODEL=titan|cohere` runs one model's cases;
 //! `EMBEDPIPE_BENCH_ROWS` sets the rows of the generated Parquet file (default 500000; `e2e`
 //! default 1000000); `EMBEDPIPE_BENCH=sink|model|emulator|transform|dispatch|e2e` runs one of
@@ -444,13 +445,17 @@ async fn bench_dispatch_case(
 
 async fn bench_dispatch() {
     let only = std::env::var("EMBEDPIPE_BENCH_MODEL").unwrap_or_default();
+    let l: f64 = std::env::var("EMBEDPIPE_BENCH_LATENCY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50.0);
     if only.is_empty() || only == "titan" {
-        bench_dispatch_case("amazon.titan-embed-text-v2:0", 64, 50.0, None).await;
-        bench_dispatch_case("amazon.titan-embed-text-v2:0", 64, 50.0, Some(30_000)).await;
+        bench_dispatch_case("amazon.titan-embed-text-v2:0", 64, l, None).await;
+        bench_dispatch_case("amazon.titan-embed-text-v2:0", 64, l, Some(30_000)).await;
     }
     if only.is_empty() || only == "cohere" {
-        bench_dispatch_case("cohere.embed-english-v3", 8, 50.0, None).await;
-        bench_dispatch_case("cohere.embed-english-v3", 8, 50.0, Some(6_000)).await;
+        bench_dispatch_case("cohere.embed-english-v3", 8, l, None).await;
+        bench_dispatch_case("cohere.embed-english-v3", 8, l, Some(6_000)).await;
     }
 }
 
