@@ -175,6 +175,7 @@ mode = "overwrite"
                 &keep,
                 vec![vectors],
                 vec![prepared.hashes],
+                None,
                 0,
             )
             .unwrap();
@@ -385,6 +386,7 @@ async fn bench_dispatch_case(
     let overrides = Overrides {
         endpoint_url: Some(emu.endpoint()),
         emulator_credentials: true,
+        ..Default::default()
     };
     let p = pipeline.clone();
     let handle = tokio::task::spawn_blocking(move || ModelHandle::load(&p, 0, &overrides, None))
@@ -482,6 +484,7 @@ async fn bench_e2e(rows: usize) {
             overrides: Overrides {
                 endpoint_url: Some(emu.endpoint()),
                 emulator_credentials: true,
+                ..Default::default()
             },
         },
     )

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod emulator;
+pub mod jobs;
 pub mod models;
 pub mod plan;
 pub mod providers;

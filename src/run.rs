@@ -6,10 +6,12 @@
 
 use crate::config::Pipeline;
 use crate::dispatch::Models;
+use crate::jobs::AsyncRoute;
 use crate::plan::{self, Prepared};
 use crate::report::{Progress, Summary};
 use crate::sink::failures::{DeadLetter, FailureWriter};
 use crate::sink::lancedb::{self as lance_sink, Writer};
+use crate::sink::SegmentColumns;
 use crate::sources::{self, SourceBatch};
 use crate::validate::{self, Checked};
 use anyhow::{anyhow, Context, Result};
@@ -77,6 +79,8 @@ fn new_run_id() -> String {
 struct Counters {
     read: u64,
     written: u64,
+    /// Table rows of media pipelines (one per segment).
+    segments: u64,
 }
 
 /// Runs the pipeline.
@@ -107,6 +111,26 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
     .await
     .map_err(RunError::Setup)?;
 
+    // Video/audio: the async route, with its job ledger next to the table.
+    let media = match pipeline
+        .steps
+        .iter()
+        .find(|s| matches!(s.input, crate::config::StepInput::Media(..)))
+    {
+        Some(step) => {
+            let ledger = crate::jobs::ledger::Ledger::open(&lance_sink::jobs_path(&checked.target))
+                .map_err(RunError::Setup)?;
+            let route = AsyncRoute::connect(
+                models.get(step.model_index).info.clone(),
+                Arc::new(ledger),
+                crate::dispatch::retry::RetryPolicy::default(),
+            )
+            .await
+            .map_err(RunError::Setup)?;
+            Some(route)
+        }
+        None => None,
+    };
     let remote: Vec<&crate::dispatch::ModelHandle> = models
         .iter()
         .filter(|m| m.info.spec.provider != crate::config::Provider::Local)
@@ -137,9 +161,10 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
     let mut counters = Counters {
         read: 0,
         written: 0,
+        segments: 0,
     };
     let outcome = tokio::select! {
-        r = pump(&pipeline, &checked, &models, &writer, &mut failures, &mut counters, &progress, &run_id) => r.map_err(RunError::Failed),
+        r = pump(&pipeline, &checked, &models, media.as_ref(), &writer, &mut failures, &mut counters, &progress, &run_id) => r.map_err(RunError::Failed),
         _ = tokio::signal::ctrl_c() => Err(RunError::Interrupted),
         () = model_lines => unreachable!("the progress ticker never ends"),
     };
@@ -172,6 +197,8 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
         failures_by_kind: by_kind,
         failures_file: (failed > 0).then(|| failures_path.display().to_string()),
         models: models.iter().map(|m| m.stats()).collect(),
+        segments_written: counters.segments,
+        jobs: media.as_ref().map(|m| m.stats()),
         wall_time: wall,
         rows_per_second: counters.written as f64 / wall.as_secs_f64().max(1e-9),
     })
@@ -186,6 +213,8 @@ struct BatchOutput {
     dead: Vec<DeadLetter>,
     /// Model inputs embedded for it (progress bookkeeping).
     inputs: u64,
+    /// Source rows written (fewer than the batch's rows when they became segments).
+    rows_written: u64,
 }
 
 /// Source batches worked on at once: enough to keep every model's calls in flight full while
@@ -205,6 +234,7 @@ async fn pump(
     pipeline: &Arc<Pipeline>,
     checked: &Checked,
     models: &Models,
+    media: Option<&AsyncRoute>,
     writer: &Writer,
     failures: &mut FailureWriter,
     counters: &mut Counters,
@@ -233,7 +263,10 @@ async fn pump(
     let mut results = std::pin::pin!(batches
         .map(|item| async move {
             let sb = item?;
-            embed_batch(pipeline, checked, models, &sb, run_id, progress).await
+            match media {
+                Some(route) => embed_media_batch(pipeline, checked, route, &sb, run_id).await,
+                None => embed_batch(pipeline, checked, models, &sb, run_id, progress).await,
+            }
         })
         .buffered(batches_in_flight(pipeline, models)));
     while let Some(out) = results.next().await {
@@ -243,8 +276,9 @@ async fn pump(
         for d in &out.dead {
             failures.write(d)?;
         }
+        counters.written += out.rows_written;
         if let Some(batch) = out.batch {
-            counters.written += batch.num_rows() as u64;
+            counters.segments += batch.num_rows() as u64;
             writer.send(batch).await?;
             tracing::trace!("batch sent to the writer");
         }
@@ -293,6 +327,7 @@ async fn embed_batch(
             })
             .collect(),
         inputs: 0,
+        rows_written: 0,
     };
     if n == 0 {
         return Ok(out);
@@ -354,6 +389,7 @@ async fn embed_batch(
     if keep.is_empty() {
         return Ok(out);
     }
+    out.rows_written = keep.len() as u64;
     // Gathering vectors and building the Arrow batch is CPU work: do it on rayon.
     let dims: Vec<usize> = pipeline
         .steps
@@ -379,11 +415,144 @@ async fn embed_batch(
             vectors.push(v);
             hashes.push(h);
         }
-        layout.assemble(&batch, &ids, &keep, vectors, hashes, now_micros())
+        layout.assemble(&batch, &ids, &keep, vectors, hashes, None, now_micros())
     })
     .await??;
     out.batch = Some(assembled);
     Ok(out)
+}
+
+/// Dead letters of one source batch, with where each row came from.
+fn dead_letter(
+    sb: &SourceBatch,
+    run_id: &str,
+    row: Option<usize>,
+    step: &str,
+    kind: &str,
+    message: String,
+) -> DeadLetter {
+    DeadLetter {
+        run_id: run_id.to_string(),
+        id: row.map(|i| sb.ids.value(i).to_string()),
+        source: sb.file.to_string(),
+        row: row.map(|i| sb.rows[i]).filter(|&r| r > 0),
+        step: step.to_string(),
+        kind: kind.to_string(),
+        message,
+    }
+}
+
+/// Embeds one source batch of a media pipeline: each row's file becomes an async job, and each
+/// segment of its result a table row.
+async fn embed_media_batch(
+    pipeline: &Pipeline,
+    checked: &Checked,
+    route: &AsyncRoute,
+    sb: &SourceBatch,
+    run_id: &str,
+) -> Result<BatchOutput> {
+    let n = sb.batch.num_rows();
+    let step = &pipeline.steps[0];
+    let mut out = BatchOutput {
+        read: n as u64 + sb.failures.len() as u64,
+        batch: None,
+        dead: sb
+            .failures
+            .iter()
+            .map(|f| DeadLetter {
+                run_id: run_id.to_string(),
+                id: f.id.clone(),
+                source: sb.file.to_string(),
+                row: f.row,
+                step: "read".into(),
+                kind: f.kind.into(),
+                message: f.message.clone(),
+            })
+            .collect(),
+        inputs: 0,
+        rows_written: 0,
+    };
+    if n == 0 {
+        return Ok(out);
+    }
+    let fingerprint = route.fingerprint().to_string();
+    let (input, batch) = (step.input.clone(), sb.batch.clone());
+    let prepared = cpu(move || plan::prepare(&input, &fingerprint, &batch)).await??;
+    for (row, kind, msg) in &prepared.failures {
+        out.dead.push(dead_letter(
+            sb,
+            run_id,
+            Some(*row),
+            &step.name,
+            kind,
+            msg.clone(),
+        ));
+    }
+    let plan::Inputs::Media(inputs) = &prepared.inputs else {
+        anyhow::bail!("a media step prepared non-media inputs");
+    };
+    let base_dir = std::path::Path::new(&*sb.file)
+        .parent()
+        .unwrap_or(std::path::Path::new("."));
+    let outcomes = route.embed(inputs, base_dir).await;
+    out.inputs = inputs.len() as u64;
+    let dim = route.dimension();
+    let mut keep = Vec::new();
+    let mut vectors = Vec::new();
+    let mut hashes = Vec::new();
+    let mut seg = SegmentColumns::default();
+    for (pos, outcome) in outcomes.into_iter().enumerate() {
+        let row = prepared.rows[pos];
+        match outcome {
+            Ok((modality, segments)) => {
+                out.rows_written += 1;
+                for s in segments {
+                    debug_assert_eq!(s.vector.len(), dim);
+                    keep.push(row as u32);
+                    vectors.extend_from_slice(&s.vector);
+                    hashes.push(prepared.hashes[pos].clone());
+                    seg.index.push(s.index);
+                    seg.start_sec.push(s.start_sec);
+                    seg.end_sec.push(s.end_sec);
+                    seg.modality.push(segment_modality(modality, &s.kind));
+                    seg.embedding_option.push(s.kind);
+                }
+            }
+            Err((kind, msg)) => {
+                out.dead
+                    .push(dead_letter(sb, run_id, Some(row), &step.name, &kind, msg))
+            }
+        }
+    }
+    if keep.is_empty() {
+        return Ok(out);
+    }
+    let layout = checked.layout.clone();
+    let (batch, ids) = (sb.batch.clone(), sb.ids.clone());
+    out.batch = Some(
+        cpu(move || {
+            layout.assemble(
+                &batch,
+                &ids,
+                &keep,
+                vec![vectors],
+                vec![hashes],
+                Some(seg),
+                now_micros(),
+            )
+        })
+        .await??,
+    );
+    Ok(out)
+}
+
+/// What a segment's vector embeds: the audio track of a video is `audio`.
+fn segment_modality(input: crate::models::Modality, kind: &str) -> String {
+    if kind == "audio" || kind == "transcription" {
+        "audio".into()
+    } else {
+        input.as_str().into()
+    }
 }
 
 /// Keeps only the prepared inputs whose row passes `keep`.
@@ -406,6 +575,10 @@ fn retain_rows(p: &mut Prepared, keep: impl Fn(usize) -> bool) {
             t.retain(|_| *it.next().expect("same length"));
         }
         plan::Inputs::TextImage(t) => {
+            let mut it = mask.iter();
+            t.retain(|_| *it.next().expect("same length"));
+        }
+        plan::Inputs::Media(t) => {
             let mut it = mask.iter();
             t.retain(|_| *it.next().expect("same length"));
         }

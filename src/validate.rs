@@ -191,6 +191,8 @@ pub async fn check(pipeline: &Pipeline) -> Result<Checked> {
                 Some(n) != id_column.as_ref()
                     && n != "id"
                     && !crate::sink::RESERVED_COLUMNS.contains(&n.as_str())
+                    && !(pipeline.has_media_step()
+                        && crate::sink::SEGMENT_COLUMNS.contains(&n.as_str()))
             })
             .collect(),
     };

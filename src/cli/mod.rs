@@ -82,6 +82,13 @@ enum Command {
         #[arg(long)]
         emulator: bool,
     },
+    /// List the async jobs (video/audio) of a pipeline's table, from its job ledger.
+    Jobs {
+        file: PathBuf,
+        /// Print the jobs as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve a Bedrock Runtime emulator on loopback (no AWS account needed).
     ///
     /// Point pipelines at it with `endpoint_url = "http://127.0.0.1:PORT"` in [[model]] or
@@ -145,12 +152,13 @@ enum ModelsAction {
 }
 
 fn init_logging(cli: &Cli) {
+    // The local S3 server of `--emulator` logs what it answers; the client reports it.
     let default = if cli.quiet {
-        "error"
+        "error,s3s=off,s3s_fs=off"
     } else {
         match cli.verbose {
-            0 => "warn,lance=error,embedpipe=info",
-            1 => "warn,lance=error,embedpipe=debug",
+            0 => "warn,lance=error,s3s=off,s3s_fs=off,embedpipe=info",
+            1 => "warn,lance=error,s3s=off,s3s_fs=off,embedpipe=debug",
             _ => "info,embedpipe=trace",
         }
     };
@@ -288,7 +296,7 @@ async fn dispatch(cli: Cli) -> i32 {
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            let (_emu, overrides) = match emulator_overrides(emulator).await {
+            let (_emu, overrides) = match emulator_overrides(emulator, Some(&p)).await {
                 Ok(x) => x,
                 Err(code) => return code,
             };
@@ -343,7 +351,7 @@ async fn dispatch(cli: Cli) -> i32 {
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            let (_emu, overrides) = match emulator_overrides(emulator).await {
+            let (_emu, overrides) = match emulator_overrides(emulator, None).await {
                 Ok(x) => x,
                 Err(code) => return code,
             };
@@ -375,7 +383,65 @@ async fn dispatch(cli: Cli) -> i32 {
         }
         Command::Emulator(args) => emulator_command(args).await,
         Command::Models { action } => models_command(action),
+        Command::Jobs { file, json } => {
+            let p = match load(&file) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            jobs_command(&p, json)
+        }
     }
+}
+
+fn jobs_command(p: &Pipeline, json: bool) -> i32 {
+    let listed = crate::sink::lancedb::target(p).and_then(|t| {
+        let path = crate::sink::lancedb::jobs_path(&t);
+        crate::jobs::ledger::read(&path).map(|j| (path, j))
+    });
+    let (path, jobs) = match listed {
+        Ok(x) => x,
+        Err(e) => {
+            report_error(&e);
+            return EXIT_INVALID;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&jobs).expect("json"));
+        return EXIT_OK;
+    }
+    if jobs.is_empty() {
+        println!("no async jobs recorded in {}", path.display());
+        return EXIT_OK;
+    }
+    let now = crate::jobs::ledger::now();
+    println!(
+        "{:<12} {:>8}  {:<28} {:<40} ARN",
+        "STATUS", "AGE", "MODEL", "INPUT"
+    );
+    for j in &jobs {
+        let age = (now - j.submitted_at).max(0.0);
+        let age = if age < 120.0 {
+            format!("{age:.0}s")
+        } else if age < 7200.0 {
+            format!("{:.0}m", age / 60.0)
+        } else if age < 172_800.0 {
+            format!("{:.0}h", age / 3600.0)
+        } else {
+            format!("{:.0}d", age / 86400.0)
+        };
+        println!(
+            "{:<12} {:>8}  {:<28} {:<40} {}",
+            j.status.as_str(),
+            age,
+            j.model,
+            j.input,
+            j.arn.as_deref().unwrap_or("-")
+        );
+        if let Some(f) = &j.failure {
+            println!("{:<12} {:>8}  {f}", "", "");
+        }
+    }
+    EXIT_OK
 }
 
 fn describe_input(i: &crate::config::StepInput) -> String {
@@ -388,6 +454,7 @@ fn describe_input(i: &crate::config::StepInput) -> String {
             "template over `{}` with image column `{i}`",
             t.columns().join("`, `")
         ),
+        StepInput::Media(c, _) => format!("video/audio column `{c}` (async jobs)"),
     }
 }
 
@@ -424,22 +491,58 @@ fn print_hits(hits: &[crate::search::Hit]) {
     }
 }
 
-/// Starts an in-process emulator for `--emulator`; it lives as long as the returned handle.
+/// What `--emulator` started; it all lives as long as this value.
+pub struct EmulatorGuard {
+    _bedrock: Option<crate::emulator::Emulator>,
+    _s3: Option<crate::emulator::s3::LocalS3>,
+}
+
+/// Starts an in-process Bedrock emulator for `--emulator` — and, for pipelines with async jobs,
+/// a local S3 server (a folder in the temp directory) for staging and results.
 async fn emulator_overrides(
     enabled: bool,
-) -> Result<
-    (
-        Option<crate::emulator::Emulator>,
-        crate::dispatch::Overrides,
-    ),
-    i32,
-> {
+    pipeline: Option<&crate::config::Pipeline>,
+) -> Result<(EmulatorGuard, crate::dispatch::Overrides), i32> {
+    let mut guard = EmulatorGuard {
+        _bedrock: None,
+        _s3: None,
+    };
     if !enabled {
-        return Ok((None, Default::default()));
+        return Ok((guard, Default::default()));
     }
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    match crate::emulator::Emulator::start(addr, Default::default()).await {
-        Ok(emu) => {
+    let buckets: Vec<String> = pipeline
+        .map(|p| {
+            crate::dispatch::ModelInfo::all(p)
+                .into_iter()
+                .filter_map(|m| m.jobs)
+                .flat_map(|j| [j.output.bucket, j.staging.bucket])
+                .collect()
+        })
+        .unwrap_or_default();
+    let started = async {
+        let s3 = if buckets.is_empty() {
+            None
+        } else {
+            let root = std::env::temp_dir().join("embedpipe-emulator-s3");
+            let names: Vec<&str> = buckets.iter().map(String::as_str).collect();
+            let s3 = crate::emulator::s3::LocalS3::start(addr, &root, &names).await?;
+            tracing::info!(
+                "S3 requests go to a local S3 server at {} (folder {})",
+                s3.endpoint(),
+                root.display()
+            );
+            Some(s3)
+        };
+        let settings = crate::emulator::Settings {
+            s3_endpoint: s3.as_ref().map(|s| s.endpoint()),
+            ..Default::default()
+        };
+        let emu = crate::emulator::Emulator::start(addr, settings).await?;
+        anyhow::Ok((emu, s3))
+    };
+    match started.await {
+        Ok((emu, s3)) => {
             tracing::info!(
                 "Bedrock calls go to the in-process emulator at {}",
                 emu.endpoint()
@@ -447,8 +550,11 @@ async fn emulator_overrides(
             let overrides = crate::dispatch::Overrides {
                 endpoint_url: Some(emu.endpoint()),
                 emulator_credentials: true,
+                s3_endpoint_url: s3.as_ref().map(|s| s.endpoint()),
             };
-            Ok((Some(emu), overrides))
+            guard._bedrock = Some(emu);
+            guard._s3 = s3;
+            Ok((guard, overrides))
         }
         Err(e) => {
             report_error(&e);

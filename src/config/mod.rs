@@ -176,6 +176,29 @@ pub struct ModelConfig {
     pub detail_level: Option<Spanned<String>>,
     /// Price table overrides (USD).
     pub prices: Option<Spanned<PriceOverride>>,
+    /// Async invoke (video/audio): where jobs write their results, `s3://bucket/prefix`.
+    pub output_s3_uri: Option<Spanned<EnvString>>,
+    /// Where local media files are uploaded (default `<output_s3_uri>/inputs/`).
+    pub staging_s3_uri: Option<Spanned<EnvString>>,
+    /// S3 endpoint override (an S3-compatible server); requests become path-style.
+    pub s3_endpoint_url: Option<Spanned<EnvString>>,
+    /// Async jobs in flight at once (default 16).
+    pub max_jobs: Option<Spanned<usize>>,
+    /// A job still running after this long is dead-lettered (default 3600 s); it keeps running
+    /// and the next run picks it up.
+    pub job_timeout_secs: Option<Spanned<f64>>,
+    /// First wait between GetAsyncInvoke polls; grows to 30 s (default 5 s).
+    pub poll_secs: Option<Spanned<f64>>,
+    /// Segment length in seconds (Nova `durationSeconds` 1-30, Marengo 2.7 `useFixedLengthSec`
+    /// 2-10, Marengo 3.0 fixed segmentation).
+    pub segment_seconds: Option<Spanned<f64>>,
+    /// Nova video: `AUDIO_VIDEO_COMBINED` (default) or `AUDIO_VIDEO_SEPARATE`.
+    pub embedding_mode: Option<Spanned<String>>,
+    /// Marengo: which embeddings per segment (2.7: visual-text, visual-image, audio; 3.0:
+    /// visual, audio, transcription).
+    pub embedding_options: Option<Spanned<Vec<String>>>,
+    /// Account id owning the media bucket (Marengo `bucketOwner`).
+    pub bucket_owner: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +214,11 @@ pub struct EmbedConfig {
     pub text: Option<Spanned<String>>,
     /// ...or a binary column of image bytes.
     pub image: Option<Spanned<String>>,
+    /// ...or a column of video/audio files: local paths or `s3://` URIs (async invoke).
+    pub media: Option<Spanned<String>>,
+    /// With `media`: `video`, `audio`, or `auto` (default: from the extension, then the file's
+    /// magic bytes), or the name of a column holding `video`/`audio` per row.
+    pub modality: Option<Spanned<String>>,
     /// Output vector column (default `vector`).
     pub vector: Option<Spanned<String>>,
 }
@@ -249,6 +277,15 @@ pub struct Pipeline {
     pub steps: Vec<Step>,
 }
 
+impl Pipeline {
+    /// Whether the (single) step embeds video/audio into segments.
+    pub fn has_media_step(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s.input, StepInput::Media(..)))
+    }
+}
+
 /// One embed step, resolved against its model.
 #[derive(Debug, Clone)]
 pub struct Step {
@@ -266,12 +303,25 @@ pub enum StepInput {
     Image(String),
     /// A text (template) and an image embedded together into one vector.
     TextImage(Template, String),
+    /// Video or audio files (paths or `s3://` URIs), embedded by async jobs into segments.
+    Media(String, MediaModality),
+}
+
+/// How a media step tells video from audio.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaModality {
+    /// From the extension, then magic bytes.
+    Auto,
+    Fixed(Modality),
+    /// A column holding `video` or `audio`.
+    Column(String),
 }
 
 impl StepInput {
     pub fn modality(&self) -> Modality {
         match self {
             StepInput::Image(_) | StepInput::TextImage(..) => Modality::Image,
+            StepInput::Media(..) => Modality::Video,
             _ => Modality::Text,
         }
     }
@@ -280,6 +330,8 @@ impl StepInput {
     pub fn columns(&self) -> Vec<String> {
         match self {
             StepInput::Column(c) | StepInput::Image(c) => vec![c.clone()],
+            StepInput::Media(c, MediaModality::Column(m)) => vec![c.clone(), m.clone()],
+            StepInput::Media(c, _) => vec![c.clone()],
             StepInput::Template(t) => t.columns(),
             StepInput::TextImage(t, i) => {
                 let mut c = t.columns();
@@ -735,11 +787,13 @@ impl Pipeline {
                 v.join(", ")
             }
         };
-        let strings: [(&str, Option<&Spanned<String>>); 4] = [
+        let strings: [(&str, Option<&Spanned<String>>); 6] = [
             ("input_type", cfg.input_type.as_ref()),
             ("purpose", cfg.purpose.as_ref()),
             ("truncate", cfg.truncate.as_ref()),
             ("detail_level", cfg.detail_level.as_ref()),
+            ("embedding_mode", cfg.embedding_mode.as_ref()),
+            ("bucket_owner", cfg.bucket_owner.as_ref()),
         ];
         let mut present: Vec<(&str, Range<usize>, Vec<&str>)> = strings
             .iter()
@@ -754,6 +808,80 @@ impl Pipeline {
         }
         if let Some(m) = &cfg.max_tokens {
             present.push(("max_tokens", m.span(), vec![]));
+        }
+        if let Some(t) = &cfg.embedding_options {
+            present.push((
+                "embedding_options",
+                t.span(),
+                t.get_ref().iter().map(String::as_str).collect(),
+            ));
+        }
+        if let Some(o) = &cfg.bucket_owner {
+            if o.get_ref().len() != 12 || !o.get_ref().bytes().all(|b| b.is_ascii_digit()) {
+                return Err(self.error(o.span(), "bucket_owner is a 12-digit AWS account id"));
+            }
+        }
+        for (key, uri) in [
+            ("output_s3_uri", &cfg.output_s3_uri),
+            ("staging_s3_uri", &cfg.staging_s3_uri),
+        ] {
+            if let Some(u) = uri {
+                if let Err(e) = crate::providers::s3::S3Uri::parse(&u.get_ref().to_string()) {
+                    return Err(self
+                        .error(u.span(), format!("`{key}`: {e}"))
+                        .with_help("write it as s3://<bucket>/<prefix>"));
+                }
+            }
+        }
+        if let Some(m) = &cfg.max_jobs {
+            if !(1..=1000).contains(m.get_ref()) {
+                return Err(self.error(m.span(), "max_jobs must be between 1 and 1000"));
+            }
+        }
+        for (key, v, lo, hi) in [
+            (
+                "job_timeout_secs",
+                &cfg.job_timeout_secs,
+                0.0,
+                7.0 * 86400.0,
+            ),
+            ("poll_secs", &cfg.poll_secs, 0.0, 3600.0),
+        ] {
+            if let Some(v) = v {
+                if !(*v.get_ref() > lo && *v.get_ref() <= hi) {
+                    return Err(self.error(
+                        v.span(),
+                        format!("{key} must be above {lo} and at most {hi}"),
+                    ));
+                }
+            }
+        }
+        if let Some(v) = &cfg.segment_seconds {
+            let (lo, hi, whole) = match spec.family {
+                models::Family::Nova2 => (1.0, 30.0, true),
+                models::Family::Marengo27 => (2.0, 10.0, false),
+                models::Family::Marengo30 => (1.0, 3600.0, true),
+                _ => {
+                    return Err(self.error(
+                        v.span(),
+                        format!(
+                            "`segment_seconds` is not a parameter of `{}` (it has no async route)",
+                            spec.id
+                        ),
+                    ))
+                }
+            };
+            let x = *v.get_ref();
+            if !(lo..=hi).contains(&x) || (whole && x.fract() != 0.0) {
+                return Err(self.error(
+                    v.span(),
+                    format!(
+                        "segment_seconds for `{}` must be {}between {lo} and {hi}",
+                        spec.id,
+                        if whole { "a whole number " } else { "" }
+                    ),
+                ));
+            }
         }
         for (key, span, values) in present {
             let Some(p) = spec.param(key) else {
@@ -884,6 +1012,28 @@ impl Pipeline {
                     cfg.tokens_per_minute.as_ref().map(|s| s.span()),
                 ),
                 ("prices", cfg.prices.as_ref().map(|s| s.span())),
+                (
+                    "output_s3_uri",
+                    cfg.output_s3_uri.as_ref().map(|s| s.span()),
+                ),
+                (
+                    "staging_s3_uri",
+                    cfg.staging_s3_uri.as_ref().map(|s| s.span()),
+                ),
+                (
+                    "s3_endpoint_url",
+                    cfg.s3_endpoint_url.as_ref().map(|s| s.span()),
+                ),
+                ("max_jobs", cfg.max_jobs.as_ref().map(|s| s.span())),
+                (
+                    "job_timeout_secs",
+                    cfg.job_timeout_secs.as_ref().map(|s| s.span()),
+                ),
+                ("poll_secs", cfg.poll_secs.as_ref().map(|s| s.span())),
+                (
+                    "segment_seconds",
+                    cfg.segment_seconds.as_ref().map(|s| s.span()),
+                ),
             ];
             if let Some((key, Some(span))) = bedrock_only.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(self.error(span, format!("`{key}` applies only to Bedrock models")));
@@ -957,6 +1107,7 @@ impl Pipeline {
                 ("column", &cfg.column),
                 ("text", &cfg.text),
                 ("image", &cfg.image),
+                ("media", &cfg.media),
             ]
             .into_iter()
             .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
@@ -964,6 +1115,15 @@ impl Pipeline {
             let input = match inputs.as_slice() {
                 [("column", c)] => StepInput::Column(c.get_ref().clone()),
                 [("image", c)] => StepInput::Image(c.get_ref().clone()),
+                [("media", c)] => StepInput::Media(
+                    c.get_ref().clone(),
+                    match cfg.modality.as_ref().map(|m| m.get_ref().as_str()) {
+                        None | Some("auto") => MediaModality::Auto,
+                        Some("video") => MediaModality::Fixed(Modality::Video),
+                        Some("audio") => MediaModality::Fixed(Modality::Audio),
+                        Some(col) => MediaModality::Column(col.to_string()),
+                    },
+                ),
                 [(_, t)] => StepInput::Template(
                     Template::parse(t.get_ref()).map_err(|m| self.error(t.span(), format!("invalid text template: {m}")))?,
                 ),
@@ -989,6 +1149,14 @@ impl Pipeline {
                 }
             };
             let spec = self.model_spec(model_index);
+            if let (Some(m), false) = (&cfg.modality, matches!(input, StepInput::Media(..))) {
+                return Err(self
+                    .error(m.span(), "`modality` applies only to `media` steps")
+                    .with_help("remove it, or embed a column of video/audio files with `media = \"<column>\"`"));
+            }
+            if let StepInput::Media(..) = &input {
+                self.check_media_step(cfg, e.span(), model_index)?;
+            }
             if matches!(input, StepInput::TextImage(..)) && !spec.text_image {
                 let both: Vec<&str> = models::registry()
                     .iter()
@@ -1009,7 +1177,9 @@ impl Pipeline {
                         both.join(", ")
                     )));
             }
-            if !spec.modalities.contains(&input.modality()) {
+            if !matches!(input, StepInput::Media(..))
+                && !spec.modalities.contains(&input.modality())
+            {
                 let span = cfg
                     .image
                     .as_ref()
@@ -1067,6 +1237,65 @@ impl Pipeline {
             });
         }
         Ok(steps)
+    }
+
+    /// A media step: an async-capable model with somewhere to write results, alone in its file.
+    fn check_media_step(
+        &self,
+        cfg: &EmbedConfig,
+        span: Range<usize>,
+        model_index: usize,
+    ) -> Result<(), ConfigError> {
+        let spec = self.model_spec(model_index);
+        let model = self.model(model_index);
+        let media_span = cfg.media.as_ref().map_or(span.clone(), |m| m.span());
+        if !spec.routes.asynchronous {
+            let can: Vec<&str> = models::registry()
+                .iter()
+                .filter(|s| s.routes.asynchronous)
+                .map(|s| s.id)
+                .collect();
+            return Err(self
+                .error(
+                    media_span,
+                    format!(
+                        "model `{}` ({}) cannot embed video or audio: it has no async invoke route",
+                        model.name.get_ref(),
+                        spec.id
+                    ),
+                )
+                .with_help(format!(
+                    "use a model that can (through StartAsyncInvoke): {}",
+                    can.join(", ")
+                )));
+        }
+        if model.output_s3_uri.is_none() {
+            return Err(self
+                .error(
+                    model.id.span(),
+                    format!(
+                        "model `{}` embeds video/audio through async jobs, which write their results to S3",
+                        model.name.get_ref()
+                    ),
+                )
+                .with_help("add `output_s3_uri = \"s3://<bucket>/<prefix>\"` to its [[model]] table"));
+        }
+        if self.file.embeds.len() > 1 {
+            return Err(self
+                .error(span, "a `media` step must be the only [[embed]] step of its pipeline")
+                .with_help("media rows become one table row per segment; embed other columns in a pipeline of their own"));
+        }
+        if let Some(m) = &cfg.modality {
+            let v = m.get_ref();
+            if !matches!(v.as_str(), "auto" | "video" | "audio") && !is_identifier(v) {
+                return Err(self
+                    .error(m.span(), format!("`{v}` is not a modality"))
+                    .with_help(
+                        "use `video`, `audio`, `auto`, or the name of a column holding video/audio",
+                    ));
+            }
+        }
+        Ok(())
     }
 
     fn check_sink(&self, steps: &[Step]) -> Result<(), ConfigError> {

@@ -9,7 +9,7 @@
 mod batcher;
 mod concurrency;
 mod limits;
-mod retry;
+pub mod retry;
 mod telemetry;
 
 use crate::config::{Pipeline, PriceOverride, Provider};
@@ -43,6 +43,8 @@ pub struct Overrides {
     pub endpoint_url: Option<String>,
     /// Sign with dummy credentials (the emulator accepts any).
     pub emulator_credentials: bool,
+    /// Send S3 requests (media staging, job results) here.
+    pub s3_endpoint_url: Option<String>,
 }
 
 /// Counters for one model.
@@ -101,6 +103,8 @@ pub struct ModelInfo {
     /// Model id, dimension and parameters: the identity of the vector space, part of every
     /// content hash.
     pub fingerprint: String,
+    /// Async-invoke settings (video/audio), when the model has `output_s3_uri`.
+    pub jobs: Option<crate::jobs::JobConfig>,
 }
 
 fn apply_prices(base: Prices, o: Option<&PriceOverride>) -> Prices {
@@ -136,6 +140,12 @@ impl ModelInfo {
         }
         params.max_tokens = cfg.max_tokens.as_ref().map(|m| *m.get_ref());
         params.detail_level = cfg.detail_level.as_ref().map(|d| d.get_ref().clone());
+        params.embedding_mode = cfg.embedding_mode.as_ref().map(|d| d.get_ref().clone());
+        params.segment_seconds = cfg.segment_seconds.as_ref().map(|d| *d.get_ref());
+        params.bucket_owner = cfg.bucket_owner.as_ref().map(|d| d.get_ref().clone());
+        if let Some(o) = &cfg.embedding_options {
+            params.embedding_options = o.get_ref().clone();
+        }
         let batch_size = cfg
             .batch_size
             .as_ref()
@@ -161,6 +171,9 @@ impl ModelInfo {
             "truncate": params.truncate,
             "max_tokens": params.max_tokens,
             "detail_level": params.detail_level,
+            "embedding_mode": params.embedding_mode,
+            "segment_seconds": params.segment_seconds,
+            "embedding_options": params.embedding_options,
         })
         .to_string();
         Self {
@@ -176,6 +189,7 @@ impl ModelInfo {
                 .as_ref()
                 .map_or(DEFAULT_CONCURRENCY, |c| *c.get_ref()),
             prices: apply_prices(spec.prices, cfg.prices.as_ref().map(|p| p.get_ref())),
+            jobs: crate::jobs::JobConfig::from_model(cfg),
             connection,
             fingerprint,
         }
@@ -225,6 +239,9 @@ impl ModelHandle {
             info.connection.endpoint_url = Some(e.clone());
         }
         info.connection.emulator_credentials = overrides.emulator_credentials;
+        if let (Some(e), Some(j)) = (&overrides.s3_endpoint_url, info.jobs.as_mut()) {
+            j.s3_endpoint = Some(e.clone());
+        }
         let cfg = pipeline.model(index);
         let own = RateLimits::new(
             cfg.requests_per_minute.as_ref().map(|r| *r.get_ref()),
@@ -424,6 +441,10 @@ impl ModelHandle {
                         continue;
                     }
                 },
+                Inputs::Media(_) => bail!(
+                    "model `{}`: video/audio inputs go through the async route, not InvokeModel",
+                    self.info.name
+                ),
             };
             let owned = match models::preflight(spec, params, &owned.as_input()) {
                 Ok(None) => owned,

@@ -10,6 +10,8 @@
 //! Control endpoints: `GET /_emulator/stats`, `POST /_emulator/reset` (zero the counters),
 //! `PUT /_emulator/config` (JSON, any subset of [`Settings`]).
 
+pub mod async_invoke;
+pub mod s3;
 pub mod vectors;
 pub mod wire;
 
@@ -144,6 +146,10 @@ pub struct Settings {
     pub denied_models: Vec<String>,
     /// Text inputs containing this string are refused with ValidationException.
     pub poison: Option<String>,
+    /// How long an async-invoke job runs before its results are written (ms).
+    pub async_job_ms: u64,
+    /// The S3-compatible server async jobs read inputs from and write results to.
+    pub s3_endpoint: Option<String>,
 }
 
 /// What the emulator received, per model.
@@ -177,6 +183,8 @@ pub struct Stats {
     pub max_received_per_second: u64,
     pub unauthenticated: u64,
     pub models: BTreeMap<String, ModelCounters>,
+    /// StartAsyncInvoke / GetAsyncInvoke / ListAsyncInvokes.
+    pub async_invoke: async_invoke::AsyncCounters,
 }
 
 /// Arrival times within a trailing window.
@@ -237,6 +245,22 @@ struct State {
     windows: Mutex<HashMap<String, Window>>,
     /// Requests to any model in the last minute and the last second.
     arrivals: Mutex<(Arrivals, Arrivals)>,
+    jobs: Arc<async_invoke::Jobs>,
+}
+
+impl State {
+    fn stats(&self) -> Stats {
+        let mut s = self.stats.lock().expect("stats").clone();
+        s.async_invoke = self.jobs.counters.lock().expect("counters").clone();
+        s
+    }
+
+    fn reset(&self) {
+        *self.stats.lock().expect("stats") = Stats::default();
+        self.windows.lock().expect("windows").clear();
+        *self.arrivals.lock().expect("arrivals") = all_arrivals().into_inner().expect("new");
+        self.jobs.reset_counters();
+    }
 }
 
 fn all_arrivals() -> Mutex<(Arrivals, Arrivals)> {
@@ -265,6 +289,7 @@ impl Emulator {
             stats: Mutex::new(Stats::default()),
             windows: Mutex::new(HashMap::new()),
             arrivals: all_arrivals(),
+            jobs: Arc::default(),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -291,14 +316,12 @@ impl Emulator {
     }
 
     pub fn stats(&self) -> Stats {
-        self.state.stats.lock().expect("stats").clone()
+        self.state.stats()
     }
 
     /// Zeroes the counters and the quota windows.
     pub fn reset(&self) {
-        *self.state.stats.lock().expect("stats") = Stats::default();
-        self.state.windows.lock().expect("windows").clear();
-        *self.state.arrivals.lock().expect("arrivals") = all_arrivals().into_inner().expect("new");
+        self.state.reset();
     }
 
     pub fn set(&self, settings: Settings) {
@@ -457,6 +480,52 @@ async fn sleep_precisely_until(deadline: tokio::time::Instant) {
     }
 }
 
+/// StartAsyncInvoke, GetAsyncInvoke, ListAsyncInvokes (signed like every operation).
+async fn async_route(
+    state: &State,
+    req: Request<Incoming>,
+    rest: String,
+) -> Result<Resp, std::io::Error> {
+    let settings = state.settings.read().expect("settings").clone();
+    let (key, region) = match check_sigv4(&req) {
+        Ok(k) => k,
+        Err(e) => {
+            state.stats.lock().expect("stats").unauthenticated += 1;
+            return Ok(error_response(&e));
+        }
+    };
+    if settings.access_key_id.as_deref().is_some_and(|k| k != key) {
+        state.stats.lock().expect("stats").unauthenticated += 1;
+        return Ok(error_response(&api(
+            "UnrecognizedClientException",
+            403,
+            "The security token included in the request is invalid.",
+        )));
+    }
+    let method = req.method().clone();
+    let query = req.uri().query().map(String::from);
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Err(std::io::Error::other(e)),
+    };
+    Ok(
+        match async_invoke::handle(
+            &state.jobs,
+            &settings,
+            &method,
+            &rest,
+            query.as_deref(),
+            &body,
+            &region,
+        )
+        .await
+        {
+            Ok(v) => json_response(200, serde_json::to_vec(&v).expect("json")),
+            Err(e) => error_response(&e),
+        },
+    )
+}
+
 async fn answer(
     state: Arc<State>,
     req: Request<Incoming>,
@@ -468,6 +537,12 @@ async fn answer(
         return Ok(control(&state, ctl, req).await);
     }
     state.stats.lock().expect("stats").requests += 1;
+    if let Some(rest) = path
+        .strip_prefix("/async-invoke")
+        .filter(|r| r.is_empty() || r.starts_with('/'))
+    {
+        return async_route(&state, req, rest.trim_start_matches('/').to_string()).await;
+    }
     let Some(model_id) = path
         .strip_prefix("/model/")
         .and_then(|p| p.strip_suffix("/invoke"))
@@ -679,13 +754,11 @@ async fn answer(
 async fn control(state: &State, ctl: &str, req: Request<Incoming>) -> Resp {
     match (req.method().as_str(), ctl) {
         ("GET", "stats") => {
-            let s = state.stats.lock().expect("stats").clone();
+            let s = state.stats();
             json_response(200, serde_json::to_vec_pretty(&s).expect("json"))
         }
         ("POST", "reset") => {
-            *state.stats.lock().expect("stats") = Stats::default();
-            state.windows.lock().expect("windows").clear();
-            *state.arrivals.lock().expect("arrivals") = all_arrivals().into_inner().expect("new");
+            state.reset();
             // (same as Emulator::reset)
             json_response(200, b"{}".to_vec())
         }

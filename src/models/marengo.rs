@@ -3,8 +3,8 @@
 //! Sync text and image; video and audio are async only.
 
 use super::{
-    f32_vec, wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec, Params,
-    Parsed, Prices, Routes, WireError, MAX_BODY_BYTES,
+    f32_vec, wire_err, Family, ImageFormat, Input, Limits, MediaRef, Modality, ModelSpec,
+    ParamSpec, Params, Parsed, Prices, Routes, Segment, WireError, MAX_BODY_BYTES,
 };
 use crate::config::Provider;
 use serde_json::{json, Value};
@@ -46,11 +46,23 @@ pub const V2_7: ModelSpec = ModelSpec {
         sync_needs_profile: true,
     },
     prices: PRICES,
-    params: &[ParamSpec {
-        key: "truncate",
-        values: &["end", "none"],
-        default: Some("end"),
-    }],
+    params: &[
+        ParamSpec {
+            key: "truncate",
+            values: &["end", "none"],
+            default: Some("end"),
+        },
+        ParamSpec {
+            key: "embedding_options",
+            values: &["visual-text", "visual-image", "audio"],
+            default: None,
+        },
+        ParamSpec {
+            key: "bucket_owner",
+            values: &[],
+            default: None,
+        },
+    ],
     deprecation: Some(
         "Marengo Embed 2.7 is being retired (2026-11-30); move to twelvelabs.marengo-embed-3-0-v1:0 \
          (512-d, its vectors are not comparable with 2.7's, so re-embed everything)",
@@ -72,7 +84,18 @@ pub const V3_0: ModelSpec = ModelSpec {
         asynchronous: true,
         sync_needs_profile: false,
     },
-    params: &[],
+    params: &[
+        ParamSpec {
+            key: "embedding_options",
+            values: &["visual", "audio", "transcription"],
+            default: None,
+        },
+        ParamSpec {
+            key: "bucket_owner",
+            values: &[],
+            default: None,
+        },
+    ],
     deprecation: None,
     ..V2_7
 };
@@ -110,6 +133,73 @@ pub(super) fn build(
             "text_image": {"inputText": t, "mediaSource": media(img)},
         }),
     })
+}
+
+/// The `modelInput` of an async job for a video or audio file in S3 (base model id).
+pub(super) fn build_async(spec: &ModelSpec, params: &Params, media: &MediaRef<'_>) -> Value {
+    let mut location = json!({"uri": media.uri});
+    if let Some(owner) = &params.bucket_owner {
+        location["bucketOwner"] = json!(owner);
+    }
+    let source = json!({"s3Location": location});
+    let kind = media.modality.as_str();
+    if spec.family == Family::Marengo27 {
+        let mut v = json!({"inputType": kind, "mediaSource": source});
+        if let Some(s) = params.segment_seconds {
+            v["useFixedLengthSec"] = json!(s);
+        }
+        if !params.embedding_options.is_empty() {
+            v["embeddingOption"] = json!(params.embedding_options);
+        }
+        return v;
+    }
+    let mut m = json!({"mediaSource": source});
+    if let Some(s) = params.segment_seconds {
+        m["segmentation"] = json!({"method": "fixed", "fixed": {"durationSec": s as u64}});
+    }
+    if !params.embedding_options.is_empty() {
+        m["embeddingOption"] = json!(params.embedding_options);
+    }
+    let mut v = json!({"inputType": kind});
+    v[kind] = m;
+    v
+}
+
+/// A finished job's `output.json`: `{"data": [{embedding, embeddingOption, startSec, endSec}]}`
+/// (also `embeddings[]` or a bare list). Segments are numbered per embedding option, in order.
+pub fn parse_async(output: &[u8]) -> Result<Vec<Segment>, WireError> {
+    let v: Value = serde_json::from_slice(output)
+        .map_err(|e| WireError(format!("output.json is not readable: {e}")))?;
+    let items = match &v {
+        Value::Array(a) => a,
+        _ => match v.get("data").or_else(|| v.get("embeddings")) {
+            Some(Value::Array(a)) => a,
+            _ => return wire_err("output.json has no `data` list"),
+        },
+    };
+    let mut next: std::collections::HashMap<String, u32> = Default::default();
+    items
+        .iter()
+        .map(|it| {
+            let kind = it["embeddingOption"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string();
+            let i = next.entry(kind.clone()).or_default();
+            let seg = Segment {
+                index: *i,
+                start_sec: it["startSec"].as_f64().unwrap_or(0.0),
+                end_sec: it["endSec"]
+                    .as_f64()
+                    .or_else(|| it["endsec"].as_f64())
+                    .unwrap_or(0.0),
+                vector: f32_vec(&it["embedding"], "embedding")?,
+                kind,
+            };
+            *i += 1;
+            Ok(seg)
+        })
+        .collect()
 }
 
 /// Accepts `{"data": [{"embedding": ..}]}`, `{"embedding": ..}` and
@@ -166,6 +256,49 @@ mod tests {
             json!({"inputType": "text_image", "text_image": {"inputText": "a dog",
                    "mediaSource": {"base64String": "iVBORw0KGgo="}}})
         );
+    }
+
+    #[test]
+    fn golden_async_requests_and_output() {
+        let mut p = Params::defaults(&V2_7);
+        p.segment_seconds = Some(4.0);
+        p.embedding_options = vec!["visual-text".into(), "audio".into()];
+        p.bucket_owner = Some("111122223333".into());
+        let m = MediaRef {
+            uri: "s3://b/v.mp4",
+            modality: Modality::Video,
+            format: "mp4",
+        };
+        assert_eq!(
+            crate::models::build_async(&V2_7, &p, &m).unwrap(),
+            json!({"inputType": "video", "useFixedLengthSec": 4.0,
+                   "embeddingOption": ["visual-text", "audio"],
+                   "mediaSource": {"s3Location": {"uri": "s3://b/v.mp4", "bucketOwner": "111122223333"}}})
+        );
+        let p3 = Params::defaults(&V3_0);
+        let a = MediaRef {
+            modality: Modality::Audio,
+            format: "wav",
+            ..m
+        };
+        assert_eq!(
+            crate::models::build_async(&V3_0, &p3, &a).unwrap(),
+            json!({"inputType": "audio", "audio": {"mediaSource": {"s3Location": {"uri": "s3://b/v.mp4"}}}})
+        );
+        let segs = parse_async(
+            br#"{"data":[
+            {"embedding":[1,2],"embeddingOption":"visual-text","startSec":0,"endSec":6},
+            {"embedding":[3,4],"embeddingOption":"audio","startSec":0,"endSec":6},
+            {"embedding":[5,6],"embeddingOption":"visual-text","startSec":6,"endSec":9.5}]}"#,
+        )
+        .unwrap();
+        assert_eq!(segs.len(), 3);
+        assert_eq!(
+            (segs[2].index, segs[2].kind.as_str(), segs[2].end_sec),
+            (1, "visual-text", 9.5)
+        );
+        assert_eq!(segs[1].index, 0);
+        assert!(parse_async(b"{}").is_err());
     }
 
     #[test]

@@ -349,6 +349,12 @@ pub struct Params {
     pub detail_level: Option<String>,
     /// Marengo `embeddingOption`.
     pub embedding_options: Vec<String>,
+    /// Nova video `embeddingMode`.
+    pub embedding_mode: Option<String>,
+    /// Async segment length (seconds).
+    pub segment_seconds: Option<f64>,
+    /// Marengo `bucketOwner` for S3 media.
+    pub bucket_owner: Option<String>,
 }
 
 impl Params {
@@ -364,6 +370,9 @@ impl Params {
             max_tokens: None,
             detail_level: None,
             embedding_options: Vec::new(),
+            embedding_mode: None,
+            segment_seconds: None,
+            bucket_owner: None,
         }
     }
 
@@ -522,6 +531,52 @@ pub fn parse_response(
         ));
     }
     Ok(parsed)
+}
+
+/// A video or audio file in S3, the input of one async job.
+#[derive(Debug, Clone, Copy)]
+pub struct MediaRef<'a> {
+    pub uri: &'a str,
+    pub modality: Modality,
+    /// Container format token (`mp4`, `wav`, ...).
+    pub format: &'a str,
+}
+
+/// One embedded segment of a media file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    /// Position within its embedding kind, from 0.
+    pub index: u32,
+    pub start_sec: f64,
+    pub end_sec: f64,
+    /// What the vector embeds: Nova `embeddingType` (`audio_video_combined`, `video`, `audio`),
+    /// Marengo `embeddingOption` (`visual-text`, `visual-image`, `audio`, ...).
+    pub kind: String,
+    pub vector: Vec<f32>,
+}
+
+/// The `modelInput` of StartAsyncInvoke for one media file.
+pub fn build_async(
+    spec: &ModelSpec,
+    params: &Params,
+    media: &MediaRef<'_>,
+) -> Result<Value, WireError> {
+    match spec.family {
+        Family::Nova2 => Ok(nova::build_async(params, media)),
+        Family::Marengo27 | Family::Marengo30 => Ok(marengo::build_async(spec, params, media)),
+        _ => wire_err(format!("{} has no async invoke route", spec.id)),
+    }
+}
+
+/// Media container formats a family's async route accepts, by modality.
+pub fn media_formats(modality: Modality) -> &'static [&'static str] {
+    match modality {
+        Modality::Video => &[
+            "mp4", "mov", "mkv", "webm", "flv", "mpeg", "mpg", "wmv", "3gp",
+        ],
+        Modality::Audio => &["mp3", "wav", "ogg"],
+        _ => &[],
+    }
 }
 
 /// Deserialises a response body into a family's response type (typed, so vectors go straight

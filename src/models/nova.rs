@@ -2,8 +2,8 @@
 //! per call; sync `SINGLE_EMBEDDING` for text and images (video/audio go async).
 
 use super::{
-    wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec, Params, Parsed,
-    Prices, Routes, WireError, MAX_BODY_BYTES,
+    wire_err, Family, ImageFormat, Input, Limits, MediaRef, Modality, ModelSpec, ParamSpec, Params,
+    Parsed, Prices, Routes, Segment, WireError, MAX_BODY_BYTES,
 };
 use crate::config::Provider;
 use serde_json::{json, Value};
@@ -75,6 +75,11 @@ pub const SPEC: ModelSpec = ModelSpec {
             values: &["STANDARD_IMAGE", "DOCUMENT_IMAGE"],
             default: Some("STANDARD_IMAGE"),
         },
+        ParamSpec {
+            key: "embedding_mode",
+            values: &["AUDIO_VIDEO_COMBINED", "AUDIO_VIDEO_SEPARATE"],
+            default: Some("AUDIO_VIDEO_COMBINED"),
+        },
     ],
     deprecation: None,
 };
@@ -108,6 +113,125 @@ pub(super) fn build(params: &Params, inputs: &[Input<'_>]) -> Result<Value, Wire
         "taskType": "SINGLE_EMBEDDING",
         "singleEmbeddingParams": single,
     }))
+}
+
+/// Default segment length of segmented video/audio (seconds).
+pub const DEFAULT_SEGMENT_SECONDS: f64 = 5.0;
+
+/// `SEGMENTED_EMBEDDING` for a video or audio file in S3 (async accepts only S3 sources, and
+/// needs a `segmentationConfig`).
+pub(super) fn build_async(params: &Params, media: &MediaRef<'_>) -> Value {
+    let secs = params.segment_seconds.unwrap_or(DEFAULT_SEGMENT_SECONDS) as u64;
+    let mut m = json!({
+        "format": media.format,
+        "source": {"s3Location": {"uri": media.uri}},
+        "segmentationConfig": {"durationSeconds": secs},
+    });
+    if media.modality == Modality::Video {
+        m["embeddingMode"] = json!(params
+            .embedding_mode
+            .as_deref()
+            .unwrap_or("AUDIO_VIDEO_COMBINED"));
+    }
+    let mut p = json!({
+        "embeddingPurpose": params.input_type.as_deref().unwrap_or("GENERIC_INDEX"),
+        "embeddingDimension": params.dimension,
+    });
+    p[media.modality.as_str()] = m;
+    json!({
+        "schemaVersion": "nova-multimodal-embed-v1",
+        "taskType": "SEGMENTED_EMBEDDING",
+        "segmentedEmbeddingParams": p,
+    })
+}
+
+/// The per-modality result files listed in `segmented-embedding-result.json`:
+/// (embedding type, `outputFileUri`), or why the job produced none.
+pub fn result_files(summary: &[u8]) -> Result<Vec<(String, String)>, WireError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Summary {
+        embedding_results: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Entry {
+        embedding_type: String,
+        status: String,
+        failure_reason: Option<String>,
+        message: Option<String>,
+        output_file_uri: Option<String>,
+    }
+    let s: Summary = serde_json::from_slice(summary).map_err(|e| {
+        WireError(format!(
+            "segmented-embedding-result.json is not readable: {e}"
+        ))
+    })?;
+    let mut files = Vec::new();
+    let mut failures = Vec::new();
+    for e in s.embedding_results {
+        match (e.status.as_str(), e.output_file_uri) {
+            ("SUCCESS" | "PARTIAL_SUCCESS", Some(uri)) => files.push((e.embedding_type, uri)),
+            _ => failures.push(format!(
+                "{} {}: {}",
+                e.embedding_type,
+                e.status,
+                [e.failure_reason, e.message]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )),
+        }
+    }
+    if files.is_empty() {
+        return wire_err(if failures.is_empty() {
+            "the job reported no embedding results".to_string()
+        } else {
+            failures.join("; ")
+        });
+    }
+    Ok(files)
+}
+
+/// One `embedding-<modality>.jsonl` file: a segment per line, in file order. Lines whose status
+/// is not SUCCESS are skipped (and counted in the second value).
+pub fn parse_segments(kind: &str, jsonl: &[u8]) -> Result<(Vec<Segment>, usize), WireError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Line {
+        embedding: Option<Vec<f32>>,
+        #[serde(default)]
+        segment_metadata: Meta,
+        status: Option<String>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        segment_index: Option<u32>,
+        segment_start_seconds: Option<f64>,
+        segment_end_seconds: Option<f64>,
+    }
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for (n, line) in jsonl.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let l: Line = serde_json::from_slice(line)
+            .map_err(|e| WireError(format!("line {} of the {kind} results: {e}", n + 1)))?;
+        match (l.status.as_deref(), l.embedding) {
+            (None | Some("SUCCESS"), Some(v)) => out.push(Segment {
+                index: l.segment_metadata.segment_index.unwrap_or(out.len() as u32),
+                start_sec: l.segment_metadata.segment_start_seconds.unwrap_or(0.0),
+                end_sec: l.segment_metadata.segment_end_seconds.unwrap_or(0.0),
+                kind: kind.to_ascii_lowercase(),
+                vector: v,
+            }),
+            _ => skipped += 1,
+        }
+    }
+    Ok((out, skipped))
 }
 
 #[derive(serde::Deserialize)]
@@ -160,6 +284,54 @@ mod tests {
                    "image": {"format": "webp", "detailLevel": "DOCUMENT_IMAGE",
                              "source": {"bytes": "UklGRgAAAABXRUJQ"}}})
         );
+    }
+
+    #[test]
+    fn golden_async_request_and_results() {
+        let mut p = Params::defaults(&SPEC);
+        p.dimension = 1024;
+        p.segment_seconds = Some(10.0);
+        let media = MediaRef {
+            uri: "s3://b/in/a.mp4",
+            modality: Modality::Video,
+            format: "mp4",
+        };
+        assert_eq!(
+            crate::models::build_async(&SPEC, &p, &media).unwrap(),
+            json!({"schemaVersion": "nova-multimodal-embed-v1", "taskType": "SEGMENTED_EMBEDDING",
+                   "segmentedEmbeddingParams": {"embeddingPurpose": "GENERIC_INDEX",
+                     "embeddingDimension": 1024,
+                     "video": {"format": "mp4", "embeddingMode": "AUDIO_VIDEO_COMBINED",
+                               "source": {"s3Location": {"uri": "s3://b/in/a.mp4"}},
+                               "segmentationConfig": {"durationSeconds": 10}}}})
+        );
+        let files = result_files(
+            br#"{"sourceFileUri":"s3://b/in/a.mp4","embeddingDimension":2,
+            "embeddingResults":[{"embeddingType":"AUDIO_VIDEO_COMBINED","status":"SUCCESS",
+            "outputFileUri":"s3://b/out/j/embedding-video.jsonl"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            files,
+            vec![(
+                "AUDIO_VIDEO_COMBINED".to_string(),
+                "s3://b/out/j/embedding-video.jsonl".to_string()
+            )]
+        );
+        let (segs, skipped) = parse_segments(
+            "AUDIO_VIDEO_COMBINED",
+            b"{\"embedding\":[1,0],\"segmentMetadata\":{\"segmentIndex\":0,\"segmentStartSeconds\":0,\"segmentEndSeconds\":5},\"status\":\"SUCCESS\"}\n\
+              {\"segmentMetadata\":{\"segmentIndex\":1},\"status\":\"FAILURE\",\"failureReason\":\"INVALID_CONTENT\"}\n",
+        )
+        .unwrap();
+        assert_eq!(skipped, 1);
+        assert_eq!(segs.len(), 1);
+        assert_eq!(
+            (segs[0].end_sec, segs[0].kind.as_str()),
+            (5.0, "audio_video_combined")
+        );
+        let failed = result_files(br#"{"embeddingResults":[{"embeddingType":"VIDEO","status":"FAILURE","failureReason":"INVALID_CONTENT"}]}"#);
+        assert!(failed.unwrap_err().0.contains("INVALID_CONTENT"));
     }
 
     #[test]

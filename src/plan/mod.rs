@@ -1,7 +1,8 @@
 //! Per embed step: turn source rows into model inputs, and hash each input with the model's
 //! fingerprint (the basis of incremental runs).
 
-use crate::config::{StepInput, Template, TemplatePart};
+use crate::config::{MediaModality, StepInput, Template, TemplatePart};
+use crate::models::Modality;
 use anyhow::{Context, Result};
 use arrow::array::{Array, BinaryArray, LargeBinaryArray, RecordBatch, StringArray};
 use arrow::datatypes::DataType;
@@ -25,6 +26,8 @@ pub enum Inputs {
     Image(Vec<Arc<[u8]>>),
     /// A text and an image per input, embedded together.
     TextImage(Vec<(String, Arc<[u8]>)>),
+    /// Video/audio files (async jobs).
+    Media(Vec<crate::jobs::MediaInput>),
 }
 
 impl Inputs {
@@ -33,6 +36,7 @@ impl Inputs {
             Inputs::Text(t) => t.len(),
             Inputs::Image(i) => i.len(),
             Inputs::TextImage(p) => p.len(),
+            Inputs::Media(m) => m.len(),
         }
     }
 
@@ -214,6 +218,49 @@ pub fn prepare(input: &StepInput, fingerprint: &str, batch: &RecordBatch) -> Res
                 }
             }
             out.inputs = Inputs::Image(images);
+        }
+        StepInput::Media(c, how) => {
+            let col = as_text(batch, c)?;
+            let kinds = match how {
+                MediaModality::Column(k) => Some(as_text(batch, k)?),
+                _ => None,
+            };
+            let mut media = Vec::with_capacity(n);
+            for i in 0..n {
+                if col.is_null(i) || col.value(i).trim().is_empty() {
+                    out.failures
+                        .push((i, "empty_input", format!("column `{c}` is empty")));
+                    continue;
+                }
+                let modality = match (how, &kinds) {
+                    (MediaModality::Fixed(m), _) => Some(*m),
+                    (MediaModality::Column(k), Some(a)) => {
+                        match (!a.is_null(i)).then(|| a.value(i).trim().to_ascii_lowercase()) {
+                            Some(v) if v == "video" => Some(Modality::Video),
+                            Some(v) if v == "audio" => Some(Modality::Audio),
+                            Some(v) if v.is_empty() || v == "auto" => None,
+                            None => None,
+                            Some(v) => {
+                                out.failures.push((
+                                    i,
+                                    "wrong_modality",
+                                    format!("column `{k}` says `{v}`; use video, audio or auto"),
+                                ));
+                                continue;
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                let source = col.value(i).trim().to_string();
+                // The file's content is hashed when the job is prepared; the table's hash column
+                // holds the reference under the model fingerprint.
+                out.hashes
+                    .push(content_hash(fingerprint, source.as_bytes()));
+                media.push(crate::jobs::MediaInput { source, modality });
+                out.rows.push(i);
+            }
+            out.inputs = Inputs::Media(media);
         }
     }
     Ok(out)

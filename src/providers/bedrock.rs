@@ -7,10 +7,13 @@
 use anyhow::{bail, Result};
 use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region};
 use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_bedrockruntime::operation::invoke_model::InvokeModelError;
 use aws_sdk_bedrockruntime::primitives::Blob;
+use aws_sdk_bedrockruntime::types::{
+    AsyncInvokeOutputDataConfig, AsyncInvokeS3OutputDataConfig, AsyncInvokeStatus,
+};
 use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::http::Response as HttpResponse;
+use aws_smithy_types::{Document, Number};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -83,6 +86,10 @@ impl ErrorClass {
     }
 }
 
+/// The emulators' dummy credentials (not secrets: they open nothing but local test servers).
+pub const EMULATOR_ACCESS_KEY: &str = "EMULATOR";
+pub const EMULATOR_SECRET_KEY: &str = "emulator-secret";
+
 /// A failed call.
 #[derive(Debug, Clone)]
 pub struct CallError {
@@ -107,43 +114,7 @@ pub struct Bedrock {
 impl Bedrock {
     /// Resolves region and credentials provider (credentials themselves are fetched lazily).
     pub async fn connect(conn: &Connection) -> Result<Self> {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            // Dispatch retries with its own backoff and knows which errors are worth it.
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .operation_attempt_timeout(conn.timeout)
-                    .build(),
-            );
-        if let Some(r) = &conn.region {
-            loader = loader.region(Region::new(r.clone()));
-        }
-        if let Some(e) = &conn.endpoint_url {
-            loader = loader.endpoint_url(e);
-        }
-        if conn.emulator_credentials {
-            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
-                "EMULATOR",
-                "emulator-secret",
-                None,
-                None,
-                "embedpipe-emulator",
-            ));
-            if conn.region.is_none() {
-                loader = loader.region(Region::new("us-east-1"));
-            }
-        }
-        let cfg = loader.load().await;
-        if cfg.region().is_none() {
-            bail!("no AWS region is configured: set `region = \"us-east-1\"` (or yours) in the [[model]] table, or AWS_REGION in the environment");
-        }
+        let cfg = sdk_config(conn, None).await?;
         Ok(Self {
             client: aws_sdk_bedrockruntime::Client::new(&cfg),
         })
@@ -165,7 +136,150 @@ impl Bedrock {
     }
 }
 
-fn classify(e: SdkError<InvokeModelError, HttpResponse>) -> CallError {
+/// The AWS SDK configuration for `conn`: rustls on ring, no SDK retries (dispatch retries with
+/// its own backoff), the default credential chain unless the emulator's dummy credentials are
+/// asked for. `endpoint` overrides `conn.endpoint_url` (S3 has its own).
+pub(crate) async fn sdk_config(
+    conn: &Connection,
+    endpoint: Option<&str>,
+) -> Result<aws_config::SdkConfig> {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .operation_attempt_timeout(conn.timeout)
+                .build(),
+        );
+    if let Some(r) = &conn.region {
+        loader = loader.region(Region::new(r.clone()));
+    }
+    if let Some(e) = endpoint.or(conn.endpoint_url.as_deref()) {
+        loader = loader.endpoint_url(e);
+    }
+    if conn.emulator_credentials {
+        loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+            EMULATOR_ACCESS_KEY,
+            EMULATOR_SECRET_KEY,
+            None,
+            None,
+            "embedpipe-emulator",
+        ));
+        if conn.region.is_none() {
+            loader = loader.region(Region::new("us-east-1"));
+        }
+    }
+    let cfg = loader.load().await;
+    if cfg.region().is_none() {
+        bail!("no AWS region is configured: set `region = \"us-east-1\"` (or yours) in the [[model]] table, or AWS_REGION in the environment");
+    }
+    Ok(cfg)
+}
+
+/// Where an async-invoke job stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobStatus {
+    pub status: JobState,
+    pub failure_message: Option<String>,
+    /// The job's output folder as the service reports it.
+    pub output_s3_uri: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+impl Bedrock {
+    /// StartAsyncInvoke: submits a job writing to `output_s3_uri` and returns its ARN. The
+    /// `token` makes a repeated submit of the same job idempotent.
+    pub async fn start_async_invoke(
+        &self,
+        model_id: &str,
+        input: &serde_json::Value,
+        output_s3_uri: &str,
+        token: &str,
+    ) -> Result<String, CallError> {
+        let out_cfg = AsyncInvokeS3OutputDataConfig::builder()
+            .s3_uri(output_s3_uri)
+            .build()
+            .map_err(|e| CallError {
+                class: ErrorClass::Validation,
+                message: e.to_string(),
+            })?;
+        let out = self
+            .client
+            .start_async_invoke()
+            .model_id(model_id)
+            .model_input(to_document(input))
+            .output_data_config(AsyncInvokeOutputDataConfig::S3OutputDataConfig(out_cfg))
+            .client_request_token(token)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(out.invocation_arn)
+    }
+
+    /// GetAsyncInvoke.
+    pub async fn get_async_invoke(&self, arn: &str) -> Result<JobStatus, CallError> {
+        let out = self
+            .client
+            .get_async_invoke()
+            .invocation_arn(arn)
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = match out.status {
+            AsyncInvokeStatus::Completed => JobState::Completed,
+            AsyncInvokeStatus::Failed => JobState::Failed,
+            _ => JobState::InProgress,
+        };
+        let output_s3_uri = match out.output_data_config {
+            Some(AsyncInvokeOutputDataConfig::S3OutputDataConfig(c)) => Some(c.s3_uri),
+            _ => None,
+        };
+        Ok(JobStatus {
+            status,
+            failure_message: out.failure_message,
+            output_s3_uri,
+        })
+    }
+}
+
+/// serde_json → the SDK's `Document` (model inputs of async jobs).
+fn to_document(v: &serde_json::Value) -> Document {
+    use serde_json::Value;
+    match v {
+        Value::Null => Document::Null,
+        Value::Bool(b) => Document::Bool(*b),
+        Value::Number(n) => Document::Number(if let Some(u) = n.as_u64() {
+            Number::PosInt(u)
+        } else if let Some(i) = n.as_i64() {
+            Number::NegInt(i)
+        } else {
+            Number::Float(n.as_f64().unwrap_or_default())
+        }),
+        Value::String(s) => Document::String(s.clone()),
+        Value::Array(a) => Document::Array(a.iter().map(to_document).collect()),
+        Value::Object(o) => {
+            Document::Object(o.iter().map(|(k, v)| (k.clone(), to_document(v))).collect())
+        }
+    }
+}
+
+/// Classifies any Bedrock Runtime operation's error by its code and HTTP status.
+fn classify<E>(e: SdkError<E, HttpResponse>) -> CallError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     let (class, message) = match &e {
         SdkError::TimeoutError(_) => (ErrorClass::Timeout, "the call timed out".to_string()),
         SdkError::DispatchFailure(d) => {
@@ -189,33 +303,33 @@ fn classify(e: SdkError<InvokeModelError, HttpResponse>) -> CallError {
         ),
         SdkError::ServiceError(se) => {
             let err = se.err();
-            let class = match err {
-                InvokeModelError::ThrottlingException(_) => ErrorClass::Throttled,
-                InvokeModelError::ModelNotReadyException(_) => ErrorClass::ModelNotReady,
-                InvokeModelError::InternalServerException(_)
-                | InvokeModelError::ServiceUnavailableException(_) => ErrorClass::ServerError,
-                InvokeModelError::ModelTimeoutException(_) => ErrorClass::Timeout,
-                InvokeModelError::ValidationException(_) => ErrorClass::Validation,
-                InvokeModelError::AccessDeniedException(_) => ErrorClass::AccessDenied,
-                InvokeModelError::ResourceNotFoundException(_) => ErrorClass::NotFound,
-                InvokeModelError::ServiceQuotaExceededException(_) => ErrorClass::QuotaExceeded,
-                InvokeModelError::ModelErrorException(_) => ErrorClass::ModelError,
-                _ => match (err.code(), se.raw().status().as_u16()) {
-                    (
-                        Some(
-                            "UnrecognizedClientException"
-                            | "InvalidSignatureException"
-                            | "ExpiredTokenException"
-                            | "IncompleteSignatureException",
-                        ),
-                        _,
-                    )
-                    | (_, 401) => ErrorClass::Credentials,
-                    (_, 403) => ErrorClass::AccessDenied,
-                    (_, 429) => ErrorClass::Throttled,
-                    (_, 500..=599) => ErrorClass::ServerError,
-                    _ => ErrorClass::Other,
-                },
+            let class = match (err.code(), se.raw().status().as_u16()) {
+                (Some("ThrottlingException"), _) => ErrorClass::Throttled,
+                (Some("ModelNotReadyException"), _) => ErrorClass::ModelNotReady,
+                (Some("InternalServerException" | "ServiceUnavailableException"), _) => {
+                    ErrorClass::ServerError
+                }
+                (Some("ModelTimeoutException"), _) => ErrorClass::Timeout,
+                (Some("ValidationException" | "ConflictException"), _) => ErrorClass::Validation,
+                (Some("AccessDeniedException"), _) => ErrorClass::AccessDenied,
+                (Some("ResourceNotFoundException"), _) => ErrorClass::NotFound,
+                (Some("ServiceQuotaExceededException"), _) => ErrorClass::QuotaExceeded,
+                (Some("ModelErrorException"), _) => ErrorClass::ModelError,
+                (
+                    Some(
+                        "UnrecognizedClientException"
+                        | "InvalidSignatureException"
+                        | "ExpiredTokenException"
+                        | "IncompleteSignatureException",
+                    ),
+                    _,
+                )
+                | (_, 401) => ErrorClass::Credentials,
+                (_, 403) => ErrorClass::AccessDenied,
+                (_, 429) => ErrorClass::Throttled,
+                (_, 408) => ErrorClass::Timeout,
+                (_, 500..=599) => ErrorClass::ServerError,
+                _ => ErrorClass::Other,
             };
             let code = err.code().unwrap_or("UnknownError");
             let msg = err.message().unwrap_or("(no message)");

@@ -3,3 +3,4 @@
 
 pub mod bedrock;
 pub mod local;
+pub mod s3;

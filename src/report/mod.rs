@@ -30,6 +30,10 @@ pub struct Summary {
     /// The dead-letter file, when rows failed.
     pub failures_file: Option<String>,
     pub models: Vec<ModelStats>,
+    /// Table rows of a media pipeline (one per segment); 0 otherwise.
+    pub segments_written: u64,
+    /// The async route's counters (media pipelines).
+    pub jobs: Option<crate::jobs::JobStats>,
     #[serde(serialize_with = "ser_secs")]
     pub wall_time: Duration,
     pub rows_per_second: f64,
@@ -52,6 +56,23 @@ impl fmt::Display for Summary {
             "  rows: {} read = {} written + {} skipped + {} failed",
             self.rows_read, self.rows_written, self.rows_skipped, self.rows_failed
         )?;
+        if let Some(j) = &self.jobs {
+            writeln!(
+                f,
+                "  async jobs: {} submitted, {} resumed, {} completed, {} failed, {} timed out; \
+                 {} segments written ({:.1} s video, {:.1} s audio); media {} uploaded, {} already staged",
+                j.submitted,
+                j.resumed,
+                j.completed,
+                j.failed,
+                j.timed_out,
+                self.segments_written,
+                j.video_seconds,
+                j.audio_seconds,
+                j.uploaded,
+                j.already_staged
+            )?;
+        }
         for m in &self.models {
             let mut units = vec![format!(
                 "{} input tokens{}",

@@ -65,6 +65,15 @@ pub fn failures_path(pipeline: &Pipeline, target: &Target) -> PathBuf {
     }
 }
 
+/// The async-job ledger of a table: `<database>/<table>_jobs.jsonl`.
+pub fn jobs_path(target: &Target) -> PathBuf {
+    target
+        .local_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(format!("{}_jobs.jsonl", target.table))
+}
+
 /// Checks that a local database folder exists or can be created.
 pub fn check_reachable(target: &Target) -> Result<()> {
     let Some(dir) = &target.local_dir else {

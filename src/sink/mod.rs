@@ -7,7 +7,7 @@ use crate::config::{Pipeline, Step};
 use crate::dispatch::ModelInfo;
 use anyhow::{bail, Result};
 use arrow::array::{
-    ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray,
+    ArrayRef, FixedSizeListArray, Float32Array, Float64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray, UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -16,6 +16,25 @@ use std::sync::Arc;
 
 /// Columns embedpipe writes itself (besides per-step columns).
 pub const RESERVED_COLUMNS: &[&str] = &["id", "embedded_at"];
+
+/// Columns of a media pipeline's table: one row per segment.
+pub const SEGMENT_COLUMNS: &[&str] = &[
+    "segment_index",
+    "start_sec",
+    "end_sec",
+    "modality",
+    "embedding_option",
+];
+
+/// Per-segment values of the rows being assembled (media pipelines).
+#[derive(Debug, Default)]
+pub struct SegmentColumns {
+    pub index: Vec<u32>,
+    pub start_sec: Vec<f64>,
+    pub end_sec: Vec<f64>,
+    pub modality: Vec<String>,
+    pub embedding_option: Vec<String>,
+}
 
 /// Schema-level metadata key describing the pipeline's vector columns.
 pub const META_KEY: &str = "embedpipe";
@@ -41,6 +60,7 @@ pub struct OutputLayout {
     /// Source columns copied as metadata.
     pub metadata: Vec<String>,
     steps: Vec<(Step, usize, String)>,
+    segments: bool,
 }
 
 impl OutputLayout {
@@ -55,6 +75,14 @@ impl OutputLayout {
         for m in &metadata {
             let f = source.field_with_name(m)?;
             fields.push(Field::new(m, f.data_type().clone(), true));
+        }
+        let segments = pipeline.has_media_step();
+        if segments {
+            fields.push(Field::new("segment_index", DataType::UInt32, false));
+            fields.push(Field::new("start_sec", DataType::Float64, false));
+            fields.push(Field::new("end_sec", DataType::Float64, false));
+            fields.push(Field::new("modality", DataType::Utf8, false));
+            fields.push(Field::new("embedding_option", DataType::Utf8, false));
         }
         let mut steps_meta = Vec::new();
         let mut steps = Vec::new();
@@ -107,11 +135,14 @@ impl OutputLayout {
             schema: Arc::new(schema),
             metadata,
             steps,
+            segments,
         })
     }
 
-    /// Assembles output rows: `keep` picks rows of `batch`; `vectors[s]` holds step `s`'s vectors
-    /// (row-major, one per kept row) and `hashes[s]` its content hashes.
+    /// Assembles output rows: `keep` picks rows of `batch` (a row repeats once per segment in
+    /// media pipelines, with `segments` holding their values); `vectors[s]` holds step `s`'s
+    /// vectors (row-major, one per output row) and `hashes[s]` its content hashes.
+    #[allow(clippy::too_many_arguments)]
     pub fn assemble(
         &self,
         batch: &RecordBatch,
@@ -119,6 +150,7 @@ impl OutputLayout {
         keep: &[u32],
         vectors: Vec<Vec<f32>>,
         hashes: Vec<Vec<String>>,
+        segments: Option<SegmentColumns>,
         now_micros: i64,
     ) -> Result<RecordBatch> {
         let idx = UInt32Array::from(keep.to_vec());
@@ -132,6 +164,17 @@ impl OutputLayout {
                 &idx,
                 None,
             )?);
+        }
+        match (self.segments, segments) {
+            (true, Some(s)) => {
+                cols.push(Arc::new(UInt32Array::from(s.index)));
+                cols.push(Arc::new(Float64Array::from(s.start_sec)));
+                cols.push(Arc::new(Float64Array::from(s.end_sec)));
+                cols.push(Arc::new(StringArray::from(s.modality)));
+                cols.push(Arc::new(StringArray::from(s.embedding_option)));
+            }
+            (false, None) => {}
+            _ => bail!("segment columns given to a table without them, or missing"),
         }
         for (((step, dim, model), v), h) in self.steps.iter().zip(vectors).zip(hashes) {
             debug_assert_eq!(v.len(), n * dim, "step {}", step.name);
