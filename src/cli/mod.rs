@@ -526,7 +526,7 @@ async fn emulator_overrides(
         } else {
             let root = std::env::temp_dir().join("embedpipe-emulator-s3");
             let names: Vec<&str> = buckets.iter().map(String::as_str).collect();
-            let s3 = crate::emulator::s3::LocalS3::start(addr, &root, &names).await?;
+            let s3 = crate::emulator::s3::LocalS3::start(addr, &root, &names, &[]).await?;
             tracing::info!(
                 "S3 requests go to a local S3 server at {} (folder {})",
                 s3.endpoint(),

@@ -1039,8 +1039,18 @@ impl Pipeline {
                 return Err(self.error(span, format!("`{key}` applies only to Bedrock models")));
             }
         }
+        // A model only media steps use is called through StartAsyncInvoke (base id) alone.
+        let only_async = {
+            let mut uses = self
+                .file
+                .embeds
+                .iter()
+                .filter(|e| e.get_ref().model.get_ref() == cfg.name.get_ref())
+                .peekable();
+            uses.peek().is_some() && uses.all(|e| e.get_ref().media.is_some())
+        };
         if let Some(r) = models::resolve(cfg.id.get_ref()) {
-            if spec.routes.sync_needs_profile && r.profile.is_none() {
+            if spec.routes.sync_needs_profile && r.profile.is_none() && !only_async {
                 let profiles: Vec<String> = spec
                     .profiles
                     .iter()

@@ -7,7 +7,8 @@
 //! `segmented-embedding-result.json` + `embedding-<modality>.jsonl`; Marengo: `output.json`),
 //! under `<s3Uri>/<invocation id>/`. `clientRequestToken` makes a submit idempotent: the same
 //! token and body answer the same ARN (counted as a duplicate), a different body a
-//! ConflictException. Inputs whose key contains `poison` fail; `stall` never finish.
+//! ConflictException. Inputs whose key contains, or whose bytes end with, `poison` fail;
+//! `stall` never finish.
 
 use super::{api, vectors, wire, ApiError, Settings};
 use crate::models::{self, Family};
@@ -218,11 +219,9 @@ fn submit(
         Err(e) => return jobs.refuse(e),
     };
     let token = req["clientRequestToken"].as_str().map(String::from);
-    let body_hash = vectors::fnv(
-        serde_json::to_vec(&json!([req["modelId"], req["modelInput"], output]))
-            .expect("json")
-            .as_slice(),
-    );
+    // Key order is the client's business (the SDK sends a hash map): hash a canonical form.
+    let body_hash =
+        vectors::fnv(canonical(&json!([req["modelId"], req["modelInput"], output])).as_bytes());
     let job = {
         let mut all = jobs.jobs.lock().expect("jobs");
         if let Some(t) = &token {
@@ -291,6 +290,26 @@ fn submit(
         }
     });
     Ok(json!({ "invocationArn": arn }))
+}
+
+/// JSON with object keys sorted at every level.
+fn canonical(v: &Value) -> String {
+    match v {
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            let parts: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical(&o[k])))
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
+        other => other.to_string(),
+    }
 }
 
 fn s3_location(v: &Value, what: &str) -> Result<String, ApiError> {
@@ -388,6 +407,7 @@ fn check_input(family: Family, input: &Value) -> Result<Task, ApiError> {
             }
             let valid = ["visual-text", "visual-image", "audio"];
             let options = string_list(&input["embeddingOption"], &valid, "embeddingOption")?;
+            no_visual_for_audio(modality, &options)?;
             Ok(Task {
                 family,
                 input_uri: s3_location(&input["mediaSource"], "mediaSource")?,
@@ -435,6 +455,7 @@ fn check_input(family: Family, input: &Value) -> Result<Task, ApiError> {
             };
             let valid = ["visual", "audio", "transcription"];
             let options = string_list(&m["embeddingOption"], &valid, "embeddingOption")?;
+            no_visual_for_audio(modality, &options)?;
             Ok(Task {
                 family,
                 input_uri: s3_location(&m["mediaSource"], &format!("{modality}.mediaSource"))?,
@@ -459,6 +480,16 @@ fn check_input(family: Family, input: &Value) -> Result<Task, ApiError> {
     }
 }
 
+/// Visual embeddings of an audio file are refused, as the service does.
+fn no_visual_for_audio(modality: &str, options: &[String]) -> Result<(), ApiError> {
+    match options.iter().find(|o| o.starts_with("visual")) {
+        Some(o) if modality == "audio" => Err(wire::validation(format!(
+            "embeddingOption {o} needs video; audio inputs take audio embeddings only"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn string_list(v: &Value, valid: &[&str], what: &str) -> Result<Vec<String>, ApiError> {
     let Some(a) = v.as_array() else {
         return if v.is_null() {
@@ -480,11 +511,7 @@ fn string_list(v: &Value, valid: &[&str], what: &str) -> Result<Vec<String>, Api
 
 /// Waits the job's duration, reads the input, writes the results; `Err` is the failure message.
 async fn run_job(settings: &Settings, job: &Job, task: &Task) -> Result<(), String> {
-    let stall = task.input_uri.contains("stall");
     tokio::time::sleep(Duration::from_millis(settings.async_job_ms)).await;
-    if stall {
-        std::future::pending::<()>().await;
-    }
     let Some(endpoint) = &settings.s3_endpoint else {
         return Err("the emulator has no S3 endpoint configured (s3_endpoint)".into());
     };
@@ -503,7 +530,12 @@ async fn run_job(settings: &Settings, job: &Job, task: &Task) -> Result<(), Stri
             task.input_uri
         )
     })?;
-    if task.input_uri.contains("poison") {
+    // Test markers, in the key or at the end of the file.
+    let marked = |m: &str| task.input_uri.contains(m) || media.ends_with(m.as_bytes());
+    if marked("stall") {
+        std::future::pending::<()>().await;
+    }
+    if marked("poison") {
         return Err("The media could not be processed: INVALID_CONTENT".into());
     }
     let duration = media_seconds(&media).ok_or_else(|| {

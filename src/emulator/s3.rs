@@ -1,6 +1,6 @@
 //! A real S3-compatible server on loopback — `s3s-fs`, serving a folder (buckets are its
 //! subfolders) — for `--emulator` runs and the tests of async jobs. Requests must be signed
-//! with the emulator's dummy credentials.
+//! (SigV4, checked) with the emulator's dummy credentials or keys the caller registers.
 
 use anyhow::{Context, Result};
 use hyper::server::conn::http1;
@@ -17,7 +17,14 @@ pub struct LocalS3 {
 
 impl LocalS3 {
     /// Serves `root` on `addr` (port 0 picks a free port) until dropped; creates `buckets`.
-    pub async fn start(addr: SocketAddr, root: &Path, buckets: &[&str]) -> Result<Self> {
+    /// Requests must be signed with the emulator's dummy credentials or one of `keys`
+    /// (access key id, secret).
+    pub async fn start(
+        addr: SocketAddr,
+        root: &Path,
+        buckets: &[&str],
+        keys: &[(&str, &str)],
+    ) -> Result<Self> {
         for b in buckets {
             std::fs::create_dir_all(root.join(b)).with_context(|| {
                 format!("cannot create bucket folder {}", root.join(b).display())
@@ -26,11 +33,15 @@ impl LocalS3 {
         let fs = s3s_fs::FileSystem::new(root)
             .map_err(|e| anyhow::anyhow!("cannot serve {} as S3: {e:?}", root.display()))?;
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        // The emulator's dummy credentials: signatures are checked for real.
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(
+        // Signatures are checked for real, against these keys.
+        let mut auth = s3s::auth::SimpleAuth::from_single(
             crate::providers::bedrock::EMULATOR_ACCESS_KEY,
             crate::providers::bedrock::EMULATOR_SECRET_KEY,
-        ));
+        );
+        for (k, s) in keys {
+            auth.register(k.to_string(), s.to_string().into());
+        }
+        builder.set_auth(auth);
         let service = builder.build();
         let listener = tokio::net::TcpListener::bind(addr)
             .await

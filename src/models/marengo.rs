@@ -143,13 +143,19 @@ pub(super) fn build_async(spec: &ModelSpec, params: &Params, media: &MediaRef<'_
     }
     let source = json!({"s3Location": location});
     let kind = media.modality.as_str();
+    // Visual embeddings need pictures: an audio file gets only the sound options.
+    let options: Vec<&String> = params
+        .embedding_options
+        .iter()
+        .filter(|o| media.modality == Modality::Video || !o.starts_with("visual"))
+        .collect();
     if spec.family == Family::Marengo27 {
         let mut v = json!({"inputType": kind, "mediaSource": source});
         if let Some(s) = params.segment_seconds {
             v["useFixedLengthSec"] = json!(s);
         }
-        if !params.embedding_options.is_empty() {
-            v["embeddingOption"] = json!(params.embedding_options);
+        if !options.is_empty() {
+            v["embeddingOption"] = json!(options);
         }
         return v;
     }
@@ -157,8 +163,8 @@ pub(super) fn build_async(spec: &ModelSpec, params: &Params, media: &MediaRef<'_
     if let Some(s) = params.segment_seconds {
         m["segmentation"] = json!({"method": "fixed", "fixed": {"durationSec": s as u64}});
     }
-    if !params.embedding_options.is_empty() {
-        m["embeddingOption"] = json!(params.embedding_options);
+    if !options.is_empty() {
+        m["embeddingOption"] = json!(options);
     }
     let mut v = json!({"inputType": kind});
     v[kind] = m;

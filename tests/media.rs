@@ -1,0 +1,543 @@
+//! Video and audio through Bedrock async invoke: the real CLI and the real AWS SDKs (Bedrock
+//! Runtime and S3) against the emulator and a real S3-compatible server (s3s-fs), both started
+//! by each test on loopback.
+
+mod common;
+
+use common::*;
+use embedpipe::emulator::async_invoke::AsyncCounters;
+use embedpipe::emulator::s3::LocalS3;
+use embedpipe::emulator::{Emulator, Settings};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "AKIDEXAMPLETESTKEY";
+const SECRET: &str = "test-secret-do-not-log";
+const BUCKET: &str = "media-bucket";
+
+struct Env {
+    _rt: tokio::runtime::Runtime,
+    emu: Emulator,
+    s3: LocalS3,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(job_ms: u64) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("aws-config"), "").unwrap();
+        std::fs::write(dir.path().join("aws-credentials"), "").unwrap();
+        let s3 = rt
+            .block_on(LocalS3::start(
+                ([127, 0, 0, 1], 0).into(),
+                &dir.path().join("s3"),
+                &[BUCKET],
+                &[(KEY, SECRET)],
+            ))
+            .unwrap();
+        let settings = Settings {
+            async_job_ms: job_ms,
+            s3_endpoint: Some(s3.endpoint()),
+            ..Default::default()
+        };
+        let emu = rt
+            .block_on(Emulator::start(([127, 0, 0, 1], 0).into(), settings))
+            .unwrap();
+        // The media, next to the CSV that lists them.
+        std::fs::create_dir_all(dir.path().join("media")).unwrap();
+        for f in ["city_tour.mp4", "fractal_zoom.mp4", "welcome.wav"] {
+            std::fs::copy(sample("media").join(f), dir.path().join("media").join(f)).unwrap();
+        }
+        Env {
+            _rt: rt,
+            emu,
+            s3,
+            dir,
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Puts a file straight into the S3 server's folder: `s3://media-bucket/<key>`.
+    fn put_s3(&self, key: &str, from: &Path) -> String {
+        let to = self.s3.root.join(BUCKET).join(key);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+        format!("s3://{BUCKET}/{key}")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_embedpipe"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", self.emu.endpoint())
+            .env("AWS_ACCESS_KEY_ID", KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env("AWS_CONFIG_FILE", self.path("aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.path("aws-credentials"));
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().unwrap();
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Writes `rows.csv` (id, kind, file) and `p.toml` for `model` (extra model keys).
+    fn pipeline(&self, rows: &[(&str, &str, &str)], model: &str) -> String {
+        let mut csv = String::from("id,kind,file\n");
+        for (id, kind, file) in rows {
+            csv.push_str(&format!("{id},{kind},{file}\n"));
+        }
+        std::fs::write(self.path("rows.csv"), csv).unwrap();
+        write_pipeline(
+            self.dir.path(),
+            "p.toml",
+            &format!(
+                r#"
+[source]
+type = "csv"
+path = "rows.csv"
+id_column = "id"
+
+[[model]]
+name = "m"
+provider = "bedrock"
+output_s3_uri = "s3://{BUCKET}/out"
+s3_endpoint_url = "{}"
+poll_secs = 0.05
+{model}
+
+[[embed]]
+model = "m"
+media = "file"
+modality = "kind"
+
+[sink]
+uri = "db"
+table = "t"
+mode = "overwrite"
+"#,
+                self.s3.endpoint()
+            ),
+        )
+    }
+
+    fn jobs(&self) -> AsyncCounters {
+        self.emu.stats().async_invoke
+    }
+}
+
+const NOVA: &str =
+    "id = \"amazon.nova-2-multimodal-embeddings-v1:0\"\ndimensions = 256\nsegment_seconds = 5";
+
+fn summary(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr))
+}
+
+/// (id, segment_index, start, end, modality, option) of every table row, sorted.
+fn segments(db: &Path) -> Vec<(String, u32, f64, f64, String, String)> {
+    let col = |c: &str| table_strings(db, "t", c);
+    let (ids, idx, start, end, modality, option) = (
+        col("id"),
+        col("segment_index"),
+        col("start_sec"),
+        col("end_sec"),
+        col("modality"),
+        col("embedding_option"),
+    );
+    let mut rows: Vec<_> = (0..ids.len())
+        .map(|i| {
+            (
+                ids[i].clone(),
+                idx[i].parse().unwrap(),
+                start[i].parse().unwrap(),
+                end[i].parse().unwrap(),
+                modality[i].clone(),
+                option[i].clone(),
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.0, a.1, &a.5).partial_cmp(&(&b.0, b.1, &b.5)).unwrap());
+    rows
+}
+
+#[test]
+fn video_and_audio_rows_become_one_row_per_segment() {
+    let env = Env::new(200);
+    let s3_video = env.put_s3(
+        "library/zoom.mp4",
+        &sample("media").join("fractal_zoom.mp4"),
+    );
+    let p = env.pipeline(
+        &[
+            ("tour", "video", "media/city_tour.mp4"),
+            ("zoom", "video", &s3_video),
+            ("hello", "audio", "media/welcome.wav"),
+        ],
+        NOVA,
+    );
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let s = summary(&out);
+    assert_eq!(s["rows_read"], 3);
+    assert_eq!(s["rows_written"], 3);
+    assert_eq!(s["segments_written"], 7);
+    assert_eq!(s["jobs"]["submitted"], 3);
+    assert_eq!(s["jobs"]["completed"], 3);
+    // Two local files staged; the s3:// input used where it is.
+    assert_eq!(s["jobs"]["uploaded"], 2);
+    let rows = segments(&env.path("db"));
+    let expect = [
+        ("hello", 0, 0.0, 5.0, "audio", "audio"),
+        ("hello", 1, 5.0, 9.441, "audio", "audio"),
+        ("tour", 0, 0.0, 5.0, "video", "audio_video_combined"),
+        ("tour", 1, 5.0, 10.0, "video", "audio_video_combined"),
+        ("tour", 2, 10.0, 12.0, "video", "audio_video_combined"),
+        ("zoom", 0, 0.0, 5.0, "video", "audio_video_combined"),
+        ("zoom", 1, 5.0, 7.0, "video", "audio_video_combined"),
+    ];
+    assert_eq!(rows.len(), expect.len(), "{rows:?}");
+    for (r, e) in rows.iter().zip(expect) {
+        assert_eq!((r.0.as_str(), r.1), (e.0, e.1), "{rows:?}");
+        assert!(
+            (r.2 - e.2).abs() < 0.01 && (r.3 - e.3).abs() < 0.02,
+            "{r:?} vs {e:?}"
+        );
+        assert_eq!((r.4.as_str(), r.5.as_str()), (e.4, e.5));
+    }
+    let (_, schema) = table_info(&env.path("db"), "t");
+    match schema.field_with_name("vector").unwrap().data_type() {
+        arrow_schema::DataType::FixedSizeList(_, d) => assert_eq!(*d, 256),
+        other => panic!("{other:?}"),
+    }
+    // The emulator saw each input once, and jobs read what the client staged.
+    let c = env.jobs();
+    assert_eq!(c.jobs, 3);
+    assert!(c.jobs_by_input.contains_key(&s3_video), "{c:?}");
+    assert_eq!(c.jobs_by_input.values().max(), Some(&1));
+    // `embedpipe jobs` lists them.
+    let jobs = env.run(&["jobs", &p]);
+    assert_eq!(jobs.code, 0, "{}", jobs.stderr);
+    assert_eq!(
+        jobs.stdout.matches("completed").count(),
+        3,
+        "{}",
+        jobs.stdout
+    );
+    assert!(jobs.stdout.contains("media/city_tour.mp4"));
+    assert!(!out.stderr.contains(SECRET) && !jobs.stdout.contains(SECRET));
+}
+
+#[test]
+fn marengo_writes_a_row_per_segment_and_embedding_option() {
+    let env = Env::new(100);
+    let p = env.pipeline(
+        &[
+            ("tour", "video", "media/city_tour.mp4"),
+            ("hello", "auto", "media/welcome.wav"),
+        ],
+        "id = \"twelvelabs.marengo-embed-2-7-v1:0\"\nsegment_seconds = 4\n\
+         embedding_options = [\"visual-text\", \"audio\"]",
+    );
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let rows = segments(&env.path("db"));
+    // 12 s video in 4 s segments × 2 options; 9.4 s audio in 4 s segments × 2 options.
+    let count = |id: &str, opt: &str| rows.iter().filter(|r| r.0 == id && r.5 == opt).count();
+    assert_eq!(count("tour", "visual-text"), 3, "{rows:?}");
+    assert_eq!(count("tour", "audio"), 3);
+    assert_eq!(count("hello", "audio"), 3);
+    assert!(rows
+        .iter()
+        .filter(|r| r.5 == "audio")
+        .all(|r| r.4 == "audio"));
+    assert!(rows
+        .iter()
+        .filter(|r| r.5 == "visual-text")
+        .all(|r| r.4 == "video"));
+    assert_eq!(rows.len(), 9);
+}
+
+#[test]
+fn a_killed_run_resumes_its_jobs_and_never_submits_twice() {
+    // Jobs take 4 s: the run is killed while all of them are in flight.
+    let env = Env::new(4000);
+    let p = env.pipeline(
+        &[
+            ("tour", "video", "media/city_tour.mp4"),
+            ("zoom", "video", "media/fractal_zoom.mp4"),
+            ("hello", "audio", "media/welcome.wav"),
+        ],
+        NOVA,
+    );
+    let mut child = env
+        .command(&["run", &p, "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ledger = env.path("db/t_jobs.jsonl");
+    let started = Instant::now();
+    loop {
+        let arns = std::fs::read_to_string(&ledger)
+            .map(|s| s.matches("\"in_progress\"").count())
+            .unwrap_or(0);
+        if arns == 3 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "jobs never all submitted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(env.jobs().jobs, 3);
+    assert_eq!(
+        env.jobs().completed,
+        0,
+        "killed after the jobs finished: no test"
+    );
+    // Nothing was committed.
+    assert!(!env.path("db/t.lance").exists());
+
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let s = summary(&out);
+    assert_eq!(s["jobs"]["resumed"], 3, "{s}");
+    assert_eq!(s["jobs"]["submitted"], 0, "{s}");
+    assert_eq!(s["jobs"]["already_staged"], 3, "{s}");
+    let c = env.jobs();
+    assert_eq!((c.jobs, c.duplicate_submits), (3, 0), "{c:?}");
+    let rows = segments(&env.path("db"));
+    assert_eq!(rows.len(), 7, "{rows:?}");
+    let mut keys: Vec<_> = rows.iter().map(|r| (r.0.clone(), r.1)).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), 7, "a segment was written twice: {rows:?}");
+
+    // A third run finds the jobs completed in the ledger: still no new job.
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(env.jobs().jobs, 3);
+    assert_eq!(segments(&env.path("db")).len(), 7);
+}
+
+#[test]
+fn failed_and_timed_out_jobs_are_dead_lettered_and_the_rest_completes() {
+    let env = Env::new(100);
+    let media = env.path("media");
+    // Bytes ending with the emulator's markers: `poison` fails the job, `stall` never ends it.
+    let mut poison = std::fs::read(media.join("welcome.wav")).unwrap();
+    poison.extend_from_slice(b"poison");
+    std::fs::write(media.join("poison.wav"), poison).unwrap();
+    let mut stall = std::fs::read(media.join("fractal_zoom.mp4")).unwrap();
+    stall.extend_from_slice(b"stall");
+    std::fs::write(media.join("stall.mp4"), stall).unwrap();
+    let s3_stall = env.put_s3("in/stall.mp4", &media.join("stall.mp4"));
+    let p = env.pipeline(
+        &[
+            ("good", "video", "media/city_tour.mp4"),
+            ("bad", "audio", "media/poison.wav"),
+            ("slow", "video", &s3_stall),
+            ("missing", "video", "media/nowhere.mp4"),
+        ],
+        &format!("{NOVA}\njob_timeout_secs = 1.5"),
+    );
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    let s = summary(&out);
+    assert_eq!(
+        (
+            s["rows_read"].as_u64(),
+            s["rows_written"].as_u64(),
+            s["rows_failed"].as_u64()
+        ),
+        (Some(4), Some(1), Some(3))
+    );
+    assert_eq!(s["segments_written"], 3);
+    let dead = dead_letters(&env.path("db/t_failures.jsonl"));
+    let kind = |id: &str| {
+        dead.iter()
+            .find(|d| d["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not dead-lettered: {dead:?}"))
+            .clone()
+    };
+    let bad = kind("bad");
+    assert_eq!(bad["kind"], "job_failed");
+    assert!(
+        bad["message"].as_str().unwrap().contains("INVALID_CONTENT"),
+        "{bad}"
+    );
+    let slow = kind("slow");
+    assert_eq!(slow["kind"], "job_timeout");
+    assert!(
+        slow["message"].as_str().unwrap().contains("next run"),
+        "{slow}"
+    );
+    let missing = kind("missing");
+    assert_eq!(missing["kind"], "media_unreadable");
+    assert!(
+        missing["message"].as_str().unwrap().contains("nowhere.mp4"),
+        "{missing}"
+    );
+    assert_eq!(missing["row"], 5, "{missing}");
+    // The ledger keeps the timed-out job in progress (a later run polls it again).
+    let jobs = env.run(&["jobs", &p, "--json"]);
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&jobs.stdout).unwrap();
+    let status = |input: &str| {
+        jobs.iter()
+            .find(|j| j["input"] == input)
+            .map(|j| j["status"].as_str().unwrap().to_string())
+    };
+    assert_eq!(status(&s3_stall).as_deref(), Some("in_progress"));
+    assert_eq!(status("media/poison.wav").as_deref(), Some("failed"));
+}
+
+#[test]
+fn local_media_is_uploaded_once_across_runs() {
+    let env = Env::new(50);
+    let p = env.pipeline(
+        &[
+            ("tour", "video", "media/city_tour.mp4"),
+            ("hello", "audio", "media/welcome.wav"),
+        ],
+        NOVA,
+    );
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(summary(&out)["jobs"]["uploaded"], 2);
+    let staged = env.s3.root.join(BUCKET).join("out/inputs");
+    let listing = |dir: &Path| {
+        let mut v: Vec<(String, std::time::SystemTime)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().modified().unwrap(),
+                )
+            })
+            .filter(|(n, _)| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    let first = listing(&staged);
+    assert_eq!(first.len(), 2, "{first:?}");
+    // Content-addressed keys: the BLAKE3 of the file.
+    assert!(
+        first.iter().any(|(n, _)| n.ends_with(".mp4"))
+            && first.iter().any(|(n, _)| n.ends_with(".wav"))
+    );
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let s = summary(&out);
+    assert_eq!(
+        (
+            s["jobs"]["uploaded"].as_u64(),
+            s["jobs"]["already_staged"].as_u64()
+        ),
+        (Some(0), Some(2)),
+        "{s}"
+    );
+    assert_eq!(listing(&staged), first, "a staged file was written again");
+}
+
+#[test]
+fn sending_video_to_a_sync_only_model_fails_at_validate() {
+    let env = Env::new(0);
+    let p = env.pipeline(
+        &[("tour", "video", "media/city_tour.mp4")],
+        "id = \"amazon.titan-embed-text-v2:0\"",
+    );
+    let out = env.run(&["validate", &p]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot embed video or audio"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("amazon.nova-2-multimodal-embeddings-v1:0"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("p.toml:"), "{}", out.stderr);
+    assert_eq!(env.jobs().submits, 0);
+}
+
+#[test]
+fn submits_with_the_same_token_are_idempotent() {
+    use embedpipe::providers::bedrock::{Bedrock, Connection, ErrorClass};
+    let env = Env::new(10_000);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt
+        .block_on(Bedrock::connect(&Connection {
+            endpoint_url: Some(env.emu.endpoint()),
+            emulator_credentials: true,
+            timeout: Duration::from_secs(10),
+            ..Default::default()
+        }))
+        .unwrap();
+    let input = |uri: &str| {
+        serde_json::json!({"schemaVersion": "nova-multimodal-embed-v1", "taskType": "SEGMENTED_EMBEDDING",
+            "segmentedEmbeddingParams": {"embeddingPurpose": "GENERIC_INDEX", "embeddingDimension": 256,
+              "audio": {"format": "wav", "source": {"s3Location": {"uri": uri}},
+                        "segmentationConfig": {"durationSeconds": 5}}}})
+    };
+    let model = "amazon.nova-2-multimodal-embeddings-v1:0";
+    let out = format!("s3://{BUCKET}/out");
+    let a = rt
+        .block_on(client.start_async_invoke(model, &input("s3://b/a.wav"), &out, "tok-1"))
+        .unwrap();
+    let again = rt
+        .block_on(client.start_async_invoke(model, &input("s3://b/a.wav"), &out, "tok-1"))
+        .unwrap();
+    assert_eq!(a, again);
+    let conflict = rt
+        .block_on(client.start_async_invoke(model, &input("s3://b/other.wav"), &out, "tok-1"))
+        .unwrap_err();
+    assert_eq!(conflict.class, ErrorClass::Validation, "{conflict}");
+    assert!(conflict.message.contains("ConflictException"), "{conflict}");
+    // A profile id is refused for async, as Bedrock does.
+    let profile = rt
+        .block_on(client.start_async_invoke(
+            "us.twelvelabs.marengo-embed-2-7-v1:0",
+            &serde_json::json!({"inputType": "video", "mediaSource": {"s3Location": {"uri": "s3://b/v.mp4"}}}),
+            &out,
+            "tok-2",
+        ))
+        .unwrap_err();
+    assert!(
+        profile.message.contains("doesn't support async inference"),
+        "{profile}"
+    );
+    let status = rt.block_on(client.get_async_invoke(&a)).unwrap();
+    assert_eq!(
+        status.status,
+        embedpipe::providers::bedrock::JobState::InProgress
+    );
+    let c = env.jobs();
+    assert_eq!((c.submits, c.jobs, c.duplicate_submits), (4, 1, 1), "{c:?}");
+}
