@@ -196,7 +196,22 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
         rows_failed: failed,
         failures_by_kind: by_kind,
         failures_file: (failed > 0).then(|| failures_path.display().to_string()),
-        models: models.iter().map(|m| m.stats()).collect(),
+        models: models
+            .iter()
+            .map(|m| {
+                let mut s = m.stats();
+                // Async jobs bill media seconds to their model.
+                if let Some(route) = media.as_ref().filter(|r| r.model_name() == m.info.name) {
+                    let j = route.stats();
+                    s.usage.video_seconds += j.video_seconds;
+                    s.usage.audio_seconds += j.audio_seconds;
+                    s.inputs += j.completed;
+                    s.cost_usd += j.video_seconds * m.info.prices.per_video_second
+                        + j.audio_seconds * m.info.prices.per_audio_second;
+                }
+                s
+            })
+            .collect(),
         segments_written: counters.segments,
         jobs: media.as_ref().map(|m| m.stats()),
         wall_time: wall,

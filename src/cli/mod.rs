@@ -136,6 +136,12 @@ struct EmulatorArgs {
     /// Share of calls whose connection is dropped.
     #[arg(long, default_value_t = 0.0)]
     fault_reset: f64,
+    /// How long async-invoke jobs run before their results are written (ms).
+    #[arg(long, default_value_t = 0)]
+    job_ms: u64,
+    /// S3-compatible server async jobs read media from and write results to.
+    #[arg(long)]
+    s3_endpoint: Option<String>,
     /// Full settings as JSON (see `GET /_emulator/config`); flags above apply on top.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -580,6 +586,12 @@ async fn emulator_command(a: EmulatorArgs) -> i32 {
         }
         if a.tpm.is_some() {
             s.quota.tokens_per_minute = a.tpm;
+        }
+        if a.job_ms > 0 {
+            s.async_job_ms = a.job_ms;
+        }
+        if a.s3_endpoint.is_some() {
+            s.s3_endpoint = a.s3_endpoint.clone();
         }
         for (v, slot) in [
             (a.fault_throttle, &mut s.faults.throttle),

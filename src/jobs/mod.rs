@@ -90,6 +90,7 @@ pub struct JobStats {
     /// Result lines the service marked as failed (skipped).
     pub failed_segments: u64,
     pub polls: u64,
+    /// Media seconds of the jobs that finished during this run (what they bill).
     pub video_seconds: f64,
     pub audio_seconds: f64,
 }
@@ -136,6 +137,10 @@ impl AsyncRoute {
             retry,
             stats: Mutex::new(JobStats::default()),
         })
+    }
+
+    pub fn model_name(&self) -> &str {
+        &self.info.name
     }
 
     pub fn dimension(&self) -> usize {
@@ -232,6 +237,8 @@ impl AsyncRoute {
             }
         };
         let mut resumed = record.arn.is_some();
+        // A job completed in an earlier run was billed then: its results are only read again.
+        let billed_before = record.status == Status::Completed;
         let (arn, state, failure) = loop {
             if record.arn.is_none() {
                 // Durable before the call: if the run dies now, the next one submits again
@@ -315,10 +322,10 @@ impl AsyncRoute {
         self.count(|s| {
             s.completed += 1;
             s.segments += segments.len() as u64;
-            if media.modality == Modality::Video {
-                s.video_seconds += seconds
-            } else {
-                s.audio_seconds += seconds
+            match (billed_before, media.modality) {
+                (true, _) => {}
+                (false, Modality::Video) => s.video_seconds += seconds,
+                (false, _) => s.audio_seconds += seconds,
             }
         });
         Ok((media.modality, segments))

@@ -60,15 +60,13 @@ impl fmt::Display for Summary {
             writeln!(
                 f,
                 "  async jobs: {} submitted, {} resumed, {} completed, {} failed, {} timed out; \
-                 {} segments written ({:.1} s video, {:.1} s audio); media {} uploaded, {} already staged",
+                 {} segments written; media files {} uploaded, {} already staged",
                 j.submitted,
                 j.resumed,
                 j.completed,
                 j.failed,
                 j.timed_out,
                 self.segments_written,
-                j.video_seconds,
-                j.audio_seconds,
                 j.uploaded,
                 j.already_staged
             )?;
@@ -88,6 +86,12 @@ impl fmt::Display for Summary {
             }
             if m.usage.queries > 0 {
                 units.push(format!("{} queries", m.usage.queries));
+            }
+            if m.usage.video_seconds > 0.0 {
+                units.push(format!("{:.1} s of video", m.usage.video_seconds));
+            }
+            if m.usage.audio_seconds > 0.0 {
+                units.push(format!("{:.1} s of audio", m.usage.audio_seconds));
             }
             writeln!(
                 f,
