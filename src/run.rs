@@ -4,12 +4,13 @@
 //! task prepares inputs (on rayon) and awaits model calls, and the sink task streams rows into
 //! one LanceDB commit.
 
-use crate::config::Pipeline;
+use crate::config::{Cleanup, Pipeline, WriteMode};
 use crate::dispatch::Models;
 use crate::jobs::AsyncRoute;
 use crate::plan::{self, Prepared};
 use crate::report::{Progress, Summary};
 use crate::sink::failures::{DeadLetter, FailureWriter};
+use crate::sink::incremental::{delete_missing, Existing, Upserter};
 use crate::sink::lancedb::{self as lance_sink, Writer};
 use crate::sink::SegmentColumns;
 use crate::sources::{self, SourceBatch};
@@ -17,6 +18,7 @@ use crate::validate::{self, Checked};
 use anyhow::{anyhow, Context, Result};
 use arrow::array::RecordBatch;
 use futures::StreamExt;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +30,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// How models are reached (`--emulator`).
     pub overrides: crate::dispatch::Overrides,
+    /// Embed every row again and rewrite the table (`--reindex`): allowed to change the
+    /// vector space of an existing table.
+    pub reindex: bool,
 }
 
 /// Where a run stopped.
@@ -81,12 +86,42 @@ struct Counters {
     written: u64,
     /// Table rows of media pipelines (one per segment).
     segments: u64,
+    /// Rows unchanged since the table was written (incremental).
+    skipped: u64,
+    /// Ids read so far (incremental: duplicates, cleanup).
+    seen: Option<HashSet<String>>,
+    /// Every row read had an id (else cleanup would not know what to keep).
+    ids_complete: bool,
+}
+
+/// Where output rows go.
+enum Output {
+    /// One streaming commit (create, overwrite, append).
+    Stream(Writer),
+    /// Upserts by id in chunks (incremental).
+    Upsert(Upserter),
+}
+
+impl Output {
+    async fn send(&mut self, batch: RecordBatch) -> Result<()> {
+        match self {
+            Output::Stream(w) => w.send(batch).await,
+            Output::Upsert(u) => u.push(batch).await,
+        }
+    }
 }
 
 /// Runs the pipeline.
 pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, RunError> {
     let started = Instant::now();
-    let checked = validate::check(&pipeline).await.map_err(RunError::Setup)?;
+    let checked = validate::check_run(&pipeline, opts.reindex)
+        .await
+        .map_err(RunError::Setup)?;
+    let mode = if opts.reindex {
+        WriteMode::Overwrite
+    } else {
+        pipeline.write_mode()
+    };
     let models = {
         let p = pipeline.clone();
         let o = opts.overrides.clone();
@@ -101,15 +136,44 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
     let conn = lance_sink::connect(&checked.target)
         .await
         .map_err(RunError::Setup)?;
-    let writer = Writer::start(
-        conn,
-        &checked.target,
-        pipeline.write_mode(),
-        checked.layout.schema.clone(),
-        checked.existing.is_some(),
-    )
-    .await
-    .map_err(RunError::Setup)?;
+    let (mut output, existing) = if mode == WriteMode::Incremental {
+        let upserter = Upserter::new(
+            conn.clone(),
+            &checked.target.table,
+            checked.layout.schema.clone(),
+            pipeline.commit_rows(),
+        )
+        .await
+        .map_err(RunError::Setup)?;
+        let existing = match &checked.existing {
+            Some(_) => Some(
+                Existing::open(
+                    &conn,
+                    &checked.target.table,
+                    pipeline
+                        .steps
+                        .iter()
+                        .map(|s| crate::sink::step_columns(&s.vector)[2].clone())
+                        .collect(),
+                )
+                .await
+                .map_err(RunError::Setup)?,
+            ),
+            None => None,
+        };
+        (Output::Upsert(upserter), existing)
+    } else {
+        let writer = Writer::start(
+            conn.clone(),
+            &checked.target,
+            mode,
+            checked.layout.schema.clone(),
+            checked.existing.is_some(),
+        )
+        .await
+        .map_err(RunError::Setup)?;
+        (Output::Stream(writer), None)
+    };
 
     // Video/audio: the async route, with its job ledger next to the table.
     let media = match pipeline
@@ -162,20 +226,44 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
         read: 0,
         written: 0,
         segments: 0,
+        skipped: 0,
+        seen: (mode == WriteMode::Incremental).then(HashSet::new),
+        ids_complete: true,
     };
     let outcome = tokio::select! {
-        r = pump(&pipeline, &checked, &models, media.as_ref(), &writer, &mut failures, &mut counters, &progress, &run_id) => r.map_err(RunError::Failed),
+        r = pump(&pipeline, &checked, &models, media.as_ref(), existing.as_ref(), &mut output, &mut failures, &mut counters, &progress, &run_id) => r.map_err(RunError::Failed),
         _ = tokio::signal::ctrl_c() => Err(RunError::Interrupted),
         () = model_lines => unreachable!("the progress ticker never ends"),
     };
     progress.finish();
-    match outcome {
-        Ok(()) => writer.finish().await.map_err(RunError::Failed)?,
-        Err(e) => {
+    let mut deleted = 0;
+    let mut commits = 0;
+    match (outcome, output) {
+        (Ok(()), Output::Stream(writer)) => writer.finish().await.map_err(RunError::Failed)?,
+        (Ok(()), Output::Upsert(mut upserter)) => {
+            upserter.flush().await.map_err(RunError::Failed)?;
+            commits = upserter.commits;
+            // Rows gone from the source, once all of it was read.
+            if let (Cleanup::Full, Some(seen)) = (pipeline.cleanup(), &counters.seen) {
+                if !counters.ids_complete {
+                    tracing::warn!("cleanup skipped: some rows could not be read, so their ids are unknown and their table rows might be deleted by mistake");
+                } else if checked.existing.is_some() || commits > 0 {
+                    deleted = delete_missing(&conn, &checked.target.table, |id| seen.contains(id))
+                        .await
+                        .map_err(RunError::Failed)?;
+                }
+            }
+        }
+        (Err(e), Output::Stream(writer)) => {
             let e = match (writer.abort().await, e) {
                 (Some(write_error), RunError::Failed(_)) => RunError::Failed(write_error),
                 (_, e) => e,
             };
+            let _ = failures.finish();
+            return Err(e);
+        }
+        (Err(e), Output::Upsert(_)) => {
+            // Chunks committed so far stay: a new run skips them.
             let _ = failures.finish();
             return Err(e);
         }
@@ -189,10 +277,16 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
         pipeline: pipeline.path.display().to_string(),
         table: checked.target.table.clone(),
         uri: checked.target.uri.clone(),
-        mode: pipeline.write_mode().as_str().to_string(),
+        mode: if opts.reindex {
+            format!("{} (reindex)", pipeline.write_mode().as_str())
+        } else {
+            mode.as_str().to_string()
+        },
         rows_read: counters.read,
         rows_written: counters.written,
-        rows_skipped: 0,
+        rows_skipped: counters.skipped,
+        rows_deleted: deleted,
+        commits,
         rows_failed: failed,
         failures_by_kind: by_kind,
         failures_file: (failed > 0).then(|| failures_path.display().to_string()),
@@ -230,6 +324,14 @@ struct BatchOutput {
     inputs: u64,
     /// Source rows written (fewer than the batch's rows when they became segments).
     rows_written: u64,
+    /// Rows left alone: unchanged since the table was written.
+    skipped: u64,
+    /// Source row of each output row.
+    keep: Vec<u32>,
+    /// Ids of every row of the batch, its file and row numbers (for dead letters).
+    ids: Arc<arrow::array::StringArray>,
+    source: Arc<str>,
+    row_numbers: Vec<u64>,
 }
 
 /// Source batches worked on at once: enough to keep every model's calls in flight full while
@@ -250,7 +352,8 @@ async fn pump(
     checked: &Checked,
     models: &Models,
     media: Option<&AsyncRoute>,
-    writer: &Writer,
+    existing: Option<&Existing>,
+    output: &mut Output,
     failures: &mut FailureWriter,
     counters: &mut Counters,
     progress: &Progress,
@@ -280,21 +383,28 @@ async fn pump(
             let sb = item?;
             match media {
                 Some(route) => embed_media_batch(pipeline, checked, route, &sb, run_id).await,
-                None => embed_batch(pipeline, checked, models, &sb, run_id, progress).await,
+                None => {
+                    embed_batch(pipeline, checked, models, existing, &sb, run_id, progress).await
+                }
             }
         })
         .buffered(batches_in_flight(pipeline, models)));
     while let Some(out) = results.next().await {
-        let out = out?;
+        let mut out = out?;
         tracing::trace!(rows = out.read, "batch embedded");
         counters.read += out.read;
+        counters.skipped += out.skipped;
+        if let Some(seen) = &mut counters.seen {
+            counters.ids_complete &= out.dead.iter().all(|d| d.id.is_some());
+            drop_duplicates(&mut out, seen, run_id)?;
+        }
         for d in &out.dead {
             failures.write(d)?;
         }
         counters.written += out.rows_written;
         if let Some(batch) = out.batch {
             counters.segments += batch.num_rows() as u64;
-            writer.send(batch).await?;
+            output.send(batch).await?;
             tracing::trace!("batch sent to the writer");
         }
         progress.batch_done(out.read, out.inputs);
@@ -308,6 +418,7 @@ async fn embed_batch(
     pipeline: &Pipeline,
     checked: &Checked,
     models: &Models,
+    existing: Option<&Existing>,
     sb: &SourceBatch,
     run_id: &str,
     progress: &Progress,
@@ -343,6 +454,11 @@ async fn embed_batch(
             .collect(),
         inputs: 0,
         rows_written: 0,
+        skipped: 0,
+        keep: Vec::new(),
+        ids: sb.ids.clone(),
+        source: sb.file.clone(),
+        row_numbers: sb.rows.clone(),
     };
     if n == 0 {
         return Ok(out);
@@ -369,6 +485,27 @@ async fn embed_batch(
     for p in &mut prepared {
         retain_rows(p, |row| failed[row].is_none());
     }
+    // Incremental: rows whose every step hashes as stored are left alone (no call, no write).
+    if let (Some(existing), Some(first)) = (existing, prepared.first()) {
+        let ids: Vec<&str> = first.rows.iter().map(|&r| sb.ids.value(r)).collect();
+        let stored = existing.hashes(&ids).await?;
+        let mut unchanged = vec![false; n];
+        for (pos, &row) in first.rows.iter().enumerate() {
+            unchanged[row] = stored.get(sb.ids.value(row)).is_some_and(|h| {
+                h.len() == prepared.len()
+                    && prepared.iter().zip(h).all(|(p, h)| p.hashes[pos] == *h)
+            });
+        }
+        out.skipped = unchanged.iter().filter(|u| **u).count() as u64;
+        for p in &mut prepared {
+            retain_rows(p, |row| !unchanged[row]);
+        }
+        for (row, u) in unchanged.into_iter().enumerate() {
+            if u {
+                failed[row] = Some((String::new(), SKIPPED.into(), String::new()));
+            }
+        }
+    }
     // All steps at once: steps sharing a model fill the same calls.
     let outputs = futures::future::try_join_all(
         pipeline
@@ -391,7 +528,7 @@ async fn embed_batch(
         .filter(|&i| failed[i as usize].is_none())
         .collect();
     for (i, f) in failed.into_iter().enumerate() {
-        if let Some((step, kind, message)) = f {
+        if let Some((step, kind, message)) = f.filter(|f| f.1 != SKIPPED) {
             out.dead.push(dead_letter(
                 Some(sb.ids.value(i).to_string()),
                 Some(sb.rows[i]).filter(|&r| r > 0),
@@ -405,6 +542,7 @@ async fn embed_batch(
         return Ok(out);
     }
     out.rows_written = keep.len() as u64;
+    out.keep = keep.clone();
     // Gathering vectors and building the Arrow batch is CPU work: do it on rayon.
     let dims: Vec<usize> = pipeline
         .steps
@@ -486,6 +624,11 @@ async fn embed_media_batch(
             .collect(),
         inputs: 0,
         rows_written: 0,
+        skipped: 0,
+        keep: Vec::new(),
+        ids: sb.ids.clone(),
+        source: sb.file.clone(),
+        row_numbers: sb.rows.clone(),
     };
     if n == 0 {
         return Ok(out);
@@ -544,6 +687,7 @@ async fn embed_media_batch(
     }
     let layout = checked.layout.clone();
     let (batch, ids) = (sb.batch.clone(), sb.ids.clone());
+    out.keep = keep.clone();
     out.batch = Some(
         cpu(move || {
             layout.assemble(
@@ -568,6 +712,56 @@ fn segment_modality(input: crate::models::Modality, kind: &str) -> String {
     } else {
         input.as_str().into()
     }
+}
+
+/// Marks rows an incremental run leaves alone (never a dead letter).
+const SKIPPED: &str = "\0skipped";
+
+/// Incremental runs upsert by id: a row whose id came earlier in the source is dead-lettered
+/// (the first one wins) and dropped from the output.
+fn drop_duplicates(out: &mut BatchOutput, seen: &mut HashSet<String>, run_id: &str) -> Result<()> {
+    use arrow::array::Array;
+    let mut dup_rows = HashSet::new();
+    for i in 0..out.ids.len() {
+        if !seen.insert(out.ids.value(i).to_string()) {
+            dup_rows.insert(i as u32);
+        }
+    }
+    if dup_rows.is_empty() {
+        return Ok(());
+    }
+    let Some(batch) = out.batch.take() else {
+        return Ok(());
+    };
+    let mask: arrow::array::BooleanArray = out
+        .keep
+        .iter()
+        .map(|r| Some(!dup_rows.contains(r)))
+        .collect();
+    let mut dropped = HashSet::new();
+    for r in &out.keep {
+        if dup_rows.contains(r) && dropped.insert(*r) {
+            out.rows_written -= 1;
+            out.dead.push(DeadLetter {
+                run_id: run_id.to_string(),
+                id: Some(out.ids.value(*r as usize).to_string()),
+                source: out.source.to_string(),
+                row: Some(out.row_numbers[*r as usize]).filter(|&n| n > 0),
+                step: "read".into(),
+                kind: "duplicate_id".into(),
+                message: format!(
+                    "id `{}` appeared earlier in the source; incremental runs keep the first",
+                    out.ids.value(*r as usize)
+                ),
+            });
+        }
+    }
+    let filtered = arrow::compute::filter_record_batch(&batch, &mask)?;
+    out.keep.retain(|r| !dup_rows.contains(r));
+    if filtered.num_rows() > 0 {
+        out.batch = Some(filtered);
+    }
+    Ok(())
 }
 
 /// Keeps only the prepared inputs whose row passes `keep`.

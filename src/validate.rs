@@ -58,6 +58,12 @@ fn texty(dt: &DataType) -> bool {
 
 /// Runs every check that needs no model call.
 pub async fn check(pipeline: &Pipeline) -> Result<Checked> {
+    check_run(pipeline, false).await
+}
+
+/// As [`check`], for a run: with `reindex` the table is rewritten, so its vector spaces may
+/// change.
+pub async fn check_run(pipeline: &Pipeline, reindex: bool) -> Result<Checked> {
     let plan = {
         let p = pipeline;
         sources::plan(p)?
@@ -250,7 +256,11 @@ pub async fn check(pipeline: &Pipeline) -> Result<Checked> {
         }
     };
     lance_sink::check_mode(
-        pipeline.write_mode(),
+        if reindex {
+            crate::config::WriteMode::Overwrite
+        } else {
+            pipeline.write_mode()
+        },
         &target,
         existing.as_deref(),
         &layout.schema,

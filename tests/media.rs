@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const KEY: &str = "AKIDEXAMPLETESTKEY";
-const SECRET: &str = "test-secret-do-not-log";
 const BUCKET: &str = "media-bucket";
 
 struct Env {
@@ -31,14 +29,12 @@ impl Env {
             .build()
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("aws-config"), "").unwrap();
-        std::fs::write(dir.path().join("aws-credentials"), "").unwrap();
         let s3 = rt
             .block_on(LocalS3::start(
                 ([127, 0, 0, 1], 0).into(),
                 &dir.path().join("s3"),
                 &[BUCKET],
-                &[(KEY, SECRET)],
+                &[(TEST_KEY, TEST_SECRET)],
             ))
             .unwrap();
         let settings = Settings {
@@ -75,29 +71,11 @@ impl Env {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_embedpipe"));
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .env("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", self.emu.endpoint())
-            .env("AWS_ACCESS_KEY_ID", KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env("AWS_CONFIG_FILE", self.path("aws-config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.path("aws-credentials"));
-        cmd
+        aws_cli(self.dir.path(), &self.emu.endpoint(), args)
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let out = self.command(args).output().unwrap();
-        Output {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        output(self.command(args))
     }
 
     /// Writes `rows.csv` (id, kind, file) and `p.toml` for `model` (extra model keys).
@@ -244,7 +222,7 @@ fn video_and_audio_rows_become_one_row_per_segment() {
         jobs.stdout
     );
     assert!(jobs.stdout.contains("media/city_tour.mp4"));
-    assert!(!out.stderr.contains(SECRET) && !jobs.stdout.contains(SECRET));
+    assert!(!out.stderr.contains(TEST_SECRET) && !jobs.stdout.contains(TEST_SECRET));
 }
 
 #[test]

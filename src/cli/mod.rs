@@ -61,6 +61,10 @@ enum Command {
         /// Send Bedrock calls to an in-process Bedrock emulator (no AWS account needed).
         #[arg(long)]
         emulator: bool,
+        /// Embed every row again and rewrite the table: needed when a step's model, dimension
+        /// or parameters changed on an existing table.
+        #[arg(long)]
+        reindex: bool,
     },
     /// Search the pipeline's table with a text query.
     Search {
@@ -297,6 +301,7 @@ async fn dispatch(cli: Cli) -> i32 {
             file,
             json,
             emulator,
+            reindex,
         } => {
             let p = match load(&file) {
                 Ok(p) => p,
@@ -309,6 +314,7 @@ async fn dispatch(cli: Cli) -> i32 {
             let opts = RunOptions {
                 progress: !cli.quiet && !json,
                 overrides,
+                reindex,
             };
             match crate::run::run(p, opts).await {
                 Ok(summary) => {

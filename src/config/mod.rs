@@ -18,6 +18,9 @@ use toml::Spanned;
 
 /// Default rows per source batch.
 pub const DEFAULT_BATCH_ROWS: usize = 1024;
+/// Rows per commit of an incremental run.
+pub const DEFAULT_COMMIT_ROWS: usize = 10_000;
+
 /// Default per-image size limit (Bedrock's largest image limit is 25 MB; local files above this are
 /// almost certainly not meant to be embedded).
 pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 25 * 1024 * 1024;
@@ -240,6 +243,21 @@ pub enum WriteMode {
     Overwrite,
     /// Add rows to an existing table (created if missing).
     Append,
+    /// Re-embed only new and changed rows (by content hash) and upsert them by id, committing
+    /// in chunks; with `cleanup = "full"`, delete rows gone from the source.
+    Incremental,
+}
+
+/// What an incremental run does with table rows whose id is no longer in the source (the names
+/// of LangChain's indexing API).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Cleanup {
+    /// Keep them.
+    #[default]
+    None,
+    /// Delete them (after the whole source was read).
+    Full,
 }
 
 impl WriteMode {
@@ -248,6 +266,7 @@ impl WriteMode {
             WriteMode::Create => "create",
             WriteMode::Overwrite => "overwrite",
             WriteMode::Append => "append",
+            WriteMode::Incremental => "incremental",
         }
     }
 }
@@ -265,6 +284,10 @@ pub struct SinkConfig {
     pub metadata: Option<Vec<Spanned<String>>>,
     /// Dead-letter JSONL file; default `<uri>/<table>_failures.jsonl`.
     pub failures: Option<Spanned<EnvString>>,
+    /// Incremental mode: delete rows gone from the source (`full`) or keep them (`none`).
+    pub cleanup: Option<Spanned<Cleanup>>,
+    /// Incremental mode: rows per commit (a killed run re-embeds at most this many).
+    pub commit_rows: Option<Spanned<usize>>,
 }
 
 /// A loaded, statically checked pipeline file.
@@ -527,6 +550,21 @@ impl Pipeline {
             .batch_size
             .as_ref()
             .map_or(DEFAULT_BATCH_ROWS, |b| *b.get_ref())
+    }
+
+    pub fn cleanup(&self) -> Cleanup {
+        self.sink()
+            .cleanup
+            .as_ref()
+            .map_or(Cleanup::default(), |c| *c.get_ref())
+    }
+
+    /// Rows per commit of an incremental run.
+    pub fn commit_rows(&self) -> usize {
+        self.sink()
+            .commit_rows
+            .as_ref()
+            .map_or(DEFAULT_COMMIT_ROWS, |c| *c.get_ref())
     }
 
     pub fn write_mode(&self) -> WriteMode {
@@ -1326,6 +1364,42 @@ impl Pipeline {
             return Err(self
                 .error(sink.uri.span(), "sink uri is empty")
                 .with_help("e.g. uri = \"../.embedpipe/db\" or \"s3://bucket/prefix\""));
+        }
+        let incremental = self.write_mode() == WriteMode::Incremental;
+        for (key, span) in [
+            ("cleanup", sink.cleanup.as_ref().map(|c| c.span())),
+            ("commit_rows", sink.commit_rows.as_ref().map(|c| c.span())),
+        ] {
+            if let (Some(span), false) = (span, incremental) {
+                return Err(self
+                    .error(
+                        span,
+                        format!("`{key}` applies only to `mode = \"incremental\"`"),
+                    )
+                    .with_help("set mode = \"incremental\" or remove it"));
+            }
+        }
+        if let Some(c) = &sink.commit_rows {
+            if *c.get_ref() == 0 {
+                return Err(self.error(c.span(), "commit_rows must be at least 1"));
+            }
+        }
+        if incremental {
+            if let Some(step) = steps
+                .iter()
+                .find(|s| matches!(s.input, StepInput::Media(..)))
+            {
+                return Err(self
+                    .error(step.span.clone(), "incremental runs do not cover media steps yet")
+                    .with_help("use mode = \"overwrite\": the job ledger already avoids paying twice for a job"));
+            }
+            let src = self.source();
+            if src.kind.get_ref() != &SourceKind::Images && src.id_column.is_none() {
+                let span = sink.mode.as_ref().map_or(sink.uri.span(), |m| m.span());
+                return Err(self
+                    .error(span, "incremental runs need a stable row id: set `id_column` in [source]")
+                    .with_help("without it ids are file + row number, which shift when rows are added or removed"));
+            }
         }
         if let Some(meta) = &sink.metadata {
             let mut seen = HashSet::new();

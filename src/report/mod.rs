@@ -26,6 +26,10 @@ pub struct Summary {
     pub rows_written: u64,
     pub rows_skipped: u64,
     pub rows_failed: u64,
+    /// Incremental runs with `cleanup = "full"`: table rows deleted (gone from the source).
+    pub rows_deleted: u64,
+    /// Incremental runs: commits made (chunks of upserts).
+    pub commits: u64,
     pub failures_by_kind: BTreeMap<String, u64>,
     /// The dead-letter file, when rows failed.
     pub failures_file: Option<String>,
@@ -56,6 +60,13 @@ impl fmt::Display for Summary {
             "  rows: {} read = {} written + {} skipped + {} failed",
             self.rows_read, self.rows_written, self.rows_skipped, self.rows_failed
         )?;
+        if self.rows_deleted > 0 || self.commits > 0 {
+            writeln!(
+                f,
+                "  incremental: {} rows upserted in {} commits, {} deleted (gone from the source)",
+                self.rows_written, self.commits, self.rows_deleted
+            )?;
+        }
         if let Some(j) = &self.jobs {
             writeln!(
                 f,

@@ -4,7 +4,7 @@
 //! fragments (no pile of tiny files), `overwrite` replaces the table atomically at the end, and a
 //! failed run leaves the table as it was.
 
-use super::{FIELD_DIMENSION, FIELD_MODEL_ID};
+use super::{FIELD_DIMENSION, FIELD_MODEL_ID, FIELD_PARAMS};
 use crate::config::{Pipeline, WriteMode};
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::datatypes::{Schema, SchemaRef};
@@ -142,8 +142,48 @@ pub fn check_mode(
             target.uri
         ),
         (WriteMode::Append, Some(theirs)) => check_compatible(theirs, ours, &target.table),
+        (WriteMode::Incremental, Some(theirs)) => {
+            check_same_space(theirs, ours, &target.table)?;
+            check_compatible(theirs, ours, &target.table)
+        }
         _ => Ok(()),
     }
+}
+
+/// The vector-space guard of incremental runs: every vector column was made by the same model,
+/// dimension and parameters as this pipeline would make it.
+fn check_same_space(theirs: &Schema, ours: &Schema, table: &str) -> Result<()> {
+    for f in ours.fields() {
+        let Some(our_model) = f.metadata().get(FIELD_MODEL_ID) else {
+            continue;
+        };
+        let Ok(t) = theirs.field_with_name(f.name()) else {
+            bail!("table `{table}` has no vector column `{}`: this pipeline adds a step. Run with --reindex to embed every row again (the table is rewritten)", f.name());
+        };
+        let get = |m: &std::collections::HashMap<String, String>, k: &str| {
+            m.get(k).cloned().unwrap_or_else(|| "?".into())
+        };
+        let (a, b) = (t.metadata(), f.metadata());
+        for (key, what) in [
+            (FIELD_MODEL_ID, "model"),
+            (FIELD_DIMENSION, "dimension"),
+            (FIELD_PARAMS, "parameters"),
+        ] {
+            if get(a, key) != get(b, key) {
+                bail!(
+                    "the {what} of vector column `{}` changed: table `{table}` holds vectors made by {} ({} dims, {}), this pipeline makes them with {} ({} dims, {}). Vectors of different spaces cannot be mixed: run with --reindex to embed every row again (the table is rewritten), or write to another table",
+                    f.name(),
+                    get(a, FIELD_MODEL_ID),
+                    get(a, FIELD_DIMENSION),
+                    get(a, FIELD_PARAMS),
+                    our_model,
+                    get(b, FIELD_DIMENSION),
+                    get(b, FIELD_PARAMS),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An append must match the table's columns and vector spaces.

@@ -1,6 +1,7 @@
 //! Sink: the LanceDB table (schema, streaming writes) and the dead-letter file.
 
 pub mod failures;
+pub mod incremental;
 pub mod lancedb;
 
 use crate::config::{Pipeline, Step};

@@ -141,3 +141,42 @@ pub fn dead_letters(path: &Path) -> Vec<serde_json::Value> {
         Err(_) => Vec::new(),
     }
 }
+
+/// The test's AWS identity: never the machine's own config, credentials, profile or endpoints.
+pub const TEST_KEY: &str = "AKIDEXAMPLETESTKEY";
+pub const TEST_SECRET: &str = "test-secret-do-not-log";
+
+/// The CLI with Bedrock at `bedrock_endpoint`, signed with the test key from the environment (as
+/// in production), in `dir` (which gets empty AWS config files).
+pub fn aws_cli(dir: &Path, bedrock_endpoint: &str, args: &[&str]) -> Command {
+    for f in ["aws-config", "aws-credentials"] {
+        if !dir.join(f).exists() {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_embedpipe"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", bedrock_endpoint)
+        .env("AWS_ACCESS_KEY_ID", TEST_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("EMBEDPIPE_DB")
+        .env("AWS_CONFIG_FILE", dir.join("aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("aws-credentials"));
+    cmd
+}
+
+/// Runs a command to the end.
+pub fn output(mut cmd: Command) -> Output {
+    let out = cmd.output().unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

@@ -1,0 +1,306 @@
+//! Scheduled re-indexing: incremental runs by content hash, upserts by id, cleanup, crash
+//! safety and the vector-space guard — the real CLI against the Bedrock emulator (Titan v2:
+//! one input per call, so calls count rows).
+
+mod common;
+
+use common::*;
+use embedpipe::emulator::{Emulator, Latency, Settings};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const TITAN: &str = "amazon.titan-embed-text-v2:0";
+
+struct Env {
+    _rt: tokio::runtime::Runtime,
+    emu: Emulator,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(settings: Settings) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let emu = rt
+            .block_on(Emulator::start(([127, 0, 0, 1], 0).into(), settings))
+            .unwrap();
+        Env {
+            _rt: rt,
+            emu,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Writes the data (id → text) as `rows.csv`.
+    fn data(&self, rows: &BTreeMap<String, String>) {
+        let mut csv = String::from("id,text\n");
+        for (id, text) in rows {
+            csv.push_str(&format!("{id},{text}\n"));
+        }
+        std::fs::write(self.dir.path().join("rows.csv"), csv).unwrap();
+    }
+
+    fn pipeline(&self, model: &str, sink: &str) -> String {
+        write_pipeline(
+            self.dir.path(),
+            "p.toml",
+            &format!(
+                r#"
+[source]
+type = "csv"
+path = "rows.csv"
+id_column = "id"
+batch_size = 16
+
+[[model]]
+name = "m"
+provider = "bedrock"
+{model}
+
+[[embed]]
+model = "m"
+column = "text"
+
+[sink]
+uri = "db"
+table = "t"
+mode = "incremental"
+{sink}
+"#
+            ),
+        )
+    }
+
+    fn run(&self, p: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["run", p, "--json"];
+        args.extend_from_slice(extra);
+        output(aws_cli(self.dir.path(), &self.emu.endpoint(), &args))
+    }
+
+    /// Calls the emulator answered since the last reset.
+    fn calls(&self) -> u64 {
+        self.emu.stats().models.get(TITAN).map_or(0, |c| c.requests)
+    }
+
+    /// The table's (id, hash) rows, sorted.
+    fn table(&self) -> Vec<(String, String)> {
+        let db = self.dir.path().join("db");
+        let ids = table_strings(&db, "t", "id");
+        let hashes = table_strings(&db, "t", "vector_hash");
+        let mut rows: Vec<_> = ids.into_iter().zip(hashes).collect();
+        rows.sort();
+        rows
+    }
+}
+
+fn summary(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr))
+}
+
+fn rows(n: usize) -> BTreeMap<String, String> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("doc-{i:03}"),
+                format!("text number {i} about topic {}", i % 7),
+            )
+        })
+        .collect()
+}
+
+fn ids(t: &[(String, String)]) -> Vec<String> {
+    t.iter().map(|r| r.0.clone()).collect()
+}
+
+const MODEL: &str = "id = \"amazon.titan-embed-text-v2:0\"\ndimensions = 256";
+
+#[test]
+fn unchanged_rows_make_no_calls_and_changes_cost_exactly_their_rows() {
+    let env = Env::new(Settings::default());
+    let mut data = rows(40);
+    env.data(&data);
+    let p = env.pipeline(MODEL, "cleanup = \"full\"");
+    let out = env.run(&p, &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(env.calls(), 40);
+    assert_eq!(summary(&out)["rows_written"], 40);
+
+    // The same data again: nothing to do.
+    env.emu.reset();
+    let out = env.run(&p, &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let s = summary(&out);
+    assert_eq!(env.calls(), 0, "{s}");
+    assert_eq!(
+        (
+            s["rows_read"].as_u64(),
+            s["rows_skipped"].as_u64(),
+            s["rows_written"].as_u64()
+        ),
+        (Some(40), Some(40), Some(0))
+    );
+    let before = env.table();
+
+    // Change 3, delete 2, add 4: exactly 7 calls, and exactly the new row set.
+    for i in [1, 5, 9] {
+        data.insert(format!("doc-{i:03}"), format!("changed text {i}"));
+    }
+    data.remove("doc-002");
+    data.remove("doc-030");
+    for i in 100..104 {
+        data.insert(format!("doc-{i:03}"), format!("new text {i}"));
+    }
+    env.data(&data);
+    env.emu.reset();
+    let out = env.run(&p, &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let s = summary(&out);
+    assert_eq!(env.calls(), 7, "{s}");
+    assert_eq!(s["rows_written"], 7);
+    assert_eq!(s["rows_skipped"], 35);
+    assert_eq!(s["rows_deleted"], 2);
+    let after = env.table();
+    assert_eq!(ids(&after), data.keys().cloned().collect::<Vec<_>>());
+    // Unchanged rows kept their hash; changed ones got a new one.
+    let hash = |t: &[(String, String)], id: &str| t.iter().find(|r| r.0 == id).unwrap().1.clone();
+    assert_eq!(hash(&before, "doc-000"), hash(&after, "doc-000"));
+    assert_ne!(hash(&before, "doc-001"), hash(&after, "doc-001"));
+
+    // cleanup = "none" keeps rows gone from the source.
+    data.remove("doc-003");
+    env.data(&data);
+    let p = env.pipeline(MODEL, "cleanup = \"none\"");
+    env.emu.reset();
+    let out = env.run(&p, &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(env.calls(), 0);
+    assert!(ids(&env.table()).contains(&"doc-003".to_string()));
+}
+
+#[test]
+fn a_killed_run_resumes_with_exactly_the_right_rows() {
+    // Slow calls, one at a time, a commit every 10 rows: kills land mid-run.
+    let env = Env::new(Settings {
+        latency: Latency::Fixed { ms: 25.0 },
+        ..Default::default()
+    });
+    let data = rows(120);
+    env.data(&data);
+    let p = env.pipeline(
+        &format!("{MODEL}\nconcurrency = 2"),
+        "cleanup = \"full\"\ncommit_rows = 10",
+    );
+    let mut total_calls = 0;
+    for kill_after in [400, 900, 300] {
+        let mut child = aws_cli(env.dir.path(), &env.emu.endpoint(), &["run", &p, "--json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(kill_after));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    total_calls += env.calls();
+    env.emu.reset();
+    let out = env.run(&p, &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    total_calls += env.calls();
+    let t = env.table();
+    assert_eq!(
+        ids(&t),
+        data.keys().cloned().collect::<Vec<_>>(),
+        "wrong row set"
+    );
+    // Every row once; at most one uncommitted chunk (plus calls in flight) re-bought per kill.
+    let s = summary(&out);
+    assert!(
+        s["rows_skipped"].as_u64().unwrap() > 0,
+        "no kill landed after a commit: {s}"
+    );
+    assert!(
+        total_calls <= 120 + 3 * (10 + 2 * 2),
+        "{total_calls} calls for 120 rows"
+    );
+    // A run on the same data: nothing left to do.
+    env.emu.reset();
+    let out = env.run(&p, &[]);
+    assert_eq!(out.code, 0);
+    assert_eq!(env.calls(), 0);
+}
+
+#[test]
+fn changing_the_model_needs_reindex() {
+    let env = Env::new(Settings::default());
+    env.data(&rows(12));
+    let p = env.pipeline(MODEL, "");
+    assert_eq!(env.run(&p, &[]).code, 0);
+    // Another dimension: another vector space.
+    let p = env.pipeline(
+        "id = \"amazon.titan-embed-text-v2:0\"\ndimensions = 512",
+        "",
+    );
+    env.emu.reset();
+    let out = env.run(&p, &[]);
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("--reindex"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("vector column `vector`"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(env.calls(), 0);
+    let out = env.run(&p, &["--reindex"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(env.calls(), 12);
+    let (n, schema) = table_info(&env.dir.path().join("db"), "t");
+    assert_eq!(n, 12);
+    match schema.field_with_name("vector").unwrap().data_type() {
+        arrow_schema::DataType::FixedSizeList(_, d) => assert_eq!(*d, 512),
+        other => panic!("{other:?}"),
+    }
+    // Then incremental again, in the new space.
+    env.emu.reset();
+    assert_eq!(env.run(&p, &[]).code, 0);
+    assert_eq!(env.calls(), 0);
+}
+
+#[test]
+fn duplicate_ids_keep_the_first_row() {
+    let env = Env::new(Settings::default());
+    std::fs::write(
+        env.dir.path().join("rows.csv"),
+        "id,text\na,first a\nb,only b\na,second a\n",
+    )
+    .unwrap();
+    let p = env.pipeline(MODEL, "");
+    let out = env.run(&p, &[]);
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    let s = summary(&out);
+    assert_eq!(
+        (s["rows_written"].as_u64(), s["rows_failed"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let dead = dead_letters(&env.dir.path().join("db/t_failures.jsonl"));
+    assert_eq!(dead[0]["kind"], "duplicate_id");
+    assert_eq!(dead[0]["row"], 4);
+    assert_eq!(ids(&env.table()), vec!["a", "b"]);
+}
+
+#[test]
+fn incremental_needs_a_stable_id() {
+    let env = Env::new(Settings::default());
+    env.data(&rows(3));
+    let p = env.pipeline(MODEL, "");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("id_column = \"id\"\n", "");
+    std::fs::write(&p, text).unwrap();
+    let out = env.run(&p, &[]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("id_column"), "{}", out.stderr);
+}
