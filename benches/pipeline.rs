@@ -486,6 +486,7 @@ async fn bench_e2e(rows: usize) {
                 emulator_credentials: true,
                 ..Default::default()
             },
+            ..Default::default()
         },
     )
     .await
