@@ -10,7 +10,7 @@ use crate::jobs::AsyncRoute;
 use crate::plan::{self, Prepared};
 use crate::report::{Progress, Summary};
 use crate::sink::failures::{DeadLetter, FailureWriter};
-use crate::sink::incremental::{delete_missing, Existing, Upserter};
+use crate::sink::incremental::{delete_missing, unchanged_rows, Existing, Upserter};
 use crate::sink::lancedb::{self as lance_sink, Writer};
 use crate::sink::SegmentColumns;
 use crate::sources::{self, SourceBatch};
@@ -487,15 +487,8 @@ async fn embed_batch(
     }
     // Incremental: rows whose every step hashes as stored are left alone (no call, no write).
     if let (Some(existing), Some(first)) = (existing, prepared.first()) {
-        let ids: Vec<&str> = first.rows.iter().map(|&r| sb.ids.value(r)).collect();
-        let stored = existing.hashes(&ids).await?;
-        let mut unchanged = vec![false; n];
-        for (pos, &row) in first.rows.iter().enumerate() {
-            unchanged[row] = stored.get(sb.ids.value(row)).is_some_and(|h| {
-                h.len() == prepared.len()
-                    && prepared.iter().zip(h).all(|(p, h)| p.hashes[pos] == *h)
-            });
-        }
+        let hashes: Vec<&[String]> = prepared.iter().map(|p| p.hashes.as_slice()).collect();
+        let unchanged = unchanged_rows(existing, &sb.ids, &first.rows, &hashes, n).await?;
         out.skipped = unchanged.iter().filter(|u| **u).count() as u64;
         for p in &mut prepared {
             retain_rows(p, |row| !unchanged[row]);

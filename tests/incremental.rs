@@ -304,3 +304,73 @@ fn incremental_needs_a_stable_id() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("id_column"), "{}", out.stderr);
 }
+
+#[test]
+fn plan_matches_the_calls_of_the_next_run() {
+    let env = Env::new(Settings::default());
+    let mut data = rows(30);
+    // One row over Titan's 50,000-character limit: refused before any call, by plan and run.
+    data.insert("doc-long".into(), "x".repeat(50_001));
+    env.data(&data);
+    let p = env.pipeline(
+        "id = \"amazon.titan-embed-text-v2:0\"\ndimensions = 256\ntruncate = \"NONE\"\nrequests_per_minute = 600",
+        "cleanup = \"full\"",
+    );
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", p.as_str(), "--json"];
+        args.extend_from_slice(extra);
+        let out = output(aws_cli(env.dir.path(), &env.emu.endpoint(), &args));
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        summary(&out)
+    };
+    let e = plan(&[]);
+    assert_eq!(env.calls(), 0, "plan made a model call");
+    assert_eq!(
+        (
+            e["rows_read"].as_u64(),
+            e["rows_to_embed"].as_u64(),
+            e["rows_rejected"].as_u64()
+        ),
+        (Some(31), Some(30), Some(1)),
+        "{e}"
+    );
+    let m = &e["models"][0];
+    assert_eq!(m["calls"], 30);
+    assert_eq!(m["calls_exact"], true);
+    assert!(
+        m["input_tokens"].as_u64().unwrap() > 0 && m["cost_usd"].as_f64().unwrap() > 0.0,
+        "{m}"
+    );
+    assert!(
+        (m["minutes_at_quota"].as_f64().unwrap() - 30.0 / 600.0).abs() < 1e-9,
+        "{m}"
+    );
+    let out = env.run(&p, &[]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(env.calls(), 30);
+
+    for i in [4, 8] {
+        data.insert(format!("doc-{i:03}"), format!("edited {i}"));
+    }
+    data.remove("doc-010");
+    data.insert("doc-200".into(), "brand new".into());
+    env.data(&data);
+    let e = plan(&[]);
+    assert_eq!(
+        (
+            e["rows_to_embed"].as_u64(),
+            e["rows_to_skip"].as_u64(),
+            e["rows_to_delete"].as_u64()
+        ),
+        (Some(3), Some(27), Some(1)),
+        "{e}"
+    );
+    assert_eq!(e["models"][0]["calls"], 3);
+    env.emu.reset();
+    let out = env.run(&p, &[]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(env.calls(), 3);
+    assert_eq!(summary(&out)["rows_deleted"], 1);
+    // `--reindex` plans every row.
+    assert_eq!(plan(&["--reindex"])["models"][0]["calls"], 30);
+}

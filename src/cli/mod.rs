@@ -86,6 +86,17 @@ enum Command {
         #[arg(long)]
         emulator: bool,
     },
+    /// What a run would do, without calling any model: rows to embed / skip / delete, and per
+    /// model inputs, estimated tokens, calls, time at the configured quotas and cost.
+    Plan {
+        file: PathBuf,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Plan a `run --reindex` (every row embedded again).
+        #[arg(long)]
+        reindex: bool,
+    },
     /// List the async jobs (video/audio) of a pipeline's table, from its job ledger.
     Jobs {
         file: PathBuf,
@@ -395,6 +406,30 @@ async fn dispatch(cli: Cli) -> i32 {
         }
         Command::Emulator(args) => emulator_command(args).await,
         Command::Models { action } => models_command(action),
+        Command::Plan {
+            file,
+            json,
+            reindex,
+        } => {
+            let p = match load(&file) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match crate::plan::estimate::estimate(&p, reindex).await {
+                Ok(e) if json => {
+                    println!("{}", serde_json::to_string_pretty(&e).expect("json"));
+                    EXIT_OK
+                }
+                Ok(e) => {
+                    print_plan(&e);
+                    EXIT_OK
+                }
+                Err(e) => {
+                    report_error(&e);
+                    EXIT_INVALID
+                }
+            }
+        }
         Command::Jobs { file, json } => {
             let p = match load(&file) {
                 Ok(p) => p,
@@ -403,6 +438,57 @@ async fn dispatch(cli: Cli) -> i32 {
             jobs_command(&p, json)
         }
     }
+}
+
+fn print_plan(e: &crate::plan::estimate::Estimate) {
+    println!(
+        "plan for table `{}` (mode {}): {} rows read: {} to embed, {} unchanged, {} rejected before any call{}",
+        e.table,
+        e.mode,
+        e.rows_read,
+        e.rows_to_embed,
+        e.rows_to_skip,
+        e.rows_rejected,
+        if e.rows_to_delete > 0 {
+            format!(", {} to delete", e.rows_to_delete)
+        } else {
+            String::new()
+        }
+    );
+    for m in &e.models {
+        let mut units = vec![format!("~{} input tokens", m.input_tokens)];
+        if m.images > 0 {
+            units.push(format!("{} images", m.images));
+        }
+        if m.queries > 0 {
+            units.push(format!("{} queries", m.queries));
+        }
+        if m.media_files > 0 {
+            units.push(format!(
+                "{} media files (async jobs; billed per second)",
+                m.media_files
+            ));
+        }
+        let time = match m.minutes_at_quota {
+            Some(t) => format!(", ≥ {t:.1} min at the configured quota"),
+            None => String::new(),
+        };
+        println!(
+            "  model {} ({}): {} inputs, {}{} calls, {}{}, ~${:.6}",
+            m.model,
+            m.model_id,
+            m.inputs,
+            if m.calls_exact { "" } else { "≥ " },
+            m.calls,
+            units.join(", "),
+            time,
+            m.cost_usd
+        );
+    }
+    println!(
+        "  estimated cost: ~${:.6} (list prices; tokens estimated at ~4 characters each)",
+        e.cost_usd
+    );
 }
 
 fn jobs_command(p: &Pipeline, json: bool) -> i32 {

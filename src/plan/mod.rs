@@ -1,6 +1,8 @@
 //! Per embed step: turn source rows into model inputs, and hash each input with the model's
 //! fingerprint (the basis of incremental runs).
 
+pub mod estimate;
+
 use crate::config::{MediaModality, StepInput, Template, TemplatePart};
 use crate::models::Modality;
 use anyhow::{Context, Result};

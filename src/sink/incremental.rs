@@ -81,13 +81,32 @@ impl Existing {
     }
 }
 
-/// Deletes the rows of `table` whose id `keep` rejects; returns how many. Ids are streamed from
-/// the table; deletes go in chunks.
-pub async fn delete_missing(
+/// Which rows of a batch the table already holds unchanged: `rows` are the batch rows that have
+/// inputs (the same in every step), `step_hashes[s][pos]` the hash of step `s` for `rows[pos]`.
+pub async fn unchanged_rows(
+    existing: &Existing,
+    ids: &StringArray,
+    rows: &[usize],
+    step_hashes: &[&[String]],
+    n: usize,
+) -> Result<Vec<bool>> {
+    let wanted: Vec<&str> = rows.iter().map(|&r| ids.value(r)).collect();
+    let stored = existing.hashes(&wanted).await?;
+    let mut unchanged = vec![false; n];
+    for (pos, &row) in rows.iter().enumerate() {
+        unchanged[row] = stored.get(ids.value(row)).is_some_and(|h| {
+            h.len() == step_hashes.len() && step_hashes.iter().zip(h).all(|(s, h)| s[pos] == *h)
+        });
+    }
+    Ok(unchanged)
+}
+
+/// Ids in the table that `keep` rejects (streamed from the table).
+pub async fn missing_ids(
     conn: &Connection,
     table: &str,
     keep: impl Fn(&str) -> bool,
-) -> Result<u64> {
+) -> Result<Vec<String>> {
     let t = conn.open_table(table).execute().await?;
     let mut stream = t
         .query()
@@ -108,6 +127,17 @@ pub async fn delete_missing(
                 .map(String::from),
         );
     }
+    Ok(gone)
+}
+
+/// Deletes the rows of `table` whose id `keep` rejects, in chunks; returns how many.
+pub async fn delete_missing(
+    conn: &Connection,
+    table: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<u64> {
+    let gone = missing_ids(conn, table, keep).await?;
+    let t = conn.open_table(table).execute().await?;
     for chunk in gone.chunks(IDS_PER_QUERY) {
         t.delete(format!("id IN ({})", id_list(chunk.iter().map(String::as_str))).as_str())
             .await
