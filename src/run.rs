@@ -12,6 +12,7 @@ use crate::report::{Progress, Summary};
 use crate::sink::failures::{DeadLetter, FailureWriter};
 use crate::sink::incremental::{delete_missing, unchanged_rows, Existing, Upserter};
 use crate::sink::lancedb::{self as lance_sink, Writer};
+use crate::sink::runlog::{self, RunRecord};
 use crate::sink::SegmentColumns;
 use crate::sources::{self, SourceBatch};
 use crate::validate::{self, Checked};
@@ -111,8 +112,59 @@ impl Output {
     }
 }
 
-/// Runs the pipeline.
+/// Runs the pipeline, and records the run in the table's run log (unless it never started).
 pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, RunError> {
+    let started_micros = now_micros();
+    let run_id = new_run_id();
+    let result = run_inner(pipeline.clone(), opts, run_id.clone()).await;
+    let pipeline_hash = hex::encode(&blake3::hash(pipeline.text.as_bytes()).as_bytes()[..16]);
+    let record = match &result {
+        Ok(s) => Some(RunRecord::from_summary(
+            s,
+            pipeline_hash,
+            started_micros,
+            now_micros(),
+        )),
+        Err(RunError::Setup(_)) => None,
+        Err(e) => Some(RunRecord {
+            run_id,
+            pipeline_hash,
+            pipeline: pipeline.path.display().to_string(),
+            mode: pipeline.write_mode().as_str().to_string(),
+            status: match e {
+                RunError::Interrupted => "interrupted",
+                _ => "failed",
+            }
+            .into(),
+            started_at_micros: started_micros,
+            ended_at_micros: now_micros(),
+            rows_read: 0,
+            rows_written: 0,
+            rows_skipped: 0,
+            rows_failed: 0,
+            rows_deleted: 0,
+            calls: 0,
+            input_tokens: 0,
+            images: 0,
+            media_seconds: 0.0,
+            cost_usd: 0.0,
+            failures: "{}".into(),
+            error: Some(e.to_string()),
+        }),
+    };
+    if let (Some(r), Ok(target)) = (record, lance_sink::target(&pipeline)) {
+        if let Err(e) = runlog::append(&target, &r).await {
+            tracing::warn!("the run could not be recorded in the run log: {e:#}");
+        }
+    }
+    result
+}
+
+async fn run_inner(
+    pipeline: Arc<Pipeline>,
+    opts: RunOptions,
+    run_id: String,
+) -> Result<Summary, RunError> {
     let started = Instant::now();
     let checked = validate::check_run(&pipeline, opts.reindex)
         .await
@@ -130,7 +182,6 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
             .map_err(|e| RunError::Setup(anyhow!("model loader panicked: {e}")))?
             .map_err(RunError::Setup)?
     };
-    let run_id = new_run_id();
     let failures_path = lance_sink::failures_path(&pipeline, &checked.target);
     let mut failures = FailureWriter::start(&failures_path).map_err(RunError::Setup)?;
     let conn = lance_sink::connect(&checked.target)

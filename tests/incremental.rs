@@ -179,6 +179,35 @@ fn unchanged_rows_make_no_calls_and_changes_cost_exactly_their_rows() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(env.calls(), 0);
     assert!(ids(&env.table()).contains(&"doc-003".to_string()));
+
+    // Every run is in the run log.
+    let runs = output(aws_cli(
+        env.dir.path(),
+        &env.emu.endpoint(),
+        &["runs", &p, "--json"],
+    ));
+    assert_eq!(runs.code, 0, "{}", runs.stderr);
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&runs.stdout).unwrap();
+    let col = |k: &str| {
+        runs.iter()
+            .map(|r| r[k].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(col("rows_written"), vec![40, 0, 7, 0]);
+    assert_eq!(col("calls"), vec![40, 0, 7, 0]);
+    assert_eq!(col("rows_deleted"), vec![0, 0, 2, 0]);
+    assert!(runs
+        .iter()
+        .all(|r| r["status"] == "ok" && r["mode"] == "incremental"));
+    // The first three runs used one pipeline file, the last another.
+    assert_eq!(runs[0]["pipeline_hash"], runs[2]["pipeline_hash"]);
+    assert_ne!(runs[2]["pipeline_hash"], runs[3]["pipeline_hash"]);
+    let text = output(aws_cli(env.dir.path(), &env.emu.endpoint(), &["runs", &p]));
+    assert!(
+        text.stdout.contains("STARTED (UTC)") && text.stdout.lines().count() == 5,
+        "{}",
+        text.stdout
+    );
 }
 
 #[test]

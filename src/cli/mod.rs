@@ -97,6 +97,16 @@ enum Command {
         #[arg(long)]
         reindex: bool,
     },
+    /// The run history of a pipeline's table: when, what changed, calls, cost, failures.
+    Runs {
+        file: PathBuf,
+        /// Print the runs as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Show the last N runs.
+        #[arg(short, default_value_t = 20)]
+        n: usize,
+    },
     /// List the async jobs (video/audio) of a pipeline's table, from its job ledger.
     Jobs {
         file: PathBuf,
@@ -430,12 +440,81 @@ async fn dispatch(cli: Cli) -> i32 {
                 }
             }
         }
+        Command::Runs { file, json, n } => {
+            let p = match load(&file) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let runs = match crate::sink::lancedb::target(&p) {
+                Ok(t) => crate::sink::runlog::read(&t).await,
+                Err(e) => Err(e),
+            };
+            match runs {
+                Ok(runs) => {
+                    let last = &runs[runs.len().saturating_sub(n)..];
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(last).expect("json"));
+                    } else {
+                        print_runs(last);
+                    }
+                    EXIT_OK
+                }
+                Err(e) => {
+                    report_error(&e);
+                    EXIT_FAILED
+                }
+            }
+        }
         Command::Jobs { file, json } => {
             let p = match load(&file) {
                 Ok(p) => p,
                 Err(code) => return code,
             };
             jobs_command(&p, json)
+        }
+    }
+}
+
+fn print_runs(runs: &[crate::sink::runlog::RunRecord]) {
+    if runs.is_empty() {
+        println!("no runs recorded yet");
+        return;
+    }
+    println!(
+        "{:<20} {:>8} {:<12} {:<12} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>10}  PIPELINE",
+        "STARTED (UTC)",
+        "SECONDS",
+        "MODE",
+        "STATUS",
+        "READ",
+        "WRITTEN",
+        "SKIPPED",
+        "FAILED",
+        "DELETED",
+        "CALLS",
+        "COST"
+    );
+    for r in runs {
+        let started = aws_smithy_types::DateTime::from_millis(r.started_at_micros / 1000)
+            .fmt(aws_smithy_types::date_time::Format::DateTime)
+            .unwrap_or_default();
+        println!(
+            "{:<20} {:>8.1} {:<12} {:<12} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>10.6}  {}",
+            started.get(..19).unwrap_or(&started),
+            (r.ended_at_micros - r.started_at_micros) as f64 / 1e6,
+            r.mode,
+            r.status,
+            r.rows_read,
+            r.rows_written,
+            r.rows_skipped,
+            r.rows_failed,
+            r.rows_deleted,
+            r.calls,
+            r.cost_usd,
+            &r.pipeline_hash[..8.min(r.pipeline_hash.len())],
+        );
+        if let Some(e) = &r.error {
+            println!("    {e}");
         }
     }
 }
