@@ -319,6 +319,14 @@ async fn run_inner(
             return Err(e);
         }
     }
+    // Index maintenance; its failure costs speed, not data: the rows are committed.
+    let maintenance = match crate::sink::maintain::maintain(&pipeline, &checked.target).await {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!("table maintenance failed (the rows are committed): {e:#}");
+            None
+        }
+    };
     let failed = failures.count();
     let by_kind = failures.by_kind().clone();
     failures.finish().map_err(RunError::Failed)?;
@@ -358,6 +366,7 @@ async fn run_inner(
             })
             .collect(),
         segments_written: counters.segments,
+        maintenance,
         jobs: media.as_ref().map(|m| m.stats()),
         wall_time: wall,
         rows_per_second: counters.written as f64 / wall.as_secs_f64().max(1e-9),

@@ -22,6 +22,10 @@ pub struct SearchOptions {
     pub columns: Option<Vec<String>>,
     /// How the model is reached (`--emulator`).
     pub overrides: crate::dispatch::Overrides,
+    /// SQL predicate on the table's columns (`year > 2020 AND lang = 'en'`).
+    pub filter: Option<String>,
+    /// Vector + full-text search, fused (needs `fts_column` in [sink]).
+    pub hybrid: bool,
 }
 
 /// One result row.
@@ -124,14 +128,45 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
     }
     let mut select = vec!["id".to_string()];
     select.extend(columns.iter().cloned());
-    let batches: Vec<RecordBatch> = table
+    let mut q = table
         .vector_search(out.vectors)?
         .column(&step.vector)
         .distance_type(DistanceType::Cosine)
         .limit(opts.k)
-        .select(Select::Columns(select))
-        .execute()
-        .await?
+        .select(Select::Columns(select));
+    if let Some(f) = &opts.filter {
+        q = q.only_if(f);
+    }
+    let stream = if opts.hybrid {
+        let fts = pipeline
+            .sink()
+            .fts_column
+            .as_ref()
+            .map(|c| c.get_ref().clone());
+        let has_fts = match &fts {
+            Some(c) => table
+                .list_indices()
+                .await?
+                .iter()
+                .any(|i| i.columns.contains(c)),
+            None => false,
+        };
+        if !has_fts {
+            bail!("hybrid search needs a full-text index: set `fts_column = \"<text column>\"` in [sink] and run the pipeline");
+        }
+        q.full_text_search(lance_index::scalar::FullTextSearchQuery::new(
+            opts.query.clone(),
+        ))
+        .execute_hybrid(Default::default())
+        .await
+    } else {
+        q.execute().await
+    };
+    let batches: Vec<RecordBatch> = stream
+        .map_err(|e| match &opts.filter {
+            Some(f) => anyhow::anyhow!("search failed (check the filter `{f}`): {e}"),
+            None => anyhow::anyhow!("search failed: {e}"),
+        })?
         .try_collect()
         .await?;
     let mut hits = Vec::new();
@@ -152,10 +187,14 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
                 Some(serde_json::Value::String(s)) => s,
                 other => other.map(|v| v.to_string()).unwrap_or_default(),
             };
-            let distance = row
-                .remove("_distance")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(f64::NAN) as f32;
+            // Hybrid results are ranked by relevance (higher is better): keep the order.
+            let distance = match row.remove("_relevance_score").and_then(|v| v.as_f64()) {
+                Some(score) => -score,
+                None => row
+                    .remove("_distance")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(f64::NAN),
+            } as f32;
             let fields = columns
                 .iter()
                 .map(|c| (c.clone(), row.remove(c).unwrap_or(serde_json::Value::Null)))

@@ -246,6 +246,26 @@ pub async fn check_run(pipeline: &Pipeline, reindex: bool) -> Result<Checked> {
         }
     }
     let layout = OutputLayout::new(pipeline, &schema, metadata, &models)?;
+    if let Some(c) = &pipeline.sink().fts_column {
+        let ok = layout.schema.field_with_name(c.get_ref()).is_ok_and(|f| {
+            matches!(
+                f.data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            )
+        });
+        if !ok {
+            return Err(pipeline
+                .error(
+                    c.span(),
+                    format!(
+                        "fts_column `{}` is not a text column of the table",
+                        c.get_ref()
+                    ),
+                )
+                .with_help("name a text column copied as metadata (see `metadata` in [sink])")
+                .into());
+        }
+    }
     let target = lance_sink::target(pipeline)?;
     lance_sink::check_reachable(&target)?;
     let existing = match &target.local_dir {

@@ -403,3 +403,70 @@ fn plan_matches_the_calls_of_the_next_run() {
     // `--reindex` plans every row.
     assert_eq!(plan(&["--reindex"])["models"][0]["calls"], 30);
 }
+
+#[test]
+fn maintenance_compacts_and_builds_indexes_and_search_uses_them() {
+    let env = Env::new(Settings::default());
+    env.data(&rows(300));
+    let p = env.pipeline(
+        MODEL,
+        "commit_rows = 100\ncompact_after_fragments = 3\nindex_after_rows = 256\n\
+         vector_index = \"ivf_hnsw_sq\"\nfts_column = \"text\"",
+    );
+    let out = env.run(&p, &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let m = &summary(&out)["maintenance"];
+    assert_eq!(m["compacted"], true, "{m}");
+    let created: Vec<&str> = m["indexes_created"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        created,
+        vec!["vector: IVF_HNSW_SQ", "text: FTS", "id: BTREE"],
+        "{m}"
+    );
+    assert_eq!(table_fragments(&env.dir.path().join("db"), "t"), 1);
+    let search = |extra: &[&str]| {
+        let mut args = vec![
+            "search",
+            p.as_str(),
+            "text number 5 about topic 5",
+            "-k",
+            "5",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = output(aws_cli(env.dir.path(), &env.emu.endpoint(), &args));
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        let hits: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+        hits.iter()
+            .map(|h| h["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(search(&[]).len(), 5);
+    assert_eq!(search(&["--filter", "id = 'doc-042'"]), vec!["doc-042"]);
+    let hybrid = search(&["--hybrid"]);
+    assert!(
+        !hybrid.is_empty() && hybrid.contains(&"doc-005".to_string()),
+        "{hybrid:?}"
+    );
+    // A bad filter is a clear error.
+    let out = output(aws_cli(
+        env.dir.path(),
+        &env.emu.endpoint(),
+        &["search", &p, "x", "--filter", "no_such_column = 1"],
+    ));
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("no_such_column"), "{}", out.stderr);
+    // Another run with changes folds the new rows into the indexes.
+    let mut data = rows(300);
+    data.insert("doc-999".into(), "a late addition".into());
+    env.data(&data);
+    let out = env.run(&p, &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(summary(&out)["maintenance"]["indexes_updated"], true);
+    assert_eq!(search(&["--filter", "id = 'doc-999'"]), vec!["doc-999"]);
+}

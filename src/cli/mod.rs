@@ -85,6 +85,12 @@ enum Command {
         /// Embed the query with the in-process Bedrock emulator (for tables built with it).
         #[arg(long)]
         emulator: bool,
+        /// Only rows matching this SQL predicate on the table's columns, e.g. "year > 2020".
+        #[arg(long)]
+        filter: Option<String>,
+        /// Vector and full-text search together (needs `fts_column` in [sink]).
+        #[arg(long)]
+        hybrid: bool,
     },
     /// What a run would do, without calling any model: rows to embed / skip / delete, and per
     /// model inputs, estimated tokens, calls, time at the configured quotas and cost.
@@ -379,6 +385,8 @@ async fn dispatch(cli: Cli) -> i32 {
             columns,
             json,
             emulator,
+            filter,
+            hybrid,
         } => {
             let p = match load(&file) {
                 Ok(p) => p,
@@ -396,6 +404,8 @@ async fn dispatch(cli: Cli) -> i32 {
                     step,
                     columns,
                     overrides,
+                    filter,
+                    hybrid,
                 },
             )
             .await

@@ -288,6 +288,25 @@ pub struct SinkConfig {
     pub cleanup: Option<Spanned<Cleanup>>,
     /// Incremental mode: rows per commit (a killed run re-embeds at most this many).
     pub commit_rows: Option<Spanned<usize>>,
+    /// Vector index per vector column once the table has `index_after_rows` rows: `auto`
+    /// (IVF_PQ), `ivf_pq`, `ivf_hnsw_sq` or `none`. Cosine distance.
+    pub vector_index: Option<Spanned<VectorIndex>>,
+    /// Rows from which the vector index is built (default 100,000; below, search is exact).
+    pub index_after_rows: Option<Spanned<usize>>,
+    /// Compact the table after a run once it has this many fragments (default 64).
+    pub compact_after_fragments: Option<Spanned<usize>>,
+    /// A text column to keep a full-text index on (enables `search --hybrid`).
+    pub fts_column: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum VectorIndex {
+    #[default]
+    Auto,
+    IvfPq,
+    IvfHnswSq,
+    None,
 }
 
 /// A loaded, statically checked pipeline file.

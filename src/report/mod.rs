@@ -38,6 +38,8 @@ pub struct Summary {
     pub segments_written: u64,
     /// The async route's counters (media pipelines).
     pub jobs: Option<crate::jobs::JobStats>,
+    /// Compaction and indexes after the run.
+    pub maintenance: Option<crate::sink::maintain::Maintenance>,
     #[serde(serialize_with = "ser_secs")]
     pub wall_time: Duration,
     pub rows_per_second: f64,
@@ -65,6 +67,27 @@ impl fmt::Display for Summary {
                 f,
                 "  incremental: {} rows upserted in {} commits, {} deleted (gone from the source)",
                 self.rows_written, self.commits, self.rows_deleted
+            )?;
+        }
+        if let Some(m) = self
+            .maintenance
+            .as_ref()
+            .filter(|m| m.compacted || !m.indexes_created.is_empty())
+        {
+            writeln!(
+                f,
+                "  table: {} rows{}{}",
+                m.rows,
+                if m.compacted {
+                    format!(", compacted ({} fragments)", m.fragments_before)
+                } else {
+                    String::new()
+                },
+                if m.indexes_created.is_empty() {
+                    String::new()
+                } else {
+                    format!(", indexes built: {}", m.indexes_created.join(", "))
+                }
             )?;
         }
         if let Some(j) = &self.jobs {

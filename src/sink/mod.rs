@@ -3,6 +3,7 @@
 pub mod failures;
 pub mod incremental;
 pub mod lancedb;
+pub mod maintain;
 pub mod runlog;
 
 use crate::config::{Pipeline, Step};
