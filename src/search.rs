@@ -33,8 +33,11 @@ pub struct SearchOptions {
 pub struct Hit {
     pub rank: usize,
     pub id: String,
-    /// Cosine distance (0 = same direction, 2 = opposite).
+    /// Cosine distance (0 = same direction, 2 = opposite); NaN in hybrid results.
     pub distance: f32,
+    /// Hybrid search: the fused relevance score (higher is better).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relevance: Option<f32>,
     /// The shown columns, as JSON values.
     pub fields: serde_json::Map<String, serde_json::Value>,
 }
@@ -187,14 +190,15 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
                 Some(serde_json::Value::String(s)) => s,
                 other => other.map(|v| v.to_string()).unwrap_or_default(),
             };
-            // Hybrid results are ranked by relevance (higher is better): keep the order.
-            let distance = match row.remove("_relevance_score").and_then(|v| v.as_f64()) {
-                Some(score) => -score,
-                None => row
-                    .remove("_distance")
-                    .and_then(|v| v.as_f64())
-                    .unwrap_or(f64::NAN),
-            } as f32;
+            let relevance = row
+                .remove("_relevance_score")
+                .and_then(|v| v.as_f64())
+                .map(|v| v as f32);
+            let distance = row
+                .remove("_distance")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(f64::NAN) as f32;
+            row.remove("_score");
             let fields = columns
                 .iter()
                 .map(|c| (c.clone(), row.remove(c).unwrap_or(serde_json::Value::Null)))
@@ -203,11 +207,20 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
                 rank: 0,
                 id,
                 distance,
+                relevance,
                 fields,
             });
         }
     }
-    hits.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+    if opts.hybrid {
+        hits.sort_by(|a, b| {
+            b.relevance
+                .unwrap_or(0.0)
+                .total_cmp(&a.relevance.unwrap_or(0.0))
+        });
+    } else {
+        hits.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+    }
     for (i, h) in hits.iter_mut().enumerate() {
         h.rank = i + 1;
     }

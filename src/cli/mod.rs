@@ -668,13 +668,11 @@ fn print_hits(hits: &[crate::search::Hit]) {
                 }
             })
             .collect();
-        println!(
-            "{:>3}. {:.4}  {}  {}",
-            h.rank,
-            h.distance,
-            h.id,
-            fields.join("  ")
-        );
+        let score = match h.relevance {
+            Some(r) => format!("score {r:.4}"),
+            None => format!("{:.4}", h.distance),
+        };
+        println!("{:>3}. {score}  {}  {}", h.rank, h.id, fields.join("  "));
     }
 }
 
