@@ -377,6 +377,10 @@ fn plan_matches_the_calls_of_the_next_run() {
     let out = env.run(&p, &[]);
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert_eq!(env.calls(), 30);
+    // The run's summary compares the plan's token estimate with what was billed.
+    let billed = &summary(&out)["models"][0];
+    assert_eq!(billed["estimated_tokens"], m["input_tokens"], "{billed}");
+    assert!(billed["input_tokens"].as_u64().unwrap() > 0);
 
     for i in [4, 8] {
         data.insert(format!("doc-{i:03}"), format!("edited {i}"));

@@ -346,6 +346,7 @@ impl Caller {
                         stats.calls += 1;
                         stats.inputs += call.len() as u64;
                         stats.usage.add(&u);
+                        stats.estimated_tokens += est_tokens;
                         stats.cost_usd += u.cost(&self.info.prices);
                     }
                     if self.info.normalize && spec.family != Family::TitanTextV2 {

@@ -66,6 +66,9 @@ pub struct ModelStats {
     pub errors: BTreeMap<String, u64>,
     /// Inputs rejected before sending.
     pub rejected_inputs: u64,
+    /// Input tokens of the answered calls as estimated before sending (the same estimate
+    /// `embedpipe plan` makes): compare with `usage.input_tokens`, what the service billed.
+    pub estimated_tokens: u64,
     pub cost_usd: f64,
     #[serde(serialize_with = "crate::report::ser_secs")]
     pub busy: Duration,

@@ -110,9 +110,16 @@ impl fmt::Display for Summary {
                 "{} input tokens{}",
                 m.usage.input_tokens,
                 if m.usage.tokens_estimated {
-                    " (estimated)"
+                    " (estimated)".to_string()
+                } else if m.estimated_tokens > 0 {
+                    // What `plan` estimated for these inputs, against what was billed.
+                    format!(
+                        " billed vs ~{} planned ({:+.0}%)",
+                        m.estimated_tokens,
+                        (m.usage.input_tokens as f64 / m.estimated_tokens as f64 - 1.0) * 100.0
+                    )
                 } else {
-                    ""
+                    String::new()
                 }
             )];
             if m.usage.images > 0 {
