@@ -356,11 +356,15 @@ async fn run_inner(
                 // Async jobs bill media seconds to their model.
                 if let Some(route) = media.as_ref().filter(|r| r.model_name() == m.info.name) {
                     let j = route.stats();
+                    let tokens = j.text_chars.div_ceil(4);
                     s.usage.video_seconds += j.video_seconds;
                     s.usage.audio_seconds += j.audio_seconds;
+                    s.usage.input_tokens += tokens;
+                    s.usage.tokens_estimated |= tokens > 0;
                     s.inputs += j.completed;
                     s.cost_usd += j.video_seconds * m.info.prices.per_video_second
-                        + j.audio_seconds * m.info.prices.per_audio_second;
+                        + j.audio_seconds * m.info.prices.per_audio_second
+                        + tokens as f64 / 1000.0 * m.info.prices.per_1k_tokens;
                 }
                 s
             })
@@ -725,6 +729,8 @@ async fn embed_media_batch(
                     seg.index.push(s.index);
                     seg.start_sec.push(s.start_sec);
                     seg.end_sec.push(s.end_sec);
+                    seg.start_char.push(s.start_char);
+                    seg.end_char.push(s.end_char);
                     seg.modality.push(segment_modality(modality, &s.kind));
                     seg.embedding_option.push(s.kind);
                 }

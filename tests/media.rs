@@ -519,3 +519,49 @@ fn submits_with_the_same_token_are_idempotent() {
     let c = env.jobs();
     assert_eq!((c.submits, c.jobs, c.duplicate_submits), (4, 1, 1), "{c:?}");
 }
+
+#[test]
+fn long_text_goes_through_nova_segmented_embedding() {
+    let env = Env::new(50);
+    // 3,024 characters of words: four segments of at most 1,000 characters, cut between words.
+    let text: String = (0..450).map(|i| format!("word{} ", i % 37)).collect();
+    let chars = text.chars().count() as u64;
+    std::fs::write(env.path("media/notes.txt"), &text).unwrap();
+    let p = env.pipeline(
+        &[
+            ("notes", "text", "media/notes.txt"),
+            ("tour", "video", "media/city_tour.mp4"),
+        ],
+        &format!("{NOVA}\nsegment_chars = 1000"),
+    );
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let db = env.path("db");
+    let ids = table_strings(&db, "t", "id");
+    let start = table_strings(&db, "t", "start_char");
+    let end = table_strings(&db, "t", "end_char");
+    let modality = table_strings(&db, "t", "modality");
+    let mut text_rows: Vec<(u64, u64)> = (0..ids.len())
+        .filter(|&i| ids[i] == "notes")
+        .map(|i| {
+            assert_eq!(modality[i], "text");
+            (start[i].parse().unwrap(), end[i].parse().unwrap())
+        })
+        .collect();
+    text_rows.sort();
+    assert_eq!(chars, 3024);
+    assert_eq!(text_rows.len(), 4, "{text_rows:?}");
+    assert_eq!(text_rows[0].0, 0);
+    assert_eq!(text_rows[3].1, chars);
+    assert!(text_rows
+        .windows(2)
+        .all(|w| w[0].1 == w[1].0 && w[0].1 - w[0].0 <= 1000));
+    // Video rows have seconds, not characters.
+    let video = (0..ids.len()).find(|&i| ids[i] == "tour").unwrap();
+    assert_eq!(start[video], "");
+    let s = summary(&out);
+    assert!(
+        s["models"][0]["input_tokens"].as_u64().unwrap() >= chars / 4,
+        "{s}"
+    );
+}

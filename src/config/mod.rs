@@ -195,6 +195,9 @@ pub struct ModelConfig {
     /// Segment length in seconds (Nova `durationSeconds` 1-30, Marengo 2.7 `useFixedLengthSec`
     /// 2-10, Marengo 3.0 fixed segmentation).
     pub segment_seconds: Option<Spanned<f64>>,
+    /// Nova long text (media steps with text files): longest segment, 800-50,000 characters
+    /// (default 32,000).
+    pub segment_chars: Option<Spanned<u32>>,
     /// Nova video: `AUDIO_VIDEO_COMBINED` (default) or `AUDIO_VIDEO_SEPARATE`.
     pub embedding_mode: Option<Spanned<String>>,
     /// Marengo: which embeddings per segment (2.7: visual-text, visual-image, audio; 3.0:
@@ -913,6 +916,14 @@ impl Pipeline {
                 }
             }
         }
+        if let Some(v) = &cfg.segment_chars {
+            if spec.family != models::Family::Nova2 || !(800..=50_000).contains(v.get_ref()) {
+                return Err(self.error(
+                    v.span(),
+                    "segment_chars applies to Nova (long text) and is between 800 and 50000",
+                ));
+            }
+        }
         if let Some(v) = &cfg.segment_seconds {
             let (lo, hi, whole) = match spec.family {
                 models::Family::Nova2 => (1.0, 30.0, true),
@@ -1188,6 +1199,7 @@ impl Pipeline {
                         None | Some("auto") => MediaModality::Auto,
                         Some("video") => MediaModality::Fixed(Modality::Video),
                         Some("audio") => MediaModality::Fixed(Modality::Audio),
+                        Some("text") => MediaModality::Fixed(Modality::Text),
                         Some(col) => MediaModality::Column(col.to_string()),
                     },
                 ),
@@ -1354,7 +1366,12 @@ impl Pipeline {
         }
         if let Some(m) = &cfg.modality {
             let v = m.get_ref();
-            if !matches!(v.as_str(), "auto" | "video" | "audio") && !is_identifier(v) {
+            if v == "text" && spec.family != models::Family::Nova2 {
+                return Err(self
+                    .error(m.span(), format!("`{}` cannot embed long text through async jobs", spec.id))
+                    .with_help("use amazon.nova-2-multimodal-embeddings-v1:0 (segmented text), or a `text` step"));
+            }
+            if !matches!(v.as_str(), "auto" | "video" | "audio" | "text") && !is_identifier(v) {
                 return Err(self
                     .error(m.span(), format!("`{v}` is not a modality"))
                     .with_help(

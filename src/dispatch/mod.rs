@@ -145,6 +145,7 @@ impl ModelInfo {
         params.detail_level = cfg.detail_level.as_ref().map(|d| d.get_ref().clone());
         params.embedding_mode = cfg.embedding_mode.as_ref().map(|d| d.get_ref().clone());
         params.segment_seconds = cfg.segment_seconds.as_ref().map(|d| *d.get_ref());
+        params.segment_chars = cfg.segment_chars.as_ref().map(|d| *d.get_ref());
         params.bucket_owner = cfg.bucket_owner.as_ref().map(|d| d.get_ref().clone());
         if let Some(o) = &cfg.embedding_options {
             params.embedding_options = o.get_ref().clone();
@@ -176,6 +177,7 @@ impl ModelInfo {
             "detail_level": params.detail_level,
             "embedding_mode": params.embedding_mode,
             "segment_seconds": params.segment_seconds,
+            "segment_chars": params.segment_chars,
             "embedding_options": params.embedding_options,
         })
         .to_string();

@@ -342,10 +342,35 @@ fn check_input(family: Family, input: &Value) -> Result<Task, ApiError> {
             if p["embeddingPurpose"].as_str().is_none() {
                 return Err(wire::validation("embeddingPurpose is required"));
             }
-            let (modality, m) = ["video", "audio"]
+            let (modality, m) = ["video", "audio", "text"]
                 .into_iter()
                 .find_map(|k| p.get(k).map(|m| (k, m)))
-                .ok_or_else(|| wire::validation("one of video or audio is required"))?;
+                .ok_or_else(|| wire::validation("one of video, audio or text is required"))?;
+            if modality == "text" {
+                if !matches!(m["truncationMode"].as_str(), Some("START" | "END" | "NONE")) {
+                    return Err(wire::validation(
+                        "text.truncationMode must be START, END or NONE",
+                    ));
+                }
+                let Some(seg) = m.get("segmentationConfig") else {
+                    return Err(wire::validation("text.segmentationConfig is required"));
+                };
+                let chars = seg["maxLengthChars"].as_u64().unwrap_or(32_000);
+                if !(800..=50_000).contains(&chars) {
+                    return Err(wire::validation(
+                        "maxLengthChars must be between 800 and 50000",
+                    ));
+                }
+                return Ok(Task {
+                    family,
+                    input_uri: s3_location(&m["source"], "text.source")?,
+                    modality,
+                    dimension,
+                    segment: Some(chars as f64),
+                    separate: false,
+                    options: Vec::new(),
+                });
+            }
             let formats: &[&str] = if modality == "video" {
                 &[
                     "mp4", "mov", "mkv", "webm", "flv", "mpeg", "mpg", "wmv", "3gp",
@@ -538,12 +563,16 @@ async fn run_job(settings: &Settings, job: &Job, task: &Task) -> Result<(), Stri
     if marked("poison") {
         return Err("The media could not be processed: INVALID_CONTENT".into());
     }
-    let duration = media_seconds(&media).ok_or_else(|| {
-        format!(
-            "The input {} is not a supported {} file.",
-            task.input_uri, task.modality
-        )
-    })?;
+    let duration = if task.modality == "text" {
+        0.0
+    } else {
+        media_seconds(&media).ok_or_else(|| {
+            format!(
+                "The input {} is not a supported {} file.",
+                task.input_uri, task.modality
+            )
+        })?
+    };
     let id = job.arn.rsplit('/').next().expect("arn");
     let folder = S3Uri::parse(&job.output)
         .map_err(|e| e.to_string())?
@@ -555,6 +584,25 @@ async fn run_job(settings: &Settings, job: &Job, task: &Task) -> Result<(), Stri
             .map_err(|e| format!("Unable to write results: {e:#}"))?;
     }
     Ok(())
+}
+
+/// Text segments of at most `max` characters, cut at whitespace where there is one:
+/// (start, end) character positions, end exclusive.
+fn text_segments(text: &str, max: usize) -> Vec<(usize, usize)> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < chars.len() {
+        let mut end = (start + max).min(chars.len());
+        if end < chars.len() {
+            if let Some(ws) = (start + 1..end).rev().find(|&i| chars[i].is_whitespace()) {
+                end = ws + 1;
+            }
+        }
+        out.push((start, end));
+        start = end;
+    }
+    out
 }
 
 /// Segment bounds: fixed lengths (the last one shorter), over the whole duration.
@@ -584,6 +632,41 @@ fn results(
         vectors::bytes(model, &seed, task.dimension, false)
     };
     match task.family {
+        Family::Nova2 if task.modality == "text" => {
+            let text = String::from_utf8_lossy(media);
+            let uri = folder.join("embedding-text.jsonl");
+            let mut lines = String::new();
+            for (i, (s, e)) in text_segments(&text, task.segment.unwrap_or(32_000.0) as usize)
+                .into_iter()
+                .enumerate()
+            {
+                let line = json!({
+                    "embedding": vector("TEXT", i),
+                    "segmentMetadata": {
+                        "segmentIndex": i,
+                        "segmentStartCharPosition": s,
+                        "segmentEndCharPosition": e,
+                    },
+                    "status": "SUCCESS",
+                });
+                lines.push_str(&line.to_string());
+                lines.push('\n');
+            }
+            let result = json!({
+                "sourceFileUri": task.input_uri,
+                "embeddingDimension": task.dimension,
+                "embeddingResults": [{
+                    "embeddingType": "TEXT", "status": "SUCCESS", "outputFileUri": uri.to_string(),
+                }],
+            });
+            vec![
+                (uri, lines.into_bytes()),
+                (
+                    folder.join("segmented-embedding-result.json"),
+                    result.to_string().into_bytes(),
+                ),
+            ]
+        }
         Family::Nova2 => {
             let kinds: &[&str] = match (task.modality, task.separate) {
                 ("video", false) => &["AUDIO_VIDEO_COMBINED"],
@@ -761,6 +844,16 @@ mod tests {
         let a = media_seconds(&sample("welcome.wav")).unwrap();
         assert!((a - 9.44).abs() < 0.05, "{a}");
         assert_eq!(media_seconds(b"not media"), None);
+    }
+
+    #[test]
+    fn text_segments_cut_at_whitespace() {
+        assert_eq!(text_segments("aaaa bbbb cccc", 10), vec![(0, 10), (10, 14)]);
+        assert_eq!(
+            text_segments("abcdefghij", 4),
+            vec![(0, 4), (4, 8), (8, 10)]
+        );
+        assert!(text_segments("", 5).is_empty());
     }
 
     #[test]

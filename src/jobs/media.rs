@@ -42,6 +42,7 @@ pub fn from_extension(name: &str) -> Option<(Modality, &'static str)> {
     .or(match ext.as_str() {
         "m4v" => Some((Modality::Video, "mp4")),
         "mpga" => Some((Modality::Audio, "mp3")),
+        "txt" | "text" | "md" => Some((Modality::Text, "txt")),
         "oga" | "opus" => Some((Modality::Audio, "ogg")),
         _ => None,
     });
@@ -97,7 +98,7 @@ pub fn classify(
         (None, _) => Err((
             "unsupported_media",
             format!(
-                "`{name}` is not a video or audio format embedpipe can send (video: {}; audio: {})",
+                "`{name}` is not a video, audio or text format embedpipe can send (video: {}; audio: {}; text: .txt, .md)",
                 crate::models::media_formats(Modality::Video).join(", "),
                 crate::models::media_formats(Modality::Audio).join(", ")
             ),
@@ -185,7 +186,8 @@ mod tests {
     fn modality_from_extension_magic_and_the_step() {
         assert_eq!(from_extension("a/b.MP4"), Some((Modality::Video, "mp4")));
         assert_eq!(from_extension("x.wav"), Some((Modality::Audio, "wav")));
-        assert_eq!(from_extension("x.txt"), None);
+        assert_eq!(from_extension("x.txt"), Some((Modality::Text, "txt")));
+        assert_eq!(from_extension("x.docx"), None);
         assert_eq!(
             from_magic(b"RIFF\0\0\0\0WAVEfmt "),
             Some((Modality::Audio, "wav"))
@@ -202,7 +204,7 @@ mod tests {
         assert_eq!(e.0, "wrong_modality");
         assert!(e.1.contains("a.wav"), "{}", e.1);
         assert_eq!(
-            classify("notes.txt", None, None).unwrap_err().0,
+            classify("notes.docx", None, None).unwrap_err().0,
             "unsupported_media"
         );
     }

@@ -93,6 +93,8 @@ pub struct JobStats {
     /// Media seconds of the jobs that finished during this run (what they bill).
     pub video_seconds: f64,
     pub audio_seconds: f64,
+    /// Characters of long text embedded (Nova bills tokens: estimated at 4 characters each).
+    pub text_chars: u64,
 }
 
 /// One media input of a step.
@@ -318,13 +320,22 @@ impl AsyncRoute {
             .read_results(&arn)
             .await
             .map_err(|e| ("job_results".to_string(), format!("job {arn}: {e:#}")))?;
-        let seconds = segments.iter().map(|s| s.end_sec).fold(0.0, f64::max);
+        let seconds = segments
+            .iter()
+            .filter_map(|s| s.end_sec)
+            .fold(0.0, f64::max);
+        let chars = segments
+            .iter()
+            .filter_map(|s| s.end_char)
+            .max()
+            .unwrap_or(0);
         self.count(|s| {
             s.completed += 1;
             s.segments += segments.len() as u64;
             match (billed_before, media.modality) {
                 (true, _) => {}
                 (false, Modality::Video) => s.video_seconds += seconds,
+                (false, Modality::Text) => s.text_chars += chars,
                 (false, _) => s.audio_seconds += seconds,
             }
         });

@@ -194,11 +194,10 @@ pub fn parse_async(output: &[u8]) -> Result<Vec<Segment>, WireError> {
             let i = next.entry(kind.clone()).or_default();
             let seg = Segment {
                 index: *i,
-                start_sec: it["startSec"].as_f64().unwrap_or(0.0),
-                end_sec: it["endSec"]
-                    .as_f64()
-                    .or_else(|| it["endsec"].as_f64())
-                    .unwrap_or(0.0),
+                start_sec: it["startSec"].as_f64(),
+                end_sec: it["endSec"].as_f64().or_else(|| it["endsec"].as_f64()),
+                start_char: None,
+                end_char: None,
                 vector: f32_vec(&it["embedding"], "embedding")?,
                 kind,
             };
@@ -301,7 +300,7 @@ mod tests {
         assert_eq!(segs.len(), 3);
         assert_eq!(
             (segs[2].index, segs[2].kind.as_str(), segs[2].end_sec),
-            (1, "visual-text", 9.5)
+            (1, "visual-text", Some(9.5))
         );
         assert_eq!(segs[1].index, 0);
         assert!(parse_async(b"{}").is_err());

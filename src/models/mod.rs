@@ -353,6 +353,8 @@ pub struct Params {
     pub embedding_mode: Option<String>,
     /// Async segment length (seconds).
     pub segment_seconds: Option<f64>,
+    /// Nova long text: longest segment (characters).
+    pub segment_chars: Option<u32>,
     /// Marengo `bucketOwner` for S3 media.
     pub bucket_owner: Option<String>,
 }
@@ -372,6 +374,7 @@ impl Params {
             embedding_options: Vec::new(),
             embedding_mode: None,
             segment_seconds: None,
+            segment_chars: None,
             bucket_owner: None,
         }
     }
@@ -547,8 +550,11 @@ pub struct MediaRef<'a> {
 pub struct Segment {
     /// Position within its embedding kind, from 0.
     pub index: u32,
-    pub start_sec: f64,
-    pub end_sec: f64,
+    /// Bounds in seconds (video, audio) or characters (long text: `start_char`/`end_char`).
+    pub start_sec: Option<f64>,
+    pub end_sec: Option<f64>,
+    pub start_char: Option<u64>,
+    pub end_char: Option<u64>,
     /// What the vector embeds: Nova `embeddingType` (`audio_video_combined`, `video`, `audio`),
     /// Marengo `embeddingOption` (`visual-text`, `visual-image`, `audio`, ...).
     pub kind: String,
@@ -575,6 +581,7 @@ pub fn media_formats(modality: Modality) -> &'static [&'static str] {
             "mp4", "mov", "mkv", "webm", "flv", "mpeg", "mpg", "wmv", "3gp",
         ],
         Modality::Audio => &["mp3", "wav", "ogg"],
+        Modality::Text => &["txt"],
         _ => &[],
     }
 }

@@ -117,16 +117,30 @@ pub(super) fn build(params: &Params, inputs: &[Input<'_>]) -> Result<Value, Wire
 
 /// Default segment length of segmented video/audio (seconds).
 pub const DEFAULT_SEGMENT_SECONDS: f64 = 5.0;
+/// Default longest text segment (characters; Nova allows 800-50,000).
+pub const DEFAULT_SEGMENT_CHARS: u32 = 32_000;
 
 /// `SEGMENTED_EMBEDDING` for a video or audio file in S3 (async accepts only S3 sources, and
 /// needs a `segmentationConfig`).
 pub(super) fn build_async(params: &Params, media: &MediaRef<'_>) -> Value {
     let secs = params.segment_seconds.unwrap_or(DEFAULT_SEGMENT_SECONDS) as u64;
-    let mut m = json!({
-        "format": media.format,
-        "source": {"s3Location": {"uri": media.uri}},
-        "segmentationConfig": {"durationSeconds": secs},
-    });
+    let mut m = if media.modality == Modality::Text {
+        // Long text: the file in S3, split at word boundaries into segments of at most
+        // `segment_chars` characters.
+        json!({
+            "truncationMode": params.truncate.as_deref().unwrap_or("END"),
+            "source": {"s3Location": {"uri": media.uri}},
+            "segmentationConfig": {
+                "maxLengthChars": params.segment_chars.unwrap_or(DEFAULT_SEGMENT_CHARS),
+            },
+        })
+    } else {
+        json!({
+            "format": media.format,
+            "source": {"s3Location": {"uri": media.uri}},
+            "segmentationConfig": {"durationSeconds": secs},
+        })
+    };
     if media.modality == Modality::Video {
         m["embeddingMode"] = json!(params
             .embedding_mode
@@ -211,6 +225,8 @@ pub fn parse_segments(kind: &str, jsonl: &[u8]) -> Result<(Vec<Segment>, usize),
         segment_index: Option<u32>,
         segment_start_seconds: Option<f64>,
         segment_end_seconds: Option<f64>,
+        segment_start_char_position: Option<u64>,
+        segment_end_char_position: Option<u64>,
     }
     let mut out = Vec::new();
     let mut skipped = 0;
@@ -223,8 +239,10 @@ pub fn parse_segments(kind: &str, jsonl: &[u8]) -> Result<(Vec<Segment>, usize),
         match (l.status.as_deref(), l.embedding) {
             (None | Some("SUCCESS"), Some(v)) => out.push(Segment {
                 index: l.segment_metadata.segment_index.unwrap_or(out.len() as u32),
-                start_sec: l.segment_metadata.segment_start_seconds.unwrap_or(0.0),
-                end_sec: l.segment_metadata.segment_end_seconds.unwrap_or(0.0),
+                start_sec: l.segment_metadata.segment_start_seconds,
+                end_sec: l.segment_metadata.segment_end_seconds,
+                start_char: l.segment_metadata.segment_start_char_position,
+                end_char: l.segment_metadata.segment_end_char_position,
                 kind: kind.to_ascii_lowercase(),
                 vector: v,
             }),
@@ -328,7 +346,7 @@ mod tests {
         assert_eq!(segs.len(), 1);
         assert_eq!(
             (segs[0].end_sec, segs[0].kind.as_str()),
-            (5.0, "audio_video_combined")
+            (Some(5.0), "audio_video_combined")
         );
         let failed = result_files(br#"{"embeddingResults":[{"embeddingType":"VIDEO","status":"FAILURE","failureReason":"INVALID_CONTENT"}]}"#);
         assert!(failed.unwrap_err().0.contains("INVALID_CONTENT"));

@@ -240,13 +240,16 @@ pub fn prepare(input: &StepInput, fingerprint: &str, batch: &RecordBatch) -> Res
                         match (!a.is_null(i)).then(|| a.value(i).trim().to_ascii_lowercase()) {
                             Some(v) if v == "video" => Some(Modality::Video),
                             Some(v) if v == "audio" => Some(Modality::Audio),
+                            Some(v) if v == "text" => Some(Modality::Text),
                             Some(v) if v.is_empty() || v == "auto" => None,
                             None => None,
                             Some(v) => {
                                 out.failures.push((
                                     i,
                                     "wrong_modality",
-                                    format!("column `{k}` says `{v}`; use video, audio or auto"),
+                                    format!(
+                                        "column `{k}` says `{v}`; use video, audio, text or auto"
+                                    ),
                                 ));
                                 continue;
                             }

@@ -11,7 +11,7 @@ use crate::dispatch::ModelInfo;
 use anyhow::{bail, Result};
 use arrow::array::{
     ArrayRef, FixedSizeListArray, Float32Array, Float64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray, UInt32Array,
+    TimestampMicrosecondArray, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use std::collections::HashMap;
@@ -25,6 +25,8 @@ pub const SEGMENT_COLUMNS: &[&str] = &[
     "segment_index",
     "start_sec",
     "end_sec",
+    "start_char",
+    "end_char",
     "modality",
     "embedding_option",
 ];
@@ -33,8 +35,12 @@ pub const SEGMENT_COLUMNS: &[&str] = &[
 #[derive(Debug, Default)]
 pub struct SegmentColumns {
     pub index: Vec<u32>,
-    pub start_sec: Vec<f64>,
-    pub end_sec: Vec<f64>,
+    /// Seconds (video, audio) — null for text.
+    pub start_sec: Vec<Option<f64>>,
+    pub end_sec: Vec<Option<f64>>,
+    /// Character positions (long text, end exclusive) — null for video and audio.
+    pub start_char: Vec<Option<u64>>,
+    pub end_char: Vec<Option<u64>>,
     pub modality: Vec<String>,
     pub embedding_option: Vec<String>,
 }
@@ -82,8 +88,10 @@ impl OutputLayout {
         let segments = pipeline.has_media_step();
         if segments {
             fields.push(Field::new("segment_index", DataType::UInt32, false));
-            fields.push(Field::new("start_sec", DataType::Float64, false));
-            fields.push(Field::new("end_sec", DataType::Float64, false));
+            fields.push(Field::new("start_sec", DataType::Float64, true));
+            fields.push(Field::new("end_sec", DataType::Float64, true));
+            fields.push(Field::new("start_char", DataType::UInt64, true));
+            fields.push(Field::new("end_char", DataType::UInt64, true));
             fields.push(Field::new("modality", DataType::Utf8, false));
             fields.push(Field::new("embedding_option", DataType::Utf8, false));
         }
@@ -173,6 +181,8 @@ impl OutputLayout {
                 cols.push(Arc::new(UInt32Array::from(s.index)));
                 cols.push(Arc::new(Float64Array::from(s.start_sec)));
                 cols.push(Arc::new(Float64Array::from(s.end_sec)));
+                cols.push(Arc::new(UInt64Array::from(s.start_char)));
+                cols.push(Arc::new(UInt64Array::from(s.end_char)));
                 cols.push(Arc::new(StringArray::from(s.modality)));
                 cols.push(Arc::new(StringArray::from(s.embedding_option)));
             }
