@@ -392,6 +392,46 @@ fn failed_and_timed_out_jobs_are_dead_lettered_and_the_rest_completes() {
 }
 
 #[test]
+fn injected_job_failures_are_dead_lettered_and_retried_by_the_next_run() {
+    let env = Env::new(20);
+    env.emu.set(Settings {
+        async_job_ms: 20,
+        async_failure_rate: 1.0,
+        s3_endpoint: Some(env.s3.endpoint()),
+        ..Default::default()
+    });
+    let p = env.pipeline(
+        &[
+            ("tour", "video", "media/city_tour.mp4"),
+            ("hello", "audio", "media/welcome.wav"),
+        ],
+        NOVA,
+    );
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(summary(&out)["jobs"]["failed"], 2);
+    // The service recovers: the next run submits the failed jobs again, under new tokens.
+    env.emu.set(Settings {
+        async_job_ms: 20,
+        s3_endpoint: Some(env.s3.endpoint()),
+        ..Default::default()
+    });
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let s = summary(&out);
+    assert_eq!(
+        (
+            s["jobs"]["submitted"].as_u64(),
+            s["segments_written"].as_u64()
+        ),
+        (Some(2), Some(5)),
+        "{s}"
+    );
+    let c = env.jobs();
+    assert_eq!((c.jobs, c.failed, c.completed), (4, 2, 2), "{c:?}");
+}
+
+#[test]
 fn local_media_is_uploaded_once_across_runs() {
     let env = Env::new(50);
     let p = env.pipeline(

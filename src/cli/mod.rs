@@ -170,6 +170,9 @@ struct EmulatorArgs {
     /// How long async-invoke jobs run before their results are written (ms).
     #[arg(long, default_value_t = 0)]
     job_ms: u64,
+    /// Share of async-invoke jobs that end `Failed`.
+    #[arg(long, default_value_t = 0.0)]
+    job_failure_rate: f64,
     /// S3-compatible server async jobs read media from and write results to.
     #[arg(long)]
     s3_endpoint: Option<String>,
@@ -768,6 +771,15 @@ async fn emulator_command(a: EmulatorArgs) -> i32 {
         }
         if a.job_ms > 0 {
             s.async_job_ms = a.job_ms;
+        }
+        if !(0.0..=1.0).contains(&a.job_failure_rate) {
+            anyhow::bail!(
+                "--job-failure-rate is between 0 and 1, got {}",
+                a.job_failure_rate
+            );
+        }
+        if a.job_failure_rate > 0.0 {
+            s.async_failure_rate = a.job_failure_rate;
         }
         if a.s3_endpoint.is_some() {
             s.s3_endpoint = a.s3_endpoint.clone();

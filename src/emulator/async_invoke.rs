@@ -563,6 +563,9 @@ async fn run_job(settings: &Settings, job: &Job, task: &Task) -> Result<(), Stri
     if marked("poison") {
         return Err("The media could not be processed: INVALID_CONTENT".into());
     }
+    if settings.async_failure_rate > 0.0 && fastrand::f64() < settings.async_failure_rate {
+        return Err("Internal error while processing the job (injected failure).".into());
+    }
     let duration = if task.modality == "text" {
         0.0
     } else {

@@ -148,6 +148,8 @@ pub struct Settings {
     pub poison: Option<String>,
     /// How long an async-invoke job runs before its results are written (ms).
     pub async_job_ms: u64,
+    /// Share (0..1) of async-invoke jobs that end `Failed` (drawn per job).
+    pub async_failure_rate: f64,
     /// The S3-compatible server async jobs read inputs from and write results to.
     pub s3_endpoint: Option<String>,
 }
