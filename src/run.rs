@@ -398,6 +398,36 @@ struct BatchOutput {
     row_numbers: Vec<u64>,
 }
 
+impl BatchOutput {
+    /// A batch's output before any embedding: its rows read, its unreadable rows dead-lettered.
+    fn new(sb: &SourceBatch, run_id: &str) -> Self {
+        Self {
+            read: sb.batch.num_rows() as u64 + sb.failures.len() as u64,
+            batch: None,
+            dead: sb
+                .failures
+                .iter()
+                .map(|f| DeadLetter {
+                    run_id: run_id.to_string(),
+                    id: f.id.clone(),
+                    source: sb.file.to_string(),
+                    row: f.row,
+                    step: "read".into(),
+                    kind: f.kind.into(),
+                    message: f.message.clone(),
+                })
+                .collect(),
+            inputs: 0,
+            rows_written: 0,
+            skipped: 0,
+            keep: Vec::new(),
+            ids: sb.ids.clone(),
+            source: sb.file.clone(),
+            row_numbers: sb.rows.clone(),
+        }
+    }
+}
+
 /// Source batches worked on at once: enough to keep every model's calls in flight full while
 /// finished batches are written, few enough that memory stays small.
 fn batches_in_flight(pipeline: &Pipeline, models: &Models) -> usize {
@@ -488,42 +518,7 @@ async fn embed_batch(
     progress: &Progress,
 ) -> Result<BatchOutput> {
     let n = sb.batch.num_rows();
-    let dead_letter =
-        |id: Option<String>, row: Option<u64>, step: String, kind: String, message: String| {
-            DeadLetter {
-                run_id: run_id.to_string(),
-                id,
-                source: sb.file.to_string(),
-                row,
-                step,
-                kind,
-                message,
-            }
-        };
-    let mut out = BatchOutput {
-        read: n as u64 + sb.failures.len() as u64,
-        batch: None,
-        dead: sb
-            .failures
-            .iter()
-            .map(|f| {
-                dead_letter(
-                    f.id.clone(),
-                    f.row,
-                    "read".into(),
-                    f.kind.into(),
-                    f.message.clone(),
-                )
-            })
-            .collect(),
-        inputs: 0,
-        rows_written: 0,
-        skipped: 0,
-        keep: Vec::new(),
-        ids: sb.ids.clone(),
-        source: sb.file.clone(),
-        row_numbers: sb.rows.clone(),
-    };
+    let mut out = BatchOutput::new(sb, run_id);
     if n == 0 {
         return Ok(out);
     }
@@ -586,13 +581,8 @@ async fn embed_batch(
         .collect();
     for (i, f) in failed.into_iter().enumerate() {
         if let Some((step, kind, message)) = f.filter(|f| f.1 != SKIPPED) {
-            out.dead.push(dead_letter(
-                Some(sb.ids.value(i).to_string()),
-                Some(sb.rows[i]).filter(|&r| r > 0),
-                step,
-                kind,
-                message,
-            ));
+            out.dead
+                .push(dead_letter(sb, run_id, Some(i), &step, &kind, message));
         }
     }
     if keep.is_empty() {
@@ -663,30 +653,7 @@ async fn embed_media_batch(
 ) -> Result<BatchOutput> {
     let n = sb.batch.num_rows();
     let step = &pipeline.steps[0];
-    let mut out = BatchOutput {
-        read: n as u64 + sb.failures.len() as u64,
-        batch: None,
-        dead: sb
-            .failures
-            .iter()
-            .map(|f| DeadLetter {
-                run_id: run_id.to_string(),
-                id: f.id.clone(),
-                source: sb.file.to_string(),
-                row: f.row,
-                step: "read".into(),
-                kind: f.kind.into(),
-                message: f.message.clone(),
-            })
-            .collect(),
-        inputs: 0,
-        rows_written: 0,
-        skipped: 0,
-        keep: Vec::new(),
-        ids: sb.ids.clone(),
-        source: sb.file.clone(),
-        row_numbers: sb.rows.clone(),
-    };
+    let mut out = BatchOutput::new(sb, run_id);
     if n == 0 {
         return Ok(out);
     }

@@ -9,14 +9,6 @@ use embedpipe::emulator::{Emulator, Faults, ModelCounters, Settings};
 use std::path::Path;
 use std::process::Command;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 struct Env {
     rt: tokio::runtime::Runtime,
     emu: Emulator,
@@ -25,7 +17,7 @@ struct Env {
 
 impl Env {
     fn new(settings: Settings) -> Self {
-        let rt = runtime();
+        let rt = test_runtime();
         let emu = rt
             .block_on(Emulator::start(([127, 0, 0, 1], 0).into(), settings))
             .unwrap();

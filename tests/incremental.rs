@@ -19,11 +19,7 @@ struct Env {
 
 impl Env {
     fn new(settings: Settings) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = test_runtime();
         let emu = rt
             .block_on(Emulator::start(([127, 0, 0, 1], 0).into(), settings))
             .unwrap();

@@ -23,11 +23,7 @@ struct Env {
 
 impl Env {
     fn new(job_ms: u64) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = test_runtime();
         let dir = tempfile::tempdir().unwrap();
         let s3 = rt
             .block_on(LocalS3::start(

@@ -482,6 +482,30 @@ async fn sleep_precisely_until(deadline: tokio::time::Instant) {
     }
 }
 
+/// Checks the SigV4 header (and the allowed key, if one is set): the request's region, or why
+/// it is refused (counted as unauthenticated).
+fn authenticate<B>(
+    state: &State,
+    req: &Request<B>,
+    settings: &Settings,
+) -> Result<String, ApiError> {
+    let checked = check_sigv4(req).and_then(|(key, region)| {
+        if settings.access_key_id.as_deref().is_some_and(|k| k != key) {
+            Err(api(
+                "UnrecognizedClientException",
+                403,
+                "The security token included in the request is invalid.",
+            ))
+        } else {
+            Ok(region)
+        }
+    });
+    if checked.is_err() {
+        state.stats.lock().expect("stats").unauthenticated += 1;
+    }
+    checked
+}
+
 /// StartAsyncInvoke, GetAsyncInvoke, ListAsyncInvokes (signed like every operation).
 async fn async_route(
     state: &State,
@@ -489,21 +513,10 @@ async fn async_route(
     rest: String,
 ) -> Result<Resp, std::io::Error> {
     let settings = state.settings.read().expect("settings").clone();
-    let (key, region) = match check_sigv4(&req) {
-        Ok(k) => k,
-        Err(e) => {
-            state.stats.lock().expect("stats").unauthenticated += 1;
-            return Ok(error_response(&e));
-        }
+    let region = match authenticate(state, &req, &settings) {
+        Ok(region) => region,
+        Err(refusal) => return Ok(error_response(&refusal)),
     };
-    if settings.access_key_id.as_deref().is_some_and(|k| k != key) {
-        state.stats.lock().expect("stats").unauthenticated += 1;
-        return Ok(error_response(&api(
-            "UnrecognizedClientException",
-            403,
-            "The security token included in the request is invalid.",
-        )));
-    }
     let method = req.method().clone();
     let query = req.uri().query().map(String::from);
     let body = match req.into_body().collect().await {
@@ -565,21 +578,10 @@ async fn answer(
         )));
     }
     let settings = state.settings.read().expect("settings").clone();
-    let (key, region) = match check_sigv4(&req) {
-        Ok(k) => k,
-        Err(e) => {
-            state.stats.lock().expect("stats").unauthenticated += 1;
-            return Ok(error_response(&e));
-        }
+    let region = match authenticate(&state, &req, &settings) {
+        Ok(region) => region,
+        Err(refusal) => return Ok(error_response(&refusal)),
     };
-    if settings.access_key_id.as_deref().is_some_and(|k| k != key) {
-        state.stats.lock().expect("stats").unauthenticated += 1;
-        return Ok(error_response(&api(
-            "UnrecognizedClientException",
-            403,
-            "The security token included in the request is invalid.",
-        )));
-    }
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return Err(std::io::Error::other(e)),
