@@ -22,9 +22,6 @@ impl Env {
             .block_on(Emulator::start(([127, 0, 0, 1], 0).into(), settings))
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        // Empty AWS config files: the machine's own never leak into a test.
-        std::fs::write(dir.path().join("aws-config"), "").unwrap();
-        std::fs::write(dir.path().join("aws-credentials"), "").unwrap();
         Env { rt, emu, dir }
     }
 
@@ -38,31 +35,11 @@ impl Env {
     }
 
     fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_embedpipe"));
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .env("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", self.emu.endpoint())
-            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLETESTKEY")
-            .env("AWS_SECRET_ACCESS_KEY", "test-secret-do-not-log")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env("AWS_CONFIG_FILE", self.dir.path().join("aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                self.dir.path().join("aws-credentials"),
-            );
+        let mut cmd = aws_cli(self.dir.path(), &self.emu.endpoint(), args);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let out = cmd.output().unwrap();
-        Output {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        output(cmd)
     }
 
     fn write(&self, name: &str, text: &str) -> String {
@@ -753,7 +730,7 @@ fn faults_are_retried_until_every_row_is_written() {
 fn access_and_credential_errors_stop_the_run() {
     let env = Env::new(Settings {
         denied_models: vec!["amazon.titan-embed-text-v2:0".into()],
-        access_key_id: Some("AKIDEXAMPLETESTKEY".into()),
+        access_key_id: Some(TEST_KEY.into()),
         ..Default::default()
     });
     let p = env.write(
