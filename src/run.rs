@@ -198,17 +198,9 @@ async fn run_inner(
         .map_err(RunError::Setup)?;
         let existing = match &checked.existing {
             Some(_) => Some(
-                Existing::open(
-                    &conn,
-                    &checked.target.table,
-                    pipeline
-                        .steps
-                        .iter()
-                        .map(|s| crate::sink::step_columns(&s.vector)[2].clone())
-                        .collect(),
-                )
-                .await
-                .map_err(RunError::Setup)?,
+                Existing::open(&conn, &checked.target.table, &pipeline)
+                    .await
+                    .map_err(RunError::Setup)?,
             ),
             None => None,
         };

@@ -61,18 +61,7 @@ pub async fn estimate(pipeline: &Pipeline, reindex: bool) -> Result<Estimate> {
         None => None,
     };
     let existing = match (&conn, incremental) {
-        (Some(conn), true) => Some(
-            Existing::open(
-                conn,
-                &checked.target.table,
-                pipeline
-                    .steps
-                    .iter()
-                    .map(|s| crate::sink::step_columns(&s.vector)[2].clone())
-                    .collect(),
-            )
-            .await?,
-        ),
+        (Some(conn), true) => Some(Existing::open(conn, &checked.target.table, pipeline).await?),
         _ => None,
     };
     let mut est = Estimate {

@@ -29,8 +29,17 @@ pub struct Existing {
 }
 
 impl Existing {
-    /// `hash_columns`: each step's `<vector>_hash` column, in step order.
-    pub async fn open(conn: &Connection, table: &str, hash_columns: Vec<String>) -> Result<Self> {
+    /// The table's stored hashes for `pipeline`'s steps (`<vector>_hash`, in step order).
+    pub async fn open(
+        conn: &Connection,
+        table: &str,
+        pipeline: &crate::config::Pipeline,
+    ) -> Result<Self> {
+        let hash_columns = pipeline
+            .steps
+            .iter()
+            .map(|s| super::step_columns(&s.vector)[2].clone())
+            .collect();
         let table = conn
             .open_table(table)
             .execute()
