@@ -12,6 +12,7 @@
 
 pub mod async_invoke;
 pub mod s3;
+mod timer;
 pub mod vectors;
 pub mod wire;
 
@@ -457,29 +458,13 @@ fn check_sigv4<B>(req: &Request<B>) -> Result<(String, String), ApiError> {
 /// Answers a request no sooner than the configured latency after it arrived: the work of
 /// answering (validation, vectors, JSON) is part of the latency, not added to it.
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, std::io::Error> {
-    let arrived = tokio::time::Instant::now();
+    let arrived = Instant::now();
     let mut latency = Duration::ZERO;
     let result = answer(state, req, &mut latency).await;
     if !latency.is_zero() {
-        sleep_precisely_until(arrived + latency).await;
+        timer::sleep_until(arrived + latency).await;
     }
     result
-}
-
-/// Sleeps until `deadline` to well under a millisecond. tokio's timer rounds every deadline up
-/// to its next 1 ms tick (and the wake-up adds more), so a plain `sleep_until` answers 1-2 ms
-/// late — 2-4 % of a 50 ms latency. The timer takes us to within a tick, then the task yields
-/// (other requests keep being served) until the deadline.
-async fn sleep_precisely_until(deadline: tokio::time::Instant) {
-    const TICK: Duration = Duration::from_millis(1);
-    if let Some(early) = deadline.checked_sub(TICK) {
-        if early > tokio::time::Instant::now() {
-            tokio::time::sleep_until(early).await;
-        }
-    }
-    while tokio::time::Instant::now() < deadline {
-        tokio::task::yield_now().await;
-    }
 }
 
 /// Checks the SigV4 header (and the allowed key, if one is set): the request's region, or why

@@ -6,6 +6,7 @@ use super::{
     wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec, Params, Parsed,
     Prices, Routes, WireError,
 };
+use super::floats::Vector;
 use crate::config::Provider;
 use serde_json::{json, Map, Value};
 
@@ -232,10 +233,10 @@ struct Billed {
 /// `embeddings`: a list of float vectors (`embeddings_floats`) or a map from type to vectors
 /// (`embeddings_by_type`).
 enum Embeddings {
-    List(Vec<Vec<f32>>),
+    List(Vec<Vector>),
     ByType {
-        float: Option<Vec<Vec<f32>>>,
-        other: Vec<(String, Vec<Vec<i64>>)>,
+        float: Option<Vec<Vector>>,
+        other: Vec<(String, Vec<Vector>)>,
     },
 }
 
@@ -252,7 +253,7 @@ impl<'de> serde::Deserialize<'de> for Embeddings {
                 mut seq: A,
             ) -> Result<Embeddings, A::Error> {
                 let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(v) = seq.next_element::<Vec<f32>>()? {
+                while let Some(v) = seq.next_element::<Vector>()? {
                     out.push(v);
                 }
                 Ok(Embeddings::List(out))
@@ -287,17 +288,23 @@ pub(super) fn parse(params: &Params, r: Response) -> Result<Parsed, WireError> {
         ..Default::default()
     };
     match r.embeddings {
-        Embeddings::List(v) => out.vectors = v,
+        Embeddings::List(v) => out.vectors = v.into_iter().map(|v| v.0).collect(),
         Embeddings::ByType { float, mut other } => {
             let Some(f) = float else {
                 return wire_err("`embeddings` has no `float` vectors");
             };
-            out.vectors = f;
+            out.vectors = f.into_iter().map(|v| v.0).collect();
             for t in params.embedding_types.iter().filter(|t| *t != "float") {
                 let Some(pos) = other.iter().position(|(k, _)| k == t) else {
                     return wire_err(format!("`embeddings.{t}` is missing"));
                 };
-                out.other_types.push(other.swap_remove(pos));
+                let (name, vs) = other.swap_remove(pos);
+                let at = format!("embeddings.{name}");
+                let ints = vs
+                    .into_iter()
+                    .map(|v| v.into_integers(&at))
+                    .collect::<Result<_, _>>()?;
+                out.other_types.push((name, ints));
             }
         }
     }

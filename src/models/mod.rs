@@ -8,6 +8,7 @@
 //! [`build_request`] / [`parse_response`]).
 
 pub mod cohere;
+mod floats;
 pub mod local_minilm;
 pub mod marengo;
 pub mod nova;
@@ -510,11 +511,11 @@ pub fn parse_response(
     let parsed = match spec.family {
         Family::LocalMiniLm => return wire_err("the local model has no wire format"),
         Family::TitanTextV1 | Family::TitanTextV2 => {
-            titan_text::parse(params, from_json(spec, body)?)?
+            titan_text::parse(params, from_json_fast(spec, body)?)?
         }
-        Family::TitanMultimodal => titan_multimodal::parse(from_json(spec, body)?)?,
-        Family::CohereV3 | Family::CohereV4 => cohere::parse(params, from_json(spec, body)?)?,
-        Family::Nova2 => nova::parse(from_json(spec, body)?)?,
+        Family::TitanMultimodal => titan_multimodal::parse(from_json_fast(spec, body)?)?,
+        Family::CohereV3 | Family::CohereV4 => cohere::parse(params, from_json_fast(spec, body)?)?,
+        Family::Nova2 => nova::parse(from_json_fast(spec, body)?)?,
         Family::Marengo27 | Family::Marengo30 => marengo::parse(&from_json(spec, body)?)?,
     };
     if parsed.vectors.len() != n {
@@ -592,13 +593,24 @@ pub(crate) fn from_json<'a, T: serde::Deserialize<'a>>(
     spec: &ModelSpec,
     body: &'a [u8],
 ) -> Result<T, WireError> {
-    serde_json::from_slice(body).map_err(|e| {
-        WireError(format!(
-            "{} answered with a body that is not its response format ({e}): {}",
-            spec.id,
-            snippet(body)
-        ))
-    })
+    serde_json::from_slice(body).map_err(|e| not_the_format(spec, body, e))
+}
+
+/// [`from_json`] for response types whose vectors are [`floats::Vector`]s: the numbers are read
+/// without serde (most of a response is numbers).
+fn from_json_fast<T: serde::de::DeserializeOwned>(
+    spec: &ModelSpec,
+    body: &[u8],
+) -> Result<T, WireError> {
+    floats::from_json(body).map_err(|e| not_the_format(spec, body, e))
+}
+
+fn not_the_format(spec: &ModelSpec, body: &[u8], e: serde_json::Error) -> WireError {
+    WireError(format!(
+        "{} answered with a body that is not its response format ({e}): {}",
+        spec.id,
+        snippet(body)
+    ))
 }
 
 /// The first bytes of a body, for error messages.

@@ -5,6 +5,7 @@ use super::{
     wire_err, Family, ImageFormat, Input, Limits, MediaRef, Modality, ModelSpec, ParamSpec, Params,
     Parsed, Prices, Routes, Segment, WireError, MAX_BODY_BYTES,
 };
+use super::floats::Vector;
 use crate::config::Provider;
 use serde_json::{json, Value};
 
@@ -259,7 +260,7 @@ pub(super) struct Response {
 
 #[derive(serde::Deserialize)]
 struct Entry {
-    embedding: Vec<f32>,
+    embedding: Vector,
 }
 
 pub(super) fn parse(r: Response) -> Result<Parsed, WireError> {
@@ -267,7 +268,7 @@ pub(super) fn parse(r: Response) -> Result<Parsed, WireError> {
         return wire_err("the response's `embeddings` list is empty");
     };
     Ok(Parsed {
-        vectors: vec![first.embedding],
+        vectors: vec![first.embedding.0],
         other_types: Vec::new(),
         input_tokens: None,
     })

@@ -5,6 +5,7 @@ use super::{
     wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec, Params, Parsed,
     Prices, Routes, WireError, MAX_BODY_BYTES,
 };
+use super::floats::Vector;
 use crate::config::Provider;
 use serde_json::{json, Map, Value};
 
@@ -72,7 +73,7 @@ pub(super) fn build(params: &Params, inputs: &[Input<'_>]) -> Result<Value, Wire
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct Response {
-    embedding: Option<Vec<f32>>,
+    embedding: Option<Vector>,
     input_text_token_count: Option<u64>,
     message: Option<String>,
 }
@@ -85,7 +86,7 @@ pub(super) fn parse(r: Response) -> Result<Parsed, WireError> {
         };
     };
     Ok(Parsed {
-        vectors: vec![e],
+        vectors: vec![e.0],
         other_types: Vec::new(),
         input_tokens: r.input_text_token_count,
     })

@@ -5,6 +5,7 @@ use super::{
     wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec, Params, Parsed,
     Prices, Routes, WireError, MAX_BODY_BYTES,
 };
+use super::floats::Vector;
 use crate::config::Provider;
 use serde_json::{json, Map, Value};
 
@@ -113,15 +114,15 @@ pub(super) fn build(
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct Response {
-    embedding: Option<Vec<f32>>,
+    embedding: Option<Vector>,
     input_text_token_count: Option<u64>,
     embeddings_by_type: Option<ByType>,
 }
 
 #[derive(serde::Deserialize)]
 struct ByType {
-    float: Option<Vec<f32>>,
-    binary: Option<Vec<i64>>,
+    float: Option<Vector>,
+    binary: Option<Vector>,
 }
 
 pub(super) fn parse(params: &Params, r: Response) -> Result<Parsed, WireError> {
@@ -135,12 +136,15 @@ pub(super) fn parse(params: &Params, r: Response) -> Result<Parsed, WireError> {
     let mut other_types = Vec::new();
     if params.embedding_types.iter().any(|t| t == "binary") {
         match binary {
-            Some(b) => other_types.push(("binary".to_string(), vec![b])),
+            Some(b) => other_types.push((
+                "binary".to_string(),
+                vec![b.into_integers("embeddingsByType.binary")?],
+            )),
             None => return wire_err("`embeddingsByType.binary` is missing"),
         }
     }
     Ok(Parsed {
-        vectors: vec![float],
+        vectors: vec![float.0],
         other_types,
         input_tokens: r.input_text_token_count,
     })
