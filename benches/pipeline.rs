@@ -11,7 +11,8 @@
 //!    flight C and a requests/minute limit R, divided by min(R, C/L), over 10,000 requests, for
 //!    Titan v2 (1 input per call) and Cohere v3 (96 per call), through the dispatch layer;
 //! 6. end to end at zero latency: Parquet → Cohere v3 (1024-d) on the emulator → LanceDB, rows/s
-//!    and the process's peak RSS (run it alone: `EMBEDPIPE_BENCH=e2e`).
+//!    the process's peak RSS, and the CPU time per row of embedpipe and of the emulator (which runs
+//!    as a process of its own, as the service is remote; run it alone: `EMBEDPIPE_BENCH=e2e`).
 //!
 //! `EMBEDPIPE_BENCH_REQUESTS` changes the 10,000 requests of the dispatch bench,
 //! `EMBEDPIPE_BENCH_LATENCY_MS` its emulator latency (default 50) and
@@ -125,6 +126,7 @@ text = "{title} ({topic})"
 uri = "db"
 table = "bench"
 mode = "overwrite"
+{sink}
 "#;
     let pipeline = Pipeline::parse(&tmp.path().join("p.toml"), text).unwrap();
     let checked = embedpipe::validate::check(&pipeline).await.unwrap();
@@ -320,6 +322,7 @@ fn bedrock_pipeline(
     source: &str,
     model: &str,
     embed: &str,
+    sink: &str,
 ) -> Arc<Pipeline> {
     std::fs::write(dir.join("rows.csv"), "id,text\na,alpha\n").unwrap();
     let text = format!(
@@ -337,6 +340,7 @@ model = "m"
 uri = "db"
 table = "bench"
 mode = "overwrite"
+{sink}
 "#
     );
     Arc::new(Pipeline::parse(&dir.join("p.toml"), &text).unwrap())
@@ -382,6 +386,7 @@ async fn bench_dispatch_case(
         "type = \"csv\"\npath = \"rows.csv\"",
         &format!("id = \"{model_id}\"\nconcurrency = {concurrency}\n{limit}"),
         "column = \"text\"",
+        "",
     );
     let overrides = Overrides {
         endpoint_url: Some(emu.endpoint()),
@@ -461,13 +466,45 @@ async fn bench_dispatch() {
     }
 }
 
+/// CPU seconds (user + system) of a process, from `/proc/<pid>/stat`.
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
+    // 13th of them.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0 // clock ticks (USER_HZ)
+}
+
+/// The emulator as a process of its own (as the service is remote): its address and handle.
+fn emulator_process() -> (String, std::process::Child) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_embedpipe"))
+        .args(["emulator", "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the emulator");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let endpoint = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    (endpoint, child)
+}
+
 async fn bench_e2e(rows: usize) {
     use embedpipe::dispatch::Overrides;
-    use embedpipe::emulator::{Emulator, Settings};
     use embedpipe::run::{run, RunOptions};
-    let emu = Emulator::start(([127, 0, 0, 1], 0).into(), Settings::default())
-        .await
-        .unwrap();
+    let (endpoint, mut emulator) = emulator_process();
     let tmp = tempfile::tempdir().unwrap();
     write_parquet(&tmp.path().join("data.parquet"), rows);
     let pipeline = bedrock_pipeline(
@@ -475,14 +512,18 @@ async fn bench_e2e(rows: usize) {
         "type = \"parquet\"\npath = \"data.parquet\"",
         "id = \"cohere.embed-english-v3\"\nconcurrency = 8",
         "text = \"{title} ({topic})\"",
+        // Ingest only: building the vector index a large table gets after a run is not counted.
+        "vector_index = \"none\"",
     );
+    let (emu_pid, cpu_before) = (emulator.id().to_string(), cpu_secs("self"));
+    let emu_before = cpu_secs(&emu_pid);
     let t = Instant::now();
     let summary = run(
         pipeline,
         RunOptions {
             progress: false,
             overrides: Overrides {
-                endpoint_url: Some(emu.endpoint()),
+                endpoint_url: Some(endpoint),
                 emulator_credentials: true,
                 ..Default::default()
             },
@@ -492,12 +533,18 @@ async fn bench_e2e(rows: usize) {
     .await
     .unwrap();
     let secs = t.elapsed().as_secs_f64();
+    let client_cpu = cpu_secs("self") - cpu_before;
+    let emu_cpu = cpu_secs(&emu_pid) - emu_before;
+    let _ = emulator.kill();
     assert_eq!(summary.rows_written as usize, rows);
     println!(
-        "end to end parquet -> Cohere v3 (emulator, zero latency, 96/call, C = 8) -> lancedb ({rows} rows, 1024-d): {:.0} rows/s, {:.1}s, peak RSS {:.0} MB (emulator in the same process)",
+        "end to end parquet -> Cohere v3 (emulator process, zero latency, 96/call, C = 8) -> lancedb ({rows} rows, 1024-d): {:.0} rows/s, {:.1}s, peak RSS {:.0} MB; CPU per row: embedpipe {:.1} us ({:.0} rows/s per core), emulator {:.1} us",
         rows as f64 / secs,
         secs,
-        peak_rss_mb()
+        peak_rss_mb(),
+        client_cpu / rows as f64 * 1e6,
+        rows as f64 / client_cpu,
+        emu_cpu / rows as f64 * 1e6,
     );
 }
 

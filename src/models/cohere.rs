@@ -2,11 +2,11 @@
 //! (`cohere.embed-v4:0`): up to 96 texts per call; images (v3: one per call); v4 also
 //! interleaved text+image inputs and a choice of dimensions.
 
+use super::floats::Vector;
 use super::{
     wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec, Params, Parsed,
     Prices, Routes, WireError,
 };
-use super::floats::Vector;
 use crate::config::Provider;
 use serde_json::{json, Map, Value};
 

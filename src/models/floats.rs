@@ -48,7 +48,10 @@ impl<'de> Deserialize<'de> for Vector {
                 LIFTED.with(|l| {
                     let l = l.borrow();
                     let l = l.as_ref().ok_or_else(|| E::custom("no lifted arrays"))?;
-                    let r = l.ranges.get(k).ok_or_else(|| E::custom("bad placeholder"))?;
+                    let r = l
+                        .ranges
+                        .get(k)
+                        .ok_or_else(|| E::custom("bad placeholder"))?;
                     Ok(Vector(l.flat[r.clone()].to_vec()))
                 })
             }
@@ -146,12 +149,9 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 fn number_array(b: &[u8], open: usize, out: &mut Vec<f32>) -> Option<usize> {
     let mut i = skip_ws(b, open + 1);
     loop {
-        let start = i;
-        while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
-            i += 1;
-        }
-        out.push(number(&b[start..i])?);
-        i = skip_ws(b, i);
+        let (x, next) = number_at(b, i)?;
+        out.push(x);
+        i = skip_ws(b, next);
         match b.get(i)? {
             b',' => i = skip_ws(b, i + 1),
             b']' => return Some(i + 1),
@@ -165,44 +165,85 @@ const POW10: [f64; 23] = [
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
 
-/// One JSON number as f32. Up to 15 significant digits and a power of ten within ±22 take the
-/// exact fast path (the digits and the power of ten are exact doubles, so one division or
-/// multiplication rounds correctly), then round to f32 as serde_json does; anything else goes
-/// through the standard library's parser.
-fn number(tok: &[u8]) -> Option<f32> {
-    let (neg, rest) = match tok.split_first()? {
-        (b'-', rest) => (true, rest),
-        _ => (false, tok),
-    };
+/// Are these eight bytes (loaded little-endian) all ASCII digits?
+fn eight_digits(v: u64) -> bool {
+    let a = v.wrapping_add(0x4646_4646_4646_4646);
+    let b = v.wrapping_sub(0x3030_3030_3030_3030);
+    (a | b) & 0x8080_8080_8080_8080 == 0
+}
+
+/// The value of eight ASCII digits loaded little-endian (first digit in the lowest byte).
+fn eight_digits_value(v: u64) -> u64 {
+    const MASK: u64 = 0x0000_00FF_0000_00FF;
+    const MUL1: u64 = 100 + (1_000_000 << 32);
+    const MUL2: u64 = 1 + (10_000 << 32);
+    let v = v - 0x3030_3030_3030_3030;
+    let v = (v * 10) + (v >> 8);
+    (((v & MASK).wrapping_mul(MUL1)) + (((v >> 16) & MASK).wrapping_mul(MUL2))) >> 32
+}
+
+/// The JSON number starting at `b[i]`, as f32, and the index after it. Up to 15 significant
+/// digits without an exponent take the exact fast path (the digits and the power of ten are
+/// exact doubles, so one division rounds correctly), then round to f32 as serde_json does;
+/// anything else goes through the standard library's parser.
+fn number_at(b: &[u8], start: usize) -> Option<(f32, usize)> {
+    let mut i = start;
+    let neg = b.get(i) == Some(&b'-');
+    i += usize::from(neg);
     let mut m: u64 = 0;
-    let mut digits = 0u32;
-    let mut exp: i32 = 0;
-    let mut i = 0;
-    while i < rest.len() && rest[i].is_ascii_digit() {
-        m = m.wrapping_mul(10).wrapping_add((rest[i] - b'0') as u64);
-        digits += 1;
+    let int_start = i;
+    while let Some(d) = b.get(i).map(|c| c.wrapping_sub(b'0')).filter(|d| *d < 10) {
+        m = m.wrapping_mul(10).wrapping_add(d as u64);
         i += 1;
     }
-    let int_digits = digits;
-    let dot = i < rest.len() && rest[i] == b'.';
+    let int_digits = i - int_start;
+    let mut frac_digits = 0;
+    let dot = b.get(i) == Some(&b'.');
     if dot {
         i += 1;
-        while i < rest.len() && rest[i].is_ascii_digit() {
-            m = m.wrapping_mul(10).wrapping_add((rest[i] - b'0') as u64);
-            digits += 1;
-            exp -= 1;
+        let frac_start = i;
+        while let Some(chunk) = b.get(i..i + 8) {
+            let v = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            if !eight_digits(v) {
+                break;
+            }
+            m = m
+                .wrapping_mul(100_000_000)
+                .wrapping_add(eight_digits_value(v));
+            i += 8;
+        }
+        while let Some(d) = b.get(i).map(|c| c.wrapping_sub(b'0')).filter(|d| *d < 10) {
+            m = m.wrapping_mul(10).wrapping_add(d as u64);
             i += 1;
         }
+        frac_digits = i - frac_start;
     }
-    // The whole token read, with digits on both sides of a point (JSON's grammar), and few
-    // enough digits that `m` is exact.
-    let plain = i == rest.len() && int_digits > 0 && (!dot || digits > int_digits);
-    if plain && digits <= 15 && exp >= -22 {
-        let v = m as f64 / POW10[(-exp) as usize];
-        return Some((if neg { -v } else { v }) as f32);
+    let exponent = matches!(b.get(i), Some(b'e' | b'E'));
+    let grammar = int_digits > 0 && (!dot || frac_digits > 0);
+    if !exponent && grammar && int_digits + frac_digits <= 15 {
+        let v = m as f64 / POW10[frac_digits];
+        return Some(((if neg { -v } else { v }) as f32, i));
     }
     // Exponents, many digits, or not a number at all.
-    std::str::from_utf8(tok).ok()?.parse::<f32>().ok()
+    while matches!(
+        b.get(i),
+        Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+    ) {
+        i += 1;
+    }
+    let x = std::str::from_utf8(&b[start..i])
+        .ok()?
+        .parse::<f32>()
+        .ok()?;
+    Some((x, i))
+}
+
+/// One whole token as a number (tests).
+#[cfg(test)]
+fn number(tok: &[u8]) -> Option<f32> {
+    number_at(tok, 0)
+        .filter(|(_, end)| *end == tok.len())
+        .map(|(x, _)| x)
 }
 
 #[cfg(test)]
@@ -223,8 +264,14 @@ mod tests {
             "nested": [[1,2],[ -0.0123456789 ]], "count": 7}"#;
         let r: R = from_json(body).unwrap();
         assert_eq!(r.embedding.0, vec![0.5, -1.25e-3, 3.0]);
-        assert_eq!(r.nested, vec![Vector(vec![1.0, 2.0]), Vector(vec![-0.012_345_679])]);
-        assert_eq!(r.texts, vec!["a [1, 2] \"b\" [3]".to_string(), "\\".to_string()]);
+        assert_eq!(
+            r.nested,
+            vec![Vector(vec![1.0, 2.0]), Vector(vec![-0.012_345_679])]
+        );
+        assert_eq!(
+            r.texts,
+            vec!["a [1, 2] \"b\" [3]".to_string(), "\\".to_string()]
+        );
         assert_eq!(r.count, 7);
         // The same types read plain JSON too.
         let plain: R = serde_json::from_slice(body).unwrap();
@@ -240,12 +287,28 @@ mod tests {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             let x = f32::from_bits((rng as u32 & 0x3fff_ffff) | ((rng >> 32) as u32 & 0x8000_0000));
-            for s in [format!("{x}"), format!("{x:e}"), format!("{:.12}", x), format!("{}", x as f64)] {
+            for s in [
+                format!("{x}"),
+                format!("{x:e}"),
+                format!("{:.12}", x),
+                format!("{}", x as f64),
+            ] {
                 let want: f32 = serde_json::from_str(&s).unwrap();
                 assert_eq!(number(s.as_bytes()), Some(want), "{s}");
             }
         }
-        for s in ["1", "-0", "0.1", "123456789012345678901234", "1E5", "-2.5e+3"] {
+        for s in [
+            "1",
+            "-0",
+            "0.1",
+            "123456789012345678901234",
+            "1E5",
+            "-2.5e+3",
+            "0.12345678",
+            "-12345678.87654321",
+            "0.000000000000001",
+            "9007199254740993",
+        ] {
             let want: f32 = serde_json::from_str(s).unwrap();
             assert_eq!(number(s.as_bytes()), Some(want), "{s}");
         }
@@ -265,8 +328,8 @@ mod tests {
             assert!(fast.is_err(), "{}", String::from_utf8_lossy(body));
             assert!(plain.is_err());
         }
-        let r: R = from_json(br#"{"embedding": [], "nested": [[]], "texts": [], "count": 1}"#)
-            .unwrap();
+        let r: R =
+            from_json(br#"{"embedding": [], "nested": [[]], "texts": [], "count": 1}"#).unwrap();
         assert!(r.embedding.0.is_empty() && r.nested[0].0.is_empty());
         assert_eq!(Vector(vec![3.0, -128.0]).integers(), Some(vec![3, -128]));
         assert_eq!(Vector(vec![0.5]).integers(), None);

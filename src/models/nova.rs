@@ -1,11 +1,11 @@
 //! Amazon Nova 2 Multimodal Embeddings (`amazon.nova-2-multimodal-embeddings-v1:0`): one input
 //! per call; sync `SINGLE_EMBEDDING` for text and images (video/audio go async).
 
+use super::floats::Vector;
 use super::{
     wire_err, Family, ImageFormat, Input, Limits, MediaRef, Modality, ModelSpec, ParamSpec, Params,
     Parsed, Prices, Routes, Segment, WireError, MAX_BODY_BYTES,
 };
-use super::floats::Vector;
 use crate::config::Provider;
 use serde_json::{json, Value};
 

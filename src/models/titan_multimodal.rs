@@ -1,11 +1,11 @@
 //! Amazon Titan Multimodal Embeddings G1 (`amazon.titan-embed-image-v1`): a text, an image, or
 //! both (one vector averaging the two), one input per call.
 
+use super::floats::Vector;
 use super::{
     wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec, Params, Parsed,
     Prices, Routes, WireError, MAX_BODY_BYTES,
 };
-use super::floats::Vector;
 use crate::config::Provider;
 use serde_json::{json, Map, Value};
 

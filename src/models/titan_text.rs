@@ -1,11 +1,11 @@
 //! Amazon Titan Text Embeddings G1 (`amazon.titan-embed-text-v1`) and V2
 //! (`amazon.titan-embed-text-v2:0`): one text per call, token count in the response.
 
+use super::floats::Vector;
 use super::{
     wire_err, Family, ImageFormat, Input, Limits, Modality, ModelSpec, ParamSpec, Params, Parsed,
     Prices, Routes, WireError, MAX_BODY_BYTES,
 };
-use super::floats::Vector;
 use crate::config::Provider;
 use serde_json::{json, Map, Value};
 
