@@ -16,7 +16,8 @@
 //!
 //! `EMBEDPIPE_BENCH_REQUESTS` changes the 10,000 requests of the dispatch bench,
 //! `EMBEDPIPE_BENCH_LATENCY_MS` its emulator latency (default 50) and
-//! `EMBEDPIPE_BENCH_MODEL=titan|cohere` runs one model's cases;
+//! `EMBEDPIPE_BENCH_MODEL=titan|cohere` runs one model's cases, `EMBEDPIPE_BENCH_CONCURRENCY`
+//! sets the cap on calls in flight of the unlimited cases (default 64 for Titan, 8 for Cohere);
 //! `EMBEDPIPE_BENCH_ROWS` sets the rows of the generated Parquet file (default 500000; `e2e`
 //! default 1000000); `EMBEDPIPE_BENCH=sink|model|emulator|transform|dispatch|e2e` runs one of
 //! them (`e2e` runs only when asked for).
@@ -289,9 +290,14 @@ fn bench_transform() {
         let body =
             serde_json::to_vec(&models::build_request(spec, &params, &inputs).unwrap()).unwrap();
         // A response of the right shape from the emulator's own writer.
-        let resp = embedpipe::emulator::wire::handle(spec, &format!("us.{id}"), &body, None)
-            .unwrap_or_else(|_| embedpipe::emulator::wire::handle(spec, id, &body, None).unwrap())
-            .body;
+        let answer = |body: &[u8]| {
+            embedpipe::emulator::wire::handle(spec, &format!("us.{id}"), body, None)
+                .unwrap_or_else(|_| {
+                    embedpipe::emulator::wire::handle(spec, id, body, None).unwrap()
+                })
+                .body
+        };
+        let resp = answer(&body);
         let iters = 2_000 / inputs.len().max(1) + 20;
         let t = Instant::now();
         for _ in 0..iters {
@@ -306,11 +312,19 @@ fn bench_transform() {
             std::hint::black_box(p);
         }
         let parse = t.elapsed().as_secs_f64() / iters as f64;
+        // The emulator's side of the call (validation, vectors, JSON): CPU that shares the
+        // machine with the client in the dispatch and end-to-end benches.
+        let t = Instant::now();
+        for _ in 0..iters {
+            std::hint::black_box(answer(&body));
+        }
+        let emulate = t.elapsed().as_secs_f64() / iters as f64;
         println!(
-            "transform {id:<42} {} input(s), {dim}-d: build {:>8.1} us, parse {:>8.1} us per call",
+            "transform {id:<42} {} input(s), {dim}-d: build {:>8.1} us, parse {:>8.1} us, emulator answer {:>8.1} us per call",
             inputs.len(),
             build * 1e6,
-            parse * 1e6
+            parse * 1e6,
+            emulate * 1e6
         );
     }
 }
@@ -437,8 +451,12 @@ async fn bench_dispatch_case(
     let by_concurrency = concurrency as f64 / (latency_ms / 1000.0);
     let ideal = rpm.map_or(by_concurrency, |r| by_concurrency.min(r as f64 / 60.0));
     let stats = handle.stats();
+    // How busy dispatch kept its slots: calls/s against C ÷ the mean call latency the client saw
+    // (which includes the machine's own overhead: loopback, wake-ups, the emulator's CPU).
+    let mean_call = stats.latency_mean_ms / 1e3;
+    let slot_use = c.requests as f64 / secs / (concurrency as f64 / mean_call);
     println!(
-        "dispatch {model_id} ({per_call}/call), L = {latency_ms} ms, C = {concurrency}, R = {}: {} calls, {:.1} full calls/s ({:.0} inputs/s) vs ideal {:.1}: ratio {:.3}; p50 {:.1} ms, p95 {:.1} ms",
+        "dispatch {model_id} ({per_call}/call), L = {latency_ms} ms, C = {concurrency}, R = {}: {} calls, {:.1} full calls/s ({:.0} inputs/s) vs ideal {:.1}: ratio {:.3}; p50 {:.1} ms, p95 {:.1} ms, mean {:.1} ms; slots busy {:.3}",
         rpm.map_or("none".to_string(), |r| format!("{r}/min")),
         c.requests,
         achieved,
@@ -447,6 +465,8 @@ async fn bench_dispatch_case(
         achieved / ideal,
         stats.latency_p50_ms,
         stats.latency_p95_ms,
+        mean_call * 1e3,
+        slot_use,
     );
 }
 
@@ -456,12 +476,16 @@ async fn bench_dispatch() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50.0);
+    // Another cap on calls in flight for the unlimited cases (e.g. 1: the unloaded round trip).
+    let c: Option<usize> = std::env::var("EMBEDPIPE_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok());
     if only.is_empty() || only == "titan" {
-        bench_dispatch_case("amazon.titan-embed-text-v2:0", 64, l, None).await;
+        bench_dispatch_case("amazon.titan-embed-text-v2:0", c.unwrap_or(64), l, None).await;
         bench_dispatch_case("amazon.titan-embed-text-v2:0", 64, l, Some(30_000)).await;
     }
     if only.is_empty() || only == "cohere" {
-        bench_dispatch_case("cohere.embed-english-v3", 8, l, None).await;
+        bench_dispatch_case("cohere.embed-english-v3", c.unwrap_or(8), l, None).await;
         bench_dispatch_case("cohere.embed-english-v3", 8, l, Some(6_000)).await;
     }
 }

@@ -75,6 +75,7 @@ pub struct ModelStats {
     /// Call latency (answered attempts), milliseconds.
     pub latency_p50_ms: f64,
     pub latency_p95_ms: f64,
+    pub latency_mean_ms: f64,
     /// Requests (every attempt) and input tokens per minute, from the first request to the last
     /// answer.
     pub requests_per_minute: f64,
@@ -327,6 +328,7 @@ impl ModelHandle {
             let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
             s.latency_p50_ms = ms(r.latency_p50);
             s.latency_p95_ms = ms(r.latency_p95);
+            s.latency_mean_ms = ms(r.latency_mean);
             s.requests_per_minute = r.requests_per_minute.round();
             s.tokens_per_minute = r.tokens_per_minute.round();
             s.concurrency_lowest = caller.concurrency.lowest();

@@ -20,6 +20,7 @@ pub struct Telemetry {
 pub struct Rates {
     pub latency_p50: Duration,
     pub latency_p95: Duration,
+    pub latency_mean: Duration,
     pub latency_max: Duration,
     pub requests_per_minute: f64,
     pub tokens_per_minute: f64,
@@ -80,6 +81,7 @@ impl Telemetry {
         Rates {
             latency_p50: q(0.5),
             latency_p95: q(0.95),
+            latency_mean: Duration::from_secs_f64(self.latency.mean() / 1e6),
             latency_max: Duration::from_micros(self.latency.max()),
             requests_per_minute: per_minute(self.requests),
             tokens_per_minute: per_minute(self.tokens),
@@ -107,6 +109,7 @@ mod tests {
         let r = t.rates();
         assert!((49..=51).contains(&r.latency_p50.as_millis()), "{r:?}");
         assert!((94..=96).contains(&r.latency_p95.as_millis()), "{r:?}");
+        assert!((50..=51).contains(&r.latency_mean.as_millis()), "{r:?}");
         assert!((r.requests_per_minute - 100.0).abs() < 0.01, "{r:?}");
         assert!((r.tokens_per_minute - 3000.0).abs() < 0.1, "{r:?}");
     }

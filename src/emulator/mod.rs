@@ -11,6 +11,7 @@
 //! `PUT /_emulator/config` (JSON, any subset of [`Settings`]).
 
 pub mod async_invoke;
+mod json;
 pub mod s3;
 mod timer;
 pub mod vectors;
@@ -455,6 +456,9 @@ fn check_sigv4<B>(req: &Request<B>) -> Result<(String, String), ApiError> {
     Ok((scope[0].to_string(), scope[2].to_string()))
 }
 
+/// Request bodies up to this size are answered on the runtime (see [`answer`]).
+const INLINE_REQUEST_BYTES: usize = 1024;
+
 /// Answers a request no sooner than the configured latency after it arrived: the work of
 /// answering (validation, vectors, JSON) is part of the latency, not added to it.
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, std::io::Error> {
@@ -678,8 +682,19 @@ async fn answer(
         count(&fail("ModelNotReadyException"));
         return Ok(error_response(&api("ModelNotReadyException", 429, "Model is not ready to serve inference requests. The AWS SDK will automatically retry the operation.")));
     }
-    // Validate and build the answer (CPU work, cheap enough for the runtime at these sizes).
-    let accepted = match wire::handle(spec, &model_id, &body, settings.poison.as_deref()) {
+    // Validate and build the answer. A one-text call is a few microseconds of CPU and stays on
+    // the runtime; a bigger one (96 texts × 1,024 floats of JSON, base64 images) takes
+    // milliseconds and goes to a blocking thread, so the runtime keeps answering other calls
+    // on time meanwhile.
+    let accepted = if body.len() <= INLINE_REQUEST_BYTES {
+        wire::handle(spec, &model_id, &body, settings.poison.as_deref())
+    } else {
+        let poison = settings.poison.clone();
+        tokio::task::spawn_blocking(move || wire::handle(spec, &model_id, &body, poison.as_deref()))
+            .await
+            .map_err(std::io::Error::other)?
+    };
+    let accepted = match accepted {
         Ok(a) => a,
         Err(e) => {
             count(&fail(e.code));

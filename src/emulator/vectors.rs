@@ -53,16 +53,29 @@ fn add_feature(v: &mut [f32], seed: u64, feature: &[u8], weight: f32) {
 pub fn text(model: &str, text: &str, dim: usize, normalize: bool) -> Vec<f32> {
     let seed = fnv(model.as_bytes());
     let mut v = vec![0f32; dim];
+    // ` word `, and where each of its characters starts (reused across words).
+    let mut padded = String::new();
+    let mut starts: Vec<usize> = Vec::new();
     for word in text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
     {
-        let w = word.to_lowercase();
-        add_feature(&mut v, seed, w.as_bytes(), 1.0);
-        let padded: Vec<char> = format!(" {w} ").chars().collect();
-        for t in padded.windows(3) {
-            let tri: String = t.iter().collect();
-            add_feature(&mut v, seed ^ 0x5555, tri.as_bytes(), 0.3);
+        padded.clear();
+        padded.push(' ');
+        if word.is_ascii() {
+            padded.extend(word.bytes().map(|b| b.to_ascii_lowercase() as char));
+        } else {
+            padded.push_str(&word.to_lowercase());
+        }
+        padded.push(' ');
+        add_feature(&mut v, seed, &padded.as_bytes()[1..padded.len() - 1], 1.0);
+        starts.clear();
+        starts.extend(padded.char_indices().map(|(i, _)| i));
+        starts.push(padded.len());
+        // Every window of three characters.
+        for k in 0..starts.len().saturating_sub(3) {
+            let tri = &padded.as_bytes()[starts[k]..starts[k + 3]];
+            add_feature(&mut v, seed ^ 0x5555, tri, 0.3);
         }
     }
     finish(v, normalize)
@@ -143,6 +156,42 @@ mod tests {
         let u = text("m", "x", 64, false);
         assert!((u.iter().map(|x| x * x).sum::<f32>().sqrt() - UNNORMALIZED_SCALE).abs() < 1e-3);
         assert_ne!(text("other", "x", 64, true), text("m", "x", 64, true));
+    }
+
+    /// The straightforward form of [`text`] (one string per trigram): the vectors must not change.
+    fn text_reference(model: &str, text: &str, dim: usize, normalize: bool) -> Vec<f32> {
+        let seed = fnv(model.as_bytes());
+        let mut v = vec![0f32; dim];
+        for word in text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
+            let w = word.to_lowercase();
+            add_feature(&mut v, seed, w.as_bytes(), 1.0);
+            let padded: Vec<char> = format!(" {w} ").chars().collect();
+            for t in padded.windows(3) {
+                let tri: String = t.iter().collect();
+                add_feature(&mut v, seed ^ 0x5555, tri.as_bytes(), 0.3);
+            }
+        }
+        finish(v, normalize)
+    }
+
+    #[test]
+    fn text_vectors_unchanged() {
+        for t in [
+            "The Quick brown fox, 42 times!",
+            "ÉCOLE naïve Straße ΣΊΣΥΦΟΣ 東京",
+            "a I x",
+            "",
+            "  --  ",
+        ] {
+            assert_eq!(
+                text("m", t, 96, true),
+                text_reference("m", t, 96, true),
+                "{t}"
+            );
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! describes, written independently of the client transformers (so each checks the other), and
 //! the response each family sends back.
 
+use super::json::{self, Floats};
 use super::vectors;
 use crate::models::{Family, ModelSpec};
 use base64::Engine;
@@ -176,7 +177,7 @@ fn data_uri(s: &str, formats: &[&str], at: &str) -> Result<Vec<u8>, ApiError> {
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 struct TitanOut<'a> {
-    embedding: &'a [f32],
+    embedding: Floats<'a>,
     input_text_token_count: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     embeddings_by_type: Option<TitanByType<'a>>,
@@ -184,7 +185,7 @@ struct TitanOut<'a> {
 
 #[derive(serde::Serialize)]
 struct TitanByType<'a> {
-    float: &'a [f32],
+    float: Floats<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     binary: Option<Vec<u8>>,
 }
@@ -192,7 +193,7 @@ struct TitanByType<'a> {
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 struct TitanMmOut<'a> {
-    embedding: &'a [f32],
+    embedding: Floats<'a>,
     input_text_token_count: u64,
     message: Option<&'a str>,
 }
@@ -201,7 +202,7 @@ struct TitanMmOut<'a> {
 struct CohereFloats<'a> {
     id: String,
     response_type: &'static str,
-    embeddings: Vec<&'a [f32]>,
+    embeddings: Vec<Floats<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     texts: Option<&'a Value>,
 }
@@ -215,7 +216,7 @@ struct NovaOut<'a> {
 #[serde(rename_all = "camelCase")]
 struct NovaEntry<'a> {
     embedding_type: &'a str,
-    embedding: &'a [f32],
+    embedding: Floats<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     truncated_char_length: Option<u64>,
 }
@@ -227,7 +228,7 @@ struct MarengoOut<'a> {
 
 #[derive(serde::Serialize)]
 struct MarengoEntry<'a> {
-    embedding: &'a [f32],
+    embedding: Floats<'a>,
 }
 
 /// Validates `body` for `spec` (called with model id `id`) and builds the response.
@@ -318,15 +319,15 @@ pub fn handle(
                 .any(|t| t == "binary")
                 .then(|| vector.iter().map(|x| u8::from(*x > 0.0)).collect());
             let resp = TitanOut {
-                embedding: &vector,
+                embedding: Floats(&vector),
                 input_text_token_count: tokens,
                 embeddings_by_type: v2.then(|| TitanByType {
-                    float: &vector,
+                    float: Floats(&vector),
                     binary,
                 }),
             };
             Ok(Accepted {
-                body: serde_json::to_vec(&resp).expect("json"),
+                body: json::to_body(&resp),
                 inputs: 1,
                 tokens,
             })
@@ -379,12 +380,12 @@ pub fn handle(
             }
             let vector = vectors::average(&parts, false);
             let resp = TitanMmOut {
-                embedding: &vector,
+                embedding: Floats(&vector),
                 input_text_token_count: tokens,
                 message: None,
             };
             Ok(Accepted {
-                body: serde_json::to_vec(&resp).expect("json"),
+                body: json::to_body(&resp),
                 inputs: 1,
                 tokens,
             })
@@ -621,11 +622,11 @@ fn cohere(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, A
         let resp = CohereFloats {
             id,
             response_type: "embeddings_floats",
-            embeddings: vectors_out.iter().map(Vec::as_slice).collect(),
+            embeddings: vectors_out.iter().map(|v| Floats(v)).collect(),
             texts: o.get("texts"),
         };
         return Ok(Accepted {
-            body: serde_json::to_vec(&resp).expect("json"),
+            body: json::to_body(&resp),
             inputs: n,
             tokens,
         });
@@ -649,7 +650,7 @@ fn cohere(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, A
         resp.insert("texts".into(), o["texts"].clone());
     }
     Ok(Accepted {
-        body: serde_json::to_vec(&resp).expect("json"),
+        body: json::to_body(&resp),
         inputs: n,
         tokens,
     })
@@ -883,14 +884,14 @@ fn nova(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, Api
                 .get("embeddingType")
                 .and_then(Value::as_str)
                 .unwrap_or("TEXT"),
-            embedding: &vector,
+            embedding: Floats(&vector),
             truncated_char_length: resp_entry
                 .get("truncatedCharLength")
                 .and_then(Value::as_u64),
         }],
     };
     Ok(Accepted {
-        body: serde_json::to_vec(&resp).expect("json"),
+        body: json::to_body(&resp),
         inputs: 1,
         tokens,
     })
@@ -1060,10 +1061,12 @@ fn marengo(
     };
     let _ = input_type;
     let resp = MarengoOut {
-        data: [MarengoEntry { embedding: &vector }],
+        data: [MarengoEntry {
+            embedding: Floats(&vector),
+        }],
     };
     Ok(Accepted {
-        body: serde_json::to_vec(&resp).expect("json"),
+        body: json::to_body(&resp),
         inputs: 1,
         tokens,
     })
