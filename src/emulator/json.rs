@@ -26,11 +26,14 @@ thread_local! {
     static SIDE: RefCell<Option<Side>> = const { RefCell::new(None) };
 }
 
-/// Placeholders are `"\u0000f<nonce>-<k>"` (serde_json escapes the NUL).
+/// Placeholders are strings `"\u0000f<nonce>-<k>"`: the value [`Floats`] serialises is
+/// `MARK_VALUE` + [`id`], which serde_json writes as `MARK` + id + `"` (it escapes the NUL).
+const MARK_VALUE: &str = "\u{0}f";
 const MARK: &[u8] = b"\"\\u0000f";
 
-fn placeholder_tail(nonce: u64, k: usize) -> String {
-    format!("{nonce:016x}-{k}\"")
+/// What follows the mark in placeholder `k`.
+fn id(nonce: u64, k: usize) -> String {
+    format!("{nonce:016x}-{k}")
 }
 
 fn write_floats(out: &mut Vec<u8>, xs: &[f32]) {
@@ -57,7 +60,7 @@ impl Serialize for Floats<'_> {
                 let start = side.text.len();
                 write_floats(&mut side.text, self.0);
                 side.ranges.push((start, side.text.len()));
-                format!("\u{0}f{:016x}-{}", side.nonce, side.ranges.len() - 1)
+                format!("{MARK_VALUE}{}", id(side.nonce, side.ranges.len() - 1))
             })
         });
         match mark {
@@ -91,13 +94,13 @@ pub fn to_body<T: Serialize>(value: &T) -> Vec<u8> {
         .with_borrow_mut(Option::take)
         .expect("side buffer set above");
     drop(active);
-    splice(&skeleton, &side)
+    splice(skeleton, &side)
 }
 
 /// Replaces placeholder `k` (the k-th, in order) with array `k`'s text.
-fn splice(skeleton: &[u8], side: &Side) -> Vec<u8> {
+fn splice(skeleton: Vec<u8>, side: &Side) -> Vec<u8> {
     if side.ranges.is_empty() {
-        return skeleton.to_vec();
+        return skeleton;
     }
     let mut out = Vec::with_capacity(skeleton.len() + side.text.len());
     let mut next = 0usize;
@@ -107,9 +110,11 @@ fn splice(skeleton: &[u8], side: &Side) -> Vec<u8> {
         let Some(at) = find(&skeleton[i..], MARK).map(|p| p + i) else {
             break;
         };
-        let tail = placeholder_tail(side.nonce, next);
-        let ours = skeleton[at + MARK.len()..].starts_with(tail.as_bytes());
-        let end = at + MARK.len() + tail.len();
+        let tail = id(side.nonce, next);
+        let after = at + MARK.len() + tail.len();
+        let ours = skeleton[at + MARK.len()..].starts_with(tail.as_bytes())
+            && skeleton.get(after) == Some(&b'"');
+        let end = after + 1;
         if ours {
             out.extend_from_slice(&skeleton[copied..at]);
             let (a, b) = side.ranges[next];
