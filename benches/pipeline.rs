@@ -220,7 +220,7 @@ async fn bench_emulator() {
                 .map(|_| {
                     let c = client.clone();
                     async move {
-                        c.invoke("amazon.titan-embed-text-v2:0", body.to_vec())
+                        c.invoke("amazon.titan-embed-text-v2:0", body.to_vec(), || {})
                             .await
                             .unwrap()
                             .len()

@@ -294,7 +294,21 @@ impl Caller {
             }
             slot.sent_now();
             let sent = Instant::now();
-            let result = self.client.invoke(&self.info.invoke_id, body.clone()).await;
+            // The slot is freed as soon as the service answers, while the body is still read.
+            let slot = Arc::new(Mutex::new(Some(slot)));
+            let on_answer = {
+                let slot = slot.clone();
+                move || {
+                    if let Some(p) = slot.lock().expect("slot lock").as_mut() {
+                        p.answered();
+                    }
+                }
+            };
+            let result = self
+                .client
+                .invoke(&self.info.invoke_id, body.clone(), on_answer)
+                .await;
+            let slot = slot.lock().expect("slot lock").take().expect("the slot");
             // The call is off the wire: free its slot before parsing (local CPU work), and tell
             // the adaptive cap how it went.
             match &result {

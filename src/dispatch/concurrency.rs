@@ -4,6 +4,11 @@
 //! throttled call halves it, at most once per round: a throttle counts only if its call was sent
 //! after the last decrease, so a burst of throttles from calls that were already on the wire
 //! halves the cap once. The cap never exceeds the configured `concurrency` nor drops below one.
+//!
+//! A call counts against the cap while the service works on it. Once its answer has started
+//! to arrive (a successful response's headers) it moves to "receiving": its slot is free for
+//! the next call while the body is still read. No new call starts while as many calls as the
+//! maximum cap are being read, so a slow network cannot pile up response bodies.
 
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -17,7 +22,10 @@ pub struct AdaptiveLimit {
 
 struct State {
     limit: f64,
+    /// Calls the service is working on.
     in_flight: usize,
+    /// Answered calls whose response body is still being read.
+    receiving: usize,
     /// When the cap was last decreased.
     decreased_at: Option<Instant>,
     lowest: f64,
@@ -27,6 +35,7 @@ struct State {
 pub struct Permit {
     owner: Arc<AdaptiveLimit>,
     sent: Instant,
+    answered: bool,
 }
 
 impl AdaptiveLimit {
@@ -37,6 +46,7 @@ impl AdaptiveLimit {
             state: Mutex::new(State {
                 limit: max as f64,
                 in_flight: 0,
+                receiving: 0,
                 decreased_at: None,
                 lowest: max as f64,
             }),
@@ -52,11 +62,12 @@ impl AdaptiveLimit {
             notified.as_mut().enable();
             {
                 let mut s = self.state.lock().expect("limit lock");
-                if s.in_flight < (s.limit as usize).max(1) {
+                if s.in_flight < (s.limit as usize).max(1) && s.receiving < self.max {
                     s.in_flight += 1;
                     return Permit {
                         owner: self.clone(),
                         sent: Instant::now(),
+                        answered: false,
                     };
                 }
             }
@@ -81,9 +92,25 @@ impl Permit {
         self.sent = Instant::now();
     }
 
-    /// The call succeeded: additive increase.
-    pub fn success(self) {
+    /// The service has answered (successfully) and the response is being read: the slot is
+    /// free for the next call, and the cap grows as for a success.
+    pub fn answered(&mut self) {
+        if self.answered {
+            return;
+        }
+        self.answered = true;
         {
+            let mut s = self.owner.state.lock().expect("limit lock");
+            s.limit = (s.limit + 1.0 / s.limit).min(self.owner.max as f64);
+            s.in_flight -= 1;
+            s.receiving += 1;
+        }
+        self.owner.notify.notify_waiters();
+    }
+
+    /// The call succeeded: additive increase (once, if it was already answered).
+    pub fn success(self) {
+        if !self.answered {
             let mut s = self.owner.state.lock().expect("limit lock");
             s.limit = (s.limit + 1.0 / s.limit).min(self.owner.max as f64);
         }
@@ -106,7 +133,14 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.owner.state.lock().expect("limit lock").in_flight -= 1;
+        {
+            let mut s = self.owner.state.lock().expect("limit lock");
+            if self.answered {
+                s.receiving -= 1;
+            } else {
+                s.in_flight -= 1;
+            }
+        }
         self.owner.notify.notify_waiters();
     }
 }
@@ -125,6 +159,31 @@ mod tests {
         drop(a);
         let c = tokio::time::timeout(std::time::Duration::from_millis(300), l.acquire()).await;
         assert!(c.is_ok(), "a freed slot is taken");
+    }
+
+    #[tokio::test]
+    async fn an_answered_call_frees_its_slot_and_receiving_is_bounded() {
+        let wait = std::time::Duration::from_millis(30);
+        let l = AdaptiveLimit::new(2);
+        let mut a = l.acquire().await;
+        let mut b = l.acquire().await;
+        assert!(tokio::time::timeout(wait, l.acquire()).await.is_err());
+        a.answered();
+        a.answered(); // once only
+        let c = tokio::time::timeout(wait, l.acquire())
+            .await
+            .expect("the answered call's slot is free");
+        b.answered();
+        assert!(
+            tokio::time::timeout(wait, l.acquire()).await.is_err(),
+            "a slot is free, but no new call starts while the maximum are being read"
+        );
+        a.success();
+        let _d = tokio::time::timeout(wait, l.acquire())
+            .await
+            .expect("a call fully read makes room");
+        drop((b, c));
+        assert_eq!(l.current(), 2, "answers count as successes, once each");
     }
 
     #[tokio::test]

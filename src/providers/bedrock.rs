@@ -12,9 +12,15 @@ use aws_sdk_bedrockruntime::types::{
     AsyncInvokeOutputDataConfig, AsyncInvokeS3OutputDataConfig, AsyncInvokeStatus,
 };
 use aws_smithy_http_client::tls;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::http::Response as HttpResponse;
+use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::{Document, Number};
 use serde::Serialize;
+use std::cell::RefCell;
 use std::time::Duration;
 
 /// How to reach Bedrock for one model.
@@ -115,24 +121,71 @@ impl Bedrock {
     /// Resolves region and credentials provider (credentials themselves are fetched lazily).
     pub async fn connect(conn: &Connection) -> Result<Self> {
         let cfg = sdk_config(conn, None).await?;
+        let cfg = aws_sdk_bedrockruntime::config::Builder::from(&cfg)
+            .interceptor(AnswerHook)
+            .build();
         Ok(Self {
-            client: aws_sdk_bedrockruntime::Client::new(&cfg),
+            client: aws_sdk_bedrockruntime::Client::from_conf(cfg),
         })
     }
 
-    /// Calls InvokeModel with a JSON body and returns the response body.
-    pub async fn invoke(&self, model_id: &str, body: Vec<u8>) -> Result<Vec<u8>, CallError> {
-        let out = self
+    /// Calls InvokeModel with a JSON body and returns the response body. `on_answer` runs as
+    /// soon as a successful response's headers arrive: the service has done its work and only
+    /// the body is still on its way (up to a megabyte for 96 vectors), so the caller can count
+    /// the call as answered before it has all of it.
+    pub async fn invoke(
+        &self,
+        model_id: &str,
+        body: Vec<u8>,
+        on_answer: impl FnOnce() + Send + 'static,
+    ) -> Result<Vec<u8>, CallError> {
+        let call = self
             .client
             .invoke_model()
             .model_id(model_id)
             .content_type("application/json")
             .accept("application/json")
             .body(Blob::new(body))
-            .send()
+            .send();
+        let out = ON_ANSWER
+            .scope(RefCell::new(Some(Box::new(on_answer))), call)
             .await
             .map_err(classify)?;
         Ok(out.body.into_inner())
+    }
+}
+
+tokio::task_local! {
+    /// What to run when the current task's call is answered (see [`Bedrock::invoke`]). The
+    /// SDK runs its interceptors inside the calling task, so a task-local reaches them without
+    /// a per-call client configuration.
+    static ON_ANSWER: RefCell<Option<Box<dyn FnOnce() + Send>>>;
+}
+
+/// Runs the current call's `on_answer` when a successful response's headers have arrived,
+/// before its body is read.
+#[derive(Debug)]
+struct AnswerHook;
+
+impl Intercept for AnswerHook {
+    fn name(&self) -> &'static str {
+        "embedpipe-answer-hook"
+    }
+
+    fn read_after_transmit(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if context.response().status().is_success() {
+            // Other operations (and calls outside `invoke`) have no hook.
+            let hook = ON_ANSWER.try_with(|h| h.borrow_mut().take()).ok().flatten();
+            if let Some(f) = hook {
+                f();
+            }
+        }
+        Ok(())
     }
 }
 
@@ -361,4 +414,51 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::{Emulator, Settings};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn on_answer_runs_once_for_an_answered_call_and_never_for_an_error() {
+        let emu = Emulator::start(([127, 0, 0, 1], 0).into(), Settings::default())
+            .await
+            .unwrap();
+        let bedrock = Bedrock::connect(&Connection {
+            endpoint_url: Some(emu.endpoint()),
+            timeout: Duration::from_secs(30),
+            emulator_credentials: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let hook = || {
+            let n = answered.clone();
+            move || {
+                n.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let model = "amazon.titan-embed-text-v2:0";
+        let body = br#"{"inputText": "hello"}"#.to_vec();
+        let out = bedrock.invoke(model, body, hook()).await.unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("embedding"));
+        assert_eq!(answered.load(Ordering::SeqCst), 1);
+
+        let bad = br#"{"inputText": ""}"#.to_vec();
+        let e = bedrock.invoke(model, bad, hook()).await.unwrap_err();
+        assert_eq!(e.class, ErrorClass::Validation, "{e}");
+        assert_eq!(answered.load(Ordering::SeqCst), 1, "an error is no answer");
+
+        // Other operations run without a hook.
+        let e = bedrock
+            .get_async_invoke("arn:aws:bedrock:us-east-1:123456789012:async-invoke/none")
+            .await;
+        assert!(e.is_err());
+        assert_eq!(answered.load(Ordering::SeqCst), 1);
+    }
 }
