@@ -594,6 +594,19 @@ async fn embed_batch(
         let mut vectors = Vec::with_capacity(per_step.len());
         let mut hashes = Vec::with_capacity(per_step.len());
         for (dim, (prepared, vecs)) in dims.into_iter().zip(per_step) {
+            // The usual case, every row kept and embedded by this step: its vectors are
+            // already in row order (a megabyte or more per batch not copied again).
+            let all = prepared.rows.len() == keep.len()
+                && prepared
+                    .rows
+                    .iter()
+                    .zip(&keep)
+                    .all(|(&r, &k)| r == k as usize);
+            if all {
+                vectors.push(vecs);
+                hashes.push(prepared.hashes);
+                continue;
+            }
             let mut v = Vec::with_capacity(keep.len() * dim);
             let mut h = Vec::with_capacity(keep.len());
             let mut pos = 0;

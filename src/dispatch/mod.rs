@@ -475,20 +475,24 @@ impl ModelHandle {
             self.stats.lock().expect("stats lock").rejected_inputs += rejected as u64;
         }
         tracing::trace!(model = %self.info.name, queued, "inputs queued");
+        // Each vector goes to its place as it arrives (and its own allocation is freed).
+        let dim = self.info.dimension;
+        let mut vectors = vec![0f32; n * dim];
         for _ in 0..queued {
             match rx.recv().await.ok_or_else(closed)? {
+                Outcome::Done(i, Ok(v)) => {
+                    vectors[i * dim..(i + 1) * dim].copy_from_slice(&v);
+                    slots[i] = Some(Ok(Vec::new()));
+                }
                 Outcome::Done(i, slot) => slots[i] = Some(slot),
                 Outcome::Fatal(msg) => bail!(msg),
             }
             on_call(1);
         }
-        let dim = self.info.dimension;
-        let mut vectors = vec![0f32; n * dim];
         let mut failed = Vec::new();
         for (i, s) in slots.into_iter().enumerate() {
-            match s.expect("every input has an outcome") {
-                Ok(v) => vectors[i * dim..(i + 1) * dim].copy_from_slice(&v),
-                Err((kind, msg)) => failed.push((i, kind, msg)),
+            if let Err((kind, msg)) = s.expect("every input has an outcome") {
+                failed.push((i, kind, msg));
             }
         }
         Ok(StepOutput { vectors, failed })
