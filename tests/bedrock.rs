@@ -896,6 +896,40 @@ fn emulator_requires_sigv4_and_the_cli_can_serve_it() {
 }
 
 #[test]
+fn the_emulator_command_applies_its_flags() {
+    use std::io::{BufRead, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_embedpipe"))
+        .args(["emulator", "--port", "0", "--replay", "--rpm", "7"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "GET /_emulator/config HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let cfg: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {resp}"));
+    assert_eq!(cfg["replay"], true, "{cfg}");
+    assert_eq!(cfg["quota"]["requests_per_minute"], 7, "{cfg}");
+}
+
+#[test]
 fn emulator_quotas_throttle_and_are_counted() {
     use embedpipe::emulator::Quota;
     let env = Env::new(Settings {

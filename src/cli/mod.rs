@@ -176,6 +176,11 @@ struct EmulatorArgs {
     /// S3-compatible server async jobs read media from and write results to.
     #[arg(long)]
     s3_endpoint: Option<String>,
+    /// Answer every request of one shape (model, number of inputs, parameters) with the first
+    /// one's answer, without reading or embedding it again: a nearly free service, for measuring
+    /// the client's own speed (not for checking requests).
+    #[arg(long)]
+    replay: bool,
     /// Full settings as JSON (see `GET /_emulator/config`); flags above apply on top.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -783,6 +788,9 @@ async fn emulator_command(a: EmulatorArgs) -> i32 {
         }
         if a.s3_endpoint.is_some() {
             s.s3_endpoint = a.s3_endpoint.clone();
+        }
+        if a.replay {
+            s.replay = true;
         }
         for (v, slot) in [
             (a.fault_throttle, &mut s.faults.throttle),
