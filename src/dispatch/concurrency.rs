@@ -75,6 +75,11 @@ impl AdaptiveLimit {
         }
     }
 
+    /// Additive increase: one call more per round of successes, up to the maximum.
+    fn grow(&self, s: &mut State) {
+        s.limit = (s.limit + 1.0 / s.limit).min(self.max as f64);
+    }
+
     /// The current cap (whole calls).
     pub fn current(&self) -> usize {
         (self.state.lock().expect("limit lock").limit as usize).max(1)
@@ -101,7 +106,7 @@ impl Permit {
         self.answered = true;
         {
             let mut s = self.owner.state.lock().expect("limit lock");
-            s.limit = (s.limit + 1.0 / s.limit).min(self.owner.max as f64);
+            self.owner.grow(&mut s);
             s.in_flight -= 1;
             s.receiving += 1;
         }
@@ -111,8 +116,8 @@ impl Permit {
     /// The call succeeded: additive increase (once, if it was already answered).
     pub fn success(self) {
         if !self.answered {
-            let mut s = self.owner.state.lock().expect("limit lock");
-            s.limit = (s.limit + 1.0 / s.limit).min(self.owner.max as f64);
+            self.owner
+                .grow(&mut self.owner.state.lock().expect("limit lock"));
         }
         // Dropping `self` frees the slot and wakes waiters.
     }

@@ -920,7 +920,7 @@ mod tests {
 
     #[tokio::test]
     async fn replay_answers_each_shape_once() {
-        use crate::providers::bedrock::{Bedrock, Connection};
+        use crate::providers::bedrock::Bedrock;
         let emu = Emulator::start(
             ([127, 0, 0, 1], 0).into(),
             Settings {
@@ -930,14 +930,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let bedrock = Bedrock::connect(&Connection {
-            endpoint_url: Some(emu.endpoint()),
-            timeout: Duration::from_secs(30),
-            emulator_credentials: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let bedrock = Bedrock::to_emulator(&emu.endpoint()).await;
         let call = |model: &'static str, body: serde_json::Value| {
             let bedrock = bedrock.clone();
             async move {

@@ -417,6 +417,21 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
+impl Bedrock {
+    /// A client of the emulator at `endpoint` (unit tests).
+    pub(crate) async fn to_emulator(endpoint: &str) -> Self {
+        Self::connect(&Connection {
+            endpoint_url: Some(endpoint.to_string()),
+            timeout: Duration::from_secs(30),
+            emulator_credentials: true,
+            ..Default::default()
+        })
+        .await
+        .expect("a client of the emulator")
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::emulator::{Emulator, Settings};
@@ -428,14 +443,7 @@ mod tests {
         let emu = Emulator::start(([127, 0, 0, 1], 0).into(), Settings::default())
             .await
             .unwrap();
-        let bedrock = Bedrock::connect(&Connection {
-            endpoint_url: Some(emu.endpoint()),
-            timeout: Duration::from_secs(30),
-            emulator_credentials: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let bedrock = Bedrock::to_emulator(&emu.endpoint()).await;
         let answered = Arc::new(AtomicUsize::new(0));
         let hook = || {
             let n = answered.clone();
