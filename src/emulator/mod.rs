@@ -191,6 +191,10 @@ pub struct Stats {
     /// The same over any trailing 1-second window.
     pub max_received_per_second: u64,
     pub unauthenticated: u64,
+    /// Answers held for a simulated latency, and by how much (in all, µs; negative: early) they
+    /// missed their due time: the emulator's own timing error.
+    pub timed_answers: u64,
+    pub timed_error_micros: i64,
     pub models: BTreeMap<String, ModelCounters>,
     /// StartAsyncInvoke / GetAsyncInvoke / ListAsyncInvokes.
     pub async_invoke: async_invoke::AsyncCounters,
@@ -257,6 +261,8 @@ struct State {
     jobs: Arc<async_invoke::Jobs>,
     /// Answers by request shape, when `replay` is on.
     replayed: Mutex<HashMap<String, Answer>>,
+    /// How much earlier than due to ask the timer for an answer.
+    lead: timer::Lead,
 }
 
 /// An accepted request's answer.
@@ -340,6 +346,7 @@ impl Emulator {
             arrivals: all_arrivals(),
             jobs: Arc::default(),
             replayed: Mutex::default(),
+            lead: timer::Lead::default(),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -506,14 +513,28 @@ fn check_sigv4<B>(req: &Request<B>) -> Result<(String, String), ApiError> {
 /// Request bodies up to this size are answered on the runtime (see [`answer`]).
 const INLINE_REQUEST_BYTES: usize = 1024;
 
-/// Answers a request no sooner than the configured latency after it arrived: the work of
-/// answering (validation, vectors, JSON) is part of the latency, not added to it.
+/// Answers a request the configured latency after it arrived: the work of answering
+/// (validation, vectors, JSON) is part of the latency, not added to it, and so is the timer's
+/// own delay in resuming the task (learned, and asked for that much earlier: see
+/// [`timer::Lead`]), so answers leave on time on average.
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, std::io::Error> {
     let arrived = Instant::now();
     let mut latency = Duration::ZERO;
-    let result = answer(state, req, &mut latency).await;
+    let result = answer(state.clone(), req, &mut latency).await;
     if !latency.is_zero() {
-        timer::sleep_until(arrived + latency).await;
+        let due = arrived + latency;
+        let target = state.lead.target(arrived, due);
+        timer::sleep_until(target).await;
+        let woke = Instant::now();
+        state.lead.observe(target, woke);
+        let error = if woke >= due {
+            (woke - due).as_micros() as i64
+        } else {
+            -((due - woke).as_micros() as i64)
+        };
+        let mut s = state.stats.lock().expect("stats");
+        s.timed_answers += 1;
+        s.timed_error_micros += error;
     }
     result
 }

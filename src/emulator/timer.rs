@@ -7,11 +7,16 @@
 //! thread per process keeps the pending deadlines in a heap and waits on a condition variable
 //! with the earliest one as its timeout (the kernel's high-resolution timers: tens of
 //! microseconds late), then wakes the waiting task.
+//!
+//! Even so, the task resumes a little after its deadline (the timer thread's wake-up, the hand-off
+//! to the runtime, and on a busy machine the wait for a core): [`Lead`] learns that delay and the
+//! emulator asks to be woken that much earlier, so answers leave on time on average.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 struct Pending {
@@ -108,10 +113,70 @@ pub async fn sleep_until(deadline: Instant) {
     let _ = rx.await;
 }
 
+/// How long after its deadline a sleeper resumes, learned as a moving average (µs): sleeping
+/// until `due - lead` then resumes at `due` on average.
+#[derive(Default)]
+pub struct Lead(AtomicU64);
+
+impl Lead {
+    /// The lead is never more than a tenth of the latency, nor more than this.
+    const MAX: Duration = Duration::from_millis(5);
+
+    /// When to wake for an answer due at `due` after a request that arrived at `arrived`.
+    pub fn target(&self, arrived: Instant, due: Instant) -> Instant {
+        let lead = Duration::from_micros(self.0.load(Ordering::Relaxed))
+            .min(Self::MAX)
+            .min((due - arrived) / 10);
+        due - lead
+    }
+
+    /// A sleeper asked to wake at `target` resumed at `woke`.
+    pub fn observe(&self, target: Instant, woke: Instant) {
+        let delay = woke.saturating_duration_since(target).as_micros() as u64;
+        // Concurrent updates may lose one another's sample; an average does not mind.
+        let old = self.0.load(Ordering::Relaxed);
+        self.0.store((old * 7 + delay) / 8, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    #[test]
+    fn the_lead_learns_the_delay_within_bounds() {
+        let lead = Lead::default();
+        let arrived = Instant::now();
+        let due = arrived + Duration::from_millis(50);
+        // Nothing learned yet: wake at the deadline.
+        assert_eq!(lead.target(arrived, due), due);
+        for _ in 0..100 {
+            let target = lead.target(arrived, due);
+            // The sleeper resumes 300 µs after whatever it asked for.
+            lead.observe(target, target + Duration::from_micros(300));
+        }
+        let early = due - lead.target(arrived, due);
+        assert!(
+            (Duration::from_micros(290)..=Duration::from_micros(300)).contains(&early),
+            "{early:?}"
+        );
+        // Never more than a tenth of the latency...
+        let short = arrived + Duration::from_millis(2);
+        assert_eq!(
+            short - lead.target(arrived, short),
+            Duration::from_micros(200)
+        );
+        // ...nor more than the cap, however late sleepers resume.
+        for _ in 0..100 {
+            lead.observe(arrived, arrived + Duration::from_millis(40));
+        }
+        assert_eq!(due - lead.target(arrived, due), Lead::MAX);
+        // Resuming early (a past deadline returns at once) teaches a smaller lead.
+        for _ in 0..100 {
+            lead.observe(due, due);
+        }
+        assert_eq!(lead.target(arrived, due), due);
+    }
 
     #[tokio::test]
     async fn every_sleeper_wakes_and_none_before_its_deadline() {
