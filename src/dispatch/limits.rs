@@ -2,10 +2,12 @@
 //! every step that uses the model (and, through a `[[quota]]` group, by several models).
 //!
 //! GCRA with period T and burst b admits n calls over no less than (n − b)·T, so a window
-//! shorter than a minute holds at most 60/T + b − 1 of them. Requests use a burst of two at
-//! Q − 1 per minute: never more than Q in any minute, and a call that wakes a little late
-//! (timer granularity) does not lose its slot, as it would with a burst of one. Tokens use a
-//! burst of one second's worth b, at Q − b + 1 per minute: never more than Q in any minute.
+//! shorter than a minute holds at most 60/T + b − 1 of them. Requests use a burst of a tenth of
+//! a second's worth (at least two) b at Q − b + 1 per minute: never more than Q in any minute,
+//! and a call that wakes late (timer granularity, a busy machine) does not lose its slot, as it
+//! would with a burst of one — at 30,000 a minute a slot is 2 ms, no longer than such delays.
+//! Tokens use a burst of one second's worth b, at Q − b + 1 per minute: never more than Q in
+//! any minute.
 //!
 //! Tokens are estimated before a call and corrected from the usage the service reports: a call
 //! that used more than estimated leaves a debt that the next call pays before it goes; one that
@@ -40,7 +42,9 @@ impl RateLimits {
                 .allow_burst(NonZeroU32::new(burst).expect("positive burst"));
             (RateLimiter::direct(q), burst)
         };
-        let requests = requests_per_minute.filter(|&n| n > 0).map(|n| gcra(n, 2).0);
+        let requests = requests_per_minute
+            .filter(|&n| n > 0)
+            .map(|n| gcra(n, (n / 600).max(2)).0);
         let tokens = tokens_per_minute.filter(|&n| n > 0).map(|n| {
             let (limiter, burst) = gcra(n, (n / 60).max(1));
             (limiter, NonZeroU32::new(burst).expect("positive burst"))
@@ -109,6 +113,26 @@ mod tests {
         // The first two go at once, the next four wait 50 ms each.
         assert!(
             t.elapsed() >= Duration::from_millis(190),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn large_quotas_absorb_a_tenth_of_a_second_of_lateness() {
+        // 60,000 a minute (one per ms): a burst of 100 goes at once, then one per ~1 ms.
+        let l = RateLimits::new(Some(60_000), None);
+        let t = Instant::now();
+        for _ in 0..100 {
+            l.acquire(1).await;
+        }
+        assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
+        // The 101st waits for the pace: never more than the quota in any minute.
+        for _ in 0..50 {
+            l.acquire(1).await;
+        }
+        assert!(
+            t.elapsed() >= Duration::from_millis(45),
             "{:?}",
             t.elapsed()
         );
