@@ -385,11 +385,12 @@ async fn bench_dispatch_case(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    // The emulator gets a runtime (one thread) of its own, as a remote service would, so its
-    // timers do not queue behind the client's tasks.
+    // The emulator gets a runtime of its own, as a remote service would, so its timers do not
+    // queue behind the client's tasks; two threads, so that writing one 1 MB answer does not hold
+    // up the arrival (and so the due time) of the next request.
     let (emu, emu_rt) = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
