@@ -18,7 +18,7 @@ use crate::plan::Inputs;
 use crate::providers::bedrock::{Bedrock, Connection};
 use crate::providers::local::LocalModel;
 use anyhow::{anyhow, bail, Result};
-use batcher::{Caller, Item, Outcome, Owned, Slot};
+use batcher::{Caller, Item, Outcome, Owned};
 use concurrency::AdaptiveLimit;
 pub use limits::RateLimits;
 pub use retry::{RetryPolicy, DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS};
@@ -426,7 +426,8 @@ impl ModelHandle {
                 "the bytes are not a PNG, JPEG, GIF or WebP image".to_string(),
             )))
         };
-        let mut slots: Vec<Option<Slot>> = vec![None; n];
+        // Each input's outcome: embedded (its vector is already in place) or why not.
+        let mut slots: Vec<Option<Result<(), (String, String)>>> = vec![None; n];
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut queued = 0usize;
         let closed = || anyhow!("model `{}`: its call queue has stopped", self.info.name);
@@ -482,9 +483,9 @@ impl ModelHandle {
             match rx.recv().await.ok_or_else(closed)? {
                 Outcome::Done(i, Ok(v)) => {
                     vectors[i * dim..(i + 1) * dim].copy_from_slice(&v);
-                    slots[i] = Some(Ok(Vec::new()));
+                    slots[i] = Some(Ok(()));
                 }
-                Outcome::Done(i, slot) => slots[i] = Some(slot),
+                Outcome::Done(i, Err(why)) => slots[i] = Some(Err(why)),
                 Outcome::Fatal(msg) => bail!(msg),
             }
             on_call(1);
