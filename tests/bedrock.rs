@@ -771,6 +771,53 @@ fn access_and_credential_errors_stop_the_run() {
 }
 
 #[test]
+fn missing_credentials_give_one_clear_error_not_a_wall_of_warnings() {
+    let env = Env::new(Settings::default());
+    let p = env.write(
+        "p.toml",
+        &bedrock_pipeline(
+            &articles(),
+            "id = \"amazon.titan-embed-text-v2:0\"\nconcurrency = 8",
+            "column = \"title\"",
+        ),
+    );
+    // No keys anywhere, and an instance-metadata service that answers but hands out no token
+    // (the emulator stands in for it), as on a machine outside EC2 behind a proxy: the AWS
+    // credential chain warns about it once per call in flight.
+    let run = |args: &[&str]| {
+        let mut cmd = aws_cli(env.dir.path(), &env.emu.endpoint(), args);
+        cmd.env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_EC2_METADATA_DISABLED")
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", env.emu.endpoint());
+        output(cmd)
+    };
+    let out = run(&["run", &p]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("credential chain"), "{}", out.stderr);
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("WARN"), "{}", out.stderr);
+    assert_eq!(env.counters("amazon.titan-embed-text-v2:0").ok, 0);
+
+    // `-v` shows what the chain tried.
+    let out = run(&["run", &p, "-v"]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("WARN") && out.stderr.contains("Ec2InstanceMetadata"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn model_parameters_are_checked_against_the_registry() {
     let env = Env::new(Settings::default());
     let cases = [

@@ -197,12 +197,15 @@ enum ModelsAction {
 }
 
 fn init_logging(cli: &Cli) {
-    // The local S3 server of `--emulator` logs what it answers; the client reports it.
+    // The local S3 server of `--emulator` logs what it answers; the client reports it. The AWS
+    // credential chain warns once per call about each source it could not use (one per call in
+    // flight, many lines each); when none works, the run stops with one error that says where
+    // credentials come from, so by default those warnings are left to `-v`.
     let default = if cli.quiet {
         "error,s3s=off,s3s_fs=off"
     } else {
         match cli.verbose {
-            0 => "warn,lance=error,s3s=off,s3s_fs=off,embedpipe=info",
+            0 => "warn,lance=error,aws_config=error,s3s=off,s3s_fs=off,embedpipe=info",
             1 => "warn,lance=error,s3s=off,s3s_fs=off,embedpipe=debug",
             _ => "info,embedpipe=trace",
         }
