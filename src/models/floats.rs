@@ -160,10 +160,31 @@ fn number_array(b: &[u8], open: usize, out: &mut Vec<f32>) -> Option<usize> {
     }
 }
 
-const POW10: [f64; 23] = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
-    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
 ];
+const INV_POW10: [f64; 16] = [
+    1e0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10, 1e-11, 1e-12, 1e-13, 1e-14,
+    1e-15,
+];
+
+/// `m / 10^k` (`m` < 10^15, `k` <= 15) rounded to f32 exactly as serde_json rounds it: the
+/// correctly rounded double, then rounded to f32. A multiplication by the (inexact) double
+/// nearest 10^-k is within 2 units in the last place of that double (two roundings of at most
+/// half a unit each, relative), so when it is further than 4 units from a point halfway between
+/// two f32s both round to the same f32; only near such a point (about 1 number in 10^7) is the
+/// slower correctly rounded division needed (fewer than 1 number in 10^7).
+fn scaled(m: u64, k: usize) -> f32 {
+    let m = m as i64 as f64; // exact: m < 2^53
+    let quick = m * INV_POW10[k];
+    // The bits of a double's significand that an f32 does not keep; halfway is the top one alone.
+    const HALF: u64 = 1 << 28;
+    if (quick.to_bits() & (2 * HALF - 1)).abs_diff(HALF) > 4 {
+        quick as f32
+    } else {
+        (m / POW10[k]) as f32
+    }
+}
 
 /// Are these eight bytes (loaded little-endian) all ASCII digits?
 fn eight_digits(v: u64) -> bool {
@@ -183,9 +204,9 @@ fn eight_digits_value(v: u64) -> u64 {
 }
 
 /// The JSON number starting at `b[i]`, as f32, and the index after it. Up to 15 significant
-/// digits without an exponent take the exact fast path (the digits and the power of ten are
-/// exact doubles, so one division rounds correctly), then round to f32 as serde_json does;
-/// anything else goes through the standard library's parser.
+/// digits without an exponent take the fast path ([`scaled`]); anything else goes through the
+/// standard library's parser.
+#[inline(always)]
 fn number_at(b: &[u8], start: usize) -> Option<(f32, usize)> {
     let mut i = start;
     let neg = b.get(i) == Some(&b'-');
@@ -221,8 +242,8 @@ fn number_at(b: &[u8], start: usize) -> Option<(f32, usize)> {
     let exponent = matches!(b.get(i), Some(b'e' | b'E'));
     let grammar = int_digits > 0 && (!dot || frac_digits > 0);
     if !exponent && grammar && int_digits + frac_digits <= 15 {
-        let v = m as f64 / POW10[frac_digits];
-        return Some(((if neg { -v } else { v }) as f32, i));
+        let v = scaled(m, frac_digits);
+        return Some((if neg { -v } else { v }, i));
     }
     // Exponents, many digits, or not a number at all.
     while matches!(
@@ -311,6 +332,27 @@ mod tests {
         ] {
             let want: f32 = serde_json::from_str(s).unwrap();
             assert_eq!(number(s.as_bytes()), Some(want), "{s}");
+        }
+    }
+
+    #[test]
+    fn numbers_halfway_between_two_f32s_round_as_serde_json_does() {
+        // Between 2^15 and 2^16 neighbouring f32s are 2^-8 apart, so the point halfway between
+        // two is a decimal of 14 digits (5 + 9); the quick multiplication misses such a tie by
+        // a unit in a few per cent of them.
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let x = f32::from_bits((127 + 15) << 23 | (rng as u32 & 0x7f_ffff));
+            let halfway = (f64::from(x) + f64::from(x.next_up())) / 2.0;
+            let s = format!("{halfway:.9}");
+            assert_eq!(s.parse::<f64>().unwrap(), halfway, "exact");
+            for s in [s.clone(), format!("-{s}")] {
+                let want: f32 = serde_json::from_str(&s).unwrap();
+                assert_eq!(number(s.as_bytes()), Some(want), "{s}");
+            }
         }
     }
 
