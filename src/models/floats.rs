@@ -172,8 +172,8 @@ const INV_POW10: [f64; 16] = [
 /// correctly rounded double, then rounded to f32. A multiplication by the (inexact) double
 /// nearest 10^-k is within 2 units in the last place of that double (two roundings of at most
 /// half a unit each, relative), so when it is further than 4 units from a point halfway between
-/// two f32s both round to the same f32; only near such a point (about 1 number in 10^7) is the
-/// slower correctly rounded division needed (fewer than 1 number in 10^7).
+/// two f32s both round to the same f32; only near such a point (about 1 in 60 million numbers
+/// of a vector) is the slower correctly rounded division needed.
 fn scaled(m: u64, k: usize) -> f32 {
     let m = m as i64 as f64; // exact: m < 2^53
     let quick = m * INV_POW10[k];
