@@ -300,13 +300,19 @@ mod tests {
         assert_eq!(plain.nested, r.nested);
     }
 
+    /// The next number of a xorshift sequence (repeatable pseudo-random test inputs).
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
     #[test]
     fn numbers_round_as_serde_json_does() {
         let mut rng = 0x1234_5678_9abc_def0u64;
         for _ in 0..20_000 {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
+            let rng = xorshift(&mut rng);
             let x = f32::from_bits((rng as u32 & 0x3fff_ffff) | ((rng >> 32) as u32 & 0x8000_0000));
             for s in [
                 format!("{x}"),
@@ -342,10 +348,7 @@ mod tests {
         // a unit in a few per cent of them.
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..20_000 {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let x = f32::from_bits((127 + 15) << 23 | (rng as u32 & 0x7f_ffff));
+            let x = f32::from_bits((127 + 15) << 23 | (xorshift(&mut rng) as u32 & 0x7f_ffff));
             let halfway = (f64::from(x) + f64::from(x.next_up())) / 2.0;
             let s = format!("{halfway:.9}");
             assert_eq!(s.parse::<f64>().unwrap(), halfway, "exact");
