@@ -1,8 +1,10 @@
 //! Benchmarks (a bench binary; run with `cargo bench --bench pipeline`, release profile):
 //!
 //! 1. local model: sentences/s at batch 32 (all-MiniLM-L6-v2 on the sample articles);
-//! 2. Parquet → LanceDB: rows/s of the source → inputs → rows → sink path with the model call
-//!    replaced by ready-made vectors, and the peak RSS while doing it.
+//! 2. Parquet → LanceDB: rows/s of a real run (`embedpipe::run::run`: source, dispatch,
+//!    ordering, dead letters, sink, run log) with the model's cost taken out (Cohere v3 on an
+//!    emulator process replaying its answers, so vectors come ready-made), and the peak RSS of
+//!    the run alone (the input is written first, then the high-water mark is reset);
 //!
 //! 3. Bedrock emulator: InvokeModel requests/s at zero latency with 1024-d responses, through the
 //!    real AWS SDK client (signing and all) with 64 calls in flight;
@@ -32,21 +34,35 @@
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use embedpipe::config::Pipeline;
-use embedpipe::plan;
 use embedpipe::providers::local::LocalModel;
-use embedpipe::sink::lancedb::{self as lance_sink, Writer};
-use embedpipe::sources;
 use std::sync::Arc;
 use std::time::Instant;
 
-fn peak_rss_mb() -> f64 {
+/// A memory line of `/proc/self/status` (`VmHWM:`, `VmRSS:`), in MB.
+fn status_mb(key: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The process's peak RSS (high-water mark) since it started or since [`reset_peak_rss`].
+fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// Resets the peak RSS to the current RSS (writing 5 to `/proc/self/clear_refs`), so that what
+/// follows is measured alone. Returns the RSS at that point (MB), and a note for the report when
+/// the reset did not take (the peak then includes everything before).
+fn reset_peak_rss() -> (f64, &'static str) {
+    let note = match std::fs::write("/proc/self/clear_refs", "5") {
+        Ok(()) => "",
+        Err(_) => " (high-water mark not reset: includes making the input)",
+    };
+    (status_mb("VmRSS:"), note)
 }
 
 fn bench_model() {
@@ -116,91 +132,51 @@ fn write_parquet(path: &std::path::Path, rows: usize) {
 }
 
 async fn bench_sink(rows: usize) {
+    use embedpipe::dispatch::Overrides;
+    use embedpipe::run::{run, RunOptions};
+    // The model's side costs next to nothing: an emulator process of its own (its memory and
+    // CPU are not this process's) answering each request shape once, then repeating it.
+    let (endpoint, mut emulator) = emulator_process(&["--replay"]);
+    // The input, made before the measured part.
     let tmp = tempfile::tempdir().unwrap();
     write_parquet(&tmp.path().join("data.parquet"), rows);
-    let text = r#"
-[source]
-type = "parquet"
-path = "data.parquet"
-batch_size = 8192
-[[model]]
-name = "minilm"
-provider = "local"
-id = "sentence-transformers/all-MiniLM-L6-v2"
-[[embed]]
-model = "minilm"
-text = "{title} ({topic})"
-[sink]
-uri = "db"
-table = "bench"
-mode = "overwrite"
-# Ingest only, as in the end-to-end case.
-vector_index = "none"
-"#;
-    let pipeline = Pipeline::parse(&tmp.path().join("p.toml"), text).unwrap();
-    let checked = embedpipe::validate::check(&pipeline).await.unwrap();
-    let dim = checked.models[0].dimension;
-    let fingerprint = checked.models[0].fingerprint.clone();
-    let step = pipeline.steps[0].clone();
-    let conn = lance_sink::connect(&checked.target).await.unwrap();
+    let pipeline = bedrock_pipeline(
+        tmp.path(),
+        "type = \"parquet\"\npath = \"data.parquet\"\nbatch_size = 8192",
+        "id = \"cohere.embed-english-v3\"\nconcurrency = 8",
+        "text = \"{title} ({topic})\"",
+        // Ingest only, as in the end-to-end case.
+        "vector_index = \"none\"",
+    );
+    // Peak RSS of the run alone.
+    let (rss_before, reset_note) = reset_peak_rss();
     let t = Instant::now();
-    let writer = Writer::start(
-        conn,
-        &checked.target,
-        pipeline.write_mode(),
-        checked.layout.schema.clone(),
-        false,
+    let summary = run(
+        pipeline,
+        RunOptions {
+            progress: false,
+            overrides: Overrides {
+                endpoint_url: Some(endpoint),
+                emulator_credentials: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
-    let iter = sources::open(
-        &pipeline,
-        &checked.source,
-        &checked.read_columns,
-        checked.id_column.clone(),
-    )
-    .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
-    let reader = tokio::task::spawn_blocking(move || {
-        for b in iter {
-            if tx.blocking_send(b.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut written = 0;
-    // Stand-in for model output: a fixed unit vector per row.
-    let unit: Vec<f32> = (0..dim).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
-    while let Some(sb) = rx.recv().await {
-        let prepared = plan::prepare(&step.input, &fingerprint, &sb.batch).unwrap();
-        let keep: Vec<u32> = prepared.rows.iter().map(|&r| r as u32).collect();
-        let mut vectors = Vec::with_capacity(keep.len() * dim);
-        for _ in 0..keep.len() {
-            vectors.extend_from_slice(&unit);
-        }
-        let out = checked
-            .layout
-            .assemble(
-                &sb.batch,
-                &sb.ids,
-                &keep,
-                vec![vectors],
-                vec![prepared.hashes],
-                None,
-                0,
-            )
-            .unwrap();
-        written += out.num_rows();
-        writer.send(out).await.unwrap();
-    }
-    reader.await.unwrap();
-    writer.finish().await.unwrap();
     let secs = t.elapsed().as_secs_f64();
+    let peak = peak_rss_mb();
+    let _ = emulator.kill();
+    let _ = emulator.wait();
+    assert_eq!(summary.rows_written as usize, rows, "{summary:?}");
+    assert_eq!(summary.rows_failed, 0, "{summary:?}");
     println!(
-        "parquet -> lancedb ({rows} rows, {dim}-d vectors, embedding excluded): {:.0} rows/s, {:.2}s, peak RSS {:.0} MB",
-        written as f64 / secs,
+        "parquet -> lancedb through a run ({rows} rows, 1024-d vectors, Cohere v3 on an emulator process replaying answers): {:.0} rows/s, {:.2}s, peak RSS {:.0} MB (RSS {:.0} MB at the start of the run){reset_note}",
+        rows as f64 / secs,
         secs,
-        peak_rss_mb()
+        peak,
+        rss_before,
     );
 }
 
@@ -576,8 +552,6 @@ async fn bench_e2e(rows: usize, replay: bool, note: &str) {
     use embedpipe::dispatch::Overrides;
     use embedpipe::run::{run, RunOptions};
     let (endpoint, mut emulator) = emulator_process(if replay { &["--replay"] } else { &[] });
-    // Peak RSS of this run alone (writing 5 to clear_refs resets the high-water mark).
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let tmp = tempfile::tempdir().unwrap();
     write_parquet(&tmp.path().join("data.parquet"), rows);
     let pipeline = bedrock_pipeline(
@@ -588,6 +562,9 @@ async fn bench_e2e(rows: usize, replay: bool, note: &str) {
         // Ingest only: building the vector index a large table gets after a run is not counted.
         "vector_index = \"none\"",
     );
+    // Peak RSS of this run alone: reset once the input is made (making 1M rows of Parquet
+    // holds them all in the writer until it closes).
+    let (rss_before, reset_note) = reset_peak_rss();
     let (emu_pid, (user_before, sys_before)) = (emulator.id().to_string(), cpu_secs("self"));
     let emu_before = cpu_secs(&emu_pid);
     let t = Instant::now();
@@ -606,6 +583,7 @@ async fn bench_e2e(rows: usize, replay: bool, note: &str) {
     .await
     .unwrap();
     let secs = t.elapsed().as_secs_f64();
+    let peak = peak_rss_mb();
     let (user, sys) = cpu_secs("self");
     let (user, sys) = (user - user_before, sys - sys_before);
     let client_cpu = user + sys;
@@ -618,11 +596,12 @@ async fn bench_e2e(rows: usize, replay: bool, note: &str) {
     assert_eq!(summary.rows_written as usize, rows);
     let us = |secs: f64| secs / rows as f64 * 1e6;
     println!(
-        "end to end parquet -> Cohere v3 (emulator process{}, zero latency, 96/call, C = 8) -> lancedb ({rows} rows, 1024-d{note}): {:.0} rows/s, {:.1}s, peak RSS {:.0} MB; CPU per row: embedpipe {:.1} us (user {:.1}, system {:.1}; {:.0} rows/s per core), emulator {:.1} us",
+        "end to end parquet -> Cohere v3 (emulator process{}, zero latency, 96/call, C = 8) -> lancedb ({rows} rows, 1024-d{note}): {:.0} rows/s, {:.1}s, peak RSS {:.0} MB (RSS {:.0} MB at the start of the run){reset_note}; CPU per row: embedpipe {:.1} us (user {:.1}, system {:.1}; {:.0} rows/s per core), emulator {:.1} us",
         if replay { " replaying answers" } else { "" },
         rows as f64 / secs,
         secs,
-        peak_rss_mb(),
+        peak,
+        rss_before,
         us(client_cpu),
         us(user),
         us(sys),

@@ -3,6 +3,12 @@
 //! Stages are joined by bounded channels: a blocking reader thread produces batches, the async
 //! task prepares inputs (on rayon) and awaits model calls, and the sink task streams rows into
 //! one LanceDB commit.
+//!
+//! The failure rule: a row whose *input* is bad (empty, too long, not an image, refused by the
+//! model's validation) is dead-lettered and the run goes on. A row that failed because of the
+//! *service* (network, timeouts, 5xx and throttling past their retries, unknown operation) says
+//! nothing about the data: once more than `max_service_failures` rows failed so, the run stops
+//! without committing (an outage must never empty a table).
 
 use crate::config::{Cleanup, Pipeline, WriteMode};
 use crate::dispatch::Models;
@@ -16,10 +22,10 @@ use crate::sink::runlog::{self, RunRecord};
 use crate::sink::SegmentColumns;
 use crate::sources::{self, SourceBatch};
 use crate::validate::{self, Checked};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::RecordBatch;
 use futures::StreamExt;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -34,6 +40,26 @@ pub struct RunOptions {
     /// Embed every row again and rewrite the table (`--reindex`): allowed to change the
     /// vector space of an existing table.
     pub reindex: bool,
+    /// Let an overwrite replace a non-empty table with an empty one (`--allow-empty`).
+    pub allow_empty: bool,
+}
+
+/// The signal that stopped a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM (what containers and schedulers send).
+    Terminate,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Interrupt => "SIGINT",
+            Signal::Terminate => "SIGTERM",
+        }
+    }
 }
 
 /// Where a run stopped.
@@ -41,17 +67,27 @@ pub struct RunOptions {
 pub enum RunError {
     /// Before any model call: invalid pipeline, input, sink or missing model. Nothing written.
     Setup(anyhow::Error),
-    /// During the run. Nothing committed.
-    Failed(anyhow::Error),
-    /// Interrupted (Ctrl-C). Nothing committed.
-    Interrupted,
+    /// During the run; the summary says what it did (calls, cost, rows committed).
+    Failed(anyhow::Error, Box<Summary>),
+    /// Interrupted by a signal; the summary says what it did.
+    Interrupted(Signal, Box<Summary>),
+}
+
+impl RunError {
+    /// What the run did before it stopped (none when it stopped during setup).
+    pub fn summary(&self) -> Option<&Summary> {
+        match self {
+            RunError::Setup(_) => None,
+            RunError::Failed(_, s) | RunError::Interrupted(_, s) => Some(s),
+        }
+    }
 }
 
 impl std::fmt::Display for RunError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RunError::Setup(e) | RunError::Failed(e) => write!(f, "{e:#}"),
-            RunError::Interrupted => write!(f, "interrupted; nothing was committed to the table"),
+            RunError::Setup(e) | RunError::Failed(e, _) => write!(f, "{e:#}"),
+            RunError::Interrupted(sig, _) => write!(f, "interrupted ({})", sig.name()),
         }
     }
 }
@@ -82,6 +118,29 @@ fn new_run_id() -> String {
     )
 }
 
+/// Waits for SIGINT or SIGTERM.
+async fn stop_signal() -> Signal {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                _ = tokio::signal::ctrl_c() => Signal::Interrupt,
+                _ = term.recv() => Signal::Terminate,
+            };
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    Signal::Interrupt
+}
+
+/// Error classes that say the service (or the way to it) failed, not the row's input.
+fn is_service_failure(kind: &str) -> bool {
+    crate::providers::bedrock::ErrorClass::SERVICE_LEVEL
+        .iter()
+        .any(|c| c.as_str() == kind)
+}
+
 struct Counters {
     read: u64,
     written: u64,
@@ -89,10 +148,16 @@ struct Counters {
     segments: u64,
     /// Rows unchanged since the table was written (incremental).
     skipped: u64,
-    /// Ids read so far (incremental: duplicates, cleanup).
+    /// Ids read so far (incremental and append: duplicates, cleanup).
     seen: Option<HashSet<String>>,
     /// Every row read had an id (else cleanup would not know what to keep).
     ids_complete: bool,
+    /// Ids of rows that could not be read (incremental cleanup keeps their table rows: they
+    /// are still in the source).
+    unreadable_ids: HashSet<String>,
+    /// Rows dead-lettered because of the service, by kind, and the first such message.
+    service_failures: BTreeMap<String, u64>,
+    first_service_error: Option<String>,
 }
 
 /// Where output rows go.
@@ -116,42 +181,14 @@ impl Output {
 pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, RunError> {
     let started_micros = now_micros();
     let run_id = new_run_id();
-    let result = run_inner(pipeline.clone(), opts, run_id.clone()).await;
+    let result = run_inner(pipeline.clone(), opts, run_id).await;
     let pipeline_hash = hex::encode(&blake3::hash(pipeline.text.as_bytes()).as_bytes()[..16]);
-    let record = match &result {
-        Ok(s) => Some(RunRecord::from_summary(
-            s,
-            pipeline_hash,
-            started_micros,
-            now_micros(),
-        )),
-        Err(RunError::Setup(_)) => None,
-        Err(e) => Some(RunRecord {
-            run_id,
-            pipeline_hash,
-            pipeline: pipeline.path.display().to_string(),
-            mode: pipeline.write_mode().as_str().to_string(),
-            status: match e {
-                RunError::Interrupted => "interrupted",
-                _ => "failed",
-            }
-            .into(),
-            started_at_micros: started_micros,
-            ended_at_micros: now_micros(),
-            rows_read: 0,
-            rows_written: 0,
-            rows_skipped: 0,
-            rows_failed: 0,
-            rows_deleted: 0,
-            calls: 0,
-            input_tokens: 0,
-            images: 0,
-            media_seconds: 0.0,
-            cost_usd: 0.0,
-            failures: "{}".into(),
-            error: Some(e.to_string()),
-        }),
+    let summary = match &result {
+        Ok(s) => Some(s),
+        Err(e) => e.summary(),
     };
+    let record =
+        summary.map(|s| RunRecord::from_summary(s, pipeline_hash, started_micros, now_micros()));
     if let (Some(r), Ok(target)) = (record, lance_sink::target(&pipeline)) {
         if let Err(e) = runlog::append(&target, &r).await {
             tracing::warn!("the run could not be recorded in the run log: {e:#}");
@@ -160,15 +197,17 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
     result
 }
 
-async fn run_inner(
-    pipeline: Arc<Pipeline>,
-    opts: RunOptions,
-    run_id: String,
-) -> Result<Summary, RunError> {
-    let started = Instant::now();
-    let checked = validate::check_run(&pipeline, opts.reindex)
-        .await
-        .map_err(RunError::Setup)?;
+/// Everything a run set up before its first model call.
+struct Setup {
+    checked: Checked,
+    mode: WriteMode,
+    models: Models,
+    failures_path: std::path::PathBuf,
+    conn: lance_sink::Connection,
+}
+
+async fn set_up(pipeline: &Arc<Pipeline>, opts: &RunOptions) -> Result<Setup> {
+    let checked = validate::check_run(pipeline, opts.reindex).await?;
     let mode = if opts.reindex {
         WriteMode::Overwrite
     } else {
@@ -179,43 +218,75 @@ async fn run_inner(
         let o = opts.overrides.clone();
         tokio::task::spawn_blocking(move || Models::load(&p, &o))
             .await
-            .map_err(|e| RunError::Setup(anyhow!("model loader panicked: {e}")))?
-            .map_err(RunError::Setup)?
+            .map_err(|e| anyhow!("model loader panicked: {e}"))??
     };
-    let failures_path = lance_sink::failures_path(&pipeline, &checked.target);
+    let failures_path = lance_sink::failures_path(pipeline, &checked.target);
+    let conn = lance_sink::connect(&checked.target).await?;
+    Ok(Setup {
+        checked,
+        mode,
+        models,
+        failures_path,
+        conn,
+    })
+}
+
+async fn run_inner(
+    pipeline: Arc<Pipeline>,
+    opts: RunOptions,
+    run_id: String,
+) -> Result<Summary, RunError> {
+    let started = Instant::now();
+    let Setup {
+        checked,
+        mode,
+        models,
+        failures_path,
+        conn,
+    } = set_up(&pipeline, &opts).await.map_err(RunError::Setup)?;
     let mut failures = FailureWriter::start(&failures_path).map_err(RunError::Setup)?;
-    let conn = lance_sink::connect(&checked.target)
-        .await
-        .map_err(RunError::Setup)?;
-    let (mut output, existing) = if mode == WriteMode::Incremental {
-        let upserter = Upserter::new(
-            conn.clone(),
-            &checked.target.table,
-            checked.layout.schema.clone(),
-            pipeline.commit_rows(),
-        )
-        .await
-        .map_err(RunError::Setup)?;
-        let existing = match &checked.existing {
-            Some(_) => Some(
-                Existing::open(&conn, &checked.target.table, &pipeline)
-                    .await
-                    .map_err(RunError::Setup)?,
-            ),
-            None => None,
-        };
-        (Output::Upsert(upserter), existing)
-    } else {
-        let writer = Writer::start(
-            conn.clone(),
-            &checked.target,
-            mode,
-            checked.layout.schema.clone(),
-            checked.existing.is_some(),
-        )
-        .await
-        .map_err(RunError::Setup)?;
-        (Output::Stream(writer), None)
+    let table_name = &checked.target.table;
+    // Append adds new ids only: ids already in the table are looked up before any call.
+    let (mut output, existing) = match mode {
+        WriteMode::Incremental => {
+            let upserter = Upserter::new(
+                conn.clone(),
+                table_name,
+                checked.layout.schema.clone(),
+                pipeline.commit_rows(),
+            )
+            .await
+            .map_err(RunError::Setup)?;
+            let existing = match &checked.existing {
+                Some(_) => Some(
+                    Existing::open(&conn, table_name, &pipeline)
+                        .await
+                        .map_err(RunError::Setup)?,
+                ),
+                None => None,
+            };
+            (Output::Upsert(upserter), existing)
+        }
+        _ => {
+            let writer = Writer::start(
+                conn.clone(),
+                &checked.target,
+                mode,
+                checked.layout.schema.clone(),
+                checked.existing.is_some(),
+            )
+            .await
+            .map_err(RunError::Setup)?;
+            let existing = match (&checked.existing, mode) {
+                (Some(_), WriteMode::Append) => Some(
+                    Existing::open_ids(&conn, table_name)
+                        .await
+                        .map_err(RunError::Setup)?,
+                ),
+                _ => None,
+            };
+            (Output::Stream(writer), existing)
+        }
     };
 
     // Video/audio: the async route, with its job ledger next to the table.
@@ -270,61 +341,132 @@ async fn run_inner(
         written: 0,
         segments: 0,
         skipped: 0,
-        seen: (mode == WriteMode::Incremental).then(HashSet::new),
+        seen: matches!(mode, WriteMode::Incremental | WriteMode::Append).then(HashSet::new),
         ids_complete: true,
+        unreadable_ids: HashSet::new(),
+        service_failures: BTreeMap::new(),
+        first_service_error: None,
+    };
+    let ctx = RunContext {
+        pipeline: &pipeline,
+        checked: &checked,
+        models: &models,
+        media: media.as_ref(),
+        existing: existing.as_ref(),
+        mode,
+        progress: &progress,
+        run_id: &run_id,
     };
     let outcome = tokio::select! {
-        r = pump(&pipeline, &checked, &models, media.as_ref(), existing.as_ref(), &mut output, &mut failures, &mut counters, &progress, &run_id) => r.map_err(RunError::Failed),
-        _ = tokio::signal::ctrl_c() => Err(RunError::Interrupted),
+        r = pump(&ctx, &mut output, &mut failures, &mut counters) => r,
         () = model_lines => unreachable!("the progress ticker never ends"),
     };
     progress.finish();
+
+    // Commit what the run made, unless it stopped.
     let mut deleted = 0;
     let mut commits = 0;
-    match (outcome, output) {
-        (Ok(()), Output::Stream(writer)) => writer.finish().await.map_err(RunError::Failed)?,
+    let mut rows_committed = 0;
+    let committed: Result<(), Stop> = match (outcome, output) {
+        (Ok(()), Output::Stream(writer)) => {
+            match refuse_empty_overwrite(&conn, table_name, mode, &checked, &counters, &opts).await
+            {
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    Err(Stop::Failed(e))
+                }
+                Ok(()) => match writer.finish().await {
+                    Ok(()) => {
+                        rows_committed = counters.segments;
+                        Ok(())
+                    }
+                    Err(e) => Err(Stop::Failed(e)),
+                },
+            }
+        }
         (Ok(()), Output::Upsert(mut upserter)) => {
-            upserter.flush().await.map_err(RunError::Failed)?;
+            let flushed = upserter.flush().await;
             commits = upserter.commits;
-            // Rows gone from the source, once all of it was read.
-            if let (Cleanup::Full, Some(seen)) = (pipeline.cleanup(), &counters.seen) {
-                if !counters.ids_complete {
-                    tracing::warn!("cleanup skipped: some rows could not be read, so their ids are unknown and their table rows might be deleted by mistake");
-                } else if checked.existing.is_some() || commits > 0 {
-                    deleted = delete_missing(&conn, &checked.target.table, |id| seen.contains(id))
-                        .await
-                        .map_err(RunError::Failed)?;
+            rows_committed = upserter.rows_committed;
+            match flushed {
+                Err(e) => Err(Stop::Failed(e)),
+                Ok(()) => {
+                    // Rows gone from the source, once all of it was read.
+                    match (pipeline.cleanup(), &counters.seen) {
+                        (Cleanup::Full, Some(_)) if !counters.ids_complete => {
+                            tracing::warn!("cleanup skipped: some rows could not be read, so their ids are unknown and their table rows might be deleted by mistake");
+                            Ok(())
+                        }
+                        (Cleanup::Full, Some(seen))
+                            if checked.existing.is_some() || commits > 0 =>
+                        {
+                            let unreadable = &counters.unreadable_ids;
+                            let keep = |id: &str| seen.contains(id) || unreadable.contains(id);
+                            match delete_missing(&conn, table_name, keep).await {
+                                Ok(n) => {
+                                    deleted = n;
+                                    Ok(())
+                                }
+                                Err(e) => Err(Stop::Failed(e)),
+                            }
+                        }
+                        _ => Ok(()),
+                    }
                 }
             }
         }
-        (Err(e), Output::Stream(writer)) => {
-            let e = match (writer.abort().await, e) {
-                (Some(write_error), RunError::Failed(_)) => RunError::Failed(write_error),
-                (_, e) => e,
-            };
-            let _ = failures.finish();
-            return Err(e);
-        }
-        (Err(e), Output::Upsert(_)) => {
+        (Err(e), Output::Stream(writer)) => Err(match (writer.abort().await, e) {
+            (Some(write_error), Stop::Failed(_)) => Stop::Failed(write_error),
+            (_, e) => e,
+        }),
+        (Err(e), Output::Upsert(upserter)) => {
             // Chunks committed so far stay: a new run skips them.
-            let _ = failures.finish();
-            return Err(e);
+            commits = upserter.commits;
+            rows_committed = upserter.rows_committed;
+            Err(e)
         }
-    }
+    };
     // Index maintenance; its failure costs speed, not data: the rows are committed.
-    let maintenance = match crate::sink::maintain::maintain(&pipeline, &checked.target).await {
-        Ok(m) => Some(m),
-        Err(e) => {
-            tracing::warn!("table maintenance failed (the rows are committed): {e:#}");
-            None
-        }
+    let maintenance = match &committed {
+        Ok(()) => match crate::sink::maintain::maintain(&pipeline, &checked.target).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!("table maintenance failed (the rows are committed): {e:#}");
+                None
+            }
+        },
+        Err(_) => None,
     };
     let failed = failures.count();
     let by_kind = failures.by_kind().clone();
-    failures.finish().map_err(RunError::Failed)?;
+    let failures_file = match &committed {
+        Ok(()) => {
+            if let Err(e) = failures.commit() {
+                tracing::warn!("{e:#}");
+            }
+            (failed > 0).then(|| failures_path.display().to_string())
+        }
+        Err(_) => {
+            failures.discard();
+            None
+        }
+    };
     let wall = started.elapsed();
-    Ok(Summary {
-        run_id,
+    let (status, error) = match &committed {
+        Ok(()) if failed > 0 => ("rows_failed", None),
+        Ok(()) => ("ok", None),
+        Err(Stop::Failed(e)) => (
+            "failed",
+            Some(crate::sink::failures::scrub_internal_paths(&format!(
+                "{e:#}"
+            ))),
+        ),
+        Err(Stop::Signal(sig)) => ("interrupted", Some(format!("interrupted ({})", sig.name()))),
+    };
+    let summary = Summary {
+        run_id: run_id.clone(),
+        status: status.into(),
+        error,
         pipeline: pipeline.path.display().to_string(),
         table: checked.target.table.clone(),
         uri: checked.target.uri.clone(),
@@ -339,8 +481,9 @@ async fn run_inner(
         rows_deleted: deleted,
         commits,
         rows_failed: failed,
+        rows_committed,
         failures_by_kind: by_kind,
-        failures_file: (failed > 0).then(|| failures_path.display().to_string()),
+        failures_file,
         models: models
             .iter()
             .map(|m| {
@@ -366,9 +509,52 @@ async fn run_inner(
         jobs: media.as_ref().map(|m| m.stats()),
         wall_time: wall,
         rows_per_second: counters.written as f64 / wall.as_secs_f64().max(1e-9),
-    })
+    };
+    match committed {
+        Ok(()) => Ok(summary),
+        Err(Stop::Failed(e)) => Err(RunError::Failed(e, Box::new(summary))),
+        Err(Stop::Signal(sig)) => Err(RunError::Interrupted(sig, Box::new(summary))),
+    }
 }
 
+/// Why the pump stopped early.
+enum Stop {
+    Failed(anyhow::Error),
+    Signal(Signal),
+}
+
+impl From<anyhow::Error> for Stop {
+    fn from(e: anyhow::Error) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+/// An overwrite that would leave a table that has rows empty is refused unless asked for: a
+/// source that came up empty (a header-only CSV, a wrong glob) must not erase an index.
+async fn refuse_empty_overwrite(
+    conn: &lance_sink::Connection,
+    table: &str,
+    mode: WriteMode,
+    checked: &Checked,
+    counters: &Counters,
+    opts: &RunOptions,
+) -> Result<()> {
+    if mode != WriteMode::Overwrite
+        || counters.segments > 0
+        || checked.existing.is_none()
+        || opts.allow_empty
+    {
+        return Ok(());
+    }
+    let rows = lance_sink::row_count(conn, table).await?;
+    if rows > 0 {
+        bail!(
+            "refusing to replace table `{table}` ({rows} rows) with an empty one: this run read {} rows and wrote none, so nothing was committed\n  help: check the source (an empty file, a glob that matched nothing new); to empty the table on purpose, run again with --allow-empty",
+            counters.read
+        );
+    }
+    Ok(())
+}
 /// What one source batch became.
 struct BatchOutput {
     /// Rows read (incl. rows the reader could not decode).
@@ -432,19 +618,40 @@ fn batches_in_flight(pipeline: &Pipeline, models: &Models) -> usize {
     (2 * want).div_ceil(rows).saturating_add(1).clamp(2, 16)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every batch of a run shares.
+struct RunContext<'a> {
+    pipeline: &'a Arc<Pipeline>,
+    checked: &'a Checked,
+    models: &'a Models,
+    media: Option<&'a AsyncRoute>,
+    /// The table as the run found it: stored hashes (incremental) or ids (append).
+    existing: Option<&'a Existing>,
+    mode: WriteMode,
+    progress: &'a Progress,
+    run_id: &'a str,
+}
+
+/// Streams the source through the steps into the output until it ends, fails, or a signal
+/// comes; a signal is taken between batches, so a commit in progress always finishes (and is
+/// counted).
 async fn pump(
-    pipeline: &Arc<Pipeline>,
-    checked: &Checked,
-    models: &Models,
-    media: Option<&AsyncRoute>,
-    existing: Option<&Existing>,
+    ctx: &RunContext<'_>,
     output: &mut Output,
     failures: &mut FailureWriter,
     counters: &mut Counters,
-    progress: &Progress,
-    run_id: &str,
-) -> Result<()> {
+) -> Result<(), Stop> {
+    let mut signal = std::pin::pin!(stop_signal());
+    pump_until(ctx, output, failures, counters, &mut signal).await
+}
+
+async fn pump_until(
+    ctx: &RunContext<'_>,
+    output: &mut Output,
+    failures: &mut FailureWriter,
+    counters: &mut Counters,
+    signal: &mut std::pin::Pin<&mut impl std::future::Future<Output = Signal>>,
+) -> Result<(), Stop> {
+    let (pipeline, checked) = (ctx.pipeline, ctx.checked);
     let iter = sources::open(
         pipeline,
         &checked.source,
@@ -463,29 +670,53 @@ async fn pump(
     let batches = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
+    let max_service_failures = pipeline.max_service_failures();
     // Several batches in flight; results come back in source order.
     let mut results = std::pin::pin!(batches
         .map(|item| async move {
             let sb = item?;
-            match media {
-                Some(route) => embed_media_batch(pipeline, checked, route, &sb, run_id).await,
-                None => {
-                    embed_batch(pipeline, checked, models, existing, &sb, run_id, progress).await
-                }
+            match ctx.media {
+                Some(route) => embed_media_batch(ctx, route, &sb).await,
+                None => embed_batch(ctx, &sb).await,
             }
         })
-        .buffered(batches_in_flight(pipeline, models)));
-    while let Some(out) = results.next().await {
+        .buffered(batches_in_flight(pipeline, ctx.models)));
+    loop {
+        let next = tokio::select! {
+            biased;
+            sig = signal.as_mut() => return Err(Stop::Signal(sig)),
+            next = results.next() => next,
+        };
+        let Some(out) = next else { break };
         let mut out = out?;
         tracing::trace!(rows = out.read, "batch embedded");
         counters.read += out.read;
         counters.skipped += out.skipped;
         if let Some(seen) = &mut counters.seen {
             counters.ids_complete &= out.dead.iter().all(|d| d.id.is_some());
-            drop_duplicates(&mut out, seen, run_id)?;
+            if ctx.mode == WriteMode::Incremental {
+                let unreadable = out.dead.iter().filter(|d| d.step == "read");
+                counters
+                    .unreadable_ids
+                    .extend(unreadable.filter_map(|d| d.id.clone()));
+            }
+            drop_duplicates(&mut out, seen, ctx.run_id)?;
         }
         for d in &out.dead {
+            if is_service_failure(&d.kind) {
+                *counters.service_failures.entry(d.kind.clone()).or_default() += 1;
+                counters
+                    .first_service_error
+                    .get_or_insert_with(|| crate::sink::failures::cap_message(&d.message));
+            }
             failures.write(d)?;
+        }
+        let service_failed: u64 = counters.service_failures.values().sum();
+        if service_failed > max_service_failures {
+            return Err(Stop::Failed(anyhow!(
+                "{}",
+                service_failure_message(counters, ctx.mode, max_service_failures)
+            )));
         }
         counters.written += out.rows_written;
         if let Some(batch) = out.batch {
@@ -493,22 +724,41 @@ async fn pump(
             output.send(batch).await?;
             tracing::trace!("batch sent to the writer");
         }
-        progress.batch_done(out.read, out.inputs);
+        ctx.progress.batch_done(out.read, out.inputs);
     }
     reader.await.context("source reader panicked")?;
     Ok(())
 }
 
+/// Why a run stopped for failures of the service, and what to do.
+fn service_failure_message(counters: &Counters, mode: WriteMode, max: u64) -> String {
+    let kinds: Vec<String> = counters
+        .service_failures
+        .iter()
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect();
+    let kept = if mode == WriteMode::Incremental {
+        "chunks committed before stay, and the next run embeds the rest"
+    } else {
+        "nothing was committed; the table is as it was"
+    };
+    format!(
+        "stopped: {} rows failed because of the service, not their data ({}), more than max_service_failures = {max}; {kept}\n  first error: {}\n  help: check the endpoint, region, network and quotas, then run again; to commit despite such failures, raise `max_service_failures` in [sink]",
+        counters.service_failures.values().sum::<u64>(),
+        kinds.join(", "),
+        counters.first_service_error.as_deref().unwrap_or("?"),
+    )
+}
+
 /// Embeds one source batch through every step: the rows to write and the dead letters.
-async fn embed_batch(
-    pipeline: &Pipeline,
-    checked: &Checked,
-    models: &Models,
-    existing: Option<&Existing>,
-    sb: &SourceBatch,
-    run_id: &str,
-    progress: &Progress,
-) -> Result<BatchOutput> {
+async fn embed_batch(ctx: &RunContext<'_>, sb: &SourceBatch) -> Result<BatchOutput> {
+    let (pipeline, checked, models, run_id, progress) = (
+        ctx.pipeline,
+        ctx.checked,
+        ctx.models,
+        ctx.run_id,
+        ctx.progress,
+    );
     let n = sb.batch.num_rows();
     let mut out = BatchOutput::new(sb, run_id);
     if n == 0 {
@@ -536,8 +786,31 @@ async fn embed_batch(
     for p in &mut prepared {
         retain_rows(p, |row| failed[row].is_none());
     }
+    // Append: ids already in the table are refused before any call (append adds new rows; an
+    // update by id is what incremental mode is for).
+    if let (WriteMode::Append, Some(existing)) = (ctx.mode, ctx.existing) {
+        let wanted: Vec<&str> = (0..n)
+            .filter(|&r| failed[r].is_none())
+            .map(|r| sb.ids.value(r))
+            .collect();
+        let stored = existing.hashes(&wanted).await?;
+        for (row, f) in failed.iter_mut().enumerate() {
+            let id = sb.ids.value(row);
+            if f.is_none() && stored.contains_key(id) {
+                *f = Some((
+                    "read".into(),
+                    "duplicate_id".into(),
+                    format!("id `{id}` is already in table `{}`; append adds new ids only (mode = \"incremental\" updates rows by id)", checked.target.table),
+                ));
+            }
+        }
+        for p in &mut prepared {
+            retain_rows(p, |row| failed[row].is_none());
+        }
+    }
     // Incremental: rows whose every step hashes as stored are left alone (no call, no write).
-    if let (Some(existing), Some(first)) = (existing, prepared.first()) {
+    let incremental = ctx.existing.filter(|_| ctx.mode == WriteMode::Incremental);
+    if let (Some(existing), Some(first)) = (incremental, prepared.first()) {
         let hashes: Vec<&[String]> = prepared.iter().map(|p| p.hashes.as_slice()).collect();
         let unchanged = unchanged_rows(existing, &sb.ids, &first.rows, &hashes, n).await?;
         out.skipped = unchanged.iter().filter(|u| **u).count() as u64;
@@ -650,12 +923,11 @@ fn dead_letter(
 /// Embeds one source batch of a media pipeline: each row's file becomes an async job, and each
 /// segment of its result a table row.
 async fn embed_media_batch(
-    pipeline: &Pipeline,
-    checked: &Checked,
+    ctx: &RunContext<'_>,
     route: &AsyncRoute,
     sb: &SourceBatch,
-    run_id: &str,
 ) -> Result<BatchOutput> {
+    let (pipeline, checked, run_id) = (ctx.pipeline, ctx.checked, ctx.run_id);
     let n = sb.batch.num_rows();
     let step = &pipeline.steps[0];
     let mut out = BatchOutput::new(sb, run_id);
@@ -748,8 +1020,8 @@ fn segment_modality(input: crate::models::Modality, kind: &str) -> String {
 /// Marks rows an incremental run leaves alone (never a dead letter).
 const SKIPPED: &str = "\0skipped";
 
-/// Incremental runs upsert by id: a row whose id came earlier in the source is dead-lettered
-/// (the first one wins) and dropped from the output.
+/// Incremental runs upsert by id and appends add new ids: a row whose id came earlier in the
+/// source is dead-lettered (the first one wins) and dropped from the output.
 fn drop_duplicates(out: &mut BatchOutput, seen: &mut HashSet<String>, run_id: &str) -> Result<()> {
     use arrow::array::Array;
     let mut dup_rows = HashSet::new();
@@ -781,7 +1053,7 @@ fn drop_duplicates(out: &mut BatchOutput, seen: &mut HashSet<String>, run_id: &s
                 step: "read".into(),
                 kind: "duplicate_id".into(),
                 message: format!(
-                    "id `{}` appeared earlier in the source; incremental runs keep the first",
+                    "id `{}` appeared earlier in the source; the first row with it is kept",
                     out.ids.value(*r as usize)
                 ),
             });

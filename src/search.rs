@@ -4,7 +4,7 @@ use crate::config::{Pipeline, StepInput};
 use crate::dispatch::ModelHandle;
 use crate::plan::Inputs;
 use crate::sink::lancedb as lance_sink;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use arrow::record_batch::RecordBatch;
 use futures::TryStreamExt;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
@@ -42,7 +42,57 @@ pub struct Hit {
     pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
+/// A search that cannot run as asked (exit 2): a bad argument, filter or missing table, found
+/// before any model call.
+#[derive(Debug)]
+pub struct InvalidSearch(pub String);
+
+impl std::fmt::Display for InvalidSearch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidSearch {}
+
+fn invalid(message: impl Into<String>) -> anyhow::Error {
+    InvalidSearch(message.into()).into()
+}
+
+/// A filter is one SQL predicate: a `;` outside quotes would end it, and the SQL parser would
+/// silently drop whatever follows.
+fn check_filter(filter: &str) -> Result<()> {
+    let mut quote = None;
+    for c in filter.chars() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, ';') => {
+                return Err(invalid(format!(
+                    "the filter `{filter}` holds more than one statement (`;`); give one SQL predicate, e.g. \"topic = 'geology' AND year > 2020\""
+                )))
+            }
+            _ => {}
+        }
+    }
+    if filter.trim().is_empty() {
+        return Err(invalid(
+            "the filter is empty; leave out --filter to search every row",
+        ));
+    }
+    Ok(())
+}
+
 pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<Hit>> {
+    if opts.k == 0 {
+        return Err(invalid("-k must be at least 1"));
+    }
+    if opts.query.trim().is_empty() {
+        return Err(invalid("the query is empty; give the text to search for"));
+    }
+    if let Some(f) = &opts.filter {
+        check_filter(f)?;
+    }
     let step = match &opts.step {
         Some(name) => pipeline
             .steps
@@ -50,41 +100,53 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
             .find(|s| &s.name == name)
             .ok_or_else(|| {
                 let names: Vec<&str> = pipeline.steps.iter().map(|s| s.name.as_str()).collect();
-                anyhow!("no embed step named `{name}`; steps: {}", names.join(", "))
+                invalid(format!(
+                    "no embed step named `{name}`; steps: {}",
+                    names.join(", ")
+                ))
             })?,
         None => pipeline
             .steps
             .iter()
             .find(|s| !matches!(s.input, StepInput::Image(_)))
             .ok_or_else(|| {
-                anyhow!("this pipeline has no text embed step to search with a text query")
+                invalid("this pipeline has no text embed step to search with a text query")
             })?,
     }
     .clone();
-    if opts.query.trim().is_empty() {
-        bail!("the query is empty");
-    }
     let target = lance_sink::target(&pipeline)?;
+    let missing = || {
+        invalid(format!(
+            "table `{}` not found in {}; run `embedpipe run {}` first",
+            target.table,
+            target.uri,
+            pipeline.path.display()
+        ))
+    };
+    if target.local_dir.as_ref().is_some_and(|d| !d.exists()) {
+        return Err(missing());
+    }
     let conn = lance_sink::connect(&target).await?;
+    if !conn
+        .table_names()
+        .execute()
+        .await?
+        .iter()
+        .any(|n| *n == target.table)
+    {
+        return Err(missing());
+    }
     let table = conn
         .open_table(&target.table)
         .execute()
         .await
-        .with_context(|| {
-            format!(
-                "table `{}` not found in {}; run `embedpipe run {}` first",
-                target.table,
-                target.uri,
-                pipeline.path.display()
-            )
-        })?;
+        .with_context(|| format!("cannot open table `{}`", target.table))?;
     let schema = table.schema().await?;
     if schema.field_with_name(&step.vector).is_err() {
-        bail!(
+        return Err(invalid(format!(
             "table `{}` has no vector column `{}`; was it written by this pipeline?",
-            target.table,
-            step.vector
-        );
+            target.table, step.vector
+        )));
     }
     let mut model = {
         let p = pipeline.clone();
@@ -126,7 +188,10 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
     };
     for c in &columns {
         if schema.field_with_name(c).is_err() {
-            bail!("table `{}` has no column `{c}`", target.table);
+            return Err(invalid(format!(
+                "table `{}` has no column `{c}`",
+                target.table
+            )));
         }
     }
     let mut select = vec!["id".to_string()];
@@ -155,7 +220,7 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
             None => false,
         };
         if !has_fts {
-            bail!("hybrid search needs a full-text index: set `fts_column = \"<text column>\"` in [sink] and run the pipeline");
+            return Err(invalid("hybrid search needs a full-text index: set `fts_column = \"<text column>\"` in [sink] and run the pipeline"));
         }
         q.full_text_search(lance_index::scalar::FullTextSearchQuery::new(
             opts.query.clone(),
@@ -167,7 +232,10 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
     };
     let batches: Vec<RecordBatch> = stream
         .map_err(|e| match &opts.filter {
-            Some(f) => anyhow::anyhow!("search failed (check the filter `{f}`): {e}"),
+            Some(f) => invalid(format!(
+                "the filter `{f}` cannot be applied: {}",
+                crate::sink::failures::scrub_internal_paths(&e.to_string())
+            )),
             None => anyhow::anyhow!("search failed: {e}"),
         })?
         .try_collect()

@@ -72,6 +72,22 @@ pub async fn check_run(pipeline: &Pipeline, reindex: bool) -> Result<Checked> {
     let file = plan.files[0].display.to_string();
     let src = pipeline.source();
 
+    // A column name twice: its rows could not be told apart in the table.
+    let mut names = std::collections::HashSet::new();
+    if let Some(dup) = schema.fields().iter().find(|f| !names.insert(f.name())) {
+        let span = pipeline
+            .source_paths()
+            .first()
+            .map_or(pipeline.file.source.span(), |p| p.span());
+        return Err(pipeline
+            .error(
+                span,
+                format!("column `{}` appears twice in {file}", dup.name()),
+            )
+            .with_help("rename one of them in the file (a CSV header names each column once)")
+            .into());
+    }
+
     // Ids.
     let id_column = match &src.id_column {
         Some(c) => {
@@ -169,6 +185,17 @@ pub async fn check_run(pipeline: &Pipeline, reindex: bool) -> Result<Checked> {
                 if name == "id" {
                     continue;
                 }
+                if pipeline.has_media_step()
+                    && crate::sink::SEGMENT_COLUMNS.contains(&name.as_str())
+                {
+                    return Err(pipeline
+                        .error(
+                            m.span(),
+                            format!("`{name}` is a column media tables fill per segment"),
+                        )
+                        .with_help("leave it out of metadata, or rename it in the source")
+                        .into());
+                }
                 if schema.field_with_name(name).is_err() {
                     return Err(column_error(
                         pipeline,
@@ -202,6 +229,34 @@ pub async fn check_run(pipeline: &Pipeline, reindex: bool) -> Result<Checked> {
             })
             .collect(),
     };
+    // A step's output columns must not land on a copied source column.
+    for (step, cfg) in pipeline.steps.iter().zip(&pipeline.file.embeds) {
+        let taken = crate::sink::step_columns(&step.vector)
+            .into_iter()
+            .find(|c| metadata.contains(c));
+        if let Some(col) = taken {
+            let span = cfg
+                .get_ref()
+                .vector
+                .as_ref()
+                .map_or(step.span.clone(), |v| v.span());
+            let help = if pipeline.sink().metadata.is_some() {
+                format!("leave `{col}` out of [sink] metadata, or name the vector column otherwise (vector = \"{}_vector\")", step.vector)
+            } else {
+                format!("name the vector column otherwise (vector = \"{}_vector\"), or list the [sink] metadata columns to copy without `{col}`", step.vector)
+            };
+            return Err(pipeline
+                .error(
+                    span,
+                    format!(
+                        "step `{}` writes a column `{col}`, but the source column `{col}` is copied into the table as metadata",
+                        step.name
+                    ),
+                )
+                .with_help(help)
+                .into());
+        }
+    }
     for m in &metadata {
         if !needed.contains(m) {
             needed.push(m.clone());
@@ -268,6 +323,21 @@ pub async fn check_run(pipeline: &Pipeline, reindex: bool) -> Result<Checked> {
     }
     let target = lance_sink::target(pipeline)?;
     lance_sink::check_reachable(&target)?;
+    let failures = lance_sink::failures_path(pipeline, &target);
+    let sources: Vec<std::path::PathBuf> = plan.files.iter().map(|f| f.path.clone()).collect();
+    if let Err(e) = crate::sink::failures::check_path(&failures, &sources, &pipeline.path) {
+        let sink = pipeline.sink();
+        let span = sink
+            .failures
+            .as_ref()
+            .map_or(pipeline.file.sink.span(), |f| f.span());
+        return Err(pipeline
+            .error(span, e.to_string())
+            .with_help(
+                "point `failures` at a new file, e.g. failures = \"../.embedpipe/failures.jsonl\"",
+            )
+            .into());
+    }
     let existing = match &target.local_dir {
         Some(dir) if !dir.exists() => None,
         _ => {

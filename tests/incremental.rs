@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use embedpipe::emulator::{Emulator, Latency, Settings};
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 const TITAN: &str = "amazon.titan-embed-text-v2:0";
 
@@ -220,13 +219,15 @@ fn a_killed_run_resumes_with_exactly_the_right_rows() {
         "cleanup = \"full\"\ncommit_rows = 10",
     );
     let mut total_calls = 0;
-    for kill_after in [400, 900, 300] {
+    // Each kill lands once the emulator has answered this many calls in all (polled, not
+    // slept for): the first mid-way through the third chunk, the others after more chunks.
+    for kill_at in [25, 55, 80] {
         let mut child = aws_cli(env.dir.path(), &env.emu.endpoint(), &["run", &p, "--json"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(kill_after));
+        wait_for(120, &format!("{kill_at} calls"), || env.calls() >= kill_at);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
@@ -428,7 +429,23 @@ fn maintenance_compacts_and_builds_indexes_and_search_uses_them() {
         vec!["vector: IVF_HNSW_SQ", "text: FTS", "id: BTREE"],
         "{m}"
     );
-    assert_eq!(table_fragments(&env.dir.path().join("db"), "t"), 1);
+    let db = env.dir.path().join("db");
+    assert_eq!(table_fragments(&db, "t"), 1);
+    // The table itself has the indexes, covering every row.
+    let indexes = table_indexes(&db, "t");
+    let kinds: Vec<(&str, &str)> = indexes
+        .iter()
+        .map(|(c, t, _, _)| (c.as_str(), t.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("id", "BTREE"), ("text", "FTS"), ("vector", "IVF_HNSW_SQ")],
+        "{indexes:?}"
+    );
+    assert!(
+        indexes.iter().all(|(_, _, n, un)| (*n, *un) == (300, 0)),
+        "{indexes:?}"
+    );
     let search = |extra: &[&str]| {
         let mut args = vec![
             "search",
@@ -468,5 +485,10 @@ fn maintenance_compacts_and_builds_indexes_and_search_uses_them() {
     let out = env.run(&p, &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(summary(&out)["maintenance"]["indexes_updated"], true);
+    let indexes = table_indexes(&db, "t");
+    assert!(
+        indexes.iter().all(|(_, _, n, un)| (*n, *un) == (301, 0)),
+        "no row left unindexed: {indexes:?}"
+    );
     assert_eq!(search(&["--filter", "id = 'doc-999'"]), vec!["doc-999"]);
 }

@@ -77,3 +77,29 @@ fn similar_sentences_are_closer_than_unrelated_ones() {
     let v = |i: usize| &e.vectors[i * 384..(i + 1) * 384];
     assert!(cosine(v(0), v(1)) > cosine(v(0), v(2)) + 0.2);
 }
+
+#[test]
+fn a_huge_field_is_cut_to_what_the_model_reads() {
+    use embedpipe::models::local_minilm::{locate, MiniLm};
+    common::ensure_model();
+    let model = MiniLm::load(&locate(None).unwrap().dir, true).unwrap();
+    let words = "The telescope observed a distant galaxy, rich in dust and young stars. ";
+    let huge = words.repeat(5 * 1024 * 1024 / words.len());
+    // Only a bounded prefix is tokenized, whatever the field's size (memory per input).
+    let prefix = model.readable_prefix(&huge).unwrap();
+    assert!(
+        prefix.len() <= 64 * 1024,
+        "prefix of {} bytes",
+        prefix.len()
+    );
+    // ... and it gives exactly the vector of the text the model reads (its first 256 tokens).
+    let first_words: String = huge.split(' ').take(400).collect::<Vec<_>>().join(" ");
+    let a = model.embed(&[huge.as_str()]).unwrap();
+    let b = model.embed(&[first_words.as_str()]).unwrap();
+    assert_eq!(a.tokens, 256);
+    assert!(
+        cosine(&a.vectors, &b.vectors) > 0.999_999,
+        "{}",
+        cosine(&a.vectors, &b.vectors)
+    );
+}

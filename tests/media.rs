@@ -10,7 +10,7 @@ use embedpipe::emulator::s3::LocalS3;
 use embedpipe::emulator::{Emulator, Settings};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BUCKET: &str = "media-bucket";
 
@@ -263,6 +263,14 @@ fn a_killed_run_resumes_its_jobs_and_never_submits_twice() {
         ],
         NOVA,
     );
+    // What the service received, checked after every run: StartAsyncInvoke requests (accepted,
+    // duplicate or refused), jobs created, and submits answered with an existing job. Counting
+    // jobs alone would hide a resume that submits again under the token it recorded: the
+    // service answers that with the same job and creates none.
+    let submits = |env: &Env| {
+        let c = env.jobs();
+        (c.submits, c.jobs, c.duplicate_submits)
+    };
     let mut child = env
         .command(&["run", &p, "--json"])
         .stdout(std::process::Stdio::null())
@@ -270,28 +278,24 @@ fn a_killed_run_resumes_its_jobs_and_never_submits_twice() {
         .spawn()
         .unwrap();
     let ledger = env.path("db/t_jobs.jsonl");
-    let started = Instant::now();
-    loop {
-        let arns = std::fs::read_to_string(&ledger)
+    let in_progress = || {
+        std::fs::read_to_string(&ledger)
             .map(|s| s.matches("\"in_progress\"").count())
-            .unwrap_or(0);
-        if arns == 3 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "jobs never all submitted"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .unwrap_or(0)
+    };
+    // Killed once every job is both created by the service and recorded with its ARN in the
+    // ledger (polled state, not a fixed sleep).
+    wait_for(30, "the three jobs submitted and in the ledger", || {
+        in_progress() >= 3 && env.jobs().jobs >= 3
+    });
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert_eq!(env.jobs().jobs, 3);
-    assert_eq!(
-        env.jobs().completed,
-        0,
-        "killed after the jobs finished: no test"
-    );
+    assert_eq!(in_progress(), 3);
+    let c = env.jobs();
+    assert_eq!(submits(&env), (3, 3, 0), "first run: {c:?}");
+    assert!(c.errors.is_empty(), "{c:?}");
+    assert_eq!(c.completed, 0, "killed after the jobs finished: no test");
+    let gets_before = c.gets;
     // Nothing was committed.
     assert!(!env.path("db/t.lance").exists());
 
@@ -302,17 +306,34 @@ fn a_killed_run_resumes_its_jobs_and_never_submits_twice() {
     assert_eq!(s["jobs"]["submitted"], 0, "{s}");
     assert_eq!(s["jobs"]["already_staged"], 3, "{s}");
     let c = env.jobs();
-    assert_eq!((c.jobs, c.duplicate_submits), (3, 0), "{c:?}");
+    // Not one more StartAsyncInvoke: the resumed jobs were polled by their ARNs.
+    assert_eq!(
+        submits(&env),
+        (3, 3, 0),
+        "the resumed run submitted again: {c:?}"
+    );
+    assert!(c.errors.is_empty(), "{c:?}");
+    assert_eq!(c.completed, 3, "{c:?}");
+    assert!(c.gets >= gets_before + 3, "the jobs were not polled: {c:?}");
     let rows = segments(&env.path("db"));
     assert_eq!(rows.len(), 7, "{rows:?}");
     let mut keys: Vec<_> = rows.iter().map(|r| (r.0.clone(), r.1)).collect();
     keys.dedup();
     assert_eq!(keys.len(), 7, "a segment was written twice: {rows:?}");
 
-    // A third run finds the jobs completed in the ledger: still no new job.
+    // A third run finds the jobs completed in the ledger: still no submit, no new job.
     let out = env.run(&["run", &p, "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(env.jobs().jobs, 3);
+    let s = summary(&out);
+    assert_eq!(s["jobs"]["submitted"], 0, "{s}");
+    assert_eq!(s["jobs"]["resumed"], 3, "{s}");
+    let c = env.jobs();
+    assert_eq!(
+        submits(&env),
+        (3, 3, 0),
+        "the third run submitted again: {c:?}"
+    );
+    assert!(c.errors.is_empty(), "{c:?}");
     assert_eq!(segments(&env.path("db")).len(), 7);
 }
 

@@ -16,6 +16,8 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_INVALID: i32 = 2;
 pub const EXIT_ROWS_FAILED: i32 = 3;
 pub const EXIT_INTERRUPTED: i32 = 130;
+/// Stopped by SIGTERM (128 + 15, as a shell reports it).
+pub const EXIT_TERMINATED: i32 = 143;
 
 #[derive(Parser, Debug)]
 #[command(name = "embedpipe", version, about = "Turn datasets into vector search indexes", after_help = EXIT_HELP)]
@@ -65,6 +67,10 @@ enum Command {
         /// or parameters changed on an existing table.
         #[arg(long)]
         reindex: bool,
+        /// Let `mode = "overwrite"` replace a table that has rows with an empty one (refused
+        /// otherwise: an empty source must not erase an index by accident).
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Search the pipeline's table with a text query.
     Search {
@@ -214,7 +220,7 @@ fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(RedactingStderr::from_env())
         .with_ansi(
             std::io::IsTerminal::is_terminal(&std::io::stderr())
                 && std::env::var_os("NO_COLOR").is_none(),
@@ -226,12 +232,60 @@ fn init_logging(cli: &Cli) {
     };
 }
 
+/// Log output with credentials taken out: at `-vv` the AWS SDK logs signing details that hold
+/// the access key id. Every event is one write, so each is redacted whole.
+#[derive(Clone)]
+struct RedactingStderr {
+    /// Values of the credential variables set in the environment.
+    secrets: Arc<Vec<String>>,
+}
+
+impl RedactingStderr {
+    fn from_env() -> Self {
+        let secrets = std::env::vars()
+            .filter(|(k, v)| crate::config::is_credential_variable(k) && v.len() >= 8)
+            .map(|(_, v)| v)
+            .collect();
+        Self {
+            secrets: Arc::new(secrets),
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RedactingStderr {
+    type Writer = RedactingStderr;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl std::io::Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let mut clean = crate::config::redact_key_ids(&text);
+        for s in self.secrets.iter() {
+            if clean.contains(s.as_str()) {
+                clean = clean.replace(s.as_str(), "<redacted>");
+            }
+        }
+        std::io::stderr().write_all(clean.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// Prints an error the way users read it best: config errors with their snippet.
 fn report_error(e: &anyhow::Error) {
     if let Some(ce) = e.downcast_ref::<ConfigError>() {
         eprint!("error: {ce}");
     } else {
-        eprintln!("error: {e:#}");
+        eprintln!(
+            "error: {}",
+            crate::sink::failures::scrub_internal_paths(&format!("{e:#}"))
+        );
     }
 }
 
@@ -240,6 +294,18 @@ fn load(file: &std::path::Path) -> Result<Arc<Pipeline>, i32> {
         eprint!("error: {e}");
         EXIT_INVALID
     })
+}
+
+/// What a stopped run left in the table.
+fn committed_note(s: &crate::report::Summary) -> String {
+    if s.rows_committed == 0 {
+        "nothing was committed to the table".to_string()
+    } else {
+        format!(
+            "{} rows were committed in {} commits before it stopped (a new run skips them)",
+            s.rows_committed, s.commits
+        )
+    }
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -340,6 +406,7 @@ async fn dispatch(cli: Cli) -> i32 {
             json,
             emulator,
             reindex,
+            allow_empty,
         } => {
             let p = match load(&file) {
                 Ok(p) => p,
@@ -353,19 +420,28 @@ async fn dispatch(cli: Cli) -> i32 {
                 progress: !cli.quiet && !json,
                 overrides,
                 reindex,
+                allow_empty,
             };
-            match crate::run::run(p, opts).await {
+            let result = crate::run::run(p, opts).await;
+            // Whatever ended the run, say what it did (calls, cost, rows committed).
+            let summary = match &result {
+                Ok(s) => Some(s),
+                Err(e) => e.summary(),
+            };
+            if let Some(summary) = summary {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(summary).expect("json"));
+                } else if !cli.quiet || result.is_err() {
+                    print!("{summary}");
+                }
+            }
+            match &result {
                 Ok(summary) => {
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&summary).expect("json"));
-                    } else if !cli.quiet {
-                        print!("{summary}");
-                        if summary.rows_written > 0 {
-                            println!(
-                                "search it: embedpipe search {} \"your query\"",
-                                file.display()
-                            );
-                        }
+                    if !json && !cli.quiet && summary.rows_written > 0 {
+                        println!(
+                            "search it: embedpipe search {} \"your query\"",
+                            file.display()
+                        );
                     }
                     if summary.rows_failed > 0 {
                         EXIT_ROWS_FAILED
@@ -374,17 +450,20 @@ async fn dispatch(cli: Cli) -> i32 {
                     }
                 }
                 Err(RunError::Setup(e)) => {
-                    report_error(&e);
+                    report_error(e);
                     EXIT_INVALID
                 }
-                Err(RunError::Failed(e)) => {
-                    report_error(&e);
-                    eprintln!("nothing was committed to the table");
+                Err(RunError::Failed(e, s)) => {
+                    report_error(e);
+                    eprintln!("{}", committed_note(s));
                     EXIT_FAILED
                 }
-                Err(RunError::Interrupted) => {
-                    eprintln!("interrupted; nothing was committed to the table");
-                    EXIT_INTERRUPTED
+                Err(RunError::Interrupted(sig, s)) => {
+                    eprintln!("interrupted ({}); {}", sig.name(), committed_note(s));
+                    match sig {
+                        crate::run::Signal::Interrupt => EXIT_INTERRUPTED,
+                        crate::run::Signal::Terminate => EXIT_TERMINATED,
+                    }
                 }
             }
         }
@@ -431,7 +510,11 @@ async fn dispatch(cli: Cli) -> i32 {
                 }
                 Err(e) => {
                     report_error(&e);
-                    EXIT_FAILED
+                    if e.is::<crate::search::InvalidSearch>() || e.is::<ConfigError>() {
+                        EXIT_INVALID
+                    } else {
+                        EXIT_FAILED
+                    }
                 }
             }
         }

@@ -5,7 +5,7 @@
 mod env;
 mod error;
 
-pub use env::{expand, EnvString};
+pub use env::{expand, is_credential_variable, EnvString};
 pub use error::{did_you_mean, ConfigError, ConfigErrorDetail};
 
 use crate::models::{self, Modality, ModelSpec};
@@ -300,6 +300,9 @@ pub struct SinkConfig {
     pub compact_after_fragments: Option<Spanned<usize>>,
     /// A text column to keep a full-text index on (enables `search --hybrid`).
     pub fts_column: Option<Spanned<String>>,
+    /// Rows that may fail because of the service (network, timeouts, 5xx or throttling past
+    /// their retries) before the run stops without committing (default 0).
+    pub max_service_failures: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -481,11 +484,39 @@ const CREDENTIAL_HELP: &str = "remove it: embedpipe takes AWS credentials only f
 (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables, AWS_PROFILE with ~/.aws/credentials or SSO, \
 or an instance/ECS/EKS role)";
 
-fn looks_like_aws_key_id(s: &str) -> bool {
-    s.len() == 20
-        && (s.starts_with("AKIA") || s.starts_with("ASIA"))
-        && s.chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+/// Byte offsets where an AWS access key id (`AKIA`/`ASIA` and 16 more capitals or digits, as a
+/// word of its own) starts in `s`.
+fn aws_key_id_starts(s: &str) -> impl Iterator<Item = usize> + '_ {
+    let b = s.as_bytes();
+    let key_char = |c: u8| c.is_ascii_uppercase() || c.is_ascii_digit();
+    (0..b.len().saturating_sub(19)).filter(move |&i| {
+        (b[i..].starts_with(b"AKIA") || b[i..].starts_with(b"ASIA"))
+            && (i == 0 || !b[i - 1].is_ascii_alphanumeric())
+            && b[i..i + 20].iter().all(|&c| key_char(c))
+            && b.get(i + 20).is_none_or(|c| !c.is_ascii_alphanumeric())
+    })
+}
+
+/// Whether `s` holds an AWS access key id anywhere, e.g. inside a template.
+fn contains_aws_key_id(s: &str) -> bool {
+    aws_key_id_starts(s).next().is_some()
+}
+
+/// `s` with every AWS access key id masked (for log lines).
+pub fn redact_key_ids(s: &str) -> String {
+    let starts: Vec<usize> = aws_key_id_starts(s).collect();
+    if starts.is_empty() {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut from = 0;
+    for i in starts {
+        out.push_str(&s[from..i + 4]);
+        out.push_str("****************");
+        from = i + 20;
+    }
+    out.push_str(&s[from..]);
+    out
 }
 
 impl Pipeline {
@@ -500,7 +531,7 @@ impl Pipeline {
 
     /// Parses and checks pipeline text; `path` is used for messages and relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let table = toml::de::DeTable::parse(text).map_err(|e| {
+        let mut table = toml::de::DeTable::parse(text).map_err(|e| {
             ConfigError::at(
                 path,
                 text,
@@ -508,6 +539,10 @@ impl Pipeline {
                 format!("invalid TOML: {}", e.message().trim()),
             )
         })?;
+        // Every string value, whatever its key, expands `${VAR}` the same way; spans still
+        // point at the text as written.
+        env::expand_table(table.get_mut(), &|name| std::env::var(name).ok())
+            .map_err(|(span, message)| ConfigError::at(path, text, Some(span), message))?;
         check_no_secrets(path, text, table.get_ref())?;
         let file: PipelineFile = PipelineFile::deserialize(toml::de::Deserializer::from(table))
             .map_err(|e| {
@@ -587,6 +622,14 @@ impl Pipeline {
             .commit_rows
             .as_ref()
             .map_or(DEFAULT_COMMIT_ROWS, |c| *c.get_ref())
+    }
+
+    /// Rows that may fail because of the service before a run stops (default 0).
+    pub fn max_service_failures(&self) -> u64 {
+        self.sink()
+            .max_service_failures
+            .as_ref()
+            .map_or(0, |m| *m.get_ref())
     }
 
     pub fn write_mode(&self) -> WriteMode {
@@ -993,7 +1036,22 @@ impl Pipeline {
         }
         if let Some(t) = &cfg.timeout_secs {
             if !(*t.get_ref() > 0.0 && *t.get_ref() <= 3600.0) {
-                return Err(self.error(t.span(), "timeout_secs must be between 0 and 3600"));
+                return Err(self.error(
+                    t.span(),
+                    "timeout_secs must be more than 0 and at most 3600 (an hour)",
+                ));
+            }
+        }
+        for (key, url) in [
+            ("endpoint_url", &cfg.endpoint_url),
+            ("s3_endpoint_url", &cfg.s3_endpoint_url),
+        ] {
+            if let Some(u) = url {
+                if let Err(why) = check_endpoint_url(u.get_ref()) {
+                    return Err(self
+                        .error(u.span(), format!("`{key}` {why}"))
+                        .with_help("give the scheme, host and port only, e.g. \"https://bedrock-runtime.us-east-1.amazonaws.com\" or \"http://127.0.0.1:4566\" (the emulator)"));
+                }
             }
         }
         if let Some(c) = &cfg.concurrency {
@@ -1011,7 +1069,7 @@ impl Pipeline {
             if !(*d.get_ref() > 0.0 && *d.get_ref() <= 86_400.0) {
                 return Err(self.error(
                     d.span(),
-                    "retry_deadline_secs must be between 0 and 86400 (a day)",
+                    "retry_deadline_secs must be more than 0 and at most 86400 (a day)",
                 ));
             }
         }
@@ -1043,6 +1101,41 @@ impl Pipeline {
                 return Err(self
                     .error(q.span(), format!("unknown quota group `{}`", q.get_ref()))
                     .with_help(help));
+            }
+        }
+        // A call can be at most a whole minute's token quota: an input that could be larger
+        // could never be sent within it.
+        if spec.provider != Provider::Local {
+            let per_input = cfg
+                .max_tokens
+                .as_ref()
+                .map_or(spec.max_input_tokens as u64, |m| u64::from(*m.get_ref()));
+            let group = cfg.quota.as_ref().and_then(|q| {
+                self.file
+                    .quotas
+                    .iter()
+                    .map(|g| g.get_ref())
+                    .find(|g| g.name.get_ref() == q.get_ref())
+            });
+            let limits = [
+                cfg.tokens_per_minute.as_ref(),
+                group.and_then(|g| g.tokens_per_minute.as_ref()),
+            ];
+            if let Some(tpm) = limits
+                .into_iter()
+                .flatten()
+                .find(|t| u64::from(*t.get_ref()) < per_input)
+            {
+                return Err(self
+                    .error(
+                        tpm.span(),
+                        format!(
+                            "tokens_per_minute = {} is less than one input to {} may hold ({per_input} tokens): such a call could never be sent within the quota",
+                            tpm.get_ref(),
+                            spec.id
+                        ),
+                    )
+                    .with_help(format!("raise tokens_per_minute to at least {per_input}, or lower the model's max_tokens where it has one")));
             }
         }
         if let Some(p) = &cfg.prices {
@@ -1291,6 +1384,27 @@ impl Pipeline {
             if !is_identifier(&vector) {
                 return Err(self.error(vspan, format!("vector column `{vector}` must be letters, digits and `_`, not starting with a digit")));
             }
+            if let Some(taken) = crate::sink::step_columns(&vector)
+                .into_iter()
+                .find(|c| crate::sink::RESERVED_COLUMNS.contains(&c.as_str()))
+            {
+                return Err(self
+                    .error(
+                        vspan,
+                        format!("vector column `{vector}` would make a column `{taken}`, which embedpipe writes itself"),
+                    )
+                    .with_help("name the vector column otherwise, e.g. vector = \"vector\" or \"title_vector\""));
+            }
+            if matches!(input, StepInput::Media(..)) {
+                if let Some(taken) = crate::sink::step_columns(&vector)
+                    .into_iter()
+                    .find(|c| crate::sink::SEGMENT_COLUMNS.contains(&c.as_str()))
+                {
+                    return Err(self
+                        .error(vspan, format!("vector column `{vector}` would make a column `{taken}`, which media tables use for segments"))
+                        .with_help("name the vector column otherwise, e.g. vector = \"vector\""));
+                }
+            }
             if !vectors.insert(vector.clone()) {
                 return Err(self
                     .error(
@@ -1396,6 +1510,17 @@ impl Pipeline {
                 format!("table name `{table}` must be letters, digits, `_`, `-` or `.`"),
             ));
         }
+        if let Some(owner) = table.strip_suffix(crate::sink::RUN_LOG_SUFFIX) {
+            return Err(self
+                .error(
+                    sink.table.span(),
+                    format!(
+                        "table names ending in `{}` are reserved: `{table}` would be the run log of table `{owner}`",
+                        crate::sink::RUN_LOG_SUFFIX
+                    ),
+                )
+                .with_help("choose another name; each table's run history is kept next to it as `<table>_runs`"));
+        }
         if sink.uri.get_ref().is_empty() {
             return Err(self
                 .error(sink.uri.span(), "sink uri is empty")
@@ -1489,6 +1614,26 @@ fn normalize(p: &Path) -> PathBuf {
     }
 }
 
+/// An endpoint override must be a plain `http(s)://host[:port]` URL: anything else fails every
+/// call of the run (a service failure), so it is refused before any.
+fn check_endpoint_url(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return Err(format!("uses `{other}://`; only http:// and https:// work")),
+        None => return Err(format!("`{url}` has no scheme (http:// or https://)")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "`{url}` has a path or query; the SDK adds the operation's own path"
+        ));
+    }
+    Ok(())
+}
+
 fn kind_name(k: SourceKind) -> &'static str {
     match k {
         SourceKind::Parquet => "parquet",
@@ -1534,7 +1679,7 @@ fn check_value(
 ) -> Result<(), ConfigError> {
     use toml::de::DeValue;
     match value.get_ref() {
-        DeValue::String(s) if looks_like_aws_key_id(s) => Err(ConfigError::at(
+        DeValue::String(s) if contains_aws_key_id(s) => Err(ConfigError::at(
             path,
             text,
             Some(value.span()),

@@ -296,3 +296,99 @@ fn quota_groups_and_dispatch_keys_are_checked() {
         "`linger_ms` applies only to Bedrock models"
     );
 }
+
+#[test]
+fn env_references_expand_in_every_string_value_and_templates_keep_columns() {
+    std::env::set_var("EMBEDPIPE_TEST_TABLE_12", "from_env");
+    let text = GOOD
+        .replace(
+            "table = \"articles\"",
+            "table = \"${EMBEDPIPE_TEST_TABLE_12}\"",
+        )
+        .replace(
+            "text = \"{title}\\n{body}\"",
+            "text = \"${EMBEDPIPE_TEST_TABLE_12}: {title}\"",
+        );
+    let p = parse(&text).unwrap();
+    assert_eq!(p.sink().table.get_ref(), "from_env");
+    // `${VAR}` is the environment, `{column}` a column.
+    assert_eq!(p.steps[0].input.columns(), vec!["title"]);
+    match &p.steps[0].input {
+        StepInput::Template(t) => {
+            assert_eq!(t.parts[0], TemplatePart::Literal("from_env: ".to_string()))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn credential_variables_and_key_ids_in_templates_are_refused() {
+    let text = GOOD.replace(
+        "text = \"{title}\\n{body}\"",
+        "text = \"{title} ${AWS_SECRET_ACCESS_KEY}\"",
+    );
+    let e = err(&text);
+    assert!(e.to_string().contains("credential"), "{e}");
+    assert_eq!(e.line, Some(line_of(&text, "${AWS_SECRET")));
+    let text = GOOD.replace(
+        "text = \"{title}\\n{body}\"",
+        "text = \"key AKIAIOSFODNN7EXAMPLE {title}\"",
+    );
+    let e = err(&text);
+    assert!(e.to_string().contains("access key id"), "{e}");
+    assert_eq!(
+        redact_key_ids("Credential=AKIAIOSFODNN7EXAMPLE/2026"),
+        "Credential=AKIA****************/2026"
+    );
+}
+
+#[test]
+fn run_log_names_are_reserved() {
+    let e = err(&GOOD.replace("table = \"articles\"", "table = \"articles_runs\""));
+    assert!(e.to_string().contains("reserved"), "{e}");
+    assert!(e.to_string().contains("run log of table `articles`"), "{e}");
+}
+
+#[test]
+fn vector_columns_may_not_take_embedpipes_own_columns() {
+    for name in ["id", "embedded_at"] {
+        let text = GOOD.replace(
+            "text = \"{title}\\n{body}\"",
+            &format!("text = \"{{title}}\"\nvector = \"{name}\""),
+        );
+        let e = err(&text);
+        assert!(e.to_string().contains("embedpipe writes itself"), "{e}");
+        assert_eq!(e.line, Some(line_of(&text, "vector = ")), "{e}");
+    }
+}
+
+#[test]
+fn endpoint_urls_are_checked_and_ranges_say_what_they_take() {
+    let bedrock = |extra: &str| {
+        GOOD.replace(
+            "provider = \"local\"\nid = \"sentence-transformers/all-MiniLM-L6-v2\"",
+            &format!("provider = \"bedrock\"\nid = \"amazon.titan-embed-text-v2:0\"\n{extra}"),
+        )
+    };
+    for bad in [
+        "not a url",
+        "ftp://host",
+        "http://127.0.0.1:4566/some/path",
+        "127.0.0.1:4566",
+    ] {
+        let text = bedrock(&format!("endpoint_url = \"{bad}\""));
+        let e = err(&text);
+        assert!(e.to_string().contains("`endpoint_url`"), "{bad}: {e}");
+        assert_eq!(e.line, Some(line_of(&text, "endpoint_url")), "{bad}");
+    }
+    assert!(parse(&bedrock("endpoint_url = \"http://127.0.0.1:4566\"")).is_ok());
+    assert!(parse(&bedrock(
+        "endpoint_url = \"https://bedrock-runtime.us-east-1.amazonaws.com/\""
+    ))
+    .is_ok());
+    let e = err(&bedrock("timeout_secs = 0"));
+    assert!(
+        e.to_string().contains("more than 0 and at most 3600"),
+        "{e}"
+    );
+}

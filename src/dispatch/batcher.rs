@@ -119,6 +119,13 @@ pub(crate) fn spawn(caller: Arc<Caller>) -> mpsc::UnboundedSender<Item> {
 async fn batch_loop(caller: Arc<Caller>, mut rx: mpsc::UnboundedReceiver<Item>) {
     let per_call = caller.info.batch_size.max(1);
     let max_body = caller.info.spec.limits.max_body_bytes;
+    // A call never holds more tokens than the tightest per-minute quota lets through at once.
+    let max_tokens = caller
+        .limits
+        .iter()
+        .filter_map(|l| l.max_call_tokens())
+        .min()
+        .unwrap_or(u64::MAX);
     let mut carry: Option<Item> = None;
     loop {
         let first = match carry.take() {
@@ -132,6 +139,7 @@ async fn batch_loop(caller: Arc<Caller>, mut rx: mpsc::UnboundedReceiver<Item>) 
         // meanwhile, so calls leave fuller.
         let permit = caller.concurrency.acquire().await;
         let mut bytes = first.input.body_bytes();
+        let mut tokens = first.tokens;
         let mut call = vec![first];
         if !call[0].solo {
             let linger_until = Instant::now() + caller.linger;
@@ -143,11 +151,12 @@ async fn batch_loop(caller: Arc<Caller>, mut rx: mpsc::UnboundedReceiver<Item>) 
                     .flatten();
                 let Some(item) = next else { break };
                 let size = item.input.body_bytes();
-                if item.solo || bytes + size > max_body {
+                if item.solo || bytes + size > max_body || tokens + item.tokens > max_tokens {
                     carry = Some(item);
                     break;
                 }
                 bytes += size;
+                tokens += item.tokens;
                 call.push(item);
             }
         }
@@ -289,8 +298,9 @@ impl Caller {
                 None => self.concurrency.acquire().await,
             };
             // Every attempt counts against the quota, retries too.
+            let mut grants = Vec::with_capacity(self.limits.len());
             for l in &self.limits {
-                l.acquire(est_tokens).await;
+                grants.push(l.acquire(est_tokens).await);
             }
             slot.sent_now();
             let sent = Instant::now();
@@ -347,8 +357,8 @@ impl Caller {
                 Ok(mut parsed) => {
                     let inputs: Vec<Input> = inputs_owned.iter().map(Owned::as_input).collect();
                     let u = models::usage(spec, &inputs, &parsed);
-                    for l in &self.limits {
-                        l.correct(est_tokens, u.input_tokens);
+                    for (l, grant) in self.limits.iter().zip(&grants) {
+                        l.correct(*grant, u.input_tokens);
                     }
                     self.telemetry
                         .lock()

@@ -153,42 +153,78 @@ impl Drop for Permit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
+
+    /// A slot if one is free now (without waiting).
+    fn try_acquire(l: &Arc<AdaptiveLimit>) -> Option<Permit> {
+        l.acquire().now_or_never()
+    }
+
+    /// (calls the service is working on, answered calls being read)
+    fn counts(l: &AdaptiveLimit) -> (usize, usize) {
+        let s = l.state.lock().unwrap();
+        (s.in_flight, s.receiving)
+    }
 
     #[tokio::test]
     async fn caps_calls_in_flight() {
         let l = AdaptiveLimit::new(2);
-        let a = l.acquire().await;
-        let _b = l.acquire().await;
-        let third = tokio::time::timeout(std::time::Duration::from_millis(30), l.acquire()).await;
-        assert!(third.is_err(), "a third call waits");
+        let a = try_acquire(&l).expect("a free slot");
+        let _b = try_acquire(&l).expect("a free slot");
+        assert!(try_acquire(&l).is_none(), "a third call waits");
+        let waiting = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire().await }
+        });
         drop(a);
-        let c = tokio::time::timeout(std::time::Duration::from_millis(300), l.acquire()).await;
-        assert!(c.is_ok(), "a freed slot is taken");
+        let c = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await;
+        assert!(c.is_ok(), "the waiting call takes the freed slot");
     }
 
     #[tokio::test]
     async fn an_answered_call_frees_its_slot_and_receiving_is_bounded() {
-        let wait = std::time::Duration::from_millis(30);
         let l = AdaptiveLimit::new(2);
-        let mut a = l.acquire().await;
-        let mut b = l.acquire().await;
-        assert!(tokio::time::timeout(wait, l.acquire()).await.is_err());
+        let mut a = try_acquire(&l).expect("a free slot");
+        let mut b = try_acquire(&l).expect("a free slot");
+        assert!(try_acquire(&l).is_none(), "both slots are taken");
         a.answered();
         a.answered(); // once only
-        let c = tokio::time::timeout(wait, l.acquire())
-            .await
-            .expect("the answered call's slot is free");
-        b.answered();
+        assert_eq!(counts(&l), (1, 1));
+        let c = try_acquire(&l).expect("the answered call's slot is free");
         assert!(
-            tokio::time::timeout(wait, l.acquire()).await.is_err(),
+            try_acquire(&l).is_none(),
+            "answering twice frees one slot, not two"
+        );
+        b.answered();
+        assert_eq!(counts(&l), (1, 2));
+        assert!(
+            try_acquire(&l).is_none(),
             "a slot is free, but no new call starts while the maximum are being read"
         );
         a.success();
-        let _d = tokio::time::timeout(wait, l.acquire())
-            .await
-            .expect("a call fully read makes room");
-        drop((b, c));
-        assert_eq!(l.current(), 2, "answers count as successes, once each");
+        assert_eq!(counts(&l), (1, 1));
+        let d = try_acquire(&l).expect("a call fully read makes room");
+        assert!(try_acquire(&l).is_none(), "both slots are taken again");
+        drop((b, c, d));
+        assert_eq!(counts(&l), (0, 0), "every slot is given back");
+    }
+
+    #[tokio::test]
+    async fn an_answered_call_counts_as_one_success() {
+        let l = AdaptiveLimit::new(4);
+        try_acquire(&l).unwrap().throttled();
+        let limit = || l.state.lock().unwrap().limit;
+        assert_eq!(limit(), 2.0);
+        // Answered (twice) then read: one round of growth, 2 + 1/2.
+        let mut p = try_acquire(&l).unwrap();
+        p.answered();
+        p.answered();
+        assert_eq!(limit(), 2.5);
+        p.success();
+        assert_eq!(limit(), 2.5);
+        // Not answered: the success grows the cap, 2.5 + 1/2.5.
+        try_acquire(&l).unwrap().success();
+        assert!((limit() - 2.9).abs() < 1e-9, "{}", limit());
     }
 
     #[tokio::test]

@@ -432,31 +432,57 @@ impl ModelHandle {
         let mut queued = 0usize;
         let closed = || anyhow!("model `{}`: its call queue has stopped", self.info.name);
         // Pre-flight: nothing that would be refused is sent; the rest joins the model's queue.
+        let mut owned: Vec<Option<Owned>> = Vec::with_capacity(n);
         for i in 0..n {
-            let owned = match inputs {
-                Inputs::Text(t) => Owned::Text(t[i].clone()),
-                Inputs::Image(imgs) => match ImageFormat::detect(&imgs[i]) {
-                    Some(f) => Owned::Image(imgs[i].clone(), f),
-                    None => {
-                        slots[i] = not_an_image();
-                        continue;
-                    }
-                },
-                Inputs::TextImage(pairs) => match ImageFormat::detect(&pairs[i].1) {
-                    Some(f) => Owned::TextImage(pairs[i].0.clone(), pairs[i].1.clone(), f),
-                    None => {
-                        slots[i] = not_an_image();
-                        continue;
-                    }
-                },
+            let o = match inputs {
+                Inputs::Text(t) => Some(Owned::Text(t[i].clone())),
+                Inputs::Image(imgs) => {
+                    ImageFormat::detect(&imgs[i]).map(|f| Owned::Image(imgs[i].clone(), f))
+                }
+                Inputs::TextImage(pairs) => ImageFormat::detect(&pairs[i].1)
+                    .map(|f| Owned::TextImage(pairs[i].0.clone(), pairs[i].1.clone(), f)),
                 Inputs::Media(_) => bail!(
                     "model `{}`: video/audio inputs go through the async route, not InvokeModel",
                     self.info.name
                 ),
             };
-            let owned = match models::preflight(spec, params, &owned.as_input()) {
-                Ok(None) => owned,
-                Ok(Some(cut)) => match owned {
+            if o.is_none() {
+                slots[i] = not_an_image();
+            }
+            owned.push(o);
+        }
+        // Texts are checked here; images are decoded, which is CPU work for rayon.
+        let (owned, checks) = if matches!(inputs, Inputs::Text(_)) {
+            let checks: Vec<_> = owned
+                .iter()
+                .map(|o| {
+                    o.as_ref()
+                        .map(|o| models::preflight(spec, params, &o.as_input()))
+                })
+                .collect();
+            (owned, checks)
+        } else {
+            let params = params.clone();
+            crate::run::cpu(move || {
+                use rayon::prelude::*;
+                let checks: Vec<_> = owned
+                    .par_iter()
+                    .map(|o| {
+                        o.as_ref()
+                            .map(|o| models::preflight(spec, &params, &o.as_input()))
+                    })
+                    .collect();
+                (owned, checks)
+            })
+            .await?
+        };
+        for (i, (o, check)) in owned.into_iter().zip(checks).enumerate() {
+            let (Some(o), Some(check)) = (o, check) else {
+                continue;
+            };
+            let o = match check {
+                Ok(None) => o,
+                Ok(Some(cut)) => match o {
                     Owned::TextImage(_, b, f) => Owned::TextImage(cut, b, f),
                     _ => Owned::Text(cut),
                 },
@@ -466,7 +492,7 @@ impl ModelHandle {
                 }
             };
             queue
-                .send(Item::new(&self.info, owned, tx.clone(), i))
+                .send(Item::new(&self.info, o, tx.clone(), i))
                 .map_err(|_| closed())?;
             queued += 1;
         }

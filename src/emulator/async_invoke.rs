@@ -10,8 +10,8 @@
 //! ConflictException. Inputs whose key contains, or whose bytes end with, `poison` fail;
 //! `stall` never finish.
 
+use super::catalog::{self, Family};
 use super::{api, vectors, wire, ApiError, Settings};
-use crate::models::{self, Family};
 use crate::providers::bedrock::Connection;
 use crate::providers::s3::{S3Uri, S3};
 use serde::{Deserialize, Serialize};
@@ -208,13 +208,13 @@ fn submit(
             ))
         }
     };
-    let resolved = models::resolve(&model_id).filter(|r| r.spec.routes.asynchronous);
-    let Some(resolved) = resolved.filter(|r| r.spec.id == model_id) else {
+    // Only a base id with an async route: a profile id is refused like a model without one.
+    let Some(model) = catalog::asynchronous(&model_id) else {
         return jobs.refuse(wire::validation(
             "The provided model doesn't support async inference.",
         ));
     };
-    let task = match check_input(resolved.spec.family, &req["modelInput"]) {
+    let task = match check_input(model.family, &req["modelInput"]) {
         Ok(t) => t,
         Err(e) => return jobs.refuse(e),
     };
@@ -333,14 +333,24 @@ fn check_input(family: Family, input: &Value) -> Result<Task, ApiError> {
                 ));
             }
             let p = &input["segmentedEmbeddingParams"];
-            let dimension = p["embeddingDimension"].as_u64().unwrap_or(3072) as usize;
-            if ![3072, 1024, 384, 256].contains(&dimension) {
+            let dims = family.dimensions();
+            let dimension = p["embeddingDimension"]
+                .as_u64()
+                .map_or(dims[0], |d| d as usize);
+            if !dims.contains(&dimension) {
                 return Err(wire::validation(
                     "embeddingDimension must be 256, 384, 1024 or 3072",
                 ));
             }
-            if p["embeddingPurpose"].as_str().is_none() {
-                return Err(wire::validation("embeddingPurpose is required"));
+            match p["embeddingPurpose"].as_str() {
+                None => return Err(wire::validation("embeddingPurpose is required")),
+                Some(purpose) if !catalog::NOVA_PURPOSES.contains(&purpose) => {
+                    return Err(wire::validation(format!(
+                        "embeddingPurpose {purpose} is not one of {}",
+                        catalog::NOVA_PURPOSES.join(", ")
+                    )))
+                }
+                Some(_) => {}
             }
             let (modality, m) = ["video", "audio", "text"]
                 .into_iter()
@@ -437,7 +447,7 @@ fn check_input(family: Family, input: &Value) -> Result<Task, ApiError> {
                 family,
                 input_uri: s3_location(&input["mediaSource"], "mediaSource")?,
                 modality,
-                dimension: 1024,
+                dimension: family.dimensions()[0],
                 segment: fixed,
                 separate: false,
                 options: if options.is_empty() {
@@ -485,7 +495,7 @@ fn check_input(family: Family, input: &Value) -> Result<Task, ApiError> {
                 family,
                 input_uri: s3_location(&m["mediaSource"], &format!("{modality}.mediaSource"))?,
                 modality,
-                dimension: 512,
+                dimension: family.dimensions()[0],
                 segment,
                 separate: false,
                 options: if options.is_empty() {
@@ -881,5 +891,30 @@ mod tests {
             "audio": {"format": "wav", "source": {"s3Location": {"uri": "s3://b/a.wav"}}}}});
         let e = check_input(Family::Nova2, &no_seg).unwrap_err();
         assert!(e.message.contains("segmentationConfig"), "{}", e.message);
+    }
+
+    #[test]
+    fn purposes_and_dimensions_come_from_the_catalog() {
+        let nova = |purpose: &str, dim: u64| {
+            json!({"taskType": "SEGMENTED_EMBEDDING", "segmentedEmbeddingParams": {
+                "embeddingPurpose": purpose, "embeddingDimension": dim,
+                "audio": {"format": "wav", "source": {"s3Location": {"uri": "s3://b/a.wav"}},
+                          "segmentationConfig": {"durationSeconds": 5}}}})
+        };
+        let t = check_input(Family::Nova2, &nova("GENERIC_INDEX", 384)).unwrap();
+        assert_eq!(t.dimension, 384);
+        let e = check_input(Family::Nova2, &nova("INDEX", 384)).unwrap_err();
+        assert!(
+            e.message.contains("embeddingPurpose INDEX"),
+            "{}",
+            e.message
+        );
+        assert!(check_input(Family::Nova2, &nova("GENERIC_INDEX", 512)).is_err());
+        let video = json!({"inputType": "video",
+            "video": {"mediaSource": {"s3Location": {"uri": "s3://b/v.mp4"}}}});
+        assert_eq!(
+            check_input(Family::Marengo30, &video).unwrap().dimension,
+            512
+        );
     }
 }

@@ -1,23 +1,24 @@
-//! A Bedrock Runtime emulator: `POST /model/{modelId}/invoke` for every embedding model in the
-//! registry, speaking Bedrock's wire protocol (restJson, `x-amzn-ErrorType` errors), so tests,
+//! A Bedrock Runtime emulator: `POST /model/{modelId}/invoke` for every embedding model in its
+//! [`catalog`], speaking Bedrock's wire protocol (restJson, `x-amzn-ErrorType` errors), so tests,
 //! benchmarks and newcomers can run Bedrock pipelines with no AWS account.
 //!
-//! It shares the registry's facts (ids, profiles, dimensions) but none of the client code: the
-//! request validation and response bodies in [`wire`] are written from the reference on their
-//! own. Configurable latency, quotas (requests and tokens per minute per model → 429
-//! `ThrottlingException`) and fault injection; counts what it received (`GET /_emulator/stats`).
+//! It shares no facts with the client: its facts (ids, profiles, routes, dimensions, formats, the
+//! body limit) are its own tables in [`catalog`], and the request validation and response bodies
+//! in [`wire`] are written from the reference on their own. Configurable latency, quotas
+//! (requests and tokens per minute per model → 429 `ThrottlingException`) and fault injection;
+//! counts what it received (`GET /_emulator/stats`).
 //!
 //! Control endpoints: `GET /_emulator/stats`, `POST /_emulator/reset` (zero the counters),
 //! `PUT /_emulator/config` (JSON, any subset of [`Settings`]).
 
 pub mod async_invoke;
+pub mod catalog;
 mod json;
 pub mod s3;
 mod timer;
 pub mod vectors;
 pub mod wire;
 
-use crate::models::{self, Family};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -643,15 +644,12 @@ async fn answer(
         Ok(b) => b.to_bytes(),
         Err(e) => return Err(std::io::Error::other(e)),
     };
-    let Some(resolved) =
-        models::resolve(&model_id).filter(|r| r.spec.family != Family::LocalMiniLm)
-    else {
+    let Some(called) = catalog::resolve(&model_id) else {
         return Ok(error_response(&wire::validation(
             "The provided model identifier is invalid.",
         )));
     };
-    let spec = resolved.spec;
-    let base = spec.id.to_string();
+    let base = called.model.id.to_string();
     let count = |f: &dyn Fn(&mut ModelCounters)| {
         let mut s = state.stats.lock().expect("stats");
         let c = s.models.entry(base.clone()).or_default();
@@ -688,7 +686,7 @@ async fn answer(
     if settings
         .denied_models
         .iter()
-        .any(|d| d.eq_ignore_ascii_case(spec.id) || d.eq_ignore_ascii_case(&model_id))
+        .any(|d| d.eq_ignore_ascii_case(&base) || d.eq_ignore_ascii_case(&model_id))
     {
         count(&fail("AccessDeniedException"));
         return Ok(error_response(&api(
@@ -697,7 +695,7 @@ async fn answer(
             format!("You don't have access to the model with the specified model ID {model_id}."),
         )));
     }
-    if body.len() > models::MAX_BODY_BYTES {
+    if body.len() > catalog::MAX_BODY_BYTES {
         count(&fail("ValidationException"));
         return Ok(error_response(&wire::validation(
             "Input is too long for requested model.",
@@ -761,10 +759,10 @@ async fn answer(
     let accepted = if let Some(a) = replayed {
         Ok(a)
     } else if body.len() <= INLINE_REQUEST_BYTES {
-        wire::handle(spec, &model_id, &body, settings.poison.as_deref()).map(Answer::from)
+        wire::invoke(called, &body, settings.poison.as_deref()).map(Answer::from)
     } else {
         let poison = settings.poison.clone();
-        tokio::task::spawn_blocking(move || wire::handle(spec, &model_id, &body, poison.as_deref()))
+        tokio::task::spawn_blocking(move || wire::invoke(called, &body, poison.as_deref()))
             .await
             .map_err(std::io::Error::other)?
             .map(Answer::from)
@@ -786,7 +784,7 @@ async fn answer(
     // Quotas: a sliding one-minute window per model.
     let quota = settings
         .model_quotas
-        .get(spec.id)
+        .get(&base)
         .copied()
         .unwrap_or(settings.quota);
     let (rpm, tpm, rps) = {

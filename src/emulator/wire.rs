@@ -1,10 +1,11 @@
 //! The emulator's own reading of each family's InvokeModel body: as strict as the reference
 //! describes, written independently of the client transformers (so each checks the other), and
-//! the response each family sends back.
+//! the response each family sends back. Its facts (ids, routes, dimensions, formats) come from
+//! [`super::catalog`], never from the client's registry.
 
+use super::catalog::{self, Called, Family, Invoke, Model};
 use super::json::{self, Floats};
 use super::vectors;
-use crate::models::{Family, ModelSpec};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
@@ -133,9 +134,24 @@ fn decode_b64(s: &str, at: &str) -> Result<Vec<u8>, ApiError> {
         .map_err(|_| validation(format!("Malformed input request: {at}: invalid base64")))
 }
 
+/// An image's encoding from its magic bytes (the service reads the bytes, not the label).
+fn image_format(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("png")
+    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some("jpeg")
+    } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+        Some("gif")
+    } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        Some("webp")
+    } else {
+        None
+    }
+}
+
 /// Image bytes must be a real image of an accepted format.
 fn image_bytes(bytes: &[u8], formats: &[&str], at: &str) -> Result<(), ApiError> {
-    let f = crate::models::ImageFormat::detect(bytes).map(|f| f.as_str());
+    let f = image_format(bytes);
     match f {
         Some(f) if formats.contains(&f) => Ok(()),
         _ => Err(validation(format!(
@@ -164,7 +180,7 @@ fn data_uri(s: &str, formats: &[&str], at: &str) -> Result<Vec<u8>, ApiError> {
     let bytes = decode_b64(data, at)?;
     image_bytes(&bytes, formats, at)?;
     let declared = mime.strip_prefix("image/").unwrap_or("");
-    let actual = crate::models::ImageFormat::detect(&bytes).map(|f| f.as_str());
+    let actual = image_format(&bytes);
     if Some(if declared == "jpg" { "jpeg" } else { declared }) != actual {
         return Err(validation(format!(
             "{at}: the data URI says {mime} but holds {}",
@@ -231,13 +247,31 @@ struct MarengoEntry<'a> {
     embedding: Floats<'a>,
 }
 
-/// Validates `body` for `spec` (called with model id `id`) and builds the response.
+/// [`invoke`] for callers holding a client registry entry (the benches): `id` is resolved in
+/// the emulator's own catalog and must name the model `spec` is; nothing else is read from
+/// `spec`, so the answer stays the emulator's own.
 pub fn handle(
-    spec: &ModelSpec,
+    spec: &crate::models::ModelSpec,
     id: &str,
     body: &[u8],
     poison: Option<&str>,
 ) -> Result<Accepted, ApiError> {
+    match catalog::resolve(id) {
+        Some(called) if called.model.id == spec.id => invoke(called, body, poison),
+        _ => Err(validation("The provided model identifier is invalid.")),
+    }
+}
+
+/// Validates `body` for the model `called` names (and the route its id takes) and builds the
+/// response.
+pub fn invoke(called: Called, body: &[u8], poison: Option<&str>) -> Result<Accepted, ApiError> {
+    let model = called.model;
+    if model.invoke == Invoke::ProfileOnly && called.profile.is_none() {
+        return Err(validation(format!(
+            "Invocation of model ID {} with on-demand throughput isn't supported. Retry your request with the ID or ARN of an inference profile that contains this model.",
+            model.id
+        )));
+    }
     let v: Value = serde_json::from_slice(body).map_err(|_| {
         validation("Malformed input request, please reformat your input and try again.")
     })?;
@@ -250,10 +284,11 @@ pub fn handle(
             _ => Ok(()),
         }
     };
-    let seed = spec.id;
-    match spec.family {
+    let seed = model.id;
+    let family = model.family;
+    match family {
         Family::TitanTextV1 | Family::TitanTextV2 => {
-            let v2 = spec.family == Family::TitanTextV2;
+            let v2 = family == Family::TitanTextV2;
             only(
                 &o,
                 if v2 {
@@ -282,9 +317,10 @@ pub fn handle(
                 )));
             }
             let dim = if v2 {
-                dims(o.get("dimensions"), &[1024, 512, 256], "#/dimensions")?.unwrap_or(1024)
+                dims(o.get("dimensions"), family.dimensions(), "#/dimensions")?
+                    .unwrap_or(family.dimensions()[0])
             } else {
-                1536
+                family.dimensions()[0]
             };
             let normalize = match o.get("normalize") {
                 Some(Value::Bool(b)) => *b,
@@ -347,16 +383,16 @@ pub fn handle(
                     "Malformed input request: at least one of inputText and inputImage is required",
                 ));
             }
-            let mut dim = 1024;
+            let mut dim = family.dimensions()[0];
             if let Some(c) = o.get("embeddingConfig") {
                 let c = object(c, "#/embeddingConfig")?;
                 only(&c, &["outputEmbeddingLength"], "#/embeddingConfig")?;
                 dim = dims(
                     c.get("outputEmbeddingLength"),
-                    &[1024, 384, 256],
+                    family.dimensions(),
                     "#/embeddingConfig/outputEmbeddingLength",
                 )?
-                .unwrap_or(1024);
+                .unwrap_or(dim);
             }
             let mut tokens = 0;
             let mut parts = Vec::new();
@@ -372,7 +408,7 @@ pub fn handle(
             }
             if let Some(i) = image {
                 let bytes = decode_b64(i, "#/inputImage")?;
-                image_bytes(&bytes, &["png", "jpeg"], "#/inputImage")?;
+                image_bytes(&bytes, family.image_formats(), "#/inputImage")?;
                 if bytes.len() > 25 * 1024 * 1024 {
                     return Err(validation("#/inputImage: the image is larger than 25 MB"));
                 }
@@ -390,16 +426,16 @@ pub fn handle(
                 tokens,
             })
         }
-        Family::CohereV3 | Family::CohereV4 => cohere(spec, &o, poison),
-        Family::Nova2 => nova(spec, &o, poison),
-        Family::Marengo27 | Family::Marengo30 => marengo(spec, id, &o, poison),
-        Family::LocalMiniLm => Err(validation("The provided model identifier is invalid.")),
+        Family::CohereV3 | Family::CohereV4 => cohere(model, &o, poison),
+        Family::Nova2 => nova(model, &o, poison),
+        Family::Marengo27 | Family::Marengo30 => marengo(model, &o, poison),
     }
 }
 
-fn cohere(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, ApiError> {
-    let v4 = spec.family == Family::CohereV4;
-    let seed = spec.id;
+fn cohere(model: &Model, o: &Obj, poison: Option<&str>) -> Result<Accepted, ApiError> {
+    let family = model.family;
+    let v4 = family == Family::CohereV4;
+    let seed = model.id;
     let mut allowed = vec![
         "texts",
         "images",
@@ -462,12 +498,12 @@ fn cohere(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, A
     let dim = if v4 {
         dims(
             o.get("output_dimension"),
-            &[256, 512, 1024, 1536],
+            family.dimensions(),
             "#/output_dimension",
         )?
-        .unwrap_or(1536)
+        .unwrap_or(family.dimensions()[0])
     } else {
-        1024
+        family.dimensions()[0]
     };
     let max_tokens = match o.get("max_tokens") {
         Some(m) => uint(m, "#/max_tokens")?,
@@ -488,11 +524,7 @@ fn cohere(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, A
             "Malformed input request: exactly one of texts, images or inputs is required",
         ));
     }
-    let image_formats: &[&str] = if v4 {
-        &["png", "jpeg", "webp", "gif"]
-    } else {
-        &["png", "jpeg"]
-    };
+    let image_formats = family.image_formats();
     let mut vectors_out = Vec::new();
     let mut tokens = 0u64;
     let list = o[present[0]].as_array().ok_or_else(|| {
@@ -587,20 +619,12 @@ fn cohere(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, A
                         }
                         _ => {
                             only(&c, &["type", "image_url"], &cat)?;
-                            let u = required(&c, "image_url", &cat)?;
-                            let url = match u {
-                                Value::String(s) => s.as_str(),
-                                Value::Object(m) => string(
-                                    m.get("url").unwrap_or(&Value::Null),
-                                    &format!("{cat}/image_url/url"),
-                                )?,
-                                other => {
-                                    return Err(validation(format!(
-                                        "{cat}/image_url: expected a string or {{url}}, found {}",
-                                        kind(other)
-                                    )))
-                                }
-                            };
+                            // Bedrock's v4 page documents a data-URI string; Cohere's own
+                            // API's `{"url": ...}` object is not what Bedrock lists.
+                            let url = string(
+                                required(&c, "image_url", &cat)?,
+                                &format!("{cat}/image_url"),
+                            )?;
                             let bytes = data_uri(url, image_formats, &cat)?;
                             parts.push(vectors::bytes(seed, &bytes, dim, true));
                         }
@@ -686,7 +710,8 @@ fn source_bytes(src: &Value, at: &str, allow_bytes: bool) -> Result<Option<Vec<u
     }
 }
 
-fn nova(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, ApiError> {
+fn nova(model: &Model, o: &Obj, poison: Option<&str>) -> Result<Accepted, ApiError> {
+    let family = model.family;
     only(
         o,
         &[
@@ -734,15 +759,15 @@ fn nova(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, Api
     )?;
     one_of(
         required(&p, "embeddingPurpose", at)?,
-        crate::models::nova::PURPOSES,
+        catalog::NOVA_PURPOSES,
         &format!("{at}/embeddingPurpose"),
     )?;
     let dim = dims(
         p.get("embeddingDimension"),
-        &[3072, 1024, 384, 256],
+        family.dimensions(),
         &format!("{at}/embeddingDimension"),
     )?
-    .unwrap_or(3072);
+    .unwrap_or(family.dimensions()[0]);
     let present: Vec<&str> = ["text", "image", "audio", "video"]
         .into_iter()
         .filter(|k| p.contains_key(*k))
@@ -755,7 +780,7 @@ fn nova(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, Api
     let m = present[0];
     let mat = format!("{at}/{m}");
     let mo = object(&p[m], &mat)?;
-    let seed = spec.id;
+    let seed = model.id;
     let mut tokens = 0;
     let mut resp_entry = Map::new();
     let vector = match m {
@@ -818,7 +843,7 @@ fn nova(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, Api
             only(&mo, &["format", "source", "detailLevel"], &mat)?;
             let fmt = one_of(
                 required(&mo, "format", &mat)?,
-                &["png", "jpeg", "gif", "webp"],
+                family.image_formats(),
                 &format!("{mat}/format"),
             )?;
             if let Some(d) = mo.get("detailLevel") {
@@ -897,7 +922,12 @@ fn nova(spec: &ModelSpec, o: &Obj, poison: Option<&str>) -> Result<Accepted, Api
     })
 }
 
-fn media_source(v: &Value, at: &str, need_owner: bool) -> Result<Vec<u8>, ApiError> {
+fn media_source(
+    v: &Value,
+    at: &str,
+    formats: &[&str],
+    need_owner: bool,
+) -> Result<Vec<u8>, ApiError> {
     let m = object(v, at)?;
     only(&m, &["base64String", "s3Location"], at)?;
     match (m.get("base64String"), m.get("s3Location")) {
@@ -906,7 +936,7 @@ fn media_source(v: &Value, at: &str, need_owner: bool) -> Result<Vec<u8>, ApiErr
             if bytes.len() > 5 * 1024 * 1024 {
                 return Err(validation(format!("{at}: images must be at most 5 MB")));
             }
-            image_bytes(&bytes, &["png", "jpeg"], at)?;
+            image_bytes(&bytes, formats, at)?;
             Ok(bytes)
         }
         (None, Some(l)) => {
@@ -926,21 +956,12 @@ fn media_source(v: &Value, at: &str, need_owner: bool) -> Result<Vec<u8>, ApiErr
     }
 }
 
-fn marengo(
-    spec: &ModelSpec,
-    id: &str,
-    o: &Obj,
-    poison: Option<&str>,
-) -> Result<Accepted, ApiError> {
-    let v27 = spec.family == Family::Marengo27;
-    if v27 && id.eq_ignore_ascii_case(spec.id) {
-        return Err(validation(format!(
-            "Invocation of model ID {} with on-demand throughput isn't supported. Retry your request with the ID or ARN of an inference profile that contains this model.",
-            spec.id
-        )));
-    }
-    let seed = spec.id;
-    let dim = spec.dimensions[0];
+fn marengo(model: &Model, o: &Obj, poison: Option<&str>) -> Result<Accepted, ApiError> {
+    let family = model.family;
+    let v27 = family == Family::Marengo27;
+    let seed = model.id;
+    let dim = family.dimensions()[0];
+    let formats = family.image_formats();
     let input_type = string(required(o, "inputType", "#")?, "#/inputType")?;
     let poisoned = |t: &str| poison.is_some_and(|p| !p.is_empty() && t.contains(p));
     let (vector, tokens) = if v27 {
@@ -973,7 +994,12 @@ fn marengo(
             }
             "image" => {
                 only(o, &["inputType", "mediaSource"], "#")?;
-                let b = media_source(required(o, "mediaSource", "#")?, "#/mediaSource", false)?;
+                let b = media_source(
+                    required(o, "mediaSource", "#")?,
+                    "#/mediaSource",
+                    formats,
+                    false,
+                )?;
                 (vectors::bytes(seed, &b, dim, false), 0)
             }
             other => {
@@ -1029,6 +1055,7 @@ fn marengo(
                 let b = media_source(
                     required(&x, "mediaSource", "#/image")?,
                     "#/image/mediaSource",
+                    formats,
                     true,
                 )?;
                 (vectors::bytes(seed, &b, dim, false), 0)
@@ -1044,6 +1071,7 @@ fn marengo(
                 let b = media_source(
                     required(&x, "mediaSource", "#/text_image")?,
                     "#/text_image/mediaSource",
+                    formats,
                     true,
                 )?;
                 let parts = [
@@ -1075,28 +1103,37 @@ fn marengo(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{cohere, marengo, nova, titan_multimodal, titan_text};
 
-    fn err(spec: &ModelSpec, id: &str, body: &str) -> ApiError {
-        match handle(spec, id, body.as_bytes(), None) {
+    const TITAN_V1: &str = "amazon.titan-embed-text-v1";
+    const TITAN_V2: &str = "amazon.titan-embed-text-v2:0";
+    const TITAN_MM: &str = "amazon.titan-embed-image-v1";
+    const COHERE_V3: &str = "cohere.embed-english-v3";
+    const COHERE_V4: &str = "cohere.embed-v4:0";
+    const NOVA: &str = "amazon.nova-2-multimodal-embeddings-v1:0";
+    const MARENGO_27: &str = "twelvelabs.marengo-embed-2-7-v1:0";
+    const MARENGO_30: &str = "twelvelabs.marengo-embed-3-0-v1:0";
+
+    fn call(id: &str, body: &str) -> Result<Accepted, ApiError> {
+        let called = catalog::resolve(id).unwrap_or_else(|| panic!("{id} is not in the catalog"));
+        invoke(called, body.as_bytes(), None)
+    }
+
+    fn err(id: &str, body: &str) -> ApiError {
+        match call(id, body) {
             Ok(_) => panic!("accepted: {body}"),
             Err(e) => e,
         }
     }
 
-    fn ok(spec: &ModelSpec, id: &str, body: &str) -> Value {
-        let a = handle(spec, id, body.as_bytes(), None)
-            .unwrap_or_else(|e| panic!("{body}: {}", e.message));
+    fn ok(id: &str, body: &str) -> Value {
+        let a = call(id, body).unwrap_or_else(|e| panic!("{body}: {}", e.message));
         serde_json::from_slice(&a.body).unwrap()
     }
 
     #[test]
     fn titan_rules() {
-        let v2 = &titan_text::V2;
-        let id = v2.id;
         let r = ok(
-            v2,
-            id,
+            TITAN_V2,
             r#"{"inputText":"hello world","dimensions":256,"embeddingTypes":["float","binary"]}"#,
         );
         assert_eq!(r["embedding"].as_array().unwrap().len(), 256);
@@ -1118,21 +1155,16 @@ mod tests {
             (r#"{"inputText":"a","embeddingTypes":"float"}"#, "JSONArray"),
             ("not json", "Malformed input request"),
         ] {
-            let e = err(v2, id, body);
+            let e = err(TITAN_V2, body);
             assert_eq!((e.code, e.status), ("ValidationException", 400));
             assert!(e.message.contains(needle), "{body}: {}", e.message);
         }
         // v1 takes inputText only.
+        assert!(err(TITAN_V1, r#"{"inputText":"a","dimensions":256}"#)
+            .message
+            .contains("extraneous"));
         assert!(err(
-            &titan_text::V1,
-            titan_text::V1.id,
-            r#"{"inputText":"a","dimensions":256}"#
-        )
-        .message
-        .contains("extraneous"));
-        assert!(err(
-            &titan_multimodal::SPEC,
-            "x",
+            TITAN_MM,
             r#"{"embeddingConfig":{"outputEmbeddingLength":384}}"#
         )
         .message
@@ -1141,79 +1173,95 @@ mod tests {
 
     #[test]
     fn cohere_rules_differ_by_version() {
-        let v3 = &cohere::V3_ENGLISH;
-        let v4 = &cohere::V4;
         let r = ok(
-            v3,
-            v3.id,
+            COHERE_V3,
             r#"{"texts":["a","b"],"input_type":"search_query","truncate":"END"}"#,
         );
         assert_eq!(r["response_type"], "embeddings_floats");
         assert_eq!(r["embeddings"].as_array().unwrap().len(), 2);
         let r = ok(
-            v4,
             "us.cohere.embed-v4:0",
             r#"{"texts":["a"],"input_type":"search_document","truncate":"LEFT","output_dimension":256,"embedding_types":["float","int8"]}"#,
         );
         assert_eq!(r["response_type"], "embeddings_by_type");
         assert_eq!(r["embeddings"]["int8"][0].as_array().unwrap().len(), 256);
-        for (spec, body, needle) in [
+        for (id, body, needle) in [
             (
-                v3,
+                COHERE_V3,
                 r#"{"texts":["a"],"input_type":"search_query","truncate":"LEFT"}"#,
                 "[NONE, START, END]",
             ),
             (
-                v4,
+                COHERE_V4,
                 r#"{"texts":["a"],"input_type":"search_query","truncate":"END"}"#,
                 "[NONE, LEFT, RIGHT]",
             ),
-            (v3, r#"{"texts":["a"]}"#, "required key [input_type]"),
+            (COHERE_V3, r#"{"texts":["a"]}"#, "required key [input_type]"),
             (
-                v4,
+                COHERE_V4,
                 r#"{"texts":["a"],"input_type":"image"}"#,
                 "not a valid enum value",
             ),
             (
-                v3,
+                COHERE_V3,
                 r#"{"texts":["a"],"input_type":"search_query","output_dimension":256}"#,
                 "extraneous key [output_dimension]",
             ),
             (
-                v4,
+                COHERE_V4,
                 r#"{"texts":["a"],"input_type":"search_query","output_dimension":768}"#,
                 "768",
             ),
             (
-                v3,
+                COHERE_V3,
                 r#"{"texts":["a"],"input_type":"search_query","embedding_types":"float"}"#,
                 "Malformed request",
             ),
             (
-                v3,
+                COHERE_V3,
                 r#"{"input_type":"search_query"}"#,
                 "exactly one of texts",
             ),
         ] {
-            let e = err(spec, spec.id, body);
+            let e = err(id, body);
             assert_eq!(e.code, "ValidationException");
             assert!(e.message.contains(needle), "{body}: {}", e.message);
         }
         let many: Vec<String> = (0..97).map(|i| format!("t{i}")).collect();
         let body = serde_json::json!({"texts": many, "input_type": "search_document"}).to_string();
-        assert!(err(v3, v3.id, &body).message.contains("between 1 and 96"));
+        assert!(err(COHERE_V3, &body).message.contains("between 1 and 96"));
         let long = "x".repeat(2049);
         let body =
             serde_json::json!({"texts": [long], "input_type": "search_document"}).to_string();
-        assert!(err(v3, v3.id, &body).message.contains("2048"));
+        assert!(err(COHERE_V3, &body).message.contains("2048"));
+    }
+
+    #[test]
+    fn cohere_v4_image_url_is_a_data_uri_string() {
+        let png = "data:image/png;base64,iVBORw0KGgo=";
+        let item = |image_url: Value| {
+            json!({"input_type": "search_document", "inputs": [{"content": [
+                {"type": "text", "text": "a caption"},
+                {"type": "image_url", "image_url": image_url},
+            ]}]})
+            .to_string()
+        };
+        let r = ok(COHERE_V4, &item(json!(png)));
+        assert_eq!(r["embeddings"].as_array().unwrap().len(), 1);
+        // Cohere's own API shape is not what Bedrock documents: refused.
+        let e = err(COHERE_V4, &item(json!({ "url": png })));
+        assert_eq!((e.code, e.status), ("ValidationException", 400));
+        assert!(
+            e.message.contains("image_url: expected type: String"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn nova_and_marengo_routes() {
-        let n = &nova::SPEC;
         let r = ok(
-            n,
-            n.id,
+            NOVA,
             r#"{"taskType":"SINGLE_EMBEDDING","singleEmbeddingParams":{"embeddingPurpose":"GENERIC_INDEX","embeddingDimension":384,"text":{"truncationMode":"END","value":"hi"}}}"#,
         );
         assert_eq!(
@@ -1239,40 +1287,50 @@ mod tests {
                 "use s3Location",
             ),
         ] {
-            let e = err(n, n.id, body);
+            let e = err(NOVA, body);
             assert!(e.message.contains(needle), "{body}: {}", e.message);
         }
         // Marengo 2.7: InvokeModel needs the inference profile; video is async only.
-        let m = &marengo::V2_7;
-        let e = err(m, m.id, r#"{"inputType":"text","inputText":"a dog"}"#);
+        let e = err(MARENGO_27, r#"{"inputType":"text","inputText":"a dog"}"#);
         assert!(e.message.contains("inference profile"), "{}", e.message);
         let r = ok(
-            m,
             "us.twelvelabs.marengo-embed-2-7-v1:0",
             r#"{"inputType":"text","inputText":"a dog"}"#,
         );
         assert_eq!(r["data"][0]["embedding"].as_array().unwrap().len(), 1024);
         let e = err(
-            m,
             "us.twelvelabs.marengo-embed-2-7-v1:0",
             r#"{"inputType":"video","mediaSource":{"s3Location":{"uri":"s3://b/v.mp4"}}}"#,
         );
         assert!(e.message.contains("StartAsyncInvoke"), "{}", e.message);
-        // Marengo 3.0 refuses 2.7 parameters.
-        let m3 = &marengo::V3_0;
+        // Marengo 3.0: the base id is served, 512 dimensions; 2.7 parameters are refused.
+        let r = ok(
+            MARENGO_30,
+            r#"{"inputType":"text","text":{"inputText":"a"}}"#,
+        );
+        assert_eq!(r["data"][0]["embedding"].as_array().unwrap().len(), 512);
         let e = err(
-            m3,
-            m3.id,
+            MARENGO_30,
             r#"{"inputType":"text","text":{"inputText":"a"},"textTruncate":"end"}"#,
         );
         assert!(e.message.contains("textTruncate"), "{}", e.message);
     }
 
     #[test]
+    fn bench_entry_resolves_in_the_catalog() {
+        let spec = &crate::models::titan_text::V2;
+        let body = br#"{"inputText":"a"}"#;
+        assert!(handle(spec, TITAN_V2, body, None).is_ok());
+        // A profile Titan does not have, and a model other than `spec`'s, are refused.
+        assert!(handle(spec, "us.amazon.titan-embed-text-v2:0", body, None).is_err());
+        assert!(handle(spec, TITAN_V1, body, None).is_err());
+    }
+
+    #[test]
     fn poisoned_inputs_are_refused() {
-        let v3 = &cohere::V3_ENGLISH;
+        let called = catalog::resolve(COHERE_V3).unwrap();
         let body = br#"{"texts":["fine","BAD one"],"input_type":"search_document"}"#;
-        assert!(handle(v3, v3.id, body, Some("BAD")).is_err());
-        assert!(handle(v3, v3.id, body, Some("nothing")).is_ok());
+        assert!(invoke(called, body, Some("BAD")).is_err());
+        assert!(invoke(called, body, Some("nothing")).is_ok());
     }
 }

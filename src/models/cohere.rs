@@ -185,12 +185,14 @@ pub(super) fn build(
             if !v4 {
                 return wire_err("Cohere Embed v3 cannot embed text and image together");
             }
+            // `image_url` is the data-URI string Bedrock's v4 page documents, not the
+            // `{"url": ...}` object of Cohere's own API.
             let items: Vec<Value> = inputs
                 .iter()
                 .map(|i| match i {
                     Input::TextImage(t, img) => Ok(json!({"content": [
                         {"type": "text", "text": t},
-                        {"type": "image_url", "image_url": {"url": img.data_uri()}},
+                        {"type": "image_url", "image_url": img.data_uri()},
                     ]})),
                     _ => wire_err("a Cohere call cannot mix interleaved inputs with others"),
                 })
@@ -365,7 +367,7 @@ mod tests {
             b["inputs"],
             json!([{"content": [
                 {"type": "text", "text": "caption"},
-                {"type": "image_url", "image_url": {"url": "data:image/gif;base64,R0lGODlh"}}
+                {"type": "image_url", "image_url": "data:image/gif;base64,R0lGODlh"}
             ]}])
         );
         assert_eq!(b["input_type"], "search_document");

@@ -253,7 +253,17 @@ pub struct MiniLm {
     tokenizer: Tokenizer,
     device: Device,
     normalize: bool,
+    /// The same tokenizer without truncation or padding, to count tokens of a prefix.
+    counter: Tokenizer,
 }
+
+/// Characters of an input tokenized first; a longer prefix is tried only while it holds too
+/// few tokens.
+const FIRST_PREFIX_CHARS: usize = 4096;
+/// Tokens past the model's limit a prefix must hold before it is known to give the same first
+/// tokens as the whole text: cutting may change only the last piece of text, and WordPiece makes
+/// at most 100 tokens of one piece.
+const PREFIX_TOKEN_MARGIN: usize = 128;
 
 /// Result of embedding a batch: vectors row-major (`n * 384`) and tokens read.
 pub struct Embedded {
@@ -268,6 +278,11 @@ impl MiniLm {
             .with_context(|| format!("{}: invalid config.json", dir.display()))?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| anyhow!("{}: invalid tokenizer.json: {e}", dir.display()))?;
+        let mut counter = tokenizer.clone();
+        counter.with_padding(None);
+        counter
+            .with_truncation(None)
+            .map_err(|e| anyhow!("tokenizer truncation: {e}"))?;
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
             ..Default::default()
@@ -290,6 +305,7 @@ impl MiniLm {
         Ok(Self {
             model,
             tokenizer,
+            counter,
             device,
             normalize,
         })
@@ -297,6 +313,28 @@ impl MiniLm {
 
     pub fn dimension(&self) -> usize {
         SPEC.dimensions[0]
+    }
+
+    /// The shortest tried prefix of `text` that gives the same tokens as the whole text up to
+    /// the model's limit. The model reads 256 tokens; tokenizing a 5 MB field whole to keep them
+    /// would take ~300 MB, so memory per input stays bounded whatever the field's size.
+    pub fn readable_prefix<'a>(&self, text: &'a str) -> Result<&'a str> {
+        let mut chars = FIRST_PREFIX_CHARS;
+        loop {
+            let Some((cut, _)) = text.char_indices().nth(chars) else {
+                return Ok(text);
+            };
+            let prefix = &text[..cut];
+            let tokens = self
+                .counter
+                .encode(prefix, false)
+                .map_err(|e| anyhow!("tokenizer: {e}"))?
+                .len();
+            if tokens > SPEC.max_input_tokens + PREFIX_TOKEN_MARGIN {
+                return Ok(prefix);
+            }
+            chars = chars.saturating_mul(4);
+        }
     }
 
     /// Embeds `texts` in one forward pass.
@@ -307,9 +345,13 @@ impl MiniLm {
                 tokens: 0,
             });
         }
+        let texts = texts
+            .iter()
+            .map(|t| self.readable_prefix(t))
+            .collect::<Result<Vec<&str>>>()?;
         let enc = self
             .tokenizer
-            .encode_batch(texts.to_vec(), true)
+            .encode_batch(texts, true)
             .map_err(|e| anyhow!("tokenizer: {e}"))?;
         let n = enc.len();
         let seq = enc[0].get_ids().len();

@@ -172,7 +172,25 @@ impl Limits {
         image_formats: &[],
         max_body_bytes: usize::MAX,
     };
+
+    /// Largest image side in pixels: the family's, or [`DEFAULT_MAX_IMAGE_SIDE`].
+    pub fn image_side(&self) -> u32 {
+        self.max_image_side.unwrap_or(DEFAULT_MAX_IMAGE_SIDE)
+    }
 }
+
+/// Largest image side sent to a family that documents none (Cohere v3/v4, Nova, Marengo):
+/// 8,000 px, the "maximum resolution of 8,000x8,000 pixels" the Amazon Nova user guide gives for
+/// image inputs, the only side limit AWS documents besides Titan Multimodal's 2,048. Cohere v4
+/// scales anything over 2,458,624 pixels down anyway, so nothing it could use is refused.
+pub const DEFAULT_MAX_IMAGE_SIDE: u32 = 8000;
+
+/// Most memory one image may take while it is decoded (16-bit RGBA at 8,000x8,000 px fits).
+const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Largest GIF frame the GIF decoder unpacks (its own fixed budget, 50 MB of RGBA, about
+/// 3,500x3,500 px): a larger GIF gets the header checks only, rather than be refused as corrupt.
+const GIF_DECODE_BYTES: u64 = 50_000_000;
 
 /// How a model can be called.
 #[derive(Debug, Clone, Copy)]
@@ -655,6 +673,7 @@ pub type Rejection = (&'static str, String);
 
 /// Checks one input against the model's limits before anything is sent. Returns the text to send
 /// when it had to be cut (the truncation policy allows it), or the reason to dead-letter it.
+/// An image is decoded (see [`check_image`]): for images, call this on rayon.
 pub fn preflight(
     spec: &ModelSpec,
     params: &Params,
@@ -730,28 +749,108 @@ pub fn preflight(
                 ),
             ));
         }
-        if let Some(side) = spec.limits.max_image_side {
-            match imagesize::blob_size(img.bytes) {
-                Ok(sz) if sz.width > side as usize || sz.height > side as usize => {
-                    return Err((
-                        "image_too_large",
-                        format!(
-                            "the image is {}x{} pixels, over the {side}x{side} limit of {}",
-                            sz.width, sz.height, spec.id
-                        ),
-                    ))
+        check_image(spec, img)?;
+    }
+    Ok(cut)
+}
+
+/// Checks that an image is within the family's pixel limit and decodes, so that a cut-off or
+/// corrupt file is not sent (and paid for). The size is read from the header first: a file that
+/// declares giant dimensions (a decompression bomb) is refused without decoding. The one full
+/// decode is CPU work: call this on rayon.
+pub fn check_image(spec: &ModelSpec, img: &Image<'_>) -> Result<(), Rejection> {
+    let side = spec.limits.image_side();
+    let size = imagesize::blob_size(img.bytes).map_err(|e| {
+        (
+            "unreadable_image",
+            format!("the image header cannot be read: {e}"),
+        )
+    })?;
+    if size.width > side as usize || size.height > side as usize {
+        return Err((
+            "image_too_large",
+            format!(
+                "the image is {}x{} pixels, over the {side}x{side} limit of {}",
+                size.width, size.height, spec.id
+            ),
+        ));
+    }
+    if img.format == ImageFormat::Jpeg && !jpeg_is_complete(img.bytes) {
+        return Err((
+            "unreadable_image",
+            "the JPEG is cut short: its image data has no end-of-image marker".into(),
+        ));
+    }
+    if img.format == ImageFormat::Gif
+        && size.width as u64 * size.height as u64 * 4 > GIF_DECODE_BYTES
+    {
+        return Ok(());
+    }
+    let format = match img.format {
+        ImageFormat::Png => ::image::ImageFormat::Png,
+        ImageFormat::Jpeg => ::image::ImageFormat::Jpeg,
+        ImageFormat::Gif => ::image::ImageFormat::Gif,
+        ImageFormat::Webp => ::image::ImageFormat::WebP,
+    };
+    // The decoder checks the header against these before it allocates anything.
+    let mut limits = ::image::Limits::default();
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    let mut reader = ::image::ImageReader::with_format(std::io::Cursor::new(img.bytes), format);
+    reader.limits(limits);
+    // A decoder that panics on a hostile file costs that row, not the run.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()));
+    match decoded {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(::image::ImageError::Limits(e))) => Err((
+            "image_too_large",
+            format!(
+                "the image cannot be decoded within {} MiB: {e}",
+                MAX_DECODE_BYTES >> 20
+            ),
+        )),
+        Ok(Err(e)) => Err((
+            "unreadable_image",
+            format!("the {} image cannot be decoded: {e}", img.format.as_str()),
+        )),
+        Err(_) => Err((
+            "unreadable_image",
+            format!("the {} image cannot be decoded", img.format.as_str()),
+        )),
+    }
+}
+
+/// Whether a JPEG's image data runs to its end-of-image marker. JPEG decoders fill a cut-off
+/// scan with grey rather than fail, so a truncated file would decode.
+fn jpeg_is_complete(b: &[u8]) -> bool {
+    // Step over the marker segments up to the first start of scan (an EXIF thumbnail, with an
+    // end marker of its own, sits inside its APP1 segment), then look for the end marker: in
+    // scan data 0xFF is followed only by 0x00 or a restart marker, so FF D9 there is the end.
+    let mut i = 2;
+    while i + 4 <= b.len() {
+        if b[i] != 0xFF {
+            return false;
+        }
+        let marker = b[i + 1];
+        match marker {
+            // A fill byte.
+            0xFF => i += 1,
+            // Markers without a length.
+            0x01 | 0xD0..=0xD8 => i += 2,
+            0xD9 => return false,
+            _ => {
+                let next = i + 2 + usize::from(u16::from_be_bytes([b[i + 2], b[i + 3]]));
+                if marker == 0xDA {
+                    return b.get(next..).is_some_and(|scan| {
+                        scan.windows(2).rev().any(|w| w[0] == 0xFF && w[1] == 0xD9)
+                    });
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    return Err((
-                        "unreadable_image",
-                        format!("the image header cannot be read: {e}"),
-                    ))
-                }
+                i = next;
             }
         }
     }
-    Ok(cut)
+    false
 }
 
 /// The billable units of one successful call.
@@ -874,6 +973,94 @@ mod tests {
         let e = preflight(&titan_multimodal::SPEC, &p, &Input::Image(big)).unwrap_err();
         assert_eq!(e.0, "image_too_large");
         assert!(e.1.contains("4000x10"), "{}", e.1);
+    }
+
+    /// A small PNG or JPEG of noise (so its data does not compress to almost nothing).
+    fn encoded(format: ::image::ImageFormat) -> Vec<u8> {
+        let mut x = 0x2545_f491_u32;
+        let img = ::image::RgbImage::from_fn(64, 48, |_, _| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let [r, g, b, _] = x.to_le_bytes();
+            ::image::Rgb([r, g, b])
+        });
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn preflight_decodes_images_and_checks_their_pixels() {
+        let p = Params::defaults(&nova::SPEC);
+        let check = |spec: &ModelSpec, bytes: &[u8]| -> Result<(), &'static str> {
+            let format = ImageFormat::detect(bytes).unwrap();
+            preflight(spec, &p, &Input::Image(Image { bytes, format }))
+                .map(|_| ())
+                .map_err(|e| e.0)
+        };
+        let png = encoded(::image::ImageFormat::Png);
+        let jpeg = encoded(::image::ImageFormat::Jpeg);
+        // The signature and IHDR (33 bytes) are sound, what follows is not PNG.
+        let mut garbage = png[..33].to_vec();
+        garbage.extend_from_slice(&[0xAB; 512]);
+        // Bytes after the end marker (camera trailers) are no reason to refuse a JPEG.
+        let mut trailer = jpeg.clone();
+        trailer.extend_from_slice(b"\0\0trailer");
+        for spec in [&nova::SPEC, &cohere::V4, &titan_multimodal::SPEC] {
+            assert_eq!(check(spec, &png), Ok(()), "{}", spec.id);
+            assert_eq!(check(spec, &jpeg), Ok(()), "{}", spec.id);
+            assert_eq!(check(spec, &trailer), Ok(()), "{}", spec.id);
+            // Cut short: the header is intact, the image data is not.
+            let half = &png[..png.len() / 2];
+            assert_eq!(check(spec, half), Err("unreadable_image"), "{}", spec.id);
+            let cut = &jpeg[..jpeg.len() * 2 / 3];
+            assert_eq!(check(spec, cut), Err("unreadable_image"), "{}", spec.id);
+            assert_eq!(
+                check(spec, &garbage),
+                Err("unreadable_image"),
+                "{}",
+                spec.id
+            );
+        }
+        // A header declaring 60000x60000 pixels is refused from the header, for every family.
+        let mut giant = png.clone();
+        giant[16..20].copy_from_slice(&60000u32.to_be_bytes());
+        giant[20..24].copy_from_slice(&60000u32.to_be_bytes());
+        for spec in [
+            &nova::SPEC,
+            &cohere::V4,
+            &cohere::V3_ENGLISH,
+            &marengo::V3_0,
+            &titan_multimodal::SPEC,
+        ] {
+            let img = Image {
+                bytes: &giant,
+                format: ImageFormat::Png,
+            };
+            let e = preflight(spec, &p, &Input::Image(img)).unwrap_err();
+            assert_eq!(e.0, "image_too_large", "{}", spec.id);
+            assert!(e.1.contains("60000x60000"), "{}", e.1);
+        }
+        // Text and image together: the image is checked the same way.
+        let cut = Image {
+            bytes: &png[..png.len() / 2],
+            format: ImageFormat::Png,
+        };
+        let e = preflight(&cohere::V4, &p, &Input::TextImage("a caption", cut)).unwrap_err();
+        assert_eq!(e.0, "unreadable_image");
+    }
+
+    #[test]
+    fn jpeg_completeness_looks_past_the_headers() {
+        let jpeg = encoded(::image::ImageFormat::Jpeg);
+        assert!(jpeg_is_complete(&jpeg));
+        // Cut just before the end marker.
+        assert!(!jpeg_is_complete(&jpeg[..jpeg.len() - 2]));
+        // An end marker inside a header segment (a thumbnail in APP1) does not count.
+        let mut app1 = vec![0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x06, 0xFF, 0xD9, 0x00, 0x00];
+        app1.extend_from_slice(&jpeg[2..jpeg.len() - 2]);
+        assert!(!jpeg_is_complete(&app1));
     }
 
     #[test]

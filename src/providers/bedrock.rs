@@ -63,6 +63,18 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// Failures of the service or of the way to it, not of one input: a run stops on them
+    /// instead of dead-lettering (and committing without) every row.
+    pub const SERVICE_LEVEL: &[ErrorClass] = &[
+        Self::Throttled,
+        Self::ModelNotReady,
+        Self::ServerError,
+        Self::Timeout,
+        Self::Network,
+        Self::QuotaExceeded,
+        Self::Other,
+    ];
+
     pub fn retryable(self) -> bool {
         matches!(
             self,

@@ -14,10 +14,16 @@ pub(crate) fn ser_secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
     s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
 }
 
-/// What a run did. `rows_read == rows_written + rows_skipped + rows_failed`.
+/// What a run did, however it ended. `rows_read == rows_written + rows_skipped + rows_failed`
+/// for a run that read its whole source.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub run_id: String,
+    /// `ok`, `rows_failed` (committed, some rows dead-lettered), `failed` or `interrupted`
+    /// (nothing committed but what `rows_committed` says).
+    pub status: String,
+    /// Why a failed or interrupted run stopped.
+    pub error: Option<String>,
     pub pipeline: String,
     pub table: String,
     pub uri: String,
@@ -26,6 +32,9 @@ pub struct Summary {
     pub rows_written: u64,
     pub rows_skipped: u64,
     pub rows_failed: u64,
+    /// Table rows this run committed (all of `rows_written` when it succeeded; for a failed
+    /// incremental run, the chunks committed before it stopped; else 0).
+    pub rows_committed: u64,
     /// Incremental runs with `cleanup = "full"`: table rows deleted (gone from the source).
     pub rows_deleted: u64,
     /// Incremental runs: commits made (chunks of upserts).
@@ -47,16 +56,27 @@ pub struct Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "wrote {} rows to table `{}` in {} (mode {}) in {:.2}s ({:.0} rows/s)",
-            self.rows_written,
-            self.table,
-            self.uri,
-            self.mode,
-            self.wall_time.as_secs_f64(),
-            self.rows_per_second
-        )?;
+        match self.status.as_str() {
+            "ok" | "rows_failed" => writeln!(
+                f,
+                "wrote {} rows to table `{}` in {} (mode {}) in {:.2}s ({:.0} rows/s)",
+                self.rows_written,
+                self.table,
+                self.uri,
+                self.mode,
+                self.wall_time.as_secs_f64(),
+                self.rows_per_second
+            )?,
+            status => writeln!(
+                f,
+                "run {status} after {:.2}s: {} rows committed to table `{}` in {} (mode {})",
+                self.wall_time.as_secs_f64(),
+                self.rows_committed,
+                self.table,
+                self.uri,
+                self.mode,
+            )?,
+        }
         writeln!(
             f,
             "  rows: {} read = {} written + {} skipped + {} failed",
@@ -198,12 +218,14 @@ impl fmt::Display for Summary {
                 .iter()
                 .map(|(k, n)| format!("{k}: {n}"))
                 .collect();
-            writeln!(
-                f,
-                "  failed rows ({}) are in {}",
-                kinds.join(", "),
-                self.failures_file.as_deref().unwrap_or("?")
-            )?;
+            match &self.failures_file {
+                Some(file) => writeln!(f, "  failed rows ({}) are in {file}", kinds.join(", "))?,
+                None => writeln!(
+                    f,
+                    "  failed rows: {} (not kept: the failures file belongs to the committed version)",
+                    kinds.join(", ")
+                )?,
+            }
         }
         Ok(())
     }

@@ -51,6 +51,19 @@ impl Existing {
         })
     }
 
+    /// The table's ids only (appends look up which ids it holds already).
+    pub async fn open_ids(conn: &Connection, table: &str) -> Result<Self> {
+        let table = conn
+            .open_table(table)
+            .execute()
+            .await
+            .with_context(|| format!("cannot open table `{table}`"))?;
+        Ok(Self {
+            table,
+            hash_columns: Vec::new(),
+        })
+    }
+
     /// The stored hashes (one per step) of those `ids` that the table holds.
     pub async fn hashes(&self, ids: &[&str]) -> Result<HashMap<String, Vec<String>>> {
         let mut out = HashMap::with_capacity(ids.len());
@@ -166,6 +179,8 @@ pub struct Upserter {
     commit_rows: usize,
     /// Commits made.
     pub commits: u64,
+    /// Rows in those commits.
+    pub rows_committed: u64,
 }
 
 impl Upserter {
@@ -190,6 +205,7 @@ impl Upserter {
             pending_rows: 0,
             commit_rows,
             commits: 0,
+            rows_committed: 0,
         })
     }
 
@@ -208,7 +224,7 @@ impl Upserter {
             return Ok(());
         }
         let batches = std::mem::take(&mut self.pending);
-        self.pending_rows = 0;
+        let rows = std::mem::take(&mut self.pending_rows) as u64;
         let reader = RecordBatchIterator::new(batches.into_iter().map(Ok), self.schema.clone());
         match &self.table {
             Some(t) => {
@@ -233,6 +249,7 @@ impl Upserter {
             }
         }
         self.commits += 1;
+        self.rows_committed += rows;
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use lancedb::arrow::{SendableRecordBatchStream, SimpleRecordBatchStream};
 use lancedb::database::CreateTableMode;
 use lancedb::table::AddDataMode;
-use lancedb::Connection;
+pub use lancedb::Connection;
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 
@@ -74,7 +74,7 @@ pub fn jobs_path(target: &Target) -> PathBuf {
         .join(format!("{}_jobs.jsonl", target.table))
 }
 
-/// Checks that a local database folder exists or can be created.
+/// Checks that a local database folder exists or can be created, and can be written.
 pub fn check_reachable(target: &Target) -> Result<()> {
     let Some(dir) = &target.local_dir else {
         return Ok(());
@@ -83,13 +83,18 @@ pub fn check_reachable(target: &Target) -> Result<()> {
     loop {
         match std::fs::metadata(probe) {
             Ok(m) if m.is_dir() => {
-                if m.permissions().readonly() {
-                    bail!(
-                        "{} is read-only, so the table cannot be written",
-                        probe.display()
-                    );
-                }
-                return Ok(());
+                // Permission bits do not tell (root, read-only mounts, ACLs): try to write.
+                return match tempfile::Builder::new()
+                    .prefix(".embedpipe-write-check")
+                    .tempfile_in(probe)
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) => bail!(
+                        "{} cannot be written ({}), so the table cannot be written there",
+                        probe.display(),
+                        e.kind()
+                    ),
+                };
             }
             Ok(_) => bail!(
                 "{} exists and is not a folder; the sink uri must be a folder",
@@ -116,6 +121,12 @@ pub async fn connect(target: &Target) -> Result<Connection> {
         .execute()
         .await
         .with_context(|| format!("cannot open LanceDB database {}", target.uri))
+}
+
+/// Rows of an existing table.
+pub async fn row_count(conn: &Connection, table: &str) -> Result<u64> {
+    let t = conn.open_table(table).execute().await?;
+    Ok(t.count_rows(None).await? as u64)
 }
 
 /// The table's schema, if it exists.

@@ -17,6 +17,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// The run log of table `t` is the table `t_runs` next to it; user tables may not end so.
+pub const RUN_LOG_SUFFIX: &str = "_runs";
+
 /// Columns embedpipe writes itself (besides per-step columns).
 pub const RESERVED_COLUMNS: &[&str] = &["id", "embedded_at"];
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 pub fn table_name(target: &Target) -> String {
-    format!("{}_runs", target.table)
+    format!("{}{}", target.table, super::RUN_LOG_SUFFIX)
 }
 
 /// One run, as recorded.
@@ -59,16 +59,15 @@ impl RunRecord {
             pipeline_hash,
             pipeline: s.pipeline.clone(),
             mode: s.mode.clone(),
-            status: if s.rows_failed > 0 {
-                "rows_failed"
-            } else {
-                "ok"
-            }
-            .into(),
+            status: s.status.clone(),
             started_at_micros,
             ended_at_micros,
             rows_read: s.rows_read,
-            rows_written: s.rows_written,
+            // A run that stopped wrote only what it committed.
+            rows_written: match s.status.as_str() {
+                "ok" | "rows_failed" => s.rows_written,
+                _ => s.rows_committed,
+            },
             rows_skipped: s.rows_skipped,
             rows_failed: s.rows_failed,
             rows_deleted: s.rows_deleted,
@@ -78,7 +77,7 @@ impl RunRecord {
             media_seconds: sum(|m| m.usage.video_seconds + m.usage.audio_seconds),
             cost_usd: sum(|m| m.cost_usd),
             failures: serde_json::to_string(&s.failures_by_kind).unwrap_or_default(),
-            error: None,
+            error: s.error.clone(),
         }
     }
 }

@@ -97,29 +97,78 @@ pub fn open(
     }
 }
 
-/// Builds the id array for a tabular batch: the `id_column` cast to text, or `<file>#<row>`.
-/// Rows whose id is null are returned as failures (and must be dropped by the caller).
+/// A row of a tabular batch without a usable id, to be dead-lettered and dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct BadId {
+    /// Index of the row in the batch.
+    pub row: usize,
+    /// `missing_id` (null, empty, only whitespace) or `bad_id` (a value that is no stable key).
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// Whether a column holds floats: their text is no stable key (`1e3` and `1000.0` are one
+/// number; NaN is none), so float ids are refused rather than guessed at.
+fn is_float(dt: &arrow::datatypes::DataType) -> bool {
+    use arrow::datatypes::DataType;
+    match dt {
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => true,
+        DataType::Dictionary(_, values) => is_float(values),
+        _ => false,
+    }
+}
+
+/// Builds the id array for a tabular batch: the `id_column` as exact text (strings as they are,
+/// integers as their decimal text), or `<file>#<row>`. Rows without a usable id are returned,
+/// in row order, as [`BadId`]s (the caller must dead-letter and drop them).
 pub(crate) fn tabular_ids(
     batch: &RecordBatch,
     id_column: Option<&str>,
     file: &InputFile,
     rows: &[u64],
-) -> Result<(Arc<StringArray>, Vec<usize>)> {
+) -> Result<(Arc<StringArray>, Vec<BadId>)> {
     match id_column {
         Some(col) => {
-            let array: ArrayRef = arrow::compute::cast(
-                batch.column_by_name(col).expect("id column is projected"),
-                &arrow::datatypes::DataType::Utf8,
-            )?;
+            let column = batch.column_by_name(col).expect("id column is projected");
+            let float = is_float(column.data_type());
+            let array: ArrayRef = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)?;
             let ids = array
                 .as_any()
                 .downcast_ref::<StringArray>()
                 .expect("cast to Utf8")
                 .clone();
-            let nulls = (0..ids.len())
-                .filter(|&i| ids.is_null(i) || ids.value(i).is_empty())
-                .collect();
-            Ok((Arc::new(ids), nulls))
+            // Nulls of the column itself, so a value the cast could not turn into text is told
+            // apart from a null.
+            let source_nulls = column.logical_nulls();
+            let mut bad = Vec::new();
+            for i in 0..ids.len() {
+                let source_null = source_nulls.as_ref().is_some_and(|n| n.is_null(i));
+                let (kind, what) = if source_null {
+                    ("missing_id", "is null".to_string())
+                } else if ids.is_null(i) {
+                    ("bad_id", "cannot be read as text".to_string())
+                } else if ids.value(i).is_empty() {
+                    ("missing_id", "is empty".to_string())
+                } else if ids.value(i).trim().is_empty() {
+                    ("missing_id", "is only whitespace".to_string())
+                } else if float {
+                    (
+                        "bad_id",
+                        format!(
+                            "holds the float `{}`; ids must be text or integers",
+                            ids.value(i)
+                        ),
+                    )
+                } else {
+                    continue;
+                };
+                bad.push(BadId {
+                    row: i,
+                    kind,
+                    message: format!("id column `{col}` {what}"),
+                });
+            }
+            Ok((Arc::new(ids), bad))
         }
         None => {
             let ids: StringArray = rows
@@ -151,4 +200,87 @@ pub(crate) fn drop_rows(
         .clone();
     let rows = keep.iter().map(|&i| rows[i as usize]).collect();
     Ok((batch, Arc::new(ids), rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array, UInt64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn file() -> InputFile {
+        InputFile {
+            path: "x.parquet".into(),
+            display: Arc::from("x.parquet"),
+            id_prefix: "x.parquet".into(),
+        }
+    }
+
+    fn ids_of(array: ArrayRef) -> (Vec<Option<String>>, Vec<(usize, &'static str)>) {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "id",
+            array.data_type().clone(),
+            true,
+        )]));
+        let batch = RecordBatch::try_new(schema, vec![array]).unwrap();
+        let rows: Vec<u64> = (1..=batch.num_rows() as u64).collect();
+        let (ids, bad) = tabular_ids(&batch, Some("id"), &file(), &rows).unwrap();
+        let ids = (0..ids.len())
+            .map(|i| ids.is_valid(i).then(|| ids.value(i).to_string()))
+            .collect();
+        (ids, bad.iter().map(|b| (b.row, b.kind)).collect())
+    }
+
+    #[test]
+    fn integer_and_string_ids_are_exact_text() {
+        let (ids, bad) = ids_of(Arc::new(Int64Array::from(vec![Some(7), Some(-42), None])));
+        assert_eq!(
+            ids[..2].to_vec(),
+            vec![Some("7".to_string()), Some("-42".to_string())]
+        );
+        assert_eq!(bad, vec![(2, "missing_id")]);
+        let (ids, bad) = ids_of(Arc::new(UInt64Array::from(vec![u64::MAX])));
+        assert_eq!(ids, vec![Some("18446744073709551615".to_string())]);
+        assert!(bad.is_empty());
+        let (ids, bad) = ids_of(Arc::new(StringArray::from(vec!["007", " 7 ", "1e3"])));
+        assert_eq!(
+            ids,
+            vec![
+                Some("007".to_string()),
+                Some(" 7 ".to_string()),
+                Some("1e3".to_string())
+            ],
+            "string ids are kept as they are"
+        );
+        assert!(bad.is_empty());
+    }
+
+    #[test]
+    fn blank_ids_are_missing_and_float_ids_are_bad() {
+        let (_, bad) = ids_of(Arc::new(StringArray::from(vec![
+            Some("a"),
+            Some(""),
+            Some("  \t"),
+            None,
+        ])));
+        assert_eq!(
+            bad,
+            vec![(1, "missing_id"), (2, "missing_id"), (3, "missing_id")]
+        );
+        let (_, bad) = ids_of(Arc::new(Float64Array::from(vec![
+            Some(1.0),
+            Some(f64::NAN),
+            None,
+        ])));
+        assert_eq!(bad, vec![(0, "bad_id"), (1, "bad_id"), (2, "missing_id")]);
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Float32, true)]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(arrow::array::Float32Array::from(vec![2.5f32]))],
+        )
+        .unwrap();
+        let (_, bad) = tabular_ids(&batch, Some("id"), &file(), &[1]).unwrap();
+        assert_eq!(bad[0].kind, "bad_id");
+        assert!(bad[0].message.contains("`2.5`"), "{}", bad[0].message);
+    }
 }

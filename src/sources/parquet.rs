@@ -106,28 +106,30 @@ pub fn open(
     Ok(Box::new(iter))
 }
 
-/// Attaches ids to a tabular batch and dead-letters rows without one.
+/// Attaches ids to a tabular batch and dead-letters rows without a usable one.
 pub(crate) fn finish(
     file: &InputFile,
     batch: arrow::record_batch::RecordBatch,
     rows: Vec<u64>,
     id_column: Option<&str>,
 ) -> Result<SourceBatch> {
-    let (ids, null_ids) = tabular_ids(&batch, id_column, file, &rows)?;
+    let (ids, bad_ids) = tabular_ids(&batch, id_column, file, &rows)?;
     let mut failures = Vec::new();
-    let (batch, ids, rows) = if null_ids.is_empty() {
+    let (batch, ids, rows) = if bad_ids.is_empty() {
         (batch, ids, rows)
     } else {
-        for &i in &null_ids {
+        for bad in &bad_ids {
             failures.push(ReadFailure {
                 file: file.display.clone(),
-                row: Some(rows[i]),
+                row: Some(rows[bad.row]),
+                // Not a usable id, so none is claimed for the row.
                 id: None,
-                kind: "missing_id",
-                message: format!("id column `{}` is null or empty", id_column.unwrap_or("id")),
+                kind: bad.kind,
+                message: bad.message.clone(),
             });
         }
-        drop_rows(&batch, &ids, &rows, &null_ids)?
+        let drop: Vec<usize> = bad_ids.iter().map(|b| b.row).collect();
+        drop_rows(&batch, &ids, &rows, &drop)?
     };
     Ok(SourceBatch {
         file: file.display.clone(),
@@ -136,4 +138,105 @@ pub(crate) fn finish(
         rows,
         failures,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+    use arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
+
+    /// Writes `columns` as a Parquet file and reads it back through the source.
+    fn read_back(columns: Vec<(&str, ArrayRef)>, id_column: &str) -> Vec<SourceBatch> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.parquet");
+        let schema = Arc::new(Schema::new(
+            columns
+                .iter()
+                .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            columns.into_iter().map(|(_, a)| a).collect(),
+        )
+        .unwrap();
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(File::create(&path).unwrap(), schema, None)
+                .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let text = format!(
+            "[source]\ntype = \"parquet\"\npath = \"{}\"\nbatch_size = 2\n\n\
+             [[model]]\nname = \"minilm\"\nprovider = \"local\"\n\
+             id = \"sentence-transformers/all-MiniLM-L6-v2\"\n\n\
+             [[embed]]\nmodel = \"minilm\"\ncolumn = \"title\"\n\n\
+             [sink]\nuri = \"db\"\ntable = \"t\"\n",
+            path.display()
+        );
+        let pipeline = Pipeline::parse(&dir.path().join("p.toml"), &text).unwrap();
+        let plan = crate::sources::plan(&pipeline).unwrap();
+        let columns: Vec<String> = plan
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        open(&pipeline, &plan, &columns, Some(id_column.to_string()))
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn integer_ids_are_their_decimal_text_and_float_ids_are_refused() {
+        let titles: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "c"]));
+        let batches = read_back(
+            vec![
+                (
+                    "id",
+                    Arc::new(Int32Array::from(vec![Some(7), Some(42), None])) as ArrayRef,
+                ),
+                ("title", titles.clone()),
+            ],
+            "id",
+        );
+        let ids: Vec<String> = batches
+            .iter()
+            .flat_map(|b| (0..b.ids.len()).map(|i| b.ids.value(i).to_string()))
+            .collect();
+        assert_eq!(ids, vec!["7", "42"]);
+        let failures: Vec<&ReadFailure> = batches.iter().flat_map(|b| &b.failures).collect();
+        assert_eq!(failures.len(), 1);
+        assert_eq!((failures[0].kind, failures[0].row), ("missing_id", Some(3)));
+
+        let batches = read_back(
+            vec![
+                (
+                    "key",
+                    Arc::new(Float64Array::from(vec![1.0, f64::NAN, 3.5])) as ArrayRef,
+                ),
+                ("title", titles),
+            ],
+            "key",
+        );
+        assert!(batches.iter().all(|b| b.batch.num_rows() == 0));
+        let failures: Vec<&ReadFailure> = batches.iter().flat_map(|b| &b.failures).collect();
+        assert_eq!(
+            failures.iter().map(|f| (f.kind, f.row)).collect::<Vec<_>>(),
+            vec![
+                ("bad_id", Some(1)),
+                ("bad_id", Some(2)),
+                ("bad_id", Some(3))
+            ]
+        );
+        assert!(failures.iter().all(|f| f.id.is_none()));
+        assert!(
+            failures[1].message.contains("NaN"),
+            "{}",
+            failures[1].message
+        );
+    }
 }

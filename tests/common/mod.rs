@@ -189,3 +189,92 @@ pub fn test_runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// A Bedrock emulator on loopback and a temporary folder to run pipelines in.
+pub struct EmuEnv {
+    pub rt: tokio::runtime::Runtime,
+    pub emu: embedpipe::emulator::Emulator,
+    pub dir: tempfile::TempDir,
+}
+
+impl EmuEnv {
+    pub fn new(settings: embedpipe::emulator::Settings) -> Self {
+        let rt = test_runtime();
+        let emu = rt
+            .block_on(embedpipe::emulator::Emulator::start(
+                ([127, 0, 0, 1], 0).into(),
+                settings,
+            ))
+            .unwrap();
+        Self {
+            rt,
+            emu,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("db")
+    }
+
+    /// Writes a file into the folder; returns its path.
+    pub fn write(&self, name: &str, text: &str) -> String {
+        write_pipeline(self.dir.path(), name, text)
+    }
+
+    /// The CLI with the emulator as Bedrock.
+    pub fn cli(&self, args: &[&str]) -> Command {
+        aws_cli(self.dir.path(), &self.emu.endpoint(), args)
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        output(self.cli(args))
+    }
+
+    /// Successful calls the emulator answered for `model` since the last reset.
+    pub fn ok_calls(&self, model: &str) -> u64 {
+        self.emu.stats().models.get(model).map_or(0, |c| c.ok)
+    }
+}
+
+/// Waits until `done` holds (polling), or panics after `secs` seconds saying `what`.
+pub fn wait_for(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The JSON summary a `run --json` printed.
+pub fn json_summary(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr))
+}
+
+/// The indexes of a local LanceDB table, as read from the table itself: (column, index type,
+/// rows indexed, rows not yet indexed), sorted by column.
+pub fn table_indexes(db: &Path, table: &str) -> Vec<(String, String, usize, usize)> {
+    let (rt, t) = open_table(db, table);
+    rt.block_on(async {
+        let mut out = Vec::new();
+        for ix in t.list_indices().await.unwrap() {
+            let stats = t.index_stats(&ix.name).await.unwrap().unwrap();
+            out.push((
+                ix.columns.join(","),
+                ix.index_type.to_string(),
+                stats.num_indexed_rows,
+                stats.num_unindexed_rows,
+            ));
+        }
+        out.sort();
+        out
+    })
+}
