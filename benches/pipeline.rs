@@ -275,10 +275,12 @@ fn bench_transform() {
             serde_json::to_vec(&models::build_request(spec, &params, &inputs).unwrap()).unwrap();
         // A response of the right shape from the emulator's own writer.
         let answer = |body: &[u8]| {
-            embedpipe::emulator::wire::handle(spec, &format!("us.{id}"), body, None)
-                .unwrap_or_else(|_| {
-                    embedpipe::emulator::wire::handle(spec, id, body, None).unwrap()
-                })
+            use embedpipe::emulator::{catalog, wire};
+            [format!("us.{id}"), id.to_string()]
+                .iter()
+                .filter_map(|i| catalog::resolve(i))
+                .find_map(|called| wire::invoke(called, body, None).ok())
+                .expect("the emulator answers")
                 .body
         };
         let resp = answer(&body);

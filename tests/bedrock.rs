@@ -1128,6 +1128,22 @@ fn text_and_image_embedded_together() {
         assert_eq!(s["models"][0]["images"], 12, "{base}");
         assert_eq!(vector_dim(&env.db()), dim, "{base}");
         assert_eq!(env.counters(base).inputs, 12, "{base}");
+        // The text is part of every vector: another text, same images, other vectors.
+        let with_photo = table_vectors(&env.db(), "t", "vector");
+        let p = env.write(
+            "p.toml",
+            &bedrock_pipeline(
+                &source,
+                model,
+                "text = \"a drawing of {path}\"\nimage = \"bytes\"",
+            ),
+        );
+        assert_eq!(env.run(&["run", &p]).code, 0, "{base}");
+        let with_drawing = table_vectors(&env.db(), "t", "vector");
+        assert_eq!(with_photo.len(), 12);
+        for ((id, a), (_, b)) in with_photo.iter().zip(&with_drawing) {
+            assert_ne!(a, b, "{base}: {id} ignores its text");
+        }
     }
     // A model that cannot is refused at validate, with the ones that can.
     let p = env.write(

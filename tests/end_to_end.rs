@@ -152,12 +152,63 @@ fn create_mode_refuses_an_existing_table_and_append_adds() {
         out.stderr
     );
 
+    // Appending the same rows again adds no duplicate: their ids are dead-lettered.
     let p2 = write_pipeline(
         tmp.path(),
         "p2.toml",
         &text.replace("mode = \"create\"", "mode = \"append\""),
     );
     let out = embedpipe(&["run", &p2, "-q"], tmp.path());
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(table_info(&tmp.path().join("db"), "t").0, 240);
+    let dead = dead_letters(&tmp.path().join("db/t_failures.jsonl"));
+    assert_eq!(dead.len(), 240);
+    assert!(
+        dead.iter().all(|d| d["kind"] == "duplicate_id"),
+        "{:?}",
+        dead[0]
+    );
+
+    // New ids are added: the same articles under other ids.
+    let batches: Vec<arrow::record_batch::RecordBatch> =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(sample("articles.parquet")).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let schema = batches[0].schema();
+    let id_at = schema.index_of("id").unwrap();
+    let f = std::fs::File::create(tmp.path().join("more.parquet")).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, schema.clone(), None).unwrap();
+    for b in &batches {
+        let ids = arrow::compute::cast(b.column(id_at), &arrow_schema::DataType::Utf8).unwrap();
+        let ids = ids
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        let new_ids: arrow::array::ArrayRef = std::sync::Arc::new(
+            ids.iter()
+                .map(|id| id.map(|id| format!("more-{id}")))
+                .collect::<arrow::array::StringArray>(),
+        );
+        let new_ids = arrow::compute::cast(&new_ids, schema.field(id_at).data_type()).unwrap();
+        let mut cols = b.columns().to_vec();
+        cols[id_at] = new_ids;
+        w.write(&arrow::record_batch::RecordBatch::try_new(schema.clone(), cols).unwrap())
+            .unwrap();
+    }
+    w.close().unwrap();
+    let more = text
+        .replace("mode = \"create\"", "mode = \"append\"")
+        .replace(
+            &sample("articles.parquet").display().to_string(),
+            "more.parquet",
+        );
+    let p3 = write_pipeline(tmp.path(), "p3.toml", &more);
+    let out = embedpipe(&["run", &p3, "-q"], tmp.path());
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(table_info(&tmp.path().join("db"), "t").0, 480);
 }

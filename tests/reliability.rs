@@ -296,8 +296,14 @@ fn sigterm_stops_a_run_like_ctrl_c_and_it_is_recorded() {
     let runs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let last = runs.as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["status"], "interrupted", "{last}");
-    assert_eq!(last["rows_written"].as_u64().unwrap(), committed, "{last}");
-    assert!(last["calls"].as_u64().unwrap() >= 25, "{last}");
+    assert_eq!(
+        last["rows_written"].as_u64().unwrap(),
+        committed,
+        "{last} {s}"
+    );
+    // Calls answered while the signal came may be missing from the summary, never others.
+    assert_eq!(last["calls"], s["models"][0]["calls"], "{last}");
+    assert!(last["calls"].as_u64().unwrap() >= 16, "{last}");
 }
 
 #[test]
@@ -420,8 +426,14 @@ fn the_stored_content_hash_is_pinned() {
     assert_eq!(
         rows,
         [
-            ("r0".to_string(), "PIN_ME_0".to_string()),
-            ("r1".to_string(), "PIN_ME_1".to_string())
+            (
+                "r0".to_string(),
+                "eaf1dd224c3fcdda1de5a768d724ef6a".to_string()
+            ),
+            (
+                "r1".to_string(),
+                "4a5aa99e08dcd64564aa0f14ca301481".to_string()
+            )
         ]
     );
 }

@@ -1103,41 +1103,6 @@ impl Pipeline {
                     .with_help(help));
             }
         }
-        // A call can be at most a whole minute's token quota: an input that could be larger
-        // could never be sent within it.
-        if spec.provider != Provider::Local {
-            let per_input = cfg
-                .max_tokens
-                .as_ref()
-                .map_or(spec.max_input_tokens as u64, |m| u64::from(*m.get_ref()));
-            let group = cfg.quota.as_ref().and_then(|q| {
-                self.file
-                    .quotas
-                    .iter()
-                    .map(|g| g.get_ref())
-                    .find(|g| g.name.get_ref() == q.get_ref())
-            });
-            let limits = [
-                cfg.tokens_per_minute.as_ref(),
-                group.and_then(|g| g.tokens_per_minute.as_ref()),
-            ];
-            if let Some(tpm) = limits
-                .into_iter()
-                .flatten()
-                .find(|t| u64::from(*t.get_ref()) < per_input)
-            {
-                return Err(self
-                    .error(
-                        tpm.span(),
-                        format!(
-                            "tokens_per_minute = {} is less than one input to {} may hold ({per_input} tokens): such a call could never be sent within the quota",
-                            tpm.get_ref(),
-                            spec.id
-                        ),
-                    )
-                    .with_help(format!("raise tokens_per_minute to at least {per_input}, or lower the model's max_tokens where it has one")));
-            }
-        }
         if let Some(p) = &cfg.prices {
             let o = p.get_ref();
             let all = [

@@ -426,6 +426,16 @@ impl ModelHandle {
                 "the bytes are not a PNG, JPEG, GIF or WebP image".to_string(),
             )))
         };
+        // An input larger than a minute's token quota could never be sent within it.
+        let max_tokens = match &self.backend {
+            Backend::Bedrock { caller, .. } => caller
+                .limits
+                .iter()
+                .filter_map(|l| l.max_call_tokens())
+                .min()
+                .unwrap_or(u64::MAX),
+            _ => u64::MAX,
+        };
         // Each input's outcome: embedded (its vector is already in place) or why not.
         let mut slots: Vec<Option<Result<(), (String, String)>>> = vec![None; n];
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -491,6 +501,14 @@ impl ModelHandle {
                     continue;
                 }
             };
+            let tokens = o.as_input().text().map_or(0, models::estimate_tokens);
+            if tokens > max_tokens {
+                slots[i] = Some(Err((
+                    "input_too_long".into(),
+                    format!("the text is ~{tokens} tokens, more than tokens_per_minute = {max_tokens} lets through in a minute, so it could never be sent within the quota; raise the quota or cut the text (`truncate`)"),
+                )));
+                continue;
+            }
             queue
                 .send(Item::new(&self.info, o, tx.clone(), i))
                 .map_err(|_| closed())?;

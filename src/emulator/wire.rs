@@ -247,21 +247,6 @@ struct MarengoEntry<'a> {
     embedding: Floats<'a>,
 }
 
-/// [`invoke`] for callers holding a client registry entry (the benches): `id` is resolved in
-/// the emulator's own catalog and must name the model `spec` is; nothing else is read from
-/// `spec`, so the answer stays the emulator's own.
-pub fn handle(
-    spec: &crate::models::ModelSpec,
-    id: &str,
-    body: &[u8],
-    poison: Option<&str>,
-) -> Result<Accepted, ApiError> {
-    match catalog::resolve(id) {
-        Some(called) if called.model.id == spec.id => invoke(called, body, poison),
-        _ => Err(validation("The provided model identifier is invalid.")),
-    }
-}
-
 /// Validates `body` for the model `called` names (and the route its id takes) and builds the
 /// response.
 pub fn invoke(called: Called, body: &[u8], poison: Option<&str>) -> Result<Accepted, ApiError> {
@@ -1314,16 +1299,6 @@ mod tests {
             r#"{"inputType":"text","text":{"inputText":"a"},"textTruncate":"end"}"#,
         );
         assert!(e.message.contains("textTruncate"), "{}", e.message);
-    }
-
-    #[test]
-    fn bench_entry_resolves_in_the_catalog() {
-        let spec = &crate::models::titan_text::V2;
-        let body = br#"{"inputText":"a"}"#;
-        assert!(handle(spec, TITAN_V2, body, None).is_ok());
-        // A profile Titan does not have, and a model other than `spec`'s, are refused.
-        assert!(handle(spec, "us.amazon.titan-embed-text-v2:0", body, None).is_err());
-        assert!(handle(spec, TITAN_V1, body, None).is_err());
     }
 
     #[test]

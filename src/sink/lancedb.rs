@@ -240,9 +240,11 @@ impl Writer {
         exists: bool,
     ) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<lancedb::Result<RecordBatch>>(4);
+        // Fused: Lance may poll a stream again after its end (an append of no rows does).
         let stream = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         })
+        .fuse()
         .boxed();
         let stream: SendableRecordBatchStream =
             Box::pin(SimpleRecordBatchStream { schema, stream });

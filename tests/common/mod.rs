@@ -278,3 +278,41 @@ pub fn table_indexes(db: &Path, table: &str) -> Vec<(String, String, usize, usiz
         out
     })
 }
+
+/// The vectors of a local LanceDB table's `column`, by id, sorted by id.
+pub fn table_vectors(db: &Path, table: &str, column: &str) -> Vec<(String, Vec<f32>)> {
+    use arrow::array::{Array, FixedSizeListArray, Float32Array};
+    use futures::TryStreamExt;
+    use lancedb::query::{ExecutableQuery, QueryBase, Select};
+    let (rt, t) = open_table(db, table);
+    let batches: Vec<arrow::record_batch::RecordBatch> = rt.block_on(async {
+        t.query()
+            .select(Select::Columns(vec!["id".into(), column.to_string()]))
+            .execute()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    });
+    let mut out = Vec::new();
+    for b in batches {
+        let ids = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        let ids = ids
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        let lists = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<FixedSizeListArray>()
+            .unwrap();
+        for i in 0..b.num_rows() {
+            let v = lists.value(i);
+            let v = v.as_any().downcast_ref::<Float32Array>().unwrap();
+            out.push((ids.value(i).to_string(), v.values().to_vec()));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
