@@ -98,6 +98,22 @@ fn bench_model() {
     );
 }
 
+/// A real run of `pipeline` with Bedrock calls sent to the emulator at `endpoint`.
+async fn run_against(pipeline: Arc<Pipeline>, endpoint: String) -> embedpipe::report::Summary {
+    use embedpipe::dispatch::Overrides;
+    use embedpipe::run::{run, RunOptions};
+    let opts = RunOptions {
+        progress: false,
+        overrides: Overrides {
+            endpoint_url: Some(endpoint),
+            emulator_credentials: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    run(pipeline, opts).await.unwrap()
+}
+
 fn write_parquet(path: &std::path::Path, rows: usize) {
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
@@ -132,8 +148,6 @@ fn write_parquet(path: &std::path::Path, rows: usize) {
 }
 
 async fn bench_sink(rows: usize) {
-    use embedpipe::dispatch::Overrides;
-    use embedpipe::run::{run, RunOptions};
     // The model's side costs next to nothing: an emulator process of its own (its memory and
     // CPU are not this process's) answering each request shape once, then repeating it.
     let (endpoint, mut emulator) = emulator_process(&["--replay"]);
@@ -151,20 +165,7 @@ async fn bench_sink(rows: usize) {
     // Peak RSS of the run alone.
     let (rss_before, reset_note) = reset_peak_rss();
     let t = Instant::now();
-    let summary = run(
-        pipeline,
-        RunOptions {
-            progress: false,
-            overrides: Overrides {
-                endpoint_url: Some(endpoint),
-                emulator_credentials: true,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let summary = run_against(pipeline, endpoint).await;
     let secs = t.elapsed().as_secs_f64();
     let peak = peak_rss_mb();
     let _ = emulator.kill();
@@ -551,8 +552,6 @@ fn emulator_process(extra: &[&str]) -> (String, std::process::Child) {
 /// free service), so the machine's cores are left to embedpipe, as with a remote service. `note`
 /// is added to the case's description.
 async fn bench_e2e(rows: usize, replay: bool, note: &str) {
-    use embedpipe::dispatch::Overrides;
-    use embedpipe::run::{run, RunOptions};
     let (endpoint, mut emulator) = emulator_process(if replay { &["--replay"] } else { &[] });
     let tmp = tempfile::tempdir().unwrap();
     write_parquet(&tmp.path().join("data.parquet"), rows);
@@ -570,20 +569,7 @@ async fn bench_e2e(rows: usize, replay: bool, note: &str) {
     let (emu_pid, (user_before, sys_before)) = (emulator.id().to_string(), cpu_secs("self"));
     let emu_before = cpu_secs(&emu_pid);
     let t = Instant::now();
-    let summary = run(
-        pipeline,
-        RunOptions {
-            progress: false,
-            overrides: Overrides {
-                endpoint_url: Some(endpoint),
-                emulator_credentials: true,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let summary = run_against(pipeline, endpoint).await;
     let secs = t.elapsed().as_secs_f64();
     let peak = peak_rss_mb();
     let (user, sys) = cpu_secs("self");

@@ -134,11 +134,20 @@ async fn stop_signal() -> Signal {
     Signal::Interrupt
 }
 
-/// Error classes that say the service (or the way to it) failed, not the row's input.
+/// Failures that say the service (or the way to it) failed, not the row's input: the retryable
+/// classes past their retries, what stops InvokeModel at once but async jobs only per row
+/// (access, credentials, unknown model), and the media route's own staging in S3 and ledger.
 fn is_service_failure(kind: &str) -> bool {
-    crate::providers::bedrock::ErrorClass::SERVICE_LEVEL
+    use crate::providers::bedrock::ErrorClass;
+    ErrorClass::SERVICE_LEVEL
         .iter()
+        .chain(&[
+            ErrorClass::AccessDenied,
+            ErrorClass::Credentials,
+            ErrorClass::NotFound,
+        ])
         .any(|c| c.as_str() == kind)
+        || matches!(kind, "staging_failed" | "ledger")
 }
 
 struct Counters {
@@ -426,12 +435,19 @@ async fn run_inner(
             Err(e)
         }
     };
-    // Index maintenance; its failure costs speed, not data: the rows are committed.
+    // Index maintenance; its failure (or a signal while it runs) costs speed, not data: the
+    // rows are committed, and the next run maintains the table.
     let maintenance = match &committed {
-        Ok(()) => match crate::sink::maintain::maintain(&pipeline, &checked.target).await {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!("table maintenance failed (the rows are committed): {e:#}");
+        Ok(()) => tokio::select! {
+            m = crate::sink::maintain::maintain(&pipeline, &checked.target) => match m {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!("table maintenance failed (the rows are committed): {e:#}");
+                    None
+                }
+            },
+            sig = stop_signal() => {
+                tracing::warn!("{}: table maintenance stopped (the rows are committed; the next run maintains the table)", sig.name());
                 None
             }
         },
@@ -441,6 +457,14 @@ async fn run_inner(
     let by_kind = failures.by_kind().clone();
     let failures_file = match &committed {
         Ok(()) => {
+            if let Err(e) = failures.commit() {
+                tracing::warn!("{e:#}");
+            }
+            (failed > 0).then(|| failures_path.display().to_string())
+        }
+        // An incremental run that committed chunks before it stopped changed the table: its
+        // dead letters so far describe that version.
+        Err(_) if rows_committed > 0 => {
             if let Err(e) = failures.commit() {
                 tracing::warn!("{e:#}");
             }
@@ -568,12 +592,6 @@ struct BatchOutput {
     rows_written: u64,
     /// Rows left alone: unchanged since the table was written.
     skipped: u64,
-    /// Source row of each output row.
-    keep: Vec<u32>,
-    /// Ids of every row of the batch, its file and row numbers (for dead letters).
-    ids: Arc<arrow::array::StringArray>,
-    source: Arc<str>,
-    row_numbers: Vec<u64>,
 }
 
 impl BatchOutput {
@@ -598,10 +616,6 @@ impl BatchOutput {
             inputs: 0,
             rows_written: 0,
             skipped: 0,
-            keep: Vec::new(),
-            ids: sb.ids.clone(),
-            source: sb.file.clone(),
-            row_numbers: sb.rows.clone(),
         }
     }
 }
@@ -641,7 +655,23 @@ async fn pump(
     counters: &mut Counters,
 ) -> Result<(), Stop> {
     let mut signal = std::pin::pin!(stop_signal());
-    pump_until(ctx, output, failures, counters, &mut signal).await
+    // Ids seen so far are checked as each batch is taken, before it is embedded (in source
+    // order, though batches are embedded several at once): a repeated id is never paid for.
+    let seen = std::sync::Mutex::new(counters.seen.take());
+    let result = pump_until(ctx, output, failures, counters, &seen, &mut signal).await;
+    counters.seen = seen.into_inner().expect("seen lock");
+    result
+}
+
+/// Rows of `sb` whose id came earlier in the source (marking this batch's ids as seen).
+fn repeated_ids(sb: &SourceBatch, seen: &std::sync::Mutex<Option<HashSet<String>>>) -> Vec<usize> {
+    let mut seen = seen.lock().expect("seen lock");
+    let Some(seen) = seen.as_mut() else {
+        return Vec::new();
+    };
+    (0..sb.batch.num_rows())
+        .filter(|&i| !seen.insert(sb.ids.value(i).to_string()))
+        .collect()
 }
 
 async fn pump_until(
@@ -649,6 +679,7 @@ async fn pump_until(
     output: &mut Output,
     failures: &mut FailureWriter,
     counters: &mut Counters,
+    seen: &std::sync::Mutex<Option<HashSet<String>>>,
     signal: &mut std::pin::Pin<&mut impl std::future::Future<Output = Signal>>,
 ) -> Result<(), Stop> {
     let (pipeline, checked) = (ctx.pipeline, ctx.checked);
@@ -673,11 +704,16 @@ async fn pump_until(
     let max_service_failures = pipeline.max_service_failures();
     // Several batches in flight; results come back in source order.
     let mut results = std::pin::pin!(batches
-        .map(|item| async move {
-            let sb = item?;
-            match ctx.media {
-                Some(route) => embed_media_batch(ctx, route, &sb).await,
-                None => embed_batch(ctx, &sb).await,
+        .map(|item: Result<SourceBatch>| {
+            let repeated = item
+                .as_ref()
+                .map_or_else(|_| Vec::new(), |sb| repeated_ids(sb, seen));
+            async move {
+                let sb = item?;
+                match ctx.media {
+                    Some(route) => embed_media_batch(ctx, route, &sb, &repeated).await,
+                    None => embed_batch(ctx, &sb, &repeated).await,
+                }
             }
         })
         .buffered(batches_in_flight(pipeline, ctx.models)));
@@ -688,19 +724,21 @@ async fn pump_until(
             next = results.next() => next,
         };
         let Some(out) = next else { break };
-        let mut out = out?;
+        let out = out?;
         tracing::trace!(rows = out.read, "batch embedded");
         counters.read += out.read;
         counters.skipped += out.skipped;
-        if let Some(seen) = &mut counters.seen {
+        if matches!(ctx.mode, WriteMode::Incremental | WriteMode::Append) {
             counters.ids_complete &= out.dead.iter().all(|d| d.id.is_some());
             if ctx.mode == WriteMode::Incremental {
-                let unreadable = out.dead.iter().filter(|d| d.step == "read");
+                let unreadable = out
+                    .dead
+                    .iter()
+                    .filter(|d| d.step == "read" && d.kind != DUPLICATE_ID);
                 counters
                     .unreadable_ids
                     .extend(unreadable.filter_map(|d| d.id.clone()));
             }
-            drop_duplicates(&mut out, seen, ctx.run_id)?;
         }
         for d in &out.dead {
             if is_service_failure(&d.kind) {
@@ -751,7 +789,13 @@ fn service_failure_message(counters: &Counters, mode: WriteMode, max: u64) -> St
 }
 
 /// Embeds one source batch through every step: the rows to write and the dead letters.
-async fn embed_batch(ctx: &RunContext<'_>, sb: &SourceBatch) -> Result<BatchOutput> {
+/// `repeated`: rows whose id came earlier in the source (append, incremental), dead-lettered
+/// here, before any call.
+async fn embed_batch(
+    ctx: &RunContext<'_>,
+    sb: &SourceBatch,
+    repeated: &[usize],
+) -> Result<BatchOutput> {
     let (pipeline, checked, models, run_id, progress) = (
         ctx.pipeline,
         ctx.checked,
@@ -771,6 +815,9 @@ async fn embed_batch(ctx: &RunContext<'_>, sb: &SourceBatch) -> Result<BatchOutp
     };
     // First failure of each row, if any.
     let mut failed: Vec<Option<(String, String, String)>> = vec![None; n];
+    for &row in repeated {
+        failed[row] = Some(repeated_id(sb, row));
+    }
     let mut prepared: Vec<Prepared> = Vec::with_capacity(pipeline.steps.len());
     for step in &pipeline.steps {
         let input = step.input.clone();
@@ -799,7 +846,7 @@ async fn embed_batch(ctx: &RunContext<'_>, sb: &SourceBatch) -> Result<BatchOutp
             if f.is_none() && stored.contains_key(id) {
                 *f = Some((
                     "read".into(),
-                    "duplicate_id".into(),
+                    DUPLICATE_ID.into(),
                     format!("id `{id}` is already in table `{}`; append adds new ids only (mode = \"incremental\" updates rows by id)", checked.target.table),
                 ));
             }
@@ -854,7 +901,6 @@ async fn embed_batch(ctx: &RunContext<'_>, sb: &SourceBatch) -> Result<BatchOutp
         return Ok(out);
     }
     out.rows_written = keep.len() as u64;
-    out.keep = keep.clone();
     // Gathering vectors and building the Arrow batch is CPU work: do it on rayon.
     let dims: Vec<usize> = pipeline
         .steps
@@ -926,6 +972,7 @@ async fn embed_media_batch(
     ctx: &RunContext<'_>,
     route: &AsyncRoute,
     sb: &SourceBatch,
+    repeated: &[usize],
 ) -> Result<BatchOutput> {
     let (pipeline, checked, run_id) = (ctx.pipeline, ctx.checked, ctx.run_id);
     let n = sb.batch.num_rows();
@@ -936,7 +983,18 @@ async fn embed_media_batch(
     }
     let fingerprint = route.fingerprint().to_string();
     let (input, batch) = (step.input.clone(), sb.batch.clone());
-    let prepared = cpu(move || plan::prepare(&input, &fingerprint, &batch)).await??;
+    let mut prepared = cpu(move || plan::prepare(&input, &fingerprint, &batch)).await??;
+    for &row in repeated {
+        let (step, kind, message) = repeated_id(sb, row);
+        out.dead
+            .push(dead_letter(sb, run_id, Some(row), &step, &kind, message));
+    }
+    if !repeated.is_empty() {
+        prepared
+            .failures
+            .retain(|(row, _, _)| !repeated.contains(row));
+        retain_rows(&mut prepared, |row| !repeated.contains(&row));
+    }
     for (row, kind, msg) in &prepared.failures {
         out.dead.push(dead_letter(
             sb,
@@ -990,7 +1048,6 @@ async fn embed_media_batch(
     }
     let layout = checked.layout.clone();
     let (batch, ids) = (sb.batch.clone(), sb.ids.clone());
-    out.keep = keep.clone();
     out.batch = Some(
         cpu(move || {
             layout.assemble(
@@ -1020,51 +1077,20 @@ fn segment_modality(input: crate::models::Modality, kind: &str) -> String {
 /// Marks rows an incremental run leaves alone (never a dead letter).
 const SKIPPED: &str = "\0skipped";
 
+/// The dead-letter kind of a row whose id the table or the source already has.
+const DUPLICATE_ID: &str = "duplicate_id";
+
 /// Incremental runs upsert by id and appends add new ids: a row whose id came earlier in the
-/// source is dead-lettered (the first one wins) and dropped from the output.
-fn drop_duplicates(out: &mut BatchOutput, seen: &mut HashSet<String>, run_id: &str) -> Result<()> {
-    use arrow::array::Array;
-    let mut dup_rows = HashSet::new();
-    for i in 0..out.ids.len() {
-        if !seen.insert(out.ids.value(i).to_string()) {
-            dup_rows.insert(i as u32);
-        }
-    }
-    if dup_rows.is_empty() {
-        return Ok(());
-    }
-    let Some(batch) = out.batch.take() else {
-        return Ok(());
-    };
-    let mask: arrow::array::BooleanArray = out
-        .keep
-        .iter()
-        .map(|r| Some(!dup_rows.contains(r)))
-        .collect();
-    let mut dropped = HashSet::new();
-    for r in &out.keep {
-        if dup_rows.contains(r) && dropped.insert(*r) {
-            out.rows_written -= 1;
-            out.dead.push(DeadLetter {
-                run_id: run_id.to_string(),
-                id: Some(out.ids.value(*r as usize).to_string()),
-                source: out.source.to_string(),
-                row: Some(out.row_numbers[*r as usize]).filter(|&n| n > 0),
-                step: "read".into(),
-                kind: "duplicate_id".into(),
-                message: format!(
-                    "id `{}` appeared earlier in the source; the first row with it is kept",
-                    out.ids.value(*r as usize)
-                ),
-            });
-        }
-    }
-    let filtered = arrow::compute::filter_record_batch(&batch, &mask)?;
-    out.keep.retain(|r| !dup_rows.contains(r));
-    if filtered.num_rows() > 0 {
-        out.batch = Some(filtered);
-    }
-    Ok(())
+/// source is dead-lettered (the first one wins) as `(step, kind, message)`.
+fn repeated_id(sb: &SourceBatch, row: usize) -> (String, String, String) {
+    (
+        "read".into(),
+        DUPLICATE_ID.into(),
+        format!(
+            "id `{}` appeared earlier in the source; the first row with it is kept",
+            sb.ids.value(row)
+        ),
+    )
 }
 
 /// Keeps only the prepared inputs whose row passes `keep`.

@@ -127,13 +127,7 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
         return Err(missing());
     }
     let conn = lance_sink::connect(&target).await?;
-    if !conn
-        .table_names()
-        .execute()
-        .await?
-        .iter()
-        .any(|n| *n == target.table)
-    {
+    if !conn.table_names().execute().await?.contains(&target.table) {
         return Err(missing());
     }
     let table = conn

@@ -89,32 +89,19 @@ pub async fn check_run(pipeline: &Pipeline, reindex: bool) -> Result<Checked> {
     }
 
     // Ids.
-    let id_column = match &src.id_column {
-        Some(c) => {
-            if schema.field_with_name(c.get_ref()).is_err() {
-                return Err(column_error(
-                    pipeline,
-                    c.span(),
-                    c.get_ref(),
-                    "id_column",
-                    &schema,
-                    &file,
-                ));
-            }
-            Some(c.get_ref().clone())
+    if let Some(c) = &src.id_column {
+        if schema.field_with_name(c.get_ref()).is_err() {
+            return Err(column_error(
+                pipeline,
+                c.span(),
+                c.get_ref(),
+                "id_column",
+                &schema,
+                &file,
+            ));
         }
-        // A column named `id` is the id, unless a `columns` projection leaves it out.
-        None if plan.kind != SourceKind::Images
-            && schema.field_with_name("id").is_ok()
-            && src
-                .columns
-                .as_ref()
-                .is_none_or(|c| c.iter().any(|c| c.get_ref() == "id")) =>
-        {
-            Some("id".to_string())
-        }
-        None => None,
-    };
+    }
+    let id_column = sources::id_column(pipeline, |c| schema.field_with_name(c).is_ok());
 
     // Step inputs.
     let mut needed: Vec<String> = id_column.iter().cloned().collect();

@@ -36,8 +36,9 @@ struct Cli {
 }
 
 const EXIT_HELP: &str =
-    "Exit codes: 0 ok; 1 run failed (nothing committed); 2 invalid pipeline, input, sink or model \
-(nothing written); 3 completed but some rows failed (see the failures file); 130 interrupted.";
+    "Exit codes: 0 ok; 1 run failed (nothing committed, but an incremental run's earlier chunks); \
+2 invalid pipeline, input, sink or model (nothing written); 3 completed but some rows failed (see \
+the failures file); 130 interrupted (Ctrl-C); 143 stopped by SIGTERM.";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {

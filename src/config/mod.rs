@@ -279,7 +279,8 @@ impl WriteMode {
 pub struct SinkConfig {
     #[serde(rename = "type", default)]
     pub kind: Option<Spanned<SinkKind>>,
-    /// LanceDB database folder (relative to the pipeline file) or `s3://bucket/prefix`.
+    /// LanceDB database folder (relative to the pipeline file; object stores are not supported
+    /// yet).
     pub uri: Spanned<EnvString>,
     pub table: Spanned<String>,
     pub mode: Option<Spanned<WriteMode>>,
@@ -1487,9 +1488,9 @@ impl Pipeline {
                 .with_help("choose another name; each table's run history is kept next to it as `<table>_runs`"));
         }
         if sink.uri.get_ref().is_empty() {
-            return Err(self
-                .error(sink.uri.span(), "sink uri is empty")
-                .with_help("e.g. uri = \"../.embedpipe/db\" or \"s3://bucket/prefix\""));
+            return Err(self.error(sink.uri.span(), "sink uri is empty").with_help(
+                "e.g. uri = \"../.embedpipe/db\" (a folder, relative to the pipeline file)",
+            ));
         }
         let incremental = self.write_mode() == WriteMode::Incremental;
         for (key, span) in [

@@ -323,7 +323,12 @@ mod tests {
         // Inside an images folder: the next run would read it as a source file.
         let images = dir.path().join("images");
         std::fs::create_dir(&images).unwrap();
-        let e = check_path(&images.join("f.jsonl"), &[images.clone()], &pipeline).unwrap_err();
+        let e = check_path(
+            &images.join("f.jsonl"),
+            std::slice::from_ref(&images),
+            &pipeline,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("inside"), "{e}");
     }
 }

@@ -22,6 +22,13 @@ fn id_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
     ids.into_iter().map(quote).collect::<Vec<_>>().join(", ")
 }
 
+async fn open(conn: &Connection, table: &str) -> Result<Table> {
+    conn.open_table(table)
+        .execute()
+        .await
+        .with_context(|| format!("cannot open table `{table}`"))
+}
+
 /// The table as it was when the run started: content hashes per id.
 pub struct Existing {
     table: Table,
@@ -40,26 +47,16 @@ impl Existing {
             .iter()
             .map(|s| super::step_columns(&s.vector)[2].clone())
             .collect();
-        let table = conn
-            .open_table(table)
-            .execute()
-            .await
-            .with_context(|| format!("cannot open table `{table}`"))?;
         Ok(Self {
-            table,
+            table: open(conn, table).await?,
             hash_columns,
         })
     }
 
     /// The table's ids only (appends look up which ids it holds already).
     pub async fn open_ids(conn: &Connection, table: &str) -> Result<Self> {
-        let table = conn
-            .open_table(table)
-            .execute()
-            .await
-            .with_context(|| format!("cannot open table `{table}`"))?;
         Ok(Self {
-            table,
+            table: open(conn, table).await?,
             hash_columns: Vec::new(),
         })
     }

@@ -66,11 +66,11 @@ struct BreakRun {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Quote {
     /// At the start of a field (or of a record, or on a blank line).
-    FieldStart,
+    AtFieldStart,
     Unquoted,
     Quoted,
     /// Just after a quote inside a quoted field: it closes the field unless another follows.
-    QuoteInQuoted,
+    AfterQuoteInQuoted,
 }
 
 /// Watches the bytes the csv crate reads, for what it does not tell: its `Position::line()`
@@ -112,7 +112,7 @@ impl<R: Read> Tracked<R> {
             open_run: None,
             runs: VecDeque::new(),
             passed: 0,
-            quote: Quote::FieldStart,
+            quote: Quote::AtFieldStart,
             quote_line: 0,
             eof_open_quote: None,
         }
@@ -141,14 +141,14 @@ impl<R: Read> Tracked<R> {
             self.prev_cr = c == b'\r';
             let ends_field = c == self.delimiter || newline;
             self.quote = match self.quote {
-                Quote::FieldStart if c == self.quote_byte => {
+                Quote::AtFieldStart if c == self.quote_byte => {
                     self.quote_line = self.breaks + 1;
                     Quote::Quoted
                 }
-                Quote::Quoted if c == self.quote_byte => Quote::QuoteInQuoted,
+                Quote::Quoted if c == self.quote_byte => Quote::AfterQuoteInQuoted,
                 Quote::Quoted => Quote::Quoted,
-                Quote::QuoteInQuoted if c == self.quote_byte => Quote::Quoted,
-                _ if ends_field => Quote::FieldStart,
+                Quote::AfterQuoteInQuoted if c == self.quote_byte => Quote::Quoted,
+                _ if ends_field => Quote::AtFieldStart,
                 _ => Quote::Unquoted,
             };
         }
@@ -315,24 +315,6 @@ fn header_names(file: &InputFile, o: &Opts) -> Result<Vec<String>> {
     }
 }
 
-/// The column ids come from, by the rule validation uses: `id_column`, else a column named
-/// `id` that the `columns` projection keeps.
-fn id_column(pipeline: &Pipeline, names: &[String]) -> Option<String> {
-    let src = pipeline.source();
-    match &src.id_column {
-        Some(c) => Some(c.get_ref().clone()),
-        None if names.iter().any(|n| n == "id")
-            && src
-                .columns
-                .as_ref()
-                .is_none_or(|c| c.iter().any(|c| c.get_ref() == "id")) =>
-        {
-            Some("id".to_string())
-        }
-        None => None,
-    }
-}
-
 pub fn schema(pipeline: &Pipeline, files: &[InputFile]) -> Result<SchemaRef> {
     let o = opts(pipeline);
     let names = header_names(&files[0], &o)?;
@@ -390,7 +372,7 @@ pub fn schema(pipeline: &Pipeline, files: &[InputFile]) -> Result<SchemaRef> {
     }
     // Ids are text, verbatim, whatever they look like (`007` is not `7`; one `1e3` must not
     // turn `7` into `7.0`) and whatever `[source.schema]` says.
-    let id = id_column(pipeline, &names);
+    let id = super::id_column(pipeline, |c| names.iter().any(|n| n == c));
     let fields: Vec<Field> = names
         .iter()
         .zip(guesses)
@@ -728,7 +710,7 @@ mod tests {
             .iter()
             .map(|f| f.name().clone())
             .collect();
-        let id = id_column(p, &columns);
+        let id = crate::sources::id_column(p, |c| columns.iter().any(|n| n == c));
         let mut rows = Vec::new();
         let mut failures = Vec::new();
         for sb in open(p, &plan, &columns, id).unwrap() {

@@ -83,6 +83,25 @@ pub fn plan(pipeline: &Pipeline) -> Result<SourcePlan> {
     })
 }
 
+/// The column row ids come from: `id_column`, else a column named `id` (`has` tells whether
+/// the source has it) unless the `columns` projection leaves it out. Image rows use their path.
+pub fn id_column(pipeline: &Pipeline, has: impl Fn(&str) -> bool) -> Option<String> {
+    let src = pipeline.source();
+    match &src.id_column {
+        Some(c) => Some(c.get_ref().clone()),
+        None if *src.kind.get_ref() != SourceKind::Images
+            && has("id")
+            && src
+                .columns
+                .as_ref()
+                .is_none_or(|c| c.iter().any(|c| c.get_ref() == "id")) =>
+        {
+            Some("id".to_string())
+        }
+        None => None,
+    }
+}
+
 /// Opens the source, reading only `columns` (which include `id_column`, if any).
 pub fn open(
     pipeline: &Pipeline,

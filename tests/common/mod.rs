@@ -97,30 +97,45 @@ pub fn table_info(db: &Path, table: &str) -> (usize, arrow_schema::SchemaRef) {
     rt.block_on(async { (t.count_rows(None).await.unwrap(), t.schema().await.unwrap()) })
 }
 
-/// All values of a column of a local LanceDB table, as text.
-pub fn table_strings(db: &Path, table: &str, column: &str) -> Vec<String> {
-    use arrow::array::Array;
+/// The given columns of every row of a local LanceDB table.
+fn table_batches(
+    db: &Path,
+    table: &str,
+    columns: &[&str],
+) -> Vec<arrow::record_batch::RecordBatch> {
     use futures::TryStreamExt;
     use lancedb::query::{ExecutableQuery, QueryBase, Select};
     let (rt, t) = open_table(db, table);
-    let batches: Vec<arrow::record_batch::RecordBatch> = rt.block_on(async {
+    rt.block_on(async {
         t.query()
-            .select(Select::Columns(vec![column.to_string()]))
+            .select(Select::Columns(
+                columns.iter().map(|c| c.to_string()).collect(),
+            ))
             .execute()
             .await
             .unwrap()
             .try_collect()
             .await
             .unwrap()
-    });
+    })
+}
+
+/// A column as text.
+fn strings(column: &arrow::array::ArrayRef) -> Vec<String> {
+    use arrow::array::Array;
+    let a = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).unwrap();
+    let a = a
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .unwrap();
+    (0..a.len()).map(|i| a.value(i).to_string()).collect()
+}
+
+/// All values of a column of a local LanceDB table, as text.
+pub fn table_strings(db: &Path, table: &str, column: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for b in batches {
-        let a = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
-        let a = a
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .unwrap();
-        out.extend((0..a.len()).map(|i| a.value(i).to_string()));
+    for b in table_batches(db, table, &[column]) {
+        out.extend(strings(b.column(0)));
     }
     out
 }
@@ -282,35 +297,17 @@ pub fn table_indexes(db: &Path, table: &str) -> Vec<(String, String, usize, usiz
 /// The vectors of a local LanceDB table's `column`, by id, sorted by id.
 pub fn table_vectors(db: &Path, table: &str, column: &str) -> Vec<(String, Vec<f32>)> {
     use arrow::array::{Array, FixedSizeListArray, Float32Array};
-    use futures::TryStreamExt;
-    use lancedb::query::{ExecutableQuery, QueryBase, Select};
-    let (rt, t) = open_table(db, table);
-    let batches: Vec<arrow::record_batch::RecordBatch> = rt.block_on(async {
-        t.query()
-            .select(Select::Columns(vec!["id".into(), column.to_string()]))
-            .execute()
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap()
-    });
     let mut out = Vec::new();
-    for b in batches {
-        let ids = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
-        let ids = ids
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .unwrap();
+    for b in table_batches(db, table, &["id", column]) {
         let lists = b
             .column(1)
             .as_any()
             .downcast_ref::<FixedSizeListArray>()
             .unwrap();
-        for i in 0..b.num_rows() {
+        for (i, id) in strings(b.column(0)).into_iter().enumerate() {
             let v = lists.value(i);
             let v = v.as_any().downcast_ref::<Float32Array>().unwrap();
-            out.push((ids.value(i).to_string(), v.values().to_vec()));
+            out.push((id, v.values().to_vec()));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
