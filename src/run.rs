@@ -254,6 +254,26 @@ async fn run_inner(
         conn,
     } = set_up(&pipeline, &opts).await.map_err(RunError::Setup)?;
     let mut failures = FailureWriter::start(&failures_path).map_err(RunError::Setup)?;
+    // Video/audio: the async route, with its job ledger next to the table.
+    let media = match pipeline
+        .steps
+        .iter()
+        .find(|s| matches!(s.input, crate::config::StepInput::Media(..)))
+    {
+        Some(step) => {
+            let ledger = crate::jobs::ledger::Ledger::open(&lance_sink::jobs_path(&checked.target))
+                .map_err(RunError::Setup)?;
+            let route = AsyncRoute::connect(
+                models.get(step.model_index).info.clone(),
+                Arc::new(ledger),
+                crate::dispatch::retry::RetryPolicy::default(),
+            )
+            .await
+            .map_err(RunError::Setup)?;
+            Some(route)
+        }
+        None => None,
+    };
     let table_name = &checked.target.table;
     // Append adds new ids only: ids already in the table are looked up before any call.
     let (mut output, existing) = match mode {
@@ -298,26 +318,6 @@ async fn run_inner(
         }
     };
 
-    // Video/audio: the async route, with its job ledger next to the table.
-    let media = match pipeline
-        .steps
-        .iter()
-        .find(|s| matches!(s.input, crate::config::StepInput::Media(..)))
-    {
-        Some(step) => {
-            let ledger = crate::jobs::ledger::Ledger::open(&lance_sink::jobs_path(&checked.target))
-                .map_err(RunError::Setup)?;
-            let route = AsyncRoute::connect(
-                models.get(step.model_index).info.clone(),
-                Arc::new(ledger),
-                crate::dispatch::retry::RetryPolicy::default(),
-            )
-            .await
-            .map_err(RunError::Setup)?;
-            Some(route)
-        }
-        None => None,
-    };
     let remote: Vec<&crate::dispatch::ModelHandle> = models
         .iter()
         .filter(|m| m.info.spec.provider != crate::config::Provider::Local)
@@ -350,7 +350,10 @@ async fn run_inner(
         written: 0,
         segments: 0,
         skipped: 0,
-        seen: matches!(mode, WriteMode::Incremental | WriteMode::Append).then(HashSet::new),
+        // `--reindex` of an incremental table rewrites it: its ids must stay unique too.
+        seen: (matches!(mode, WriteMode::Incremental | WriteMode::Append)
+            || pipeline.write_mode() == WriteMode::Incremental)
+            .then(HashSet::new),
         ids_complete: true,
         unreadable_ids: HashSet::new(),
         service_failures: BTreeMap::new(),
@@ -592,6 +595,8 @@ struct BatchOutput {
     rows_written: u64,
     /// Rows left alone: unchanged since the table was written.
     skipped: u64,
+    /// A read failure may have hidden later rows (their ids are unknown).
+    hides_rows: bool,
 }
 
 impl BatchOutput {
@@ -599,6 +604,7 @@ impl BatchOutput {
     fn new(sb: &SourceBatch, run_id: &str) -> Self {
         Self {
             read: sb.batch.num_rows() as u64 + sb.failures.len() as u64,
+            hides_rows: sb.failures.iter().any(|f| f.hides_later_rows),
             batch: None,
             dead: sb
                 .failures
@@ -729,7 +735,7 @@ async fn pump_until(
         counters.read += out.read;
         counters.skipped += out.skipped;
         if matches!(ctx.mode, WriteMode::Incremental | WriteMode::Append) {
-            counters.ids_complete &= out.dead.iter().all(|d| d.id.is_some());
+            counters.ids_complete &= !out.hides_rows && out.dead.iter().all(|d| d.id.is_some());
             if ctx.mode == WriteMode::Incremental {
                 let unreadable = out
                     .dead

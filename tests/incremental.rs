@@ -498,3 +498,25 @@ fn maintenance_compacts_and_builds_indexes_and_search_uses_them() {
     );
     assert_eq!(search(&["--filter", "id = 'doc-999'"]), vec!["doc-999"]);
 }
+
+#[test]
+fn an_open_quote_never_makes_cleanup_delete_the_rows_it_hid() {
+    let env = Env::new(Settings::default());
+    env.data(&rows(6));
+    let p = env.pipeline(MODEL, "cleanup = \"full\"");
+    let out = env.run(&p, &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(env.table().len(), 6);
+    // A quote left open on the third row swallows the rest of the file: those rows are not
+    // gone from the source, only unreadable, so none may be deleted.
+    let csv = std::fs::read_to_string(env.dir.path().join("rows.csv")).unwrap();
+    let mut lines: Vec<String> = csv.lines().map(String::from).collect();
+    lines[3] = lines[3].replacen(',', ",\"", 1);
+    std::fs::write(env.dir.path().join("rows.csv"), lines.join("\n") + "\n").unwrap();
+    let out = env.run(&p, &[]);
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    let s = summary(&out);
+    assert_eq!(s["rows_deleted"], 0, "{s}");
+    assert_eq!(s["failures_by_kind"]["malformed_row"], 1, "{s}");
+    assert_eq!(env.table().len(), 6);
+}

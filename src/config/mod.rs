@@ -1493,6 +1493,17 @@ impl Pipeline {
             ));
         }
         let incremental = self.write_mode() == WriteMode::Incremental;
+        // Appends refuse ids the table has; a media step's rows are segments, not checked so.
+        if self.write_mode() == WriteMode::Append {
+            if let Some(step) = steps
+                .iter()
+                .find(|s| matches!(s.input, StepInput::Media(..)))
+            {
+                return Err(self
+                    .error(step.span.clone(), "append runs do not cover media steps yet")
+                    .with_help("use mode = \"overwrite\": the job ledger already avoids paying twice for a job"));
+            }
+        }
         for (key, span) in [
             ("cleanup", sink.cleanup.as_ref().map(|c| c.span())),
             ("commit_rows", sink.commit_rows.as_ref().map(|c| c.span())),

@@ -226,8 +226,18 @@ fn check_compatible(theirs: &Schema, ours: &Schema, table: &str) -> Result<()> {
 
 /// A write in progress: batches sent here stream into one LanceDB commit.
 pub struct Writer {
-    tx: mpsc::Sender<lancedb::Result<RecordBatch>>,
-    task: tokio::task::JoinHandle<Result<()>>,
+    tx: Option<mpsc::Sender<lancedb::Result<RecordBatch>>>,
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+/// A writer dropped without [`Writer::finish`] (an early return, a panic) must not commit:
+/// its stream would simply end, and Lance would commit what it got. The task is cancelled first.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 impl Writer {
@@ -270,38 +280,46 @@ impl Writer {
             }
             Ok(())
         });
-        Ok(Self { tx, task })
+        Ok(Self {
+            tx: Some(tx),
+            task: Some(task),
+        })
     }
 
     /// Sends a batch; fails if the write has already failed.
     pub async fn send(&self, batch: RecordBatch) -> Result<()> {
-        if self.tx.send(Ok(batch)).await.is_err() {
+        let tx = self
+            .tx
+            .as_ref()
+            .expect("the stream is open until finish or abort");
+        if tx.send(Ok(batch)).await.is_err() {
             bail!("the table write stopped early (see the error below)");
         }
         Ok(())
     }
 
     /// Ends the stream and waits for the commit.
-    pub async fn finish(self) -> Result<()> {
-        drop(self.tx);
-        self.task
-            .await
+    pub async fn finish(mut self) -> Result<()> {
+        let task = self.task.take().expect("finished once");
+        drop(self.tx.take());
+        task.await
             .map_err(|e| anyhow!("table writer panicked: {e}"))?
             .context("writing the LanceDB table")
     }
 
     /// Aborts the write: nothing is committed. Returns the writer's own error when the write had
     /// already failed by itself (the likely cause of the abort).
-    pub async fn abort(self) -> Option<anyhow::Error> {
-        let own_failure = self.task.is_finished();
-        let _ = self
-            .tx
-            .send(Err(lancedb::Error::Runtime {
-                message: ABORTED.to_string(),
-            }))
-            .await;
-        drop(self.tx);
-        match self.task.await {
+    pub async fn abort(mut self) -> Option<anyhow::Error> {
+        let task = self.task.take().expect("aborted once");
+        let own_failure = task.is_finished();
+        if let Some(tx) = self.tx.take() {
+            let _ = tx
+                .send(Err(lancedb::Error::Runtime {
+                    message: ABORTED.to_string(),
+                }))
+                .await;
+        }
+        match task.await {
             Ok(Err(e)) if own_failure => Some(e.context("writing the LanceDB table")),
             Err(e) if e.is_panic() => Some(anyhow!("table writer panicked: {e}")),
             _ => None,

@@ -512,6 +512,7 @@ fn decode_records(
                 good_lines.push(line);
             }
             Err(e) => failures.push(ReadFailure {
+                hides_later_rows: false,
                 file: file.display.clone(),
                 row: Some(line),
                 id: record_id(rec, id_idx),
@@ -603,6 +604,7 @@ pub fn open(
                             .filter(|&i| i + 1 < rec.len())
                             .and_then(|_| record_id(&rec, id_idx));
                         failures.push(ReadFailure {
+                            hides_later_rows: true,
                             file: file.display.clone(),
                             row: Some(line),
                             id,
@@ -623,6 +625,7 @@ pub fn open(
                             .filter(|&i| i == 0)
                             .and_then(|_| record_id(&rec, id_idx));
                         failures.push(ReadFailure {
+                            hides_later_rows: false,
                             file: file.display.clone(),
                             row: Some(line),
                             id,
@@ -640,6 +643,7 @@ pub fn open(
                 Err(e) => {
                     let line = at.line;
                     failures.push(ReadFailure {
+                        hides_later_rows: false,
                         file: file.display.clone(),
                         row: Some(line),
                         id: None,

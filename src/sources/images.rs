@@ -129,6 +129,7 @@ struct Image {
 
 fn read_image(path: &Path, rel: &str, max: u64, display: &Arc<str>) -> Result<Image, ReadFailure> {
     let fail = |kind: &'static str, message: String| ReadFailure {
+        hides_later_rows: false,
         file: Arc::from(format!("{display}/{rel}").as_str()),
         row: None,
         id: Some(rel.to_string()),
@@ -233,6 +234,7 @@ fn walk_folder(
                 }
                 let path = err.path().map(|p| p.display().to_string()).unwrap_or_default();
                 Some(Entry::Failed(ReadFailure {
+                    hides_later_rows: false,
                     file: Arc::from(path.as_str()),
                     row: None,
                     id: None,

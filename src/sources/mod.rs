@@ -36,6 +36,9 @@ pub struct SourceBatch {
 /// A row (or file) that could not be read.
 #[derive(Debug, Clone)]
 pub struct ReadFailure {
+    /// The failure may hide the rows after it (a quote left open swallows the rest of the
+    /// file): their ids are unknown, so no row may be deleted as gone from the source.
+    pub hides_later_rows: bool,
     pub file: Arc<str>,
     pub row: Option<u64>,
     pub id: Option<String>,

@@ -120,6 +120,7 @@ pub(crate) fn finish(
     } else {
         for bad in &bad_ids {
             failures.push(ReadFailure {
+                hides_later_rows: false,
                 file: file.display.clone(),
                 row: Some(rows[bad.row]),
                 // Not a usable id, so none is claimed for the row.
