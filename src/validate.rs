@@ -276,7 +276,7 @@ pub async fn check_run(pipeline: &Pipeline, reindex: bool) -> Result<Checked> {
         }
     }
     let read_columns = match plan.kind {
-        SourceKind::Images => schema.fields().iter().map(|f| f.name().clone()).collect(),
+        SourceKind::Images => plan.column_names(),
         _ => needed,
     };
 

@@ -443,21 +443,28 @@ fn image_filters_apply_before_walk_failures() {
     assert_eq!(paths, ["top.png"]);
 }
 
+/// Writes `csv` as `d.csv` in `dir` and runs the local model over its `title` column (`source`
+/// adds keys to [source]).
+fn run_csv(dir: &Path, csv: &str, source: &str) -> (i32, serde_json::Value, String) {
+    std::fs::write(dir.join("d.csv"), csv).unwrap();
+    let src = format!("type = \"csv\"\npath = \"d.csv\"\n{source}");
+    let p = write_pipeline(
+        dir,
+        "p.toml",
+        &pipeline_text(&src, "column = \"title\"", ""),
+    );
+    run_json(&p, dir)
+}
+
 #[test]
 fn csv_ids_are_kept_verbatim_as_text() {
     ensure_model();
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(
-        tmp.path().join("d.csv"),
-        "id,title\n007,Stars\n7,Moons\n0042,Comets\n42,Planets\n1e3,Nebulae\n",
-    )
-    .unwrap();
-    let p = write_pipeline(
+    let (code, s, err) = run_csv(
         tmp.path(),
-        "p.toml",
-        &pipeline_text("type = \"csv\"\npath = \"d.csv\"", "column = \"title\"", ""),
+        "id,title\n007,Stars\n7,Moons\n0042,Comets\n42,Planets\n1e3,Nebulae\n",
+        "",
     );
-    let (code, s, err) = run_json(&p, tmp.path());
     assert_eq!(code, 0, "{err}");
     assert_eq!(s["rows_written"], 5);
     let mut ids = table_strings(&tmp.path().join("db"), "t", "id");
@@ -480,14 +487,11 @@ fn csv_rows_are_start_lines_in_crlf_and_cr_files_and_letters_carry_ids() {
             "4,ragged,3,extra",
             "5,,4",
         ];
-        std::fs::write(tmp.path().join("d.csv"), lines.join(eol) + eol).unwrap();
-        let src = "type = \"csv\"\npath = \"d.csv\"\n[source.schema]\nscore = \"float64\"";
-        let p = write_pipeline(
+        let (code, s, err) = run_csv(
             tmp.path(),
-            "p.toml",
-            &pipeline_text(src, "column = \"title\"", ""),
+            &(lines.join(eol) + eol),
+            "[source.schema]\nscore = \"float64\"",
         );
-        let (code, s, err) = run_json(&p, tmp.path());
         assert_eq!(code, 3, "{eol:?}: {err}");
         assert_eq!(s["rows_read"], 5, "{eol:?}");
         assert_eq!(s["rows_written"], 2, "{eol:?}");
@@ -520,17 +524,7 @@ fn csv_rows_are_start_lines_in_crlf_and_cr_files_and_letters_carry_ids() {
 fn csv_quote_left_open_at_the_end_is_a_malformed_row() {
     ensure_model();
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(
-        tmp.path().join("d.csv"),
-        "id,title\n1,hello\n2,\"broken\n3,third\n",
-    )
-    .unwrap();
-    let p = write_pipeline(
-        tmp.path(),
-        "p.toml",
-        &pipeline_text("type = \"csv\"\npath = \"d.csv\"", "column = \"title\"", ""),
-    );
-    let (code, s, err) = run_json(&p, tmp.path());
+    let (code, s, err) = run_csv(tmp.path(), "id,title\n1,hello\n2,\"broken\n3,third\n", "");
     assert_eq!(code, 3, "{err}");
     assert_eq!(s["rows_read"], 2);
     assert_eq!(s["rows_written"], 1);

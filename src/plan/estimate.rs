@@ -143,6 +143,16 @@ pub async fn estimate(pipeline: &Pipeline, reindex: bool) -> Result<Estimate> {
     Ok(est)
 }
 
+/// Runs CPU-heavy work on the current thread, telling a multi-threaded runtime so (its other
+/// tasks move to other threads meanwhile).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Counts one source batch the way a run would treat it.
 async fn plan_batch(
     pipeline: &Pipeline,
@@ -181,71 +191,77 @@ async fn plan_batch(
         let refs: Vec<&[String]> = hashes.iter().map(Vec::as_slice).collect();
         unchanged = unchanged_rows(existing, &sb.ids, &keep, &refs, n).await?;
     }
-    let mut rejected = vec![false; n];
-    for (step, p) in pipeline.steps.iter().zip(&prepared) {
-        let info = &infos[step.model_index];
-        let m = &mut est.models[step.model_index];
-        // Counts one input; `true` when the run would refuse it before sending.
-        let mut count = |row: usize, input: Input<'_>| -> bool {
-            if bad[row] || unchanged[row] {
-                return false;
-            }
-            // Inputs the run would refuse before sending (cut texts are still sent).
-            if info.spec.provider == crate::config::Provider::Bedrock
-                && models::preflight(info.spec, &info.params, &input).is_err()
-            {
-                return true;
-            }
-            m.inputs += 1;
-            if let Some(t) = input.text() {
-                m.input_tokens += models::estimate_tokens(t);
-                if matches!(info.spec.family, Family::Marengo27 | Family::Marengo30) {
-                    m.queries += 1;
+    // Pre-flight decodes images: CPU work that must not stall the runtime's other tasks.
+    let rejected = blocking(|| {
+        let mut rejected = vec![false; n];
+        for (step, p) in pipeline.steps.iter().zip(&prepared) {
+            let info = &infos[step.model_index];
+            let m = &mut est.models[step.model_index];
+            // Counts one input; `true` when the run would refuse it before sending.
+            let mut count = |row: usize, input: Input<'_>| -> bool {
+                if bad[row] || unchanged[row] {
+                    return false;
                 }
-            }
-            if input.image().is_some() {
-                m.images += 1;
-            }
-            false
-        };
-        match (&step.input, &p.inputs) {
-            (_, super::Inputs::Text(texts)) => {
-                for (&row, t) in p.rows.iter().zip(texts) {
-                    rejected[row] |= count(row, Input::Text(t));
+                // Inputs the run would refuse before sending (cut texts are still sent).
+                if info.spec.provider == crate::config::Provider::Bedrock
+                    && models::preflight(info.spec, &info.params, &input).is_err()
+                {
+                    return true;
                 }
-            }
-            (_, super::Inputs::Image(images)) => {
-                for (&row, b) in p.rows.iter().zip(images) {
-                    match models::ImageFormat::detect(b) {
-                        Some(format) => {
-                            rejected[row] |=
-                                count(row, Input::Image(models::Image { bytes: b, format }))
+                m.inputs += 1;
+                if let Some(t) = input.text() {
+                    m.input_tokens += models::estimate_tokens(t);
+                    if matches!(info.spec.family, Family::Marengo27 | Family::Marengo30) {
+                        m.queries += 1;
+                    }
+                }
+                if input.image().is_some() {
+                    m.images += 1;
+                }
+                false
+            };
+            match (&step.input, &p.inputs) {
+                (_, super::Inputs::Text(texts)) => {
+                    for (&row, t) in p.rows.iter().zip(texts) {
+                        rejected[row] |= count(row, Input::Text(t));
+                    }
+                }
+                (_, super::Inputs::Image(images)) => {
+                    for (&row, b) in p.rows.iter().zip(images) {
+                        match models::ImageFormat::detect(b) {
+                            Some(format) => {
+                                rejected[row] |=
+                                    count(row, Input::Image(models::Image { bytes: b, format }))
+                            }
+                            None => rejected[row] = true,
                         }
-                        None => rejected[row] = true,
                     }
                 }
-            }
-            (_, super::Inputs::TextImage(pairs)) => {
-                for (&row, (t, b)) in p.rows.iter().zip(pairs) {
-                    match models::ImageFormat::detect(b) {
-                        Some(format) => {
-                            rejected[row] |=
-                                count(row, Input::TextImage(t, models::Image { bytes: b, format }))
+                (_, super::Inputs::TextImage(pairs)) => {
+                    for (&row, (t, b)) in p.rows.iter().zip(pairs) {
+                        match models::ImageFormat::detect(b) {
+                            Some(format) => {
+                                rejected[row] |= count(
+                                    row,
+                                    Input::TextImage(t, models::Image { bytes: b, format }),
+                                )
+                            }
+                            None => rejected[row] = true,
                         }
-                        None => rejected[row] = true,
                     }
                 }
-            }
-            (StepInput::Media(..), super::Inputs::Media(media)) => {
-                for &row in p.rows.iter().take(media.len()) {
-                    if !bad[row] && !unchanged[row] {
-                        m.media_files += 1;
+                (StepInput::Media(..), super::Inputs::Media(media)) => {
+                    for &row in p.rows.iter().take(media.len()) {
+                        if !bad[row] && !unchanged[row] {
+                            m.media_files += 1;
+                        }
                     }
                 }
+                (_, super::Inputs::Media(_)) => {}
             }
-            (_, super::Inputs::Media(_)) => {}
         }
-    }
+        rejected
+    });
     for row in 0..n {
         if bad[row] || rejected[row] {
             est.rows_rejected += 1;

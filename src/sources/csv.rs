@@ -708,12 +708,7 @@ mod tests {
     /// Reads the whole source: (id, row) of every row read, and the failures.
     fn read_all(p: &Pipeline) -> (Vec<(String, u64)>, Vec<ReadFailure>) {
         let plan = crate::sources::plan(p).unwrap();
-        let columns: Vec<String> = plan
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let columns = plan.column_names();
         let id = crate::sources::id_column(p, |c| columns.iter().any(|n| n == c));
         let mut rows = Vec::new();
         let mut failures = Vec::new();

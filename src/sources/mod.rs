@@ -61,6 +61,15 @@ impl SourcePlan {
     pub fn total_rows(&self) -> Option<u64> {
         self.total_rows
     }
+
+    /// The names of every column the source has.
+    pub fn column_names(&self) -> Vec<String> {
+        self.schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
 }
 
 /// An iterator of batches, driven on a blocking thread.

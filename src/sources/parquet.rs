@@ -179,12 +179,7 @@ mod tests {
         );
         let pipeline = Pipeline::parse(&dir.path().join("p.toml"), &text).unwrap();
         let plan = crate::sources::plan(&pipeline).unwrap();
-        let columns: Vec<String> = plan
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let columns = plan.column_names();
         open(&pipeline, &plan, &columns, Some(id_column.to_string()))
             .unwrap()
             .map(|b| b.unwrap())
