@@ -1,7 +1,7 @@
 //! Benchmarks (a bench binary; run with `cargo bench --bench pipeline`, release profile):
 //!
 //! 1. local model: sentences/s at batch 32 (all-MiniLM-L6-v2 on the sample articles);
-//! 2. Parquet → LanceDB: rows/s of a real run (`embedpipe::run::run`: source, dispatch,
+//! 2. Parquet → LanceDB: rows/s of a real run (`embedpipe::commands::run::run`: source, dispatch,
 //!    ordering, dead letters, sink, run log) with the model's cost taken out (Cohere v3 on an
 //!    emulator process replaying its answers, so vectors come ready-made), and the peak RSS of
 //!    the run alone (the input is written first, then the high-water mark is reset);
@@ -34,7 +34,7 @@
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use embedpipe::config::Pipeline;
-use embedpipe::providers::local::LocalModel;
+use embedpipe::engines::local::LocalModel;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -66,8 +66,8 @@ fn reset_peak_rss() -> (f64, &'static str) {
 }
 
 fn bench_model() {
-    if embedpipe::models::local_minilm::locate(None).is_err() {
-        embedpipe::models::local_minilm::fetch().expect("fetch model");
+    if embedpipe::engines::minilm::locate(None).is_err() {
+        embedpipe::engines::minilm::fetch().expect("fetch model");
     }
     let model = LocalModel::load(None, false, true).unwrap();
     let csv = std::fs::read_to_string(concat!(
@@ -100,8 +100,8 @@ fn bench_model() {
 
 /// A real run of `pipeline` with Bedrock calls sent to the emulator at `endpoint`.
 async fn run_against(pipeline: Arc<Pipeline>, endpoint: String) -> embedpipe::report::Summary {
-    use embedpipe::dispatch::Overrides;
-    use embedpipe::run::{run, RunOptions};
+    use embedpipe::commands::run::{run, RunOptions};
+    use embedpipe::resolve::Overrides;
     let opts = RunOptions {
         progress: false,
         overrides: Overrides {
@@ -182,8 +182,8 @@ async fn bench_sink(rows: usize) {
 }
 
 async fn bench_emulator() {
-    use embedpipe::emulator::{Emulator, Settings};
-    use embedpipe::providers::bedrock::{Bedrock, Connection};
+    use embedpipe::clients::bedrock::{Bedrock, Connection};
+    use embedpipe_emulator::{Emulator, Settings};
     use futures::StreamExt;
     let emu = Emulator::start(([127, 0, 0, 1], 0).into(), Settings::default())
         .await
@@ -232,7 +232,7 @@ async fn bench_emulator() {
 }
 
 fn bench_transform() {
-    use embedpipe::models::{self, Image, ImageFormat, Input, Params};
+    use embedpipe_wire::{self as models, Image, ImageFormat, Input, Params};
     let text =
         "Volcanic eruptions reshape landscapes: lava flows, ash clouds and new islands. ".repeat(4);
     let png = std::fs::read(concat!(
@@ -276,7 +276,7 @@ fn bench_transform() {
             serde_json::to_vec(&models::build_request(spec, &params, &inputs).unwrap()).unwrap();
         // A response of the right shape from the emulator's own writer.
         let answer = |body: &[u8]| {
-            use embedpipe::emulator::{catalog, wire};
+            use embedpipe_emulator::{catalog, wire};
             [format!("us.{id}"), id.to_string()]
                 .iter()
                 .filter_map(|i| catalog::resolve(i))
@@ -350,7 +350,7 @@ mode = "overwrite"
 {sink}
 "#
     );
-    Arc::new(Pipeline::parse(&dir.join("p.toml"), &text).unwrap())
+    Arc::new(embedpipe::resolve::parse(&dir.join("p.toml"), &text).unwrap())
 }
 
 async fn bench_dispatch_case(
@@ -360,9 +360,10 @@ async fn bench_dispatch_case(
     rpm: Option<u32>,
     replay: bool,
 ) {
-    use embedpipe::dispatch::{ModelHandle, Overrides};
-    use embedpipe::emulator::{Emulator, Latency, Settings};
-    use embedpipe::plan::Inputs;
+    use embedpipe::dispatch::ModelHandle;
+    use embedpipe::prepare::Inputs;
+    use embedpipe::resolve::Overrides;
+    use embedpipe_emulator::{Emulator, Latency, Settings};
     use futures::StreamExt;
     let requests: usize = std::env::var("EMBEDPIPE_BENCH_REQUESTS")
         .ok()
@@ -404,10 +405,15 @@ async fn bench_dispatch_case(
         ..Default::default()
     };
     let p = pipeline.clone();
-    let handle = tokio::task::spawn_blocking(move || ModelHandle::load(&p, 0, &overrides, None))
-        .await
-        .unwrap()
-        .unwrap();
+    let handle = tokio::task::spawn_blocking(move || {
+        ModelHandle::load(
+            embedpipe::resolve::ModelSettings::resolve(&p, 0, &overrides),
+            None,
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let per_call = handle.info.batch_size;
     let rows_per_batch = 1024usize;
     let feed = |n_inputs: usize| {

@@ -294,7 +294,7 @@ fn every_shipped_pipeline_validates() {
     // in a temporary database (${EMBEDPIPE_DB}), ${MEDIA_BUCKET} at its default, and for the
     // Bedrock ones a test AWS identity with the emulator as Bedrock (validate calls no model:
     // the emulator must see no request).
-    let env = EmuEnv::new(embedpipe::emulator::Settings::default());
+    let env = EmuEnv::new(embedpipe_emulator::Settings::default());
     let db = env.db();
     for (name, table, steps, rows) in expected {
         let path = repo().join("pipelines").join(name);

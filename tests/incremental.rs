@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use embedpipe::emulator::{Emulator, Latency, Settings};
+use embedpipe_emulator::{Emulator, Latency, Settings};
 use std::collections::BTreeMap;
 
 const TITAN: &str = "amazon.titan-embed-text-v2:0";

@@ -2,7 +2,7 @@
 
 mod common;
 
-use embedpipe::providers::local::LocalModel;
+use embedpipe::engines::local::LocalModel;
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
@@ -80,7 +80,7 @@ fn similar_sentences_are_closer_than_unrelated_ones() {
 
 #[test]
 fn a_huge_field_is_cut_to_what_the_model_reads() {
-    use embedpipe::models::local_minilm::{locate, MiniLm};
+    use embedpipe::engines::minilm::{locate, MiniLm};
     common::ensure_model();
     let model = MiniLm::load(&locate(None).unwrap().dir, true).unwrap();
     let words = "The telescope observed a distant galaxy, rich in dust and young stars. ";

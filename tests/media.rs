@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
-use embedpipe::emulator::async_invoke::AsyncCounters;
-use embedpipe::emulator::s3::LocalS3;
-use embedpipe::emulator::{Emulator, Settings};
+use embedpipe_emulator::async_invoke::AsyncCounters;
+use embedpipe_emulator::s3::LocalS3;
+use embedpipe_emulator::{Emulator, Settings};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -524,7 +524,8 @@ fn sending_video_to_a_sync_only_model_fails_at_validate() {
 
 #[test]
 fn submits_with_the_same_token_are_idempotent() {
-    use embedpipe::providers::bedrock::{Bedrock, Connection, ErrorClass};
+    use embedpipe::clients::bedrock::{Bedrock, Connection};
+    use embedpipe::util::ErrorClass;
     let env = Env::new(10_000);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = rt
@@ -571,7 +572,7 @@ fn submits_with_the_same_token_are_idempotent() {
     let status = rt.block_on(client.get_async_invoke(&a)).unwrap();
     assert_eq!(
         status.status,
-        embedpipe::providers::bedrock::JobState::InProgress
+        embedpipe::clients::bedrock::JobState::InProgress
     );
     let c = env.jobs();
     assert_eq!((c.submits, c.jobs, c.duplicate_submits), (4, 1, 1), "{c:?}");

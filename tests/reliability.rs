@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use embedpipe::emulator::{Faults, Latency, Settings};
+use embedpipe_emulator::{Faults, Latency, Settings};
 
 const TITAN: &str = "amazon.titan-embed-text-v2:0";
 

@@ -8,12 +8,14 @@
 //! service rejects it as invalid; each input's outcome goes back to the step that asked for it.
 
 use super::concurrency::{AdaptiveLimit, Permit};
-use super::limits::RateLimits;
-use super::retry::{Attempts, RetryPolicy};
+use super::limits::{Grant, RateLimits};
 use super::telemetry::Telemetry;
-use super::{ModelInfo, ModelStats};
-use crate::models::{self, Family, Image, ImageFormat, Input};
-use crate::providers::bedrock::{Bedrock, CallError, ErrorClass};
+use super::ModelStats;
+use crate::clients::bedrock::{Bedrock, CallError};
+use crate::prepare::image_check::pixel_count;
+use crate::resolve::ModelSettings;
+use crate::util::{Attempts, ErrorClass, FailureKind, RetryPolicy};
+use embedpipe_wire::{Image, ImageFormat, Input, Parsed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -55,8 +57,8 @@ impl Owned {
     }
 }
 
-/// The outcome of one input: its vector, or (dead-letter kind, reason).
-pub(crate) type Slot = std::result::Result<Vec<f32>, (String, String)>;
+/// The outcome of one input: its vector, or (why, reason).
+pub(crate) type Slot = std::result::Result<Vec<f32>, (FailureKind, String)>;
 
 /// What the batcher sends back for one input.
 pub(crate) enum Outcome {
@@ -70,7 +72,7 @@ pub(crate) struct Item {
     input: Owned,
     /// Estimated input tokens.
     tokens: u64,
-    /// Must travel alone (Cohere v3 images).
+    /// Must travel alone (an image of a model that takes one image per call: Cohere v3).
     solo: bool,
     reply: mpsc::UnboundedSender<Outcome>,
     pos: usize,
@@ -78,13 +80,16 @@ pub(crate) struct Item {
 
 impl Item {
     pub(crate) fn new(
-        info: &ModelInfo,
+        info: &ModelSettings,
         input: Owned,
         reply: mpsc::UnboundedSender<Outcome>,
         pos: usize,
     ) -> Self {
-        let solo = info.spec.family == Family::CohereV3 && matches!(input, Owned::Image(..));
-        let tokens = input.as_input().text().map_or(0, models::estimate_tokens);
+        let solo = info.spec.limits.images_per_call == Some(1) && matches!(input, Owned::Image(..));
+        let tokens = input
+            .as_input()
+            .text()
+            .map_or(0, embedpipe_wire::estimate_tokens);
         Self {
             input,
             tokens,
@@ -97,7 +102,7 @@ impl Item {
 
 /// What calls need, shared by the batcher and its call tasks.
 pub(crate) struct Caller {
-    pub info: ModelInfo,
+    pub info: ModelSettings,
     pub client: Bedrock,
     pub retry: RetryPolicy,
     /// The model's own limits, then its quota group's.
@@ -120,12 +125,7 @@ async fn batch_loop(caller: Arc<Caller>, mut rx: mpsc::UnboundedReceiver<Item>) 
     let per_call = caller.info.batch_size.max(1);
     let max_body = caller.info.spec.limits.max_body_bytes;
     // A call never holds more tokens than the tightest per-minute quota lets through at once.
-    let max_tokens = caller
-        .limits
-        .iter()
-        .filter_map(|l| l.max_call_tokens())
-        .min()
-        .unwrap_or(u64::MAX);
+    let max_tokens = caller.max_call_tokens();
     let mut carry: Option<Item> = None;
     loop {
         let first = match carry.take() {
@@ -247,10 +247,10 @@ impl Caller {
                     ))
                 }
                 Err(e) => {
-                    let kind = e.class.as_str().to_string();
+                    let kind = FailureKind::Call(e.class);
                     out.extend(
                         call.iter()
-                            .map(|(i, _, _)| (*i, Err((kind.clone(), e.message.clone())))),
+                            .map(|(i, _, _)| (*i, Err((kind, e.message.clone())))),
                     );
                 }
             }
@@ -265,12 +265,44 @@ impl Caller {
         call: &[(usize, Owned, u64)],
         mut permit: Option<Permit>,
     ) -> Result<Vec<Vec<f32>>, CallError> {
+        let (body, inputs_owned) = self.build_body(call).await?;
+        let est_tokens: u64 = call.iter().map(|(_, _, t)| t).sum();
+        let first_attempt = Instant::now();
+        let mut attempts = Attempts::default();
+        loop {
+            let slot = match permit.take() {
+                Some(p) => p,
+                None => self.concurrency.acquire().await,
+            };
+            let (result, grants, sent) = self.send(slot, &body, est_tokens).await;
+            let result = match result {
+                Ok(resp) => self.parse_answer(resp, call.len()).await,
+                Err(e) => Err(e),
+            };
+            let elapsed = sent.elapsed();
+            match result {
+                Ok(parsed) => {
+                    return Ok(self.answered(parsed, &inputs_owned, &grants, elapsed, est_tokens))
+                }
+                Err(e) => {
+                    let wait = self.retry_or_give_up(e, &mut attempts, first_attempt, elapsed)?;
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// The call's request body, built once for all attempts (on rayon when large), and its inputs.
+    async fn build_body(
+        &self,
+        call: &[(usize, Owned, u64)],
+    ) -> Result<(Vec<u8>, Vec<Owned>), CallError> {
         let spec = self.info.spec;
         let params = self.info.params.clone();
         let owned: Vec<Owned> = call.iter().map(|(_, o, _)| o.clone()).collect();
         let build = move || {
             let inputs: Vec<Input> = owned.iter().map(Owned::as_input).collect();
-            let body = models::build_request(spec, &params, &inputs)
+            let body = embedpipe_wire::build_request(spec, &params, &inputs)
                 .map(|v| serde_json::to_vec(&v).expect("JSON values serialise"));
             (body, owned)
         };
@@ -280,7 +312,7 @@ impl Caller {
         let (body, inputs_owned) = if body_bytes <= INLINE_BYTES {
             build()
         } else {
-            crate::run::cpu(build).await.map_err(|e| CallError {
+            crate::util::cpu(build).await.map_err(|e| CallError {
                 class: ErrorClass::Other,
                 message: e.to_string(),
             })?
@@ -289,129 +321,155 @@ impl Caller {
             class: ErrorClass::Validation,
             message: e.0,
         })?;
-        let est_tokens: u64 = call.iter().map(|(_, _, t)| t).sum();
-        let first_attempt = Instant::now();
-        let mut attempts = Attempts::default();
-        loop {
-            let mut slot = match permit.take() {
-                Some(p) => p,
-                None => self.concurrency.acquire().await,
-            };
-            // Every attempt counts against the quota, retries too.
-            let mut grants = Vec::with_capacity(self.limits.len());
-            for l in &self.limits {
-                grants.push(l.acquire(est_tokens).await);
+        Ok((body, inputs_owned))
+    }
+
+    /// One attempt: waits for the rate limits, sends, frees the slot on the answer, records it.
+    async fn send(
+        &self,
+        mut slot: Permit,
+        body: &[u8],
+        est_tokens: u64,
+    ) -> (Result<Vec<u8>, CallError>, Vec<Grant>, Instant) {
+        // Every attempt counts against the quota, retries too.
+        let mut grants = Vec::with_capacity(self.limits.len());
+        for l in &self.limits {
+            grants.push(l.acquire(est_tokens).await);
+        }
+        slot.sent_now();
+        let sent = Instant::now();
+        // The slot is freed as soon as the service answers, while the body is still read.
+        let slot = Arc::new(Mutex::new(Some(slot)));
+        let on_answer = {
+            let slot = slot.clone();
+            move || {
+                if let Some(p) = slot.lock().expect("slot lock").as_mut() {
+                    p.answered();
+                }
             }
-            slot.sent_now();
-            let sent = Instant::now();
-            // The slot is freed as soon as the service answers, while the body is still read.
-            let slot = Arc::new(Mutex::new(Some(slot)));
-            let on_answer = {
-                let slot = slot.clone();
-                move || {
-                    if let Some(p) = slot.lock().expect("slot lock").as_mut() {
-                        p.answered();
-                    }
-                }
-            };
-            let result = self
-                .client
-                .invoke(&self.info.invoke_id, body.clone(), on_answer)
-                .await;
-            let slot = slot.lock().expect("slot lock").take().expect("the slot");
-            // The call is off the wire: free its slot before parsing (local CPU work), and tell
-            // the adaptive cap how it went.
-            match &result {
-                Err(e) if e.class == ErrorClass::Throttled => slot.throttled(),
-                Err(_) => drop(slot),
-                Ok(_) => slot.success(),
+        };
+        let result = self
+            .client
+            .invoke(&self.info.invoke_id, body.to_vec(), on_answer)
+            .await;
+        let slot = slot.lock().expect("slot lock").take().expect("the slot");
+        // The call is off the wire: free its slot before parsing (local CPU work), and tell
+        // the adaptive cap how it went.
+        match &result {
+            Err(e) if e.class == ErrorClass::Throttled => slot.throttled(),
+            Err(_) => drop(slot),
+            Ok(_) => slot.success(),
+        }
+        let answered = result.is_ok()
+            || result
+                .as_ref()
+                .is_err_and(|e| !matches!(e.class, ErrorClass::Timeout | ErrorClass::Network));
+        self.telemetry
+            .lock()
+            .expect("telemetry lock")
+            .attempt(sent.into_std(), answered);
+        (result, grants, sent)
+    }
+
+    /// Parses an answer (on rayon when large); an unusable response is a server error, retried.
+    async fn parse_answer(&self, resp: Vec<u8>, n: usize) -> Result<Parsed, CallError> {
+        let spec = self.info.spec;
+        // Parsing a large response (up to 96 × 1,536 floats) is CPU work for rayon.
+        let params = self.info.params.clone();
+        let parsed = if resp.len() <= INLINE_BYTES {
+            embedpipe_wire::parse_response(spec, &params, &resp, n)
+        } else {
+            crate::util::cpu(move || embedpipe_wire::parse_response(spec, &params, &resp, n))
+                .await
+                .unwrap_or_else(|e| Err(embedpipe_wire::WireError(e.to_string())))
+        };
+        parsed.map_err(|e| CallError {
+            class: ErrorClass::ServerError,
+            message: format!("unusable response: {e}"),
+        })
+    }
+
+    /// Books an answered call (limits, usage, cost, time); its vectors, normalised if asked.
+    fn answered(
+        &self,
+        mut parsed: Parsed,
+        inputs_owned: &[Owned],
+        grants: &[Grant],
+        elapsed: Duration,
+        est_tokens: u64,
+    ) -> Vec<Vec<f32>> {
+        let spec = self.info.spec;
+        let inputs: Vec<Input> = inputs_owned.iter().map(Owned::as_input).collect();
+        let u = embedpipe_wire::usage(spec, &inputs, &parsed, &pixel_count);
+        for (l, grant) in self.limits.iter().zip(grants) {
+            l.correct(*grant, u.input_tokens);
+        }
+        self.telemetry
+            .lock()
+            .expect("telemetry lock")
+            .tokens(u.input_tokens);
+        {
+            let mut stats = self.stats.lock().expect("stats lock");
+            stats.busy += elapsed;
+            stats.calls += 1;
+            // (`inputs_owned` holds one copy of each input of the call.)
+            stats.inputs += inputs_owned.len() as u64;
+            stats.usage.add(&u);
+            stats.estimated_tokens += est_tokens;
+            stats.cost_usd += u.cost(&self.info.prices);
+        }
+        // A service that normalises on request has done it already.
+        if self.info.normalize && !spec.service_normalizes {
+            parsed
+                .vectors
+                .iter_mut()
+                .for_each(|v| embedpipe_wire::l2_normalize(v));
+        }
+        parsed.vectors
+    }
+
+    /// Books a failed attempt and decides: the wait before the next, or the error to give up.
+    fn retry_or_give_up(
+        &self,
+        mut e: CallError,
+        attempts: &mut Attempts,
+        first_attempt: Instant,
+        elapsed: Duration,
+    ) -> Result<Duration, CallError> {
+        let wait = self.retry.next(attempts, e.class, first_attempt.elapsed());
+        {
+            let mut stats = self.stats.lock().expect("stats lock");
+            stats.busy += elapsed;
+            *stats
+                .errors
+                .entry(e.class.as_str().to_string())
+                .or_default() += 1;
+            if e.class == ErrorClass::Throttled {
+                stats.throttled += 1;
             }
-            let answered = result.is_ok()
-                || result
-                    .as_ref()
-                    .is_err_and(|e| !matches!(e.class, ErrorClass::Timeout | ErrorClass::Network));
-            self.telemetry
-                .lock()
-                .expect("telemetry lock")
-                .attempt(sent.into_std(), answered);
-            let result = match result {
-                // Parsing a large response (up to 96 × 1,536 floats) is CPU work for rayon.
-                Ok(resp) => {
-                    let (params, n) = (self.info.params.clone(), call.len());
-                    let parsed = if resp.len() <= INLINE_BYTES {
-                        models::parse_response(spec, &params, &resp, n)
-                    } else {
-                        crate::run::cpu(move || models::parse_response(spec, &params, &resp, n))
-                            .await
-                            .unwrap_or_else(|e| Err(models::WireError(e.to_string())))
-                    };
-                    parsed.map_err(|e| CallError {
-                        class: ErrorClass::ServerError,
-                        message: format!("unusable response: {e}"),
-                    })
-                }
-                Err(e) => Err(e),
-            };
-            let elapsed = sent.elapsed();
-            match result {
-                Ok(mut parsed) => {
-                    let inputs: Vec<Input> = inputs_owned.iter().map(Owned::as_input).collect();
-                    let u = models::usage(spec, &inputs, &parsed);
-                    for (l, grant) in self.limits.iter().zip(&grants) {
-                        l.correct(*grant, u.input_tokens);
-                    }
-                    self.telemetry
-                        .lock()
-                        .expect("telemetry lock")
-                        .tokens(u.input_tokens);
-                    {
-                        let mut stats = self.stats.lock().expect("stats lock");
-                        stats.busy += elapsed;
-                        stats.calls += 1;
-                        stats.inputs += call.len() as u64;
-                        stats.usage.add(&u);
-                        stats.estimated_tokens += est_tokens;
-                        stats.cost_usd += u.cost(&self.info.prices);
-                    }
-                    if self.info.normalize && spec.family != Family::TitanTextV2 {
-                        parsed
-                            .vectors
-                            .iter_mut()
-                            .for_each(|v| models::l2_normalize(v));
-                    }
-                    return Ok(parsed.vectors);
-                }
-                Err(mut e) => {
-                    let wait = self
-                        .retry
-                        .next(&mut attempts, e.class, first_attempt.elapsed());
-                    {
-                        let mut stats = self.stats.lock().expect("stats lock");
-                        stats.busy += elapsed;
-                        *stats
-                            .errors
-                            .entry(e.class.as_str().to_string())
-                            .or_default() += 1;
-                        if e.class == ErrorClass::Throttled {
-                            stats.throttled += 1;
-                        }
-                        if wait.is_some() {
-                            stats.retries += 1;
-                        } else {
-                            stats.failed_calls += 1;
-                        }
-                    }
-                    let Some(wait) = wait else {
-                        let n = attempts.total();
-                        if n > 1 {
-                            e.message = format!("{} (after {n} attempts)", e.message);
-                        }
-                        return Err(e);
-                    };
-                    tracing::debug!(model = %self.info.name, class = e.class.as_str(), attempt = attempts.total(), "retrying in {wait:?}: {}", e.message);
-                    tokio::time::sleep(wait).await;
-                }
+            if wait.is_some() {
+                stats.retries += 1;
+            } else {
+                stats.failed_calls += 1;
             }
         }
+        let Some(wait) = wait else {
+            let n = attempts.total();
+            if n > 1 {
+                e.message = format!("{} (after {n} attempts)", e.message);
+            }
+            return Err(e);
+        };
+        tracing::debug!(model = %self.info.name, class = e.class.as_str(), attempt = attempts.total(), "retrying in {wait:?}: {}", e.message);
+        Ok(wait)
+    }
+
+    /// The most tokens one call may hold: what the tightest per-minute token quota allows.
+    pub(crate) fn max_call_tokens(&self) -> u64 {
+        self.limits
+            .iter()
+            .filter_map(|l| l.max_call_tokens())
+            .min()
+            .unwrap_or(u64::MAX)
     }
 }

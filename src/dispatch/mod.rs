@@ -1,4 +1,5 @@
-//! Dispatch: schedules model calls per model and keeps per-model statistics.
+//! Layer 6, dispatch (above prepare): schedules model calls per model and keeps per-model
+//! statistics.
 //!
 //! It checks inputs before sending (pre-flight) and hands them to the model: the local model
 //! embeds length-sorted calls on rayon; a Bedrock model's batcher fills calls across steps and
@@ -9,43 +10,25 @@
 mod batcher;
 mod concurrency;
 mod limits;
-pub mod retry;
 mod telemetry;
 
-use crate::config::{Pipeline, PriceOverride, Provider};
-use crate::models::{self, ImageFormat, ModelSpec, Params, Prices, Usage};
-use crate::plan::Inputs;
-use crate::providers::bedrock::{Bedrock, Connection};
-use crate::providers::local::LocalModel;
+use crate::clients::bedrock::Bedrock;
+use crate::engines::local::LocalModel;
+use crate::prepare::image_check::check_image;
+use crate::prepare::Inputs;
+use crate::resolve::{ModelSettings, QuotaSettings};
+use crate::util::{ErrorClass, FailureKind};
 use anyhow::{anyhow, bail, Result};
 use batcher::{Caller, Item, Outcome, Owned};
 use concurrency::AdaptiveLimit;
+use embedpipe_wire::{ImageFormat, ProviderKind as Provider, Rejection, Usage};
 pub use limits::RateLimits;
-pub use retry::{RetryPolicy, DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use telemetry::Telemetry;
 use tokio::sync::mpsc;
-
-/// Default calls in flight per Bedrock model (the adaptive cap starts here and never exceeds it).
-pub const DEFAULT_CONCURRENCY: usize = 8;
-/// Default per-call timeout.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default time a partly filled call waits for more inputs.
-pub const DEFAULT_LINGER: Duration = Duration::from_millis(20);
-
-/// Run-wide overrides of how models are reached (`--emulator`).
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    /// Send every Bedrock call here.
-    pub endpoint_url: Option<String>,
-    /// Sign with dummy credentials (the emulator accepts any).
-    pub emulator_credentials: bool,
-    /// Send S3 requests (media staging, job results) here.
-    pub s3_endpoint_url: Option<String>,
-}
 
 /// Counters for one model.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -70,7 +53,7 @@ pub struct ModelStats {
     /// `embedpipe plan` makes): compare with `usage.input_tokens`, what the service billed.
     pub estimated_tokens: u64,
     pub cost_usd: f64,
-    #[serde(serialize_with = "crate::report::ser_secs")]
+    #[serde(serialize_with = "crate::util::ser_secs")]
     pub busy: Duration,
     /// Call latency (answered attempts), milliseconds.
     pub latency_p50_ms: f64,
@@ -90,128 +73,9 @@ pub struct ModelStats {
     pub concurrency_lowest: usize,
 }
 
-/// What a `[[model]]` produces, known from the pipeline file without loading anything.
-#[derive(Debug, Clone)]
-pub struct ModelInfo {
-    pub name: String,
-    pub spec: &'static ModelSpec,
-    /// The id sent to the provider (may carry an inference-profile prefix).
-    pub invoke_id: String,
-    pub params: Params,
-    pub dimension: usize,
-    pub normalize: bool,
-    pub batch_size: usize,
-    pub concurrency: usize,
-    pub prices: Prices,
-    pub connection: Connection,
-    /// Model id, dimension and parameters: the identity of the vector space, part of every
-    /// content hash.
-    pub fingerprint: String,
-    /// Async-invoke settings (video/audio), when the model has `output_s3_uri`.
-    pub jobs: Option<crate::jobs::JobConfig>,
-}
-
-fn apply_prices(base: Prices, o: Option<&PriceOverride>) -> Prices {
-    let Some(o) = o else { return base };
-    Prices {
-        per_1k_tokens: o.per_1k_tokens.unwrap_or(base.per_1k_tokens),
-        per_image: o.per_image.unwrap_or(base.per_image),
-        per_query: o.per_query.unwrap_or(base.per_query),
-        per_video_second: o.per_video_second.unwrap_or(base.per_video_second),
-        per_audio_second: o.per_audio_second.unwrap_or(base.per_audio_second),
-    }
-}
-
-impl ModelInfo {
-    pub fn from_config(pipeline: &Pipeline, index: usize) -> Self {
-        let cfg = pipeline.model(index);
-        let spec = pipeline.model_spec(index);
-        let mut params = Params::defaults(spec);
-        if let Some(d) = &cfg.dimensions {
-            params.dimension = *d.get_ref();
-        }
-        if let Some(n) = &cfg.normalize {
-            params.normalize = *n.get_ref();
-        }
-        if let Some(t) = cfg.input_type.as_ref().or(cfg.purpose.as_ref()) {
-            params.input_type = Some(t.get_ref().clone());
-        }
-        if let Some(t) = &cfg.truncate {
-            params.truncate = Some(t.get_ref().clone());
-        }
-        if let Some(t) = &cfg.embedding_types {
-            params.embedding_types = t.get_ref().clone();
-        }
-        params.max_tokens = cfg.max_tokens.as_ref().map(|m| *m.get_ref());
-        params.detail_level = cfg.detail_level.as_ref().map(|d| d.get_ref().clone());
-        params.embedding_mode = cfg.embedding_mode.as_ref().map(|d| d.get_ref().clone());
-        params.segment_seconds = cfg.segment_seconds.as_ref().map(|d| *d.get_ref());
-        params.segment_chars = cfg.segment_chars.as_ref().map(|d| *d.get_ref());
-        params.bucket_owner = cfg.bucket_owner.as_ref().map(|d| d.get_ref().clone());
-        if let Some(o) = &cfg.embedding_options {
-            params.embedding_options = o.get_ref().clone();
-        }
-        let batch_size = cfg
-            .batch_size
-            .as_ref()
-            .map_or(spec.default_batch_size, |b| *b.get_ref());
-        let env = |s: &toml::Spanned<crate::config::EnvString>| s.get_ref().to_string();
-        let connection = Connection {
-            region: cfg.region.as_ref().map(env),
-            endpoint_url: cfg.endpoint_url.as_ref().map(env),
-            timeout: cfg
-                .timeout_secs
-                .as_ref()
-                .map_or(DEFAULT_TIMEOUT, |t| Duration::from_secs_f64(*t.get_ref())),
-            emulator_credentials: false,
-        };
-        // The vector space: base id (profiles serve the same model) and every parameter that
-        // changes vectors. Truncation and embedding types are included: they change what is
-        // embedded or stored.
-        let fingerprint = serde_json::json!({
-            "model": spec.id,
-            "dimension": params.dimension,
-            "normalize": params.normalize,
-            "input_type": params.input_type,
-            "truncate": params.truncate,
-            "max_tokens": params.max_tokens,
-            "detail_level": params.detail_level,
-            "embedding_mode": params.embedding_mode,
-            "segment_seconds": params.segment_seconds,
-            "segment_chars": params.segment_chars,
-            "embedding_options": params.embedding_options,
-        })
-        .to_string();
-        Self {
-            name: cfg.name.get_ref().clone(),
-            spec,
-            invoke_id: cfg.id.get_ref().clone(),
-            dimension: params.dimension,
-            normalize: params.normalize,
-            params,
-            batch_size,
-            concurrency: cfg
-                .concurrency
-                .as_ref()
-                .map_or(DEFAULT_CONCURRENCY, |c| *c.get_ref()),
-            prices: apply_prices(spec.prices, cfg.prices.as_ref().map(|p| p.get_ref())),
-            jobs: crate::jobs::JobConfig::from_model(cfg),
-            connection,
-            fingerprint,
-        }
-    }
-
-    /// Infos of every `[[model]]`, indexed like the file.
-    pub fn all(pipeline: &Pipeline) -> Vec<Self> {
-        (0..pipeline.file.models.len())
-            .map(|i| Self::from_config(pipeline, i))
-            .collect()
-    }
-}
-
 /// A model ready to take calls.
 pub struct ModelHandle {
-    pub info: ModelInfo,
+    pub info: ModelSettings,
     backend: Backend,
     stats: Arc<Mutex<ModelStats>>,
 }
@@ -219,9 +83,17 @@ pub struct ModelHandle {
 /// Vectors for a step's inputs, row-major, in input order; or one error per failed input.
 pub struct StepOutput {
     pub vectors: Vec<f32>,
-    /// Inputs (by position) that failed: (position, dead-letter kind, reason).
-    pub failed: Vec<(usize, String, String)>,
+    /// Inputs (by position) that failed: (position, why, reason).
+    pub failed: Vec<(usize, FailureKind, String)>,
 }
+
+/// What became of one input of a Bedrock step: embedded (its vector is in place already),
+/// refused or failed (why, reason), or `None` while it is still under way.
+type InputOutcome = Option<Result<(), (FailureKind, String)>>;
+
+/// The pre-flight of one input: the text cut to fit (`Some`), or why it would be refused;
+/// `None` for an input that has no owned copy.
+type Check = Option<Result<Option<String>, Rejection>>;
 
 enum Backend {
     Local(LocalModel),
@@ -232,27 +104,10 @@ enum Backend {
 }
 
 impl ModelHandle {
-    /// Loads model `index` of the pipeline (call from a blocking thread inside the runtime).
-    /// `group` is the model's `[[quota]]` group, shared with the other models in it.
-    pub fn load(
-        pipeline: &Pipeline,
-        index: usize,
-        overrides: &Overrides,
-        group: Option<Arc<RateLimits>>,
-    ) -> Result<Self> {
-        let mut info = ModelInfo::from_config(pipeline, index);
-        if let Some(e) = &overrides.endpoint_url {
-            info.connection.endpoint_url = Some(e.clone());
-        }
-        info.connection.emulator_credentials = overrides.emulator_credentials;
-        if let (Some(e), Some(j)) = (&overrides.s3_endpoint_url, info.jobs.as_mut()) {
-            j.s3_endpoint = Some(e.clone());
-        }
-        let cfg = pipeline.model(index);
-        let own = RateLimits::new(
-            cfg.requests_per_minute.as_ref().map(|r| *r.get_ref()),
-            cfg.tokens_per_minute.as_ref().map(|r| *r.get_ref()),
-        );
+    /// Loads a model (call from a blocking thread inside the runtime). `group` holds the limits
+    /// of the model's `[[quota]]` group, shared with the other models in it.
+    pub fn load(info: ModelSettings, group: Option<Arc<RateLimits>>) -> Result<Self> {
+        let own = RateLimits::new(info.rates.requests_per_minute, info.rates.tokens_per_minute);
         let limits: Vec<Arc<RateLimits>> = std::iter::once(Arc::new(own))
             .chain(group)
             .filter(|l| !l.is_unlimited())
@@ -264,45 +119,30 @@ impl ModelHandle {
             model_id: info.invoke_id.clone(),
             limit_requests_per_minute: tightest(|l| l.requests_per_minute),
             limit_tokens_per_minute: tightest(|l| l.tokens_per_minute),
-            quota: cfg.quota.as_ref().map(|q| q.get_ref().clone()),
+            quota: info.quota.clone(),
             concurrency: if remote { info.concurrency } else { 1 },
             concurrency_lowest: if remote { info.concurrency } else { 1 },
             ..Default::default()
         }));
         let backend = match info.spec.provider {
-            Provider::Local => {
-                let path = cfg.path.as_ref().map(|p| pipeline.resolve(p.get_ref()));
-                let download = cfg.download.as_ref().is_none_or(|d| *d.get_ref())
-                    && std::env::var_os("EMBEDPIPE_OFFLINE").is_none();
-                Backend::Local(LocalModel::load(path.as_deref(), download, info.normalize)?)
-            }
+            Provider::Local => Backend::Local(LocalModel::load(
+                info.local.path.as_deref(),
+                info.local.download,
+                info.normalize,
+            )?),
             Provider::Bedrock => {
                 let conn = info.connection.clone();
                 let rt = tokio::runtime::Handle::current();
                 let client = rt
                     .block_on(async move { Bedrock::connect(&conn).await })
                     .map_err(|e| anyhow!("model `{}` ({}): {e:#}", info.name, info.spec.id))?;
-                let retry = RetryPolicy {
-                    max_attempts: cfg
-                        .max_attempts
-                        .as_ref()
-                        .map_or(DEFAULT_MAX_ATTEMPTS, |a| *a.get_ref()),
-                    deadline: cfg
-                        .retry_deadline_secs
-                        .as_ref()
-                        .map_or(DEFAULT_DEADLINE, |d| Duration::from_secs_f64(*d.get_ref())),
-                    ..RetryPolicy::default()
-                };
                 let caller = Arc::new(Caller {
                     info: info.clone(),
                     client,
-                    retry,
+                    retry: info.retry,
                     limits,
                     concurrency: AdaptiveLimit::new(info.concurrency),
-                    linger: cfg
-                        .linger_ms
-                        .as_ref()
-                        .map_or(DEFAULT_LINGER, |l| Duration::from_millis(*l.get_ref())),
+                    linger: info.linger,
                     stats: stats.clone(),
                     telemetry: Arc::new(Mutex::new(Telemetry::default())),
                 });
@@ -400,10 +240,9 @@ impl ModelHandle {
                 Err(e) => {
                     stats.failed_calls += 1;
                     let msg = format!("{e:#}");
-                    failed.extend(
-                        call.iter()
-                            .map(|&i| (i, "model_error".to_string(), msg.clone())),
-                    );
+                    // The local model's own error: a problem of these inputs, like Bedrock's 424.
+                    let kind = FailureKind::Call(ErrorClass::ModelError);
+                    failed.extend(call.iter().map(|&i| (i, kind, msg.clone())));
                 }
             }
         }
@@ -411,37 +250,52 @@ impl ModelHandle {
         Ok(StepOutput { vectors, failed })
     }
 
+    /// Embeds a step through the model's batcher: pre-flight, queue, join vectors to inputs.
     async fn embed_bedrock(
         &self,
         queue: &mpsc::UnboundedSender<Item>,
         inputs: &Inputs,
         on_call: &(dyn Fn(usize) + Sync),
     ) -> Result<StepOutput> {
-        let spec = self.info.spec;
-        let params = &self.info.params;
+        let n = inputs.len();
+        // Each input's outcome: embedded (its vector is already in place) or why not.
+        let mut slots: Vec<InputOutcome> = vec![None; n];
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // Pre-flight: nothing that would be refused is sent; the rest joins the model's queue.
+        let owned = self.owned_inputs(inputs, &mut slots)?;
+        let (owned, checks) = self.preflight(inputs, owned).await?;
+        let queued = self.queue_checked(queue, owned, checks, &mut slots, &tx)?;
+        drop(tx);
+        let rejected = n - queued;
+        if rejected > 0 {
+            self.stats.lock().expect("stats lock").rejected_inputs += rejected as u64;
+        }
+        tracing::trace!(model = %self.info.name, queued, "inputs queued");
+        let vectors = self
+            .join_vectors(&mut rx, queued, &mut slots, on_call)
+            .await?;
+        let mut failed = Vec::new();
+        for (i, s) in slots.into_iter().enumerate() {
+            if let Err((kind, msg)) = s.expect("every input has an outcome") {
+                failed.push((i, kind, msg));
+            }
+        }
+        Ok(StepOutput { vectors, failed })
+    }
+
+    /// Owned copies of the inputs for the batcher; an image in no known format is refused here.
+    fn owned_inputs(
+        &self,
+        inputs: &Inputs,
+        slots: &mut [InputOutcome],
+    ) -> Result<Vec<Option<Owned>>> {
         let n = inputs.len();
         let not_an_image = || {
             Some(Err((
-                "unsupported_image_format".to_string(),
+                FailureKind::UnsupportedImageFormat,
                 "the bytes are not a PNG, JPEG, GIF or WebP image".to_string(),
             )))
         };
-        // An input larger than a minute's token quota could never be sent within it.
-        let max_tokens = match &self.backend {
-            Backend::Bedrock { caller, .. } => caller
-                .limits
-                .iter()
-                .filter_map(|l| l.max_call_tokens())
-                .min()
-                .unwrap_or(u64::MAX),
-            _ => u64::MAX,
-        };
-        // Each input's outcome: embedded (its vector is already in place) or why not.
-        let mut slots: Vec<Option<Result<(), (String, String)>>> = vec![None; n];
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut queued = 0usize;
-        let closed = || anyhow!("model `{}`: its call queue has stopped", self.info.name);
-        // Pre-flight: nothing that would be refused is sent; the rest joins the model's queue.
         let mut owned: Vec<Option<Owned>> = Vec::with_capacity(n);
         for i in 0..n {
             let o = match inputs {
@@ -461,31 +315,57 @@ impl ModelHandle {
             }
             owned.push(o);
         }
-        // Texts are checked here; images are decoded, which is CPU work for rayon.
-        let (owned, checks) = if matches!(inputs, Inputs::Text(_)) {
+        Ok(owned)
+    }
+
+    /// The wire pre-flight of each input (a refusal, or its text cut); images decode on rayon.
+    async fn preflight(
+        &self,
+        inputs: &Inputs,
+        owned: Vec<Option<Owned>>,
+    ) -> Result<(Vec<Option<Owned>>, Vec<Check>)> {
+        let spec = self.info.spec;
+        let params = &self.info.params;
+        if matches!(inputs, Inputs::Text(_)) {
             let checks: Vec<_> = owned
                 .iter()
                 .map(|o| {
-                    o.as_ref()
-                        .map(|o| models::preflight(spec, params, &o.as_input()))
+                    o.as_ref().map(|o| {
+                        embedpipe_wire::preflight(spec, params, &o.as_input(), check_image)
+                    })
                 })
                 .collect();
-            (owned, checks)
+            Ok((owned, checks))
         } else {
             let params = params.clone();
-            crate::run::cpu(move || {
+            crate::util::cpu(move || {
                 use rayon::prelude::*;
                 let checks: Vec<_> = owned
                     .par_iter()
                     .map(|o| {
-                        o.as_ref()
-                            .map(|o| models::preflight(spec, &params, &o.as_input()))
+                        o.as_ref().map(|o| {
+                            embedpipe_wire::preflight(spec, &params, &o.as_input(), check_image)
+                        })
                     })
                     .collect();
                 (owned, checks)
             })
-            .await?
-        };
+            .await
+        }
+    }
+
+    /// Queues the inputs that passed pre-flight, noting why the others did not; returns how many.
+    fn queue_checked(
+        &self,
+        queue: &mpsc::UnboundedSender<Item>,
+        owned: Vec<Option<Owned>>,
+        checks: Vec<Check>,
+        slots: &mut [InputOutcome],
+        tx: &mpsc::UnboundedSender<Outcome>,
+    ) -> Result<usize> {
+        // An input larger than a minute's token quota could never be sent within it.
+        let max_tokens = self.max_call_tokens();
+        let mut queued = 0usize;
         for (i, (o, check)) in owned.into_iter().zip(checks).enumerate() {
             let (Some(o), Some(check)) = (o, check) else {
                 continue;
@@ -496,35 +376,43 @@ impl ModelHandle {
                     Owned::TextImage(_, b, f) => Owned::TextImage(cut, b, f),
                     _ => Owned::Text(cut),
                 },
-                Err((kind, msg)) => {
-                    slots[i] = Some(Err((kind.into(), msg)));
+                // The one place wire rejection codes become kinds.
+                Err((code, msg)) => {
+                    slots[i] = Some(Err((FailureKind::from_wire(code), msg)));
                     continue;
                 }
             };
-            let tokens = o.as_input().text().map_or(0, models::estimate_tokens);
+            let tokens = o
+                .as_input()
+                .text()
+                .map_or(0, embedpipe_wire::estimate_tokens);
             if tokens > max_tokens {
                 slots[i] = Some(Err((
-                    "input_too_long".into(),
+                    FailureKind::InputTooLong,
                     format!("the text is ~{tokens} tokens, more than tokens_per_minute = {max_tokens} lets through in a minute, so it could never be sent within the quota; raise the quota or cut the text (`truncate`)"),
                 )));
                 continue;
             }
             queue
                 .send(Item::new(&self.info, o, tx.clone(), i))
-                .map_err(|_| closed())?;
+                .map_err(|_| self.queue_stopped())?;
             queued += 1;
         }
-        drop(tx);
-        let rejected = n - queued;
-        if rejected > 0 {
-            self.stats.lock().expect("stats lock").rejected_inputs += rejected as u64;
-        }
-        tracing::trace!(model = %self.info.name, queued, "inputs queued");
-        // Each vector goes to its place as it arrives (and its own allocation is freed).
+        Ok(queued)
+    }
+
+    /// Puts each vector in its place as its call finishes; a fatal outcome stops the step.
+    async fn join_vectors(
+        &self,
+        rx: &mut mpsc::UnboundedReceiver<Outcome>,
+        queued: usize,
+        slots: &mut [InputOutcome],
+        on_call: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<f32>> {
         let dim = self.info.dimension;
-        let mut vectors = vec![0f32; n * dim];
+        let mut vectors = vec![0f32; slots.len() * dim];
         for _ in 0..queued {
-            match rx.recv().await.ok_or_else(closed)? {
+            match rx.recv().await.ok_or_else(|| self.queue_stopped())? {
                 Outcome::Done(i, Ok(v)) => {
                     vectors[i * dim..(i + 1) * dim].copy_from_slice(&v);
                     slots[i] = Some(Ok(()));
@@ -534,13 +422,20 @@ impl ModelHandle {
             }
             on_call(1);
         }
-        let mut failed = Vec::new();
-        for (i, s) in slots.into_iter().enumerate() {
-            if let Err((kind, msg)) = s.expect("every input has an outcome") {
-                failed.push((i, kind, msg));
-            }
+        Ok(vectors)
+    }
+
+    /// The largest call, in tokens, the model's rate limits let through: no input may be larger.
+    fn max_call_tokens(&self) -> u64 {
+        match &self.backend {
+            Backend::Bedrock { caller, .. } => caller.max_call_tokens(),
+            _ => u64::MAX,
         }
-        Ok(StepOutput { vectors, failed })
+    }
+
+    /// The error of a step whose model's call queue has gone away.
+    fn queue_stopped(&self) -> anyhow::Error {
+        anyhow!("model `{}`: its call queue has stopped", self.info.name)
     }
 }
 
@@ -550,36 +445,33 @@ pub struct Models {
 }
 
 impl Models {
-    /// Loads the models that steps use (unused `[[model]]` tables are not loaded).
-    pub fn load(pipeline: &Pipeline, overrides: &Overrides) -> Result<Self> {
+    /// Loads the models that steps use (`used(index)`; unused `[[model]]` tables are not
+    /// loaded), indexed like `models`.
+    pub fn load(
+        models: &[ModelSettings],
+        quotas: &[QuotaSettings],
+        used: impl Fn(usize) -> bool,
+    ) -> Result<Self> {
         // One set of limiters per `[[quota]]` group, shared by its models.
-        let groups: BTreeMap<&str, Arc<RateLimits>> = pipeline
-            .file
-            .quotas
+        let groups: BTreeMap<&str, Arc<RateLimits>> = quotas
             .iter()
             .map(|q| {
-                let q = q.get_ref();
                 (
-                    q.name.get_ref().as_str(),
+                    q.name.as_str(),
                     Arc::new(RateLimits::new(
-                        q.requests_per_minute.as_ref().map(|r| *r.get_ref()),
-                        q.tokens_per_minute.as_ref().map(|r| *r.get_ref()),
+                        q.rates.requests_per_minute,
+                        q.rates.tokens_per_minute,
                     )),
                 )
             })
             .collect();
-        let handles = (0..pipeline.file.models.len())
-            .map(|i| {
-                let group = pipeline
-                    .model(i)
-                    .quota
-                    .as_ref()
-                    .and_then(|q| groups.get(q.get_ref().as_str()).cloned());
-                pipeline
-                    .steps
-                    .iter()
-                    .any(|s| s.model_index == i)
-                    .then(|| ModelHandle::load(pipeline, i, overrides, group))
+        let handles = models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let group = m.quota.as_deref().and_then(|q| groups.get(q).cloned());
+                used(i)
+                    .then(|| ModelHandle::load(m.clone(), group))
                     .transpose()
             })
             .collect::<Result<_>>()?;

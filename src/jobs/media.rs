@@ -1,8 +1,9 @@
 //! Media inputs of async jobs: telling video from audio, identifying content, and staging local
 //! files in S3 under content-addressed keys (so re-runs never upload twice).
 
-use crate::models::Modality;
-use crate::providers::s3::{S3Uri, S3};
+use crate::clients::s3::S3;
+use crate::util::{FailureKind, S3Uri};
+use embedpipe_wire::Modality;
 use std::path::Path;
 
 /// A media input resolved to an S3 object the job can read.
@@ -17,8 +18,8 @@ pub struct Resolved {
     pub uploaded: bool,
 }
 
-/// Why an input cannot be used: (dead-letter kind, message).
-pub type Refusal = (&'static str, String);
+/// Why an input cannot be used: (why, message).
+pub type Refusal = (FailureKind, String);
 
 /// Container format and modality from a file name's extension.
 pub fn from_extension(name: &str) -> Option<(Modality, &'static str)> {
@@ -86,9 +87,9 @@ pub fn classify(
         (Some((m, f)), None) => Ok((m, f)),
         (Some((m, f)), Some(w)) if m == w => Ok((m, f)),
         // An mp4 holding only sound, say: the container stays, the modality is the row's.
-        (Some((_, f)), Some(w)) if crate::models::media_formats(w).contains(&f) => Ok((w, f)),
+        (Some((_, f)), Some(w)) if embedpipe_wire::media_formats(w).contains(&f) => Ok((w, f)),
         (Some((m, f)), Some(w)) => Err((
-            "wrong_modality",
+            FailureKind::WrongModality,
             format!(
                 "`{name}` looks like {} ({f}), but the step says {}; fix the `modality` setting or the row",
                 m.as_str(),
@@ -96,11 +97,11 @@ pub fn classify(
             ),
         )),
         (None, _) => Err((
-            "unsupported_media",
+            FailureKind::UnsupportedMedia,
             format!(
                 "`{name}` is not a video, audio or text format embedpipe can send (video: {}; audio: {}; text: .txt, .md)",
-                crate::models::media_formats(Modality::Video).join(", "),
-                crate::models::media_formats(Modality::Audio).join(", ")
+                embedpipe_wire::media_formats(Modality::Video).join(", "),
+                embedpipe_wire::media_formats(Modality::Audio).join(", ")
             ),
         )),
     }
@@ -123,13 +124,18 @@ pub async fn resolve(
     base_dir: &Path,
 ) -> Result<Resolved, Refusal> {
     if input.starts_with("s3://") {
-        let uri = S3Uri::parse(input).map_err(|e| ("bad_media_uri", e.to_string()))?;
+        let uri = S3Uri::parse(input).map_err(|e| (FailureKind::BadMediaUri, e.to_string()))?;
         let (modality, format) = classify(input, None, wanted)?;
         let info = s3
             .head(&uri)
             .await
-            .map_err(|e| ("media_unreadable", format!("{e:#}")))?
-            .ok_or_else(|| ("media_not_found", format!("{input} does not exist")))?;
+            .map_err(|e| (FailureKind::MediaUnreadable, format!("{e:#}")))?
+            .ok_or_else(|| {
+                (
+                    FailureKind::MediaNotFound,
+                    format!("{input} does not exist"),
+                )
+            })?;
         return Ok(Resolved {
             uri,
             modality,
@@ -141,7 +147,7 @@ pub async fn resolve(
     let path = base_dir.join(input);
     let (head, hash) = {
         let p = path.clone();
-        crate::run::cpu(move || -> std::io::Result<(Vec<u8>, String)> {
+        crate::util::cpu(move || -> std::io::Result<(Vec<u8>, String)> {
             use std::io::Read;
             let mut head = vec![0u8; 64];
             let n = std::fs::File::open(&p)?.read(&mut head)?;
@@ -149,10 +155,10 @@ pub async fn resolve(
             Ok((head, hash_file(&p)?))
         })
         .await
-        .map_err(|e| ("media_unreadable", e.to_string()))?
+        .map_err(|e| (FailureKind::MediaUnreadable, e.to_string()))?
         .map_err(|e| {
             (
-                "media_unreadable",
+                FailureKind::MediaUnreadable,
                 format!("cannot read {}: {e}", path.display()),
             )
         })?
@@ -162,12 +168,12 @@ pub async fn resolve(
     let staged = s3
         .head(&uri)
         .await
-        .map_err(|e| ("staging_failed", format!("{e:#}")))?;
+        .map_err(|e| (FailureKind::StagingFailed, format!("{e:#}")))?;
     let uploaded = staged.is_none();
     if uploaded {
         s3.put_file(&uri, &path)
             .await
-            .map_err(|e| ("staging_failed", format!("{e:#}")))?;
+            .map_err(|e| (FailureKind::StagingFailed, format!("{e:#}")))?;
     }
     Ok(Resolved {
         uri,
@@ -201,11 +207,11 @@ mod tests {
             (Modality::Audio, "mp3")
         );
         let e = classify("a.wav", None, Some(Modality::Video)).unwrap_err();
-        assert_eq!(e.0, "wrong_modality");
+        assert_eq!(e.0, FailureKind::WrongModality);
         assert!(e.1.contains("a.wav"), "{}", e.1);
         assert_eq!(
             classify("notes.docx", None, None).unwrap_err().0,
-            "unsupported_media"
+            FailureKind::UnsupportedMedia
         );
     }
 }

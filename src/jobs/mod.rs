@@ -1,4 +1,5 @@
-//! The async route: video and audio through Bedrock async invoke.
+//! Layer 6, jobs (above prepare): the async route, video and audio through Bedrock async
+//! invoke.
 //!
 //! Per input: stage the file in S3 (content-addressed, once), derive the job's
 //! `clientRequestToken` from the content hash and the model parameters, record the job in the
@@ -10,13 +11,13 @@
 pub mod ledger;
 pub mod media;
 
-use crate::config::{EnvString, ModelConfig};
-use crate::dispatch::retry::{Attempts, RetryPolicy};
-use crate::dispatch::ModelInfo;
-use crate::models::{self, MediaRef, Modality, Segment};
-use crate::providers::bedrock::{Bedrock, CallError, ErrorClass, JobState};
-use crate::providers::s3::{S3Uri, S3};
+use crate::clients::bedrock::{Bedrock, CallError, JobState};
+use crate::clients::s3::S3;
+use crate::prepare::MediaInput;
+use crate::resolve::{JobSettings, ModelSettings};
+use crate::util::{Attempts, ErrorClass, FailureKind, RetryPolicy, S3Uri};
 use anyhow::{anyhow, Result};
+use embedpipe_wire::{AsyncResults, MediaRef, Modality, Segment};
 use ledger::{JobRecord, Ledger, Status};
 use serde::Serialize;
 use std::path::Path;
@@ -24,54 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-pub const DEFAULT_MAX_JOBS: usize = 16;
-pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
-pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
 /// Polls slow down to this.
 pub const MAX_POLL: Duration = Duration::from_secs(30);
-
-/// A model's async-invoke settings, from its `[[model]]` table.
-#[derive(Debug, Clone)]
-pub struct JobConfig {
-    pub output: S3Uri,
-    pub staging: S3Uri,
-    pub s3_endpoint: Option<String>,
-    pub max_jobs: usize,
-    pub timeout: Duration,
-    pub poll: Duration,
-}
-
-impl JobConfig {
-    /// `None` without `output_s3_uri` (validation has checked the URIs).
-    pub fn from_model(cfg: &ModelConfig) -> Option<Self> {
-        let env = |s: &toml::Spanned<EnvString>| s.get_ref().to_string();
-        let output = S3Uri::parse(&env(cfg.output_s3_uri.as_ref()?)).ok()?;
-        let staging = cfg
-            .staging_s3_uri
-            .as_ref()
-            .and_then(|s| S3Uri::parse(&env(s)).ok())
-            .unwrap_or_else(|| output.join("inputs/"));
-        Some(Self {
-            staging: staging.folder(),
-            output: output.folder(),
-            s3_endpoint: cfg.s3_endpoint_url.as_ref().map(env),
-            max_jobs: cfg
-                .max_jobs
-                .as_ref()
-                .map_or(DEFAULT_MAX_JOBS, |m| *m.get_ref()),
-            timeout: cfg
-                .job_timeout_secs
-                .as_ref()
-                .map_or(DEFAULT_JOB_TIMEOUT, |t| {
-                    Duration::from_secs_f64(*t.get_ref())
-                }),
-            poll: cfg
-                .poll_secs
-                .as_ref()
-                .map_or(DEFAULT_POLL, |t| Duration::from_secs_f64(*t.get_ref())),
-        })
-    }
-}
 
 /// Counters of the async route, for the summary and `--json`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -97,22 +52,13 @@ pub struct JobStats {
     pub text_chars: u64,
 }
 
-/// One media input of a step.
-#[derive(Debug, Clone)]
-pub struct MediaInput {
-    /// A local path (relative to the pipeline file) or an `s3://` URI.
-    pub source: String,
-    /// The step's or the row's modality; `None`: detect it.
-    pub modality: Option<Modality>,
-}
-
-/// What became of one input: its modality and segments, or (dead-letter kind, reason).
-pub type MediaOutcome = Result<(Modality, Vec<Segment>), (String, String)>;
+/// What became of one input: its modality and segments, or (why, reason).
+pub type MediaOutcome = Result<(Modality, Vec<Segment>), (FailureKind, String)>;
 
 /// A model's async route.
 pub struct AsyncRoute {
-    info: ModelInfo,
-    cfg: JobConfig,
+    info: ModelSettings,
+    cfg: JobSettings,
     bedrock: Bedrock,
     s3: S3,
     ledger: Arc<Ledger>,
@@ -122,11 +68,12 @@ pub struct AsyncRoute {
 }
 
 impl AsyncRoute {
-    pub async fn connect(info: ModelInfo, ledger: Arc<Ledger>, retry: RetryPolicy) -> Result<Self> {
+    pub async fn connect(info: ModelSettings, ledger: Arc<Ledger>) -> Result<Self> {
         let cfg = info
             .jobs
             .clone()
             .ok_or_else(|| anyhow!("model `{}` has no output_s3_uri", info.name))?;
+        let retry = cfg.retry;
         let bedrock = Bedrock::connect(&info.connection).await?;
         let s3 = S3::connect(&info.connection, cfg.s3_endpoint.as_deref()).await?;
         Ok(Self {
@@ -172,36 +119,12 @@ impl AsyncRoute {
         .await
     }
 
+    /// One input through the async flow: stage, submit or resume, poll, read the results.
     async fn one(&self, input: &MediaInput, base_dir: &Path) -> MediaOutcome {
-        let fail = |(k, m): (&str, String)| (k.to_string(), m);
-        let media = media::resolve(
-            &self.s3,
-            &input.source,
-            input.modality,
-            &self.cfg.staging,
-            base_dir,
-        )
-        .await
-        .map_err(fail)?;
-        self.count(|s| {
-            if media.uploaded {
-                s.uploaded += 1
-            } else if !input.source.starts_with("s3://") {
-                s.already_staged += 1
-            }
-        });
-        let key = crate::plan::content_hash(
-            &self.info.fingerprint,
-            format!(
-                "{}\0{}\0{}",
-                media.content,
-                media.modality.as_str(),
-                media.format
-            )
-            .as_bytes(),
-        );
+        let media = self.stage(input, base_dir).await?;
+        let key = self.job_key(&media);
         let uri = media.uri.to_string();
-        let model_input = models::build_async(
+        let model_input = embedpipe_wire::build_async(
             self.info.spec,
             &self.info.params,
             &MediaRef {
@@ -210,8 +133,69 @@ impl AsyncRoute {
                 format: media.format,
             },
         )
-        .map_err(|e| ("request".to_string(), e.0))?;
-        let mut record = match self.ledger.get(&key) {
+        .map_err(|e| (FailureKind::Request, e.0))?;
+        let mut record = self.ledger_record(&key, input, &uri, media.modality);
+        // A job completed in an earlier run was billed then: its results are only read again.
+        let billed_before = record.status == Status::Completed;
+        let (arn, state, failure) = self
+            .submit_or_resume(&mut record, &model_input, &key)
+            .await?;
+        self.settle(&mut record, &arn, state, failure)?;
+        let segments = self
+            .read_results(&arn)
+            .await
+            .map_err(|e| (FailureKind::JobResults, format!("job {arn}: {e:#}")))?;
+        self.count_results(&segments, billed_before, media.modality);
+        Ok((media.modality, segments))
+    }
+
+    /// Stages the input's file in S3 (content-addressed, once), counting if this run uploaded it.
+    async fn stage(
+        &self,
+        input: &MediaInput,
+        base_dir: &Path,
+    ) -> Result<media::Resolved, (FailureKind, String)> {
+        let media = media::resolve(
+            &self.s3,
+            &input.source,
+            input.modality,
+            &self.cfg.staging,
+            base_dir,
+        )
+        .await?;
+        self.count(|s| {
+            if media.uploaded {
+                s.uploaded += 1
+            } else if !input.source.starts_with("s3://") {
+                s.already_staged += 1
+            }
+        });
+        Ok(media)
+    }
+
+    /// The job's ledger key: the input's content, modality and format under the model fingerprint.
+    fn job_key(&self, media: &media::Resolved) -> String {
+        crate::util::content_hash(
+            &self.info.fingerprint,
+            format!(
+                "{}\0{}\0{}",
+                media.content,
+                media.modality.as_str(),
+                media.format
+            )
+            .as_bytes(),
+        )
+    }
+
+    /// The ledger's job for this input to resume, or (none, or failed) a new attempt to submit.
+    fn ledger_record(
+        &self,
+        key: &str,
+        input: &MediaInput,
+        uri: &str,
+        modality: Modality,
+    ) -> JobRecord {
+        match self.ledger.get(key) {
             Some(r) if r.status != Status::Failed => {
                 if r.arn.is_some() {
                     self.count(|s| s.resumed += 1);
@@ -222,14 +206,14 @@ impl AsyncRoute {
                 let attempt = previous.map_or(0, |r| r.attempt + 1);
                 let now = ledger::now();
                 JobRecord {
-                    token: token(&key, attempt),
-                    key: key.clone(),
+                    token: token(key, attempt),
+                    key: key.to_string(),
                     attempt,
                     model: self.info.name.clone(),
                     model_id: self.info.spec.id.to_string(),
                     input: input.source.clone(),
-                    input_uri: uri.clone(),
-                    modality: media.modality.as_str().to_string(),
+                    input_uri: uri.to_string(),
+                    modality: modality.as_str().to_string(),
                     arn: None,
                     status: Status::Submitting,
                     failure: None,
@@ -237,60 +221,92 @@ impl AsyncRoute {
                     updated_at: now,
                 }
             }
-        };
+        }
+    }
+
+    /// Submits the job unless it has an ARN, then polls it; an unknown resumed job goes again once.
+    async fn submit_or_resume(
+        &self,
+        record: &mut JobRecord,
+        model_input: &serde_json::Value,
+        key: &str,
+    ) -> Result<(String, JobState, Option<String>), (FailureKind, String)> {
         let mut resumed = record.arn.is_some();
-        // A job completed in an earlier run was billed then: its results are only read again.
-        let billed_before = record.status == Status::Completed;
-        let (arn, state, failure) = loop {
+        loop {
             if record.arn.is_none() {
-                // Durable before the call: if the run dies now, the next one submits again
-                // with the same token, which the service answers with the same job.
-                self.ledger
-                    .record(&record)
-                    .map_err(|e| ("ledger".to_string(), format!("{e:#}")))?;
-                let arn = self
-                    .submit(&model_input, &record.token)
-                    .await
-                    .map_err(|e| (e.class.as_str().to_string(), e.message))?;
-                record.arn = Some(arn);
-                record.status = Status::InProgress;
-                record.updated_at = ledger::now();
-                self.ledger
-                    .record(&record)
-                    .map_err(|e| ("ledger".to_string(), format!("{e:#}")))?;
-                self.count(|s| s.submitted += 1);
+                self.submit_recorded(record, model_input).await?;
             }
             let arn = record.arn.clone().expect("submitted");
             match self.poll(&arn, record.submitted_at).await {
-                Ok((state, failure)) => break (arn, state, failure),
+                Ok((state, failure)) => return Ok((arn, state, failure)),
                 // A job from an earlier run the service no longer knows (expired, or another
                 // endpoint): submit it again under a new token, once.
                 Err(e)
                     if resumed
                         && matches!(e.class, ErrorClass::Validation | ErrorClass::NotFound) =>
                 {
-                    tracing::warn!(%arn, "the service does not know this ledger job ({}); submitting it again", e.message);
-                    record.status = Status::Failed;
-                    record.failure = Some(e.message.clone());
-                    record.updated_at = ledger::now();
-                    let _ = self.ledger.record(&record);
-                    self.count(|s| s.resumed -= 1);
+                    self.forget_unknown_job(record, key, &arn, &e);
                     resumed = false;
-                    record.attempt += 1;
-                    record.token = token(&key, record.attempt);
-                    record.arn = None;
-                    record.failure = None;
-                    record.status = Status::Submitting;
-                    record.submitted_at = ledger::now();
                 }
-                Err(e) => return Err((e.class.as_str().to_string(), e.message)),
+                Err(e) => return Err((FailureKind::Call(e.class), e.message)),
             }
-        };
+        }
+    }
+
+    /// Submits the job, in the ledger before the call (a rerun reuses the token) and after it.
+    async fn submit_recorded(
+        &self,
+        record: &mut JobRecord,
+        model_input: &serde_json::Value,
+    ) -> Result<(), (FailureKind, String)> {
+        // Durable before the call: if the run dies now, the next one submits again
+        // with the same token, which the service answers with the same job.
+        self.ledger
+            .record(record)
+            .map_err(|e| (FailureKind::Ledger, format!("{e:#}")))?;
+        let arn = self
+            .submit(model_input, &record.token)
+            .await
+            .map_err(|e| (FailureKind::Call(e.class), e.message))?;
+        record.arn = Some(arn);
+        record.status = Status::InProgress;
+        record.updated_at = ledger::now();
+        self.ledger
+            .record(record)
+            .map_err(|e| (FailureKind::Ledger, format!("{e:#}")))?;
+        self.count(|s| s.submitted += 1);
+        Ok(())
+    }
+
+    /// Marks a resumed job the service does not know failed; `record` becomes its next attempt.
+    fn forget_unknown_job(&self, record: &mut JobRecord, key: &str, arn: &str, e: &CallError) {
+        tracing::warn!(%arn, "the service does not know this ledger job ({}); submitting it again", e.message);
+        record.status = Status::Failed;
+        record.failure = Some(e.message.clone());
+        record.updated_at = ledger::now();
+        let _ = self.ledger.record(record);
+        self.count(|s| s.resumed -= 1);
+        record.attempt += 1;
+        record.token = token(key, record.attempt);
+        record.arn = None;
+        record.failure = None;
+        record.status = Status::Submitting;
+        record.submitted_at = ledger::now();
+    }
+
+    /// How the job ended: timed out or failed ends the input; completed is marked in the ledger.
+    fn settle(
+        &self,
+        record: &mut JobRecord,
+        arn: &str,
+        state: JobState,
+        failure: Option<String>,
+    ) -> Result<(), (FailureKind, String)> {
         match state {
             JobState::InProgress => {
                 self.count(|s| s.timed_out += 1);
                 return Err((
-                    "job_timeout".into(),
+                    FailureKind::JobTimeout,
                     format!(
                         "job {arn} was still running after {:.0} s (job_timeout_secs); it keeps \
                          running and the next run picks its results up",
@@ -304,22 +320,23 @@ impl AsyncRoute {
                     record.status = Status::Failed;
                     record.failure = Some(msg.clone());
                     record.updated_at = ledger::now();
-                    let _ = self.ledger.record(&record);
+                    let _ = self.ledger.record(record);
                 }
                 self.count(|s| s.failed += 1);
-                return Err(("job_failed".into(), format!("job {arn} failed: {msg}")));
+                return Err((FailureKind::JobFailed, format!("job {arn} failed: {msg}")));
             }
             JobState::Completed => {}
         }
         if record.status != Status::Completed {
             record.status = Status::Completed;
             record.updated_at = ledger::now();
-            let _ = self.ledger.record(&record);
+            let _ = self.ledger.record(record);
         }
-        let segments = self
-            .read_results(&arn)
-            .await
-            .map_err(|e| ("job_results".to_string(), format!("job {arn}: {e:#}")))?;
+        Ok(())
+    }
+
+    /// Counts a completed job's segments and what it bills (unless an earlier run paid for it).
+    fn count_results(&self, segments: &[Segment], billed_before: bool, modality: Modality) {
         let seconds = segments
             .iter()
             .filter_map(|s| s.end_sec)
@@ -332,14 +349,13 @@ impl AsyncRoute {
         self.count(|s| {
             s.completed += 1;
             s.segments += segments.len() as u64;
-            match (billed_before, media.modality) {
+            match (billed_before, modality) {
                 (true, _) => {}
                 (false, Modality::Video) => s.video_seconds += seconds,
                 (false, Modality::Text) => s.text_chars += chars,
                 (false, _) => s.audio_seconds += seconds,
             }
         });
-        Ok((media.modality, segments))
     }
 
     /// StartAsyncInvoke, retried (same token) on throttling, 5xx and network errors.
@@ -423,17 +439,19 @@ impl AsyncRoute {
                     key: k.clone(),
                 })
         };
-        let segments = match self.info.spec.family {
-            models::Family::Nova2 => {
-                let summary = file("segmented-embedding-result.json")
-                    .ok_or_else(|| anyhow!("no segmented-embedding-result.json in {folder}"))?;
-                let files = models::nova::result_files(&self.s3.get(&summary).await?)
+        let spec = self.info.spec;
+        let codec = spec.codec;
+        let segments = match codec.async_results() {
+            Some(AsyncResults::Manifest(name)) => {
+                let summary = file(name).ok_or_else(|| anyhow!("no {name} in {folder}"))?;
+                let files = codec
+                    .parse_async_manifest(&self.s3.get(&summary).await?)
                     .map_err(|e| anyhow!("{e}"))?;
                 let mut all = Vec::new();
                 for (kind, uri) in files {
                     let body = self.s3.get(&S3Uri::parse(&uri)?).await?;
                     let (mut segs, skipped) =
-                        crate::run::cpu(move || models::nova::parse_segments(&kind, &body))
+                        crate::util::cpu(move || codec.parse_async_segments(&kind, &body))
                             .await?
                             .map_err(|e| anyhow!("{e}"))?;
                     self.count(|s| s.failed_segments += skipped as u64);
@@ -441,14 +459,17 @@ impl AsyncRoute {
                 }
                 all
             }
-            _ => {
-                let output =
-                    file("output.json").ok_or_else(|| anyhow!("no output.json in {folder}"))?;
+            Some(AsyncResults::Segments(name)) => {
+                let output = file(name).ok_or_else(|| anyhow!("no {name} in {folder}"))?;
                 let body = self.s3.get(&output).await?;
-                crate::run::cpu(move || models::marengo::parse_async(&body))
-                    .await?
-                    .map_err(|e| anyhow!("{e}"))?
+                let (segs, skipped) =
+                    crate::util::cpu(move || codec.parse_async_segments("", &body))
+                        .await?
+                        .map_err(|e| anyhow!("{e}"))?;
+                self.count(|s| s.failed_segments += skipped as u64);
+                segs
             }
+            None => anyhow::bail!("{} has no async results to read", spec.id),
         };
         if segments.is_empty() {
             anyhow::bail!("the job produced no segments");

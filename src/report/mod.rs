@@ -1,18 +1,16 @@
-//! Reporting: progress while a run goes, and the summary at its end (text or JSON).
+//! Layer 7, report (above dispatch and jobs): progress while a run goes, and the summary at its
+//! end (text or JSON).
 
 mod progress;
 
 pub use progress::Progress;
 
 use crate::dispatch::ModelStats;
-use serde::{Serialize, Serializer};
+use crate::sink::runlog::RunRecord;
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
-
-pub(crate) fn ser_secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
-}
 
 /// What a run did, however it ended. `rows_read == rows_written + rows_skipped + rows_failed`
 /// for a run that read its whole source.
@@ -49,13 +47,63 @@ pub struct Summary {
     pub jobs: Option<crate::jobs::JobStats>,
     /// Compaction and indexes after the run.
     pub maintenance: Option<crate::sink::maintain::Maintenance>,
-    #[serde(serialize_with = "ser_secs")]
+    #[serde(serialize_with = "crate::util::ser_secs")]
     pub wall_time: Duration,
     pub rows_per_second: f64,
 }
 
+/// The run-log record of a run that ended with `s`.
+pub fn run_record(
+    s: &Summary,
+    pipeline_hash: String,
+    started_at_micros: i64,
+    ended_at_micros: i64,
+) -> RunRecord {
+    let sum = |f: fn(&ModelStats) -> f64| s.models.iter().map(f).sum::<f64>();
+    RunRecord {
+        run_id: s.run_id.clone(),
+        pipeline_hash,
+        pipeline: s.pipeline.clone(),
+        mode: s.mode.clone(),
+        status: s.status.clone(),
+        started_at_micros,
+        ended_at_micros,
+        rows_read: s.rows_read,
+        // A run that stopped wrote only what it committed.
+        rows_written: match s.status.as_str() {
+            "ok" | "rows_failed" => s.rows_written,
+            _ => s.rows_committed,
+        },
+        rows_skipped: s.rows_skipped,
+        rows_failed: s.rows_failed,
+        rows_deleted: s.rows_deleted,
+        calls: s.models.iter().map(|m| m.calls).sum(),
+        input_tokens: s.models.iter().map(|m| m.usage.input_tokens).sum(),
+        images: s.models.iter().map(|m| m.usage.images).sum(),
+        media_seconds: sum(|m| m.usage.video_seconds + m.usage.audio_seconds),
+        cost_usd: sum(|m| m.cost_usd),
+        failures: serde_json::to_string(&s.failures_by_kind).unwrap_or_default(),
+        error: s.error.clone(),
+    }
+}
+
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_outcome(f)?;
+        self.write_rows(f)?;
+        self.write_table(f)?;
+        self.write_jobs(f)?;
+        for m in &self.models {
+            write_model(f, m)?;
+        }
+        self.write_cost(f)?;
+        self.write_failures(f)
+    }
+}
+
+impl Summary {
+    /// The first line: what was written, or how far a run that stopped got.
+    fn write_outcome(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.status.as_str() {
             "ok" | "rows_failed" => writeln!(
                 f,
@@ -66,7 +114,7 @@ impl fmt::Display for Summary {
                 self.mode,
                 self.wall_time.as_secs_f64(),
                 self.rows_per_second
-            )?,
+            ),
             status => writeln!(
                 f,
                 "run {status} after {:.2}s: {} rows committed to table `{}` in {} (mode {})",
@@ -75,8 +123,12 @@ impl fmt::Display for Summary {
                 self.table,
                 self.uri,
                 self.mode,
-            )?,
+            ),
         }
+    }
+
+    /// Where every row read went, and (incremental runs) the commits and deletions.
+    fn write_rows(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "  rows: {} read = {} written + {} skipped + {} failed",
@@ -89,122 +141,57 @@ impl fmt::Display for Summary {
                 self.rows_written, self.commits, self.rows_deleted
             )?;
         }
-        if let Some(m) = self
+        Ok(())
+    }
+
+    /// The table after the run, when maintenance compacted it or built indexes.
+    fn write_table(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(m) = self
             .maintenance
             .as_ref()
             .filter(|m| m.compacted || !m.indexes_created.is_empty())
-        {
-            writeln!(
-                f,
-                "  table: {} rows{}{}",
-                m.rows,
-                if m.compacted {
-                    format!(", compacted ({} fragments)", m.fragments_before)
-                } else {
-                    String::new()
-                },
-                if m.indexes_created.is_empty() {
-                    String::new()
-                } else {
-                    format!(", indexes built: {}", m.indexes_created.join(", "))
-                }
-            )?;
-        }
-        if let Some(j) = &self.jobs {
-            writeln!(
-                f,
-                "  async jobs: {} submitted, {} resumed, {} completed, {} failed, {} timed out; \
-                 {} segments written; media files {} uploaded, {} already staged",
-                j.submitted,
-                j.resumed,
-                j.completed,
-                j.failed,
-                j.timed_out,
-                self.segments_written,
-                j.uploaded,
-                j.already_staged
-            )?;
-        }
-        for m in &self.models {
-            let mut units = vec![format!(
-                "{} input tokens{}",
-                m.usage.input_tokens,
-                if m.usage.tokens_estimated {
-                    " (estimated)".to_string()
-                } else if m.estimated_tokens > 0 {
-                    // What `plan` estimated for these inputs, against what was billed.
-                    format!(
-                        " billed vs ~{} planned ({:+.0}%)",
-                        m.estimated_tokens,
-                        (m.usage.input_tokens as f64 / m.estimated_tokens as f64 - 1.0) * 100.0
-                    )
-                } else {
-                    String::new()
-                }
-            )];
-            if m.usage.images > 0 {
-                units.push(format!("{} images", m.usage.images));
+        else {
+            return Ok(());
+        };
+        writeln!(
+            f,
+            "  table: {} rows{}{}",
+            m.rows,
+            if m.compacted {
+                format!(", compacted ({} fragments)", m.fragments_before)
+            } else {
+                String::new()
+            },
+            if m.indexes_created.is_empty() {
+                String::new()
+            } else {
+                format!(", indexes built: {}", m.indexes_created.join(", "))
             }
-            if m.usage.queries > 0 {
-                units.push(format!("{} queries", m.usage.queries));
-            }
-            if m.usage.video_seconds > 0.0 {
-                units.push(format!("{:.1} s of video", m.usage.video_seconds));
-            }
-            if m.usage.audio_seconds > 0.0 {
-                units.push(format!("{:.1} s of audio", m.usage.audio_seconds));
-            }
-            writeln!(
-                f,
-                "  model {} ({}): {} calls, {} inputs, {}, ${:.6}",
-                m.model,
-                m.model_id,
-                m.calls,
-                m.inputs,
-                units.join(", "),
-                m.cost_usd,
-            )?;
-            let mut extra = Vec::new();
-            if m.retries > 0 {
-                extra.push(format!("{} retries", m.retries));
-            }
-            if m.throttled > 0 {
-                extra.push(format!("{} throttled", m.throttled));
-            }
-            if m.failed_calls > 0 {
-                extra.push(format!("{} failed calls", m.failed_calls));
-            }
-            if m.rejected_inputs > 0 {
-                extra.push(format!(
-                    "{} inputs rejected before sending",
-                    m.rejected_inputs
-                ));
-            }
-            extra.push(format!("{:.2}s busy", m.busy.as_secs_f64()));
-            writeln!(f, "    {}", extra.join(", "))?;
-            if m.requests_per_minute > 0.0 {
-                let limit = |l: Option<u32>| l.map_or(String::new(), |l| format!(" (limit {l})"));
-                let mut rates = format!(
-                    "latency p50 {:.1} ms, p95 {:.1} ms; {:.0} requests/min{}, {:.0} tokens/min{}",
-                    m.latency_p50_ms,
-                    m.latency_p95_ms,
-                    m.requests_per_minute,
-                    limit(m.limit_requests_per_minute),
-                    m.tokens_per_minute,
-                    limit(m.limit_tokens_per_minute),
-                );
-                if let Some(q) = &m.quota {
-                    rates.push_str(&format!(", quota group `{q}`"));
-                }
-                if m.concurrency_lowest < m.concurrency {
-                    rates.push_str(&format!(
-                        "; calls in flight cut from {} to {} by throttling",
-                        m.concurrency, m.concurrency_lowest
-                    ));
-                }
-                writeln!(f, "    {rates}")?;
-            }
-        }
+        )
+    }
+
+    /// The async route's counters (media pipelines).
+    fn write_jobs(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(j) = &self.jobs else {
+            return Ok(());
+        };
+        writeln!(
+            f,
+            "  async jobs: {} submitted, {} resumed, {} completed, {} failed, {} timed out; \
+             {} segments written; media files {} uploaded, {} already staged",
+            j.submitted,
+            j.resumed,
+            j.completed,
+            j.failed,
+            j.timed_out,
+            self.segments_written,
+            j.uploaded,
+            j.already_staged
+        )
+    }
+
+    /// The run's total cost at list prices, when it cost anything.
+    fn write_cost(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let cost: f64 = self.models.iter().map(|m| m.cost_usd).sum();
         if cost > 0.0 {
             writeln!(
@@ -212,21 +199,124 @@ impl fmt::Display for Summary {
                 "  estimated cost: ${cost:.6} (list prices; override with [model.prices])"
             )?;
         }
-        if self.rows_failed > 0 {
-            let kinds: Vec<String> = self
-                .failures_by_kind
-                .iter()
-                .map(|(k, n)| format!("{k}: {n}"))
-                .collect();
-            match &self.failures_file {
-                Some(file) => writeln!(f, "  failed rows ({}) are in {file}", kinds.join(", "))?,
-                None => writeln!(
-                    f,
-                    "  failed rows: {} (not kept: the failures file belongs to the committed version)",
-                    kinds.join(", ")
-                )?,
-            }
-        }
         Ok(())
     }
+
+    /// Failed rows by kind, and where they were dead-lettered (if they were kept).
+    fn write_failures(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.rows_failed == 0 {
+            return Ok(());
+        }
+        let kinds: Vec<String> = self
+            .failures_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        match &self.failures_file {
+            Some(file) => writeln!(f, "  failed rows ({}) are in {file}", kinds.join(", ")),
+            None => writeln!(
+                f,
+                "  failed rows: {} (not kept: the failures file belongs to the committed version)",
+                kinds.join(", ")
+            ),
+        }
+    }
+}
+
+/// One model's lines: calls, inputs, billed units and cost; retries and busy time; rates.
+fn write_model(f: &mut fmt::Formatter<'_>, m: &ModelStats) -> fmt::Result {
+    writeln!(
+        f,
+        "  model {} ({}): {} calls, {} inputs, {}, ${:.6}",
+        m.model,
+        m.model_id,
+        m.calls,
+        m.inputs,
+        billed_units(m),
+        m.cost_usd,
+    )?;
+    writeln!(f, "    {}", call_trouble(m))?;
+    if m.requests_per_minute > 0.0 {
+        writeln!(f, "    {}", rates(m))?;
+    }
+    Ok(())
+}
+
+/// What the model billed: tokens (against `plan`'s estimate), images, queries, media seconds.
+fn billed_units(m: &ModelStats) -> String {
+    let mut units = vec![format!(
+        "{} input tokens{}",
+        m.usage.input_tokens,
+        if m.usage.tokens_estimated {
+            " (estimated)".to_string()
+        } else if m.estimated_tokens > 0 {
+            // What `plan` estimated for these inputs, against what was billed.
+            format!(
+                " billed vs ~{} planned ({:+.0}%)",
+                m.estimated_tokens,
+                (m.usage.input_tokens as f64 / m.estimated_tokens as f64 - 1.0) * 100.0
+            )
+        } else {
+            String::new()
+        }
+    )];
+    if m.usage.images > 0 {
+        units.push(format!("{} images", m.usage.images));
+    }
+    if m.usage.queries > 0 {
+        units.push(format!("{} queries", m.usage.queries));
+    }
+    if m.usage.video_seconds > 0.0 {
+        units.push(format!("{:.1} s of video", m.usage.video_seconds));
+    }
+    if m.usage.audio_seconds > 0.0 {
+        units.push(format!("{:.1} s of audio", m.usage.audio_seconds));
+    }
+    units.join(", ")
+}
+
+/// Retries, throttling, failed calls and refused inputs (those that happened), and busy time.
+fn call_trouble(m: &ModelStats) -> String {
+    let mut extra = Vec::new();
+    if m.retries > 0 {
+        extra.push(format!("{} retries", m.retries));
+    }
+    if m.throttled > 0 {
+        extra.push(format!("{} throttled", m.throttled));
+    }
+    if m.failed_calls > 0 {
+        extra.push(format!("{} failed calls", m.failed_calls));
+    }
+    if m.rejected_inputs > 0 {
+        extra.push(format!(
+            "{} inputs rejected before sending",
+            m.rejected_inputs
+        ));
+    }
+    extra.push(format!("{:.2}s busy", m.busy.as_secs_f64()));
+    extra.join(", ")
+}
+
+/// Latency and achieved rates against the limits, the quota group, and throttling's cut.
+fn rates(m: &ModelStats) -> String {
+    let limit = |l: Option<u32>| l.map_or(String::new(), |l| format!(" (limit {l})"));
+    let mut rates = format!(
+        "latency p50 {:.1} ms, p95 {:.1} ms; {:.0} requests/min{}, {:.0} tokens/min{}",
+        m.latency_p50_ms,
+        m.latency_p95_ms,
+        m.requests_per_minute,
+        limit(m.limit_requests_per_minute),
+        m.tokens_per_minute,
+        limit(m.limit_tokens_per_minute),
+    );
+    if let Some(q) = &m.quota {
+        rates.push_str(&format!(", quota group `{q}`"));
+    }
+    if m.concurrency_lowest < m.concurrency {
+        rates.push_str(&format!(
+            "; calls in flight cut from {} to {} by throttling",
+            m.concurrency, m.concurrency_lowest
+        ));
+    }
+    rates
 }

@@ -4,6 +4,7 @@
 //! letters aside (`<file>.partial`) and swaps them in only when it commits, so a failed or
 //! interrupted run leaves the committed version's failures where they were.
 
+use crate::util::FailureKind;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::io::{BufRead, Write};
@@ -21,8 +22,9 @@ pub struct DeadLetter {
     pub row: Option<u64>,
     /// Embed step, or `read` for rows that could not be read.
     pub step: String,
-    /// Machine-readable error class, e.g. `malformed_row`, `not_an_image`, `empty_input`.
-    pub kind: String,
+    /// Why the row failed; written as its text, e.g. `malformed_row`, `not_an_image`,
+    /// `empty_input`.
+    pub kind: FailureKind,
     pub message: String,
 }
 
@@ -151,6 +153,7 @@ pub struct FailureWriter {
     partial: PathBuf,
     out: Option<std::io::BufWriter<std::fs::File>>,
     count: u64,
+    /// Keyed by the kind's text: the summary's `failures_by_kind`, in text order.
     by_kind: std::collections::BTreeMap<String, u64>,
 }
 
@@ -202,7 +205,10 @@ impl FailureWriter {
         }
         out.write_all(b"\n")?;
         self.count += 1;
-        *self.by_kind.entry(letter.kind.clone()).or_default() += 1;
+        *self
+            .by_kind
+            .entry(letter.kind.as_str().to_string())
+            .or_default() += 1;
         Ok(())
     }
 
@@ -250,7 +256,7 @@ mod tests {
             source: "s.csv".into(),
             row: Some(2),
             step: "vector".into(),
-            kind: "empty_input".into(),
+            kind: FailureKind::EmptyInput,
             message: message.into(),
         }
     }
@@ -274,6 +280,20 @@ mod tests {
         // A committed run without failures removes the file.
         FailureWriter::start(&path).unwrap().commit().unwrap();
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_dead_letter_is_one_json_line_with_its_kind_as_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t_failures.jsonl");
+        let mut w = FailureWriter::start(&path).unwrap();
+        w.write(&letter("column `title` is empty")).unwrap();
+        assert_eq!(w.by_kind().get("empty_input"), Some(&1));
+        w.commit().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"run_id\":\"r\",\"id\":\"1\",\"source\":\"s.csv\",\"row\":2,\"step\":\"vector\",\"kind\":\"empty_input\",\"message\":\"column `title` is empty\"}\n"
+        );
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //! and changed rows by id in chunks (each chunk one commit, so a killed run loses at most one
 //! chunk), and delete rows gone from the source.
 
+use super::Database;
 use anyhow::{Context, Result};
 use arrow::array::{Array, RecordBatch, RecordBatchIterator, StringArray};
 use arrow_schema::SchemaRef;
 use futures::TryStreamExt;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
-use lancedb::{Connection, Table};
+use lancedb::Table;
 use std::collections::HashMap;
 
 /// Ids per lookup / delete predicate.
@@ -22,7 +23,7 @@ fn id_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
     ids.into_iter().map(quote).collect::<Vec<_>>().join(", ")
 }
 
-async fn open(conn: &Connection, table: &str) -> Result<Table> {
+async fn open(conn: &Database, table: &str) -> Result<Table> {
     conn.open_table(table)
         .execute()
         .await
@@ -36,16 +37,12 @@ pub struct Existing {
 }
 
 impl Existing {
-    /// The table's stored hashes for `pipeline`'s steps (`<vector>_hash`, in step order).
-    pub async fn open(
-        conn: &Connection,
-        table: &str,
-        pipeline: &crate::config::Pipeline,
-    ) -> Result<Self> {
-        let hash_columns = pipeline
-            .steps
+    /// The table's stored hashes for the steps whose vector columns are `vectors`
+    /// (`<vector>_hash`, in step order: `SinkSettings::vectors`).
+    pub async fn open(conn: &Database, table: &str, vectors: &[String]) -> Result<Self> {
+        let hash_columns = vectors
             .iter()
-            .map(|s| super::step_columns(&s.vector)[2].clone())
+            .map(|v| super::step_columns(v)[2].clone())
             .collect();
         Ok(Self {
             table: open(conn, table).await?,
@@ -54,7 +51,7 @@ impl Existing {
     }
 
     /// The table's ids only (appends look up which ids it holds already).
-    pub async fn open_ids(conn: &Connection, table: &str) -> Result<Self> {
+    pub async fn open_ids(conn: &Database, table: &str) -> Result<Self> {
         Ok(Self {
             table: open(conn, table).await?,
             hash_columns: Vec::new(),
@@ -122,7 +119,7 @@ pub async fn unchanged_rows(
 
 /// Ids in the table that `keep` rejects (streamed from the table).
 pub async fn missing_ids(
-    conn: &Connection,
+    conn: &Database,
     table: &str,
     keep: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>> {
@@ -151,7 +148,7 @@ pub async fn missing_ids(
 
 /// Deletes the rows of `table` whose id `keep` rejects, in chunks; returns how many.
 pub async fn delete_missing(
-    conn: &Connection,
+    conn: &Database,
     table: &str,
     keep: impl Fn(&str) -> bool,
 ) -> Result<u64> {
@@ -167,7 +164,7 @@ pub async fn delete_missing(
 
 /// Upserts rows by id, one commit per `commit_rows` rows (and one for the rest at the end).
 pub struct Upserter {
-    conn: Connection,
+    conn: Database,
     name: String,
     schema: SchemaRef,
     table: Option<Table>,
@@ -182,7 +179,7 @@ pub struct Upserter {
 
 impl Upserter {
     pub async fn new(
-        conn: Connection,
+        conn: Database,
         name: &str,
         schema: SchemaRef,
         commit_rows: usize,

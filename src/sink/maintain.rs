@@ -2,8 +2,9 @@
 //! the table is big enough (and fold new rows into existing indexes), keep the full-text and
 //! id indexes.
 
-use super::lancedb::{connect, Target};
-use crate::config::{Pipeline, VectorIndex, WriteMode};
+use super::table::connect;
+use crate::config::{VectorIndex, WriteMode};
+use crate::resolve::SinkSettings;
 use anyhow::{Context, Result};
 use lancedb::index::scalar::{BTreeIndexBuilder, FtsIndexBuilder};
 use lancedb::index::vector::{IvfHnswSqIndexBuilder, IvfPqIndexBuilder};
@@ -11,9 +12,6 @@ use lancedb::index::Index;
 use lancedb::table::OptimizeAction;
 use lancedb::DistanceType;
 use serde::Serialize;
-
-pub const DEFAULT_INDEX_AFTER_ROWS: usize = 100_000;
-pub const DEFAULT_COMPACT_AFTER_FRAGMENTS: usize = 64;
 
 /// What maintenance did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -27,20 +25,12 @@ pub struct Maintenance {
     pub indexes_updated: bool,
 }
 
-pub async fn maintain(pipeline: &Pipeline, target: &Target) -> Result<Maintenance> {
-    let sink = pipeline.sink();
-    let index_after = sink
-        .index_after_rows
-        .as_ref()
-        .map_or(DEFAULT_INDEX_AFTER_ROWS, |v| *v.get_ref());
-    let compact_after = sink
-        .compact_after_fragments
-        .as_ref()
-        .map_or(DEFAULT_COMPACT_AFTER_FRAGMENTS, |v| *v.get_ref());
-    let kind = sink
-        .vector_index
-        .as_ref()
-        .map_or(VectorIndex::Auto, |v| *v.get_ref());
+/// Compacts and indexes the table of `settings` after a run.
+pub async fn maintain(settings: &SinkSettings) -> Result<Maintenance> {
+    let index_after = settings.index_after_rows;
+    let compact_after = settings.compact_after_fragments;
+    let kind = settings.vector_index;
+    let target = &settings.target;
     let conn = connect(target).await?;
     let t = conn.open_table(&target.table).execute().await?;
     let stats = t.stats().await.context("reading table stats")?;
@@ -63,8 +53,8 @@ pub async fn maintain(pipeline: &Pipeline, target: &Target) -> Result<Maintenanc
     let had_indexes = !existing.is_empty();
     let mut wanted: Vec<(String, Index, &str)> = Vec::new();
     if kind != VectorIndex::None && m.rows as usize >= index_after {
-        for step in &pipeline.steps {
-            if !indexed(&step.vector) {
+        for vector in &settings.vectors {
+            if !indexed(vector) {
                 let (index, name) = match kind {
                     VectorIndex::IvfHnswSq => (
                         Index::IvfHnswSq(
@@ -79,20 +69,16 @@ pub async fn maintain(pipeline: &Pipeline, target: &Target) -> Result<Maintenanc
                         "IVF_PQ",
                     ),
                 };
-                wanted.push((step.vector.clone(), index, name));
+                wanted.push((vector.clone(), index, name));
             }
         }
     }
-    if let Some(col) = &sink.fts_column {
-        if !indexed(col.get_ref()) {
-            wanted.push((
-                col.get_ref().clone(),
-                Index::FTS(FtsIndexBuilder::default()),
-                "FTS",
-            ));
+    if let Some(col) = &settings.fts_column {
+        if !indexed(col) {
+            wanted.push((col.clone(), Index::FTS(FtsIndexBuilder::default()), "FTS"));
         }
     }
-    if pipeline.write_mode() == WriteMode::Incremental && !indexed("id") {
+    if settings.mode == WriteMode::Incremental && !indexed("id") {
         wanted.push((
             "id".into(),
             Index::BTree(BTreeIndexBuilder::default()),

@@ -1,13 +1,21 @@
-//! Sink: the LanceDB table (schema, streaming writes) and the dead-letter file.
+//! Layer 4, sink (above resolve): the only module that names LanceDB — the table (schema,
+//! streaming writes, incremental upserts, maintenance, run log, search queries) and the
+//! dead-letter file. It takes its settings from `crate::resolve` (`SinkSettings`, `Target`,
+//! `ModelSettings`), never the whole pipeline.
 
 pub mod failures;
 pub mod incremental;
-pub mod lancedb;
 pub mod maintain;
 pub mod runlog;
+pub mod search;
+pub mod table;
 
-use crate::config::{Pipeline, Step};
-use crate::dispatch::ModelInfo;
+pub use crate::resolve::Target;
+pub use table::Database;
+
+use crate::config::{Step, StepInput};
+use crate::resolve::ModelSettings;
+pub use crate::util::columns::{step_columns, RESERVED_COLUMNS, RUN_LOG_SUFFIX, SEGMENT_COLUMNS};
 use anyhow::{bail, Result};
 use arrow::array::{
     ArrayRef, FixedSizeListArray, Float32Array, Float64Array, RecordBatch, StringArray,
@@ -16,23 +24,6 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// The run log of table `t` is the table `t_runs` next to it; user tables may not end so.
-pub const RUN_LOG_SUFFIX: &str = "_runs";
-
-/// Columns embedpipe writes itself (besides per-step columns).
-pub const RESERVED_COLUMNS: &[&str] = &["id", "embedded_at"];
-
-/// Columns of a media pipeline's table: one row per segment.
-pub const SEGMENT_COLUMNS: &[&str] = &[
-    "segment_index",
-    "start_sec",
-    "end_sec",
-    "start_char",
-    "end_char",
-    "modality",
-    "embedding_option",
-];
 
 /// Per-segment values of the rows being assembled (media pipelines).
 #[derive(Debug, Default)]
@@ -56,15 +47,6 @@ pub const FIELD_MODEL_ID: &str = "embedpipe.model_id";
 pub const FIELD_DIMENSION: &str = "embedpipe.dimension";
 pub const FIELD_PARAMS: &str = "embedpipe.params";
 
-/// Output columns of a step: the vector, the model name and the content hash.
-pub fn step_columns(vector: &str) -> [String; 3] {
-    [
-        vector.to_string(),
-        format!("{vector}_model"),
-        format!("{vector}_hash"),
-    ]
-}
-
 /// The columns of the output table, and how to fill them.
 #[derive(Debug, Clone)]
 pub struct OutputLayout {
@@ -76,19 +58,22 @@ pub struct OutputLayout {
 }
 
 impl OutputLayout {
-    /// Builds the output schema from the source schema and the loaded models.
+    /// Builds the output schema from the pipeline's steps (in file order), the source schema and
+    /// the models (indexed like the file's `[[model]]` tables).
     pub fn new(
-        pipeline: &Pipeline,
+        steps: &[Step],
         source: &Schema,
         metadata: Vec<String>,
-        models: &[ModelInfo],
+        models: &[ModelSettings],
     ) -> Result<Self> {
         let mut fields = vec![Field::new("id", DataType::Utf8, false)];
         for m in &metadata {
             let f = source.field_with_name(m)?;
             fields.push(Field::new(m, f.data_type().clone(), true));
         }
-        let segments = pipeline.has_media_step();
+        let segments = steps
+            .iter()
+            .any(|s| matches!(s.input, StepInput::Media(..)));
         if segments {
             fields.push(Field::new("segment_index", DataType::UInt32, false));
             fields.push(Field::new("start_sec", DataType::Float64, true));
@@ -99,8 +84,8 @@ impl OutputLayout {
             fields.push(Field::new("embedding_option", DataType::Utf8, false));
         }
         let mut steps_meta = Vec::new();
-        let mut steps = Vec::new();
-        for step in &pipeline.steps {
+        let mut layout_steps = Vec::new();
+        for step in steps {
             let h = &models[step.model_index];
             // Every parameter that shapes the vector space (the model fingerprint).
             let params: serde_json::Value = serde_json::from_str(&h.fingerprint)
@@ -129,7 +114,7 @@ impl OutputLayout {
                 "step": step.name, "vector": step.vector, "model": h.name, "model_id": h.spec.id,
                 "dimension": h.dimension, "params": params, "fingerprint": h.fingerprint,
             }));
-            steps.push((step.clone(), h.dimension, h.name.clone()));
+            layout_steps.push((step.clone(), h.dimension, h.name.clone()));
         }
         fields.push(Field::new(
             "embedded_at",
@@ -148,7 +133,7 @@ impl OutputLayout {
         Ok(Self {
             schema: Arc::new(schema),
             metadata,
-            steps,
+            steps: layout_steps,
             segments,
         })
     }

@@ -1,8 +1,8 @@
 //! Run history: one row per run in the LanceDB table `<table>_runs` next to the data — when,
 //! which pipeline (hash of its file), what happened (counts, units, cost, failures).
 
-use super::lancedb::{connect, Target};
-use crate::report::Summary;
+use super::table::connect;
+use crate::resolve::Target;
 use anyhow::{Context, Result};
 use arrow::array::{
     Array, ArrayRef, Float64Array, RecordBatch, RecordBatchIterator, StringArray,
@@ -18,7 +18,7 @@ pub fn table_name(target: &Target) -> String {
     format!("{}{}", target.table, super::RUN_LOG_SUFFIX)
 }
 
-/// One run, as recorded.
+/// One run, as recorded (the report layer makes it from the run's summary).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RunRecord {
     pub run_id: String,
@@ -43,43 +43,6 @@ pub struct RunRecord {
     /// Failures by kind, as JSON.
     pub failures: String,
     pub error: Option<String>,
-}
-
-impl RunRecord {
-    /// The record of a run that ended with `summary`.
-    pub fn from_summary(
-        s: &Summary,
-        pipeline_hash: String,
-        started_at_micros: i64,
-        ended_at_micros: i64,
-    ) -> Self {
-        let sum = |f: fn(&crate::dispatch::ModelStats) -> f64| s.models.iter().map(f).sum::<f64>();
-        Self {
-            run_id: s.run_id.clone(),
-            pipeline_hash,
-            pipeline: s.pipeline.clone(),
-            mode: s.mode.clone(),
-            status: s.status.clone(),
-            started_at_micros,
-            ended_at_micros,
-            rows_read: s.rows_read,
-            // A run that stopped wrote only what it committed.
-            rows_written: match s.status.as_str() {
-                "ok" | "rows_failed" => s.rows_written,
-                _ => s.rows_committed,
-            },
-            rows_skipped: s.rows_skipped,
-            rows_failed: s.rows_failed,
-            rows_deleted: s.rows_deleted,
-            calls: s.models.iter().map(|m| m.calls).sum(),
-            input_tokens: s.models.iter().map(|m| m.usage.input_tokens).sum(),
-            images: s.models.iter().map(|m| m.usage.images).sum(),
-            media_seconds: sum(|m| m.usage.video_seconds + m.usage.audio_seconds),
-            cost_usd: sum(|m| m.cost_usd),
-            failures: serde_json::to_string(&s.failures_by_kind).unwrap_or_default(),
-            error: s.error.clone(),
-        }
-    }
 }
 
 fn schema() -> SchemaRef {

@@ -1,6 +1,7 @@
 //! Expanding `path` / `paths` (files, globs, folders) into the list of input files.
 
-use crate::config::{Pipeline, SourceKind};
+use crate::config::SourceKind;
+use crate::resolve::SourceSettings;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,18 +37,19 @@ fn rel_slash(path: &Path, root: &Path) -> String {
 }
 
 /// Expands the source's `path`/`paths` into files; every pattern must match something.
-pub fn expand_inputs(pipeline: &Pipeline) -> Result<Vec<InputFile>> {
-    let kind = *pipeline.source().kind.get_ref();
+pub fn expand_inputs(settings: &SourceSettings) -> Result<Vec<InputFile>> {
+    let kind = settings.kind;
+    let origin = &settings.origin;
     let mut out: Vec<InputFile> = Vec::new();
-    for p in pipeline.source_paths() {
-        let raw = p.get_ref().as_ref();
-        let resolved = pipeline.resolve(raw);
+    for p in &settings.paths {
+        let raw = p.written.as_str();
+        let resolved = p.resolved.clone();
         let resolved_str = resolved.to_string_lossy().to_string();
         if kind == SourceKind::Images {
             if !resolved.is_dir() {
-                return Err(pipeline
+                return Err(origin
                     .error(
-                        p.span(),
+                        p.span.clone(),
                         format!(
                             "image folder {} does not exist or is not a folder",
                             resolved.display()
@@ -66,8 +68,8 @@ pub fn expand_inputs(pipeline: &Pipeline) -> Result<Vec<InputFile>> {
         let is_glob = raw.contains(['*', '?', '[']);
         if !is_glob {
             if !resolved.is_file() {
-                return Err(pipeline
-                    .error(p.span(), format!("file {} does not exist", resolved.display()))
+                return Err(origin
+                    .error(p.span.clone(), format!("file {} does not exist", resolved.display()))
                     .with_help("paths are relative to the pipeline file's folder; globs like \"data/*.parquet\" work too")
                     .into());
             }
@@ -84,15 +86,18 @@ pub fn expand_inputs(pipeline: &Pipeline) -> Result<Vec<InputFile>> {
         }
         let root = glob_root(&resolved_str);
         let entries = glob::glob(&resolved_str)
-            .map_err(|e| pipeline.error(p.span(), format!("invalid glob: {e}")))?;
+            .map_err(|e| origin.error(p.span.clone(), format!("invalid glob: {e}")))?;
         let mut matched: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
             .filter(|p| p.is_file())
             .collect();
         matched.sort();
         if matched.is_empty() {
-            return Err(pipeline
-                .error(p.span(), format!("glob {resolved_str} matches no files"))
+            return Err(origin
+                .error(
+                    p.span.clone(),
+                    format!("glob {resolved_str} matches no files"),
+                )
                 .with_help("paths are relative to the pipeline file's folder")
                 .into());
         }

@@ -1,8 +1,9 @@
 //! Image folders: recursive walk, include/exclude globs, magic-byte format detection, size limits.
 //! Symlinks are followed only while they stay inside the folder.
 
-use super::{BatchIter, InputFile, ReadFailure, SourceBatch, SourcePlan};
-use crate::config::{Pipeline, DEFAULT_MAX_IMAGE_BYTES};
+use super::{BatchIter, InputFile, ReadFailure, SourceBatch, SourceFiles};
+use crate::resolve::ImageSettings;
+use crate::util::FailureKind;
 use anyhow::Result;
 use arrow::array::{ArrayRef, BinaryBuilder, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -128,7 +129,7 @@ struct Image {
 }
 
 fn read_image(path: &Path, rel: &str, max: u64, display: &Arc<str>) -> Result<Image, ReadFailure> {
-    let fail = |kind: &'static str, message: String| ReadFailure {
+    let fail = |kind: FailureKind, message: String| ReadFailure {
         hides_later_rows: false,
         file: Arc::from(format!("{display}/{rel}").as_str()),
         row: None,
@@ -136,18 +137,19 @@ fn read_image(path: &Path, rel: &str, max: u64, display: &Arc<str>) -> Result<Im
         kind,
         message,
     };
-    let meta =
-        std::fs::metadata(path).map_err(|e| fail("unreadable", format!("cannot stat: {e}")))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| fail(FailureKind::Unreadable, format!("cannot stat: {e}")))?;
     if meta.len() > max {
         return Err(fail(
-            "too_large",
+            FailureKind::TooLarge,
             format!(
                 "{} bytes is over the limit of {max} bytes (max_image_bytes)",
                 meta.len()
             ),
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| fail("unreadable", format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| fail(FailureKind::Unreadable, format!("cannot read: {e}")))?;
     let Some(mime) = detect_mime(&bytes) else {
         let ext = path
             .extension()
@@ -158,11 +160,11 @@ fn read_image(path: &Path, rel: &str, max: u64, display: &Arc<str>) -> Result<Im
         } else {
             "not an image: content is not PNG, JPEG, GIF or WebP".to_string()
         };
-        return Err(fail("not_an_image", msg));
+        return Err(fail(FailureKind::NotAnImage, msg));
     };
     let size = imagesize::blob_size(&bytes).map_err(|e| {
         fail(
-            "corrupt_image",
+            FailureKind::CorruptImage,
             format!("{mime} header cannot be read: {e}"),
         )
     })?;
@@ -238,26 +240,25 @@ fn walk_folder(
                     file: Arc::from(path.as_str()),
                     row: None,
                     id: None,
-                    kind: "unreadable",
+                    kind: FailureKind::Unreadable,
                     message: format!("cannot walk: {err}"),
                 }))
             }
         })
 }
 
-pub fn open(pipeline: &Pipeline, plan: &SourcePlan) -> Result<BatchIter> {
-    let src = pipeline.source();
+pub fn open(
+    settings: &ImageSettings,
+    batch_rows: usize,
+    survey: &SourceFiles,
+) -> Result<BatchIter> {
     let filters = Filters::new(
-        src.include.iter().flatten().map(|p| p.get_ref().as_str()),
-        src.exclude.iter().flatten().map(|p| p.get_ref().as_str()),
+        settings.include.iter().map(String::as_str),
+        settings.exclude.iter().map(String::as_str),
     )?;
-    let recursive = src.recursive.as_ref().is_none_or(|r| *r.get_ref());
-    let max = src
-        .max_image_bytes
-        .as_ref()
-        .map_or(DEFAULT_MAX_IMAGE_BYTES, |m| *m.get_ref());
-    let batch_rows = pipeline.batch_rows();
-    let folders: Vec<InputFile> = plan.files.clone();
+    let recursive = settings.recursive;
+    let max = settings.max_image_bytes;
+    let folders: Vec<InputFile> = survey.files.clone();
     let schema = schema();
 
     // A lazy walk over every folder: yields files (or failures) in a stable, sorted order.

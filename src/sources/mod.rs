@@ -1,4 +1,5 @@
-//! Sources: Parquet, CSV and image folders, each a stream of bounded Arrow batches.
+//! Layer 4, sources (above resolve): Parquet, CSV and image folders, each a stream of bounded
+//! Arrow batches, read as [`SourceSettings`] say (never the pipeline file itself).
 //!
 //! A source runs on a blocking thread and hands [`SourceBatch`]es to the pipeline through a
 //! bounded channel, so memory stays flat whatever the dataset size.
@@ -10,7 +11,9 @@ mod parquet;
 
 pub use files::{expand_inputs, InputFile};
 
-use crate::config::{Pipeline, SourceKind};
+use crate::config::SourceKind;
+use crate::resolve::SourceSettings;
+use crate::util::FailureKind;
 use anyhow::Result;
 use arrow::array::{Array, ArrayRef, StringArray};
 use arrow::datatypes::SchemaRef;
@@ -42,12 +45,12 @@ pub struct ReadFailure {
     pub file: Arc<str>,
     pub row: Option<u64>,
     pub id: Option<String>,
-    pub kind: &'static str,
+    pub kind: FailureKind,
     pub message: String,
 }
 
 /// What a source produces, read off its files without reading the data.
-pub struct SourcePlan {
+pub struct SourceFiles {
     pub kind: SourceKind,
     pub files: Vec<InputFile>,
     /// Schema of every batch the source will produce.
@@ -56,7 +59,7 @@ pub struct SourcePlan {
     total_rows: Option<u64>,
 }
 
-impl SourcePlan {
+impl SourceFiles {
     /// Rows the source holds, when known without reading it (Parquet footers).
     pub fn total_rows(&self) -> Option<u64> {
         self.total_rows
@@ -75,19 +78,19 @@ impl SourcePlan {
 /// An iterator of batches, driven on a blocking thread.
 pub type BatchIter = Box<dyn Iterator<Item = Result<SourceBatch>> + Send>;
 
-/// Finds the files and the schema of the pipeline's source (reads footers / headers only).
-pub fn plan(pipeline: &Pipeline) -> Result<SourcePlan> {
-    let kind = *pipeline.source().kind.get_ref();
-    let files = expand_inputs(pipeline)?;
+/// Finds the files and the schema of the source (reads footers / headers only).
+pub fn survey(settings: &SourceSettings) -> Result<SourceFiles> {
+    let kind = settings.kind;
+    let files = expand_inputs(settings)?;
     let (schema, total_rows) = match kind {
         SourceKind::Parquet => {
-            let (schema, rows) = parquet::schema(pipeline, &files)?;
+            let (schema, rows) = parquet::schema(&files)?;
             (schema, Some(rows))
         }
-        SourceKind::Csv => (csv::schema(pipeline, &files)?, None),
+        SourceKind::Csv => (csv::schema(settings, &files)?, None),
         SourceKind::Images => (images::schema(), None),
     };
-    Ok(SourcePlan {
+    Ok(SourceFiles {
         kind,
         files,
         schema,
@@ -97,16 +100,15 @@ pub fn plan(pipeline: &Pipeline) -> Result<SourcePlan> {
 
 /// The column row ids come from: `id_column`, else a column named `id` (`has` tells whether
 /// the source has it) unless the `columns` projection leaves it out. Image rows use their path.
-pub fn id_column(pipeline: &Pipeline, has: impl Fn(&str) -> bool) -> Option<String> {
-    let src = pipeline.source();
-    match &src.id_column {
-        Some(c) => Some(c.get_ref().clone()),
-        None if *src.kind.get_ref() != SourceKind::Images
+pub fn id_column(settings: &SourceSettings, has: impl Fn(&str) -> bool) -> Option<String> {
+    match &settings.id_column {
+        Some(c) => Some(c.clone()),
+        None if settings.kind != SourceKind::Images
             && has("id")
-            && src
+            && settings
                 .columns
                 .as_ref()
-                .is_none_or(|c| c.iter().any(|c| c.get_ref() == "id")) =>
+                .is_none_or(|c| c.iter().any(|c| c == "id")) =>
         {
             Some("id".to_string())
         }
@@ -116,15 +118,15 @@ pub fn id_column(pipeline: &Pipeline, has: impl Fn(&str) -> bool) -> Option<Stri
 
 /// Opens the source, reading only `columns` (which include `id_column`, if any).
 pub fn open(
-    pipeline: &Pipeline,
-    plan: &SourcePlan,
+    settings: &SourceSettings,
+    survey: &SourceFiles,
     columns: &[String],
     id_column: Option<String>,
 ) -> Result<BatchIter> {
-    match plan.kind {
-        SourceKind::Parquet => parquet::open(pipeline, plan, columns, id_column),
-        SourceKind::Csv => csv::open(pipeline, plan, columns, id_column),
-        SourceKind::Images => images::open(pipeline, plan),
+    match survey.kind {
+        SourceKind::Parquet => parquet::open(settings.batch_rows, survey, columns, id_column),
+        SourceKind::Csv => csv::open(settings, survey, columns, id_column),
+        SourceKind::Images => images::open(&settings.images, settings.batch_rows, survey),
     }
 }
 
@@ -134,7 +136,7 @@ pub(crate) struct BadId {
     /// Index of the row in the batch.
     pub row: usize,
     /// `missing_id` (null, empty, only whitespace) or `bad_id` (a value that is no stable key).
-    pub kind: &'static str,
+    pub kind: FailureKind,
     pub message: String,
 }
 
@@ -175,16 +177,16 @@ pub(crate) fn tabular_ids(
             for i in 0..ids.len() {
                 let source_null = source_nulls.as_ref().is_some_and(|n| n.is_null(i));
                 let (kind, what) = if source_null {
-                    ("missing_id", "is null".to_string())
+                    (FailureKind::MissingId, "is null".to_string())
                 } else if ids.is_null(i) {
-                    ("bad_id", "cannot be read as text".to_string())
+                    (FailureKind::BadId, "cannot be read as text".to_string())
                 } else if ids.value(i).is_empty() {
-                    ("missing_id", "is empty".to_string())
+                    (FailureKind::MissingId, "is empty".to_string())
                 } else if ids.value(i).trim().is_empty() {
-                    ("missing_id", "is only whitespace".to_string())
+                    (FailureKind::MissingId, "is only whitespace".to_string())
                 } else if float {
                     (
-                        "bad_id",
+                        FailureKind::BadId,
                         format!(
                             "holds the float `{}`; ids must be text or integers",
                             ids.value(i)
@@ -247,7 +249,7 @@ mod tests {
         }
     }
 
-    fn ids_of(array: ArrayRef) -> (Vec<Option<String>>, Vec<(usize, &'static str)>) {
+    fn ids_of(array: ArrayRef) -> (Vec<Option<String>>, Vec<(usize, FailureKind)>) {
         let schema = Arc::new(Schema::new(vec![Field::new(
             "id",
             array.data_type().clone(),
@@ -269,7 +271,7 @@ mod tests {
             ids[..2].to_vec(),
             vec![Some("7".to_string()), Some("-42".to_string())]
         );
-        assert_eq!(bad, vec![(2, "missing_id")]);
+        assert_eq!(bad, vec![(2, FailureKind::MissingId)]);
         let (ids, bad) = ids_of(Arc::new(UInt64Array::from(vec![u64::MAX])));
         assert_eq!(ids, vec![Some("18446744073709551615".to_string())]);
         assert!(bad.is_empty());
@@ -296,14 +298,25 @@ mod tests {
         ])));
         assert_eq!(
             bad,
-            vec![(1, "missing_id"), (2, "missing_id"), (3, "missing_id")]
+            vec![
+                (1, FailureKind::MissingId),
+                (2, FailureKind::MissingId),
+                (3, FailureKind::MissingId)
+            ]
         );
         let (_, bad) = ids_of(Arc::new(Float64Array::from(vec![
             Some(1.0),
             Some(f64::NAN),
             None,
         ])));
-        assert_eq!(bad, vec![(0, "bad_id"), (1, "bad_id"), (2, "missing_id")]);
+        assert_eq!(
+            bad,
+            vec![
+                (0, FailureKind::BadId),
+                (1, FailureKind::BadId),
+                (2, FailureKind::MissingId)
+            ]
+        );
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Float32, true)]));
         let batch = RecordBatch::try_new(
             schema,
@@ -311,7 +324,7 @@ mod tests {
         )
         .unwrap();
         let (_, bad) = tabular_ids(&batch, Some("id"), &file(), &[1]).unwrap();
-        assert_eq!(bad[0].kind, "bad_id");
+        assert_eq!(bad[0].kind, FailureKind::BadId);
         assert!(bad[0].message.contains("`2.5`"), "{}", bad[0].message);
     }
 }

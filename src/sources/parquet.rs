@@ -1,7 +1,6 @@
 //! Parquet files: footer-only schema reads, column projection, row-group streaming.
 
-use super::{drop_rows, tabular_ids, BatchIter, InputFile, ReadFailure, SourceBatch, SourcePlan};
-use crate::config::Pipeline;
+use super::{drop_rows, tabular_ids, BatchIter, InputFile, ReadFailure, SourceBatch, SourceFiles};
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -17,7 +16,7 @@ fn builder(file: &InputFile) -> Result<ParquetRecordBatchReaderBuilder<File>> {
 
 /// The schema shared by all files and their total row count, from the footers alone; files
 /// must agree on common columns.
-pub fn schema(_pipeline: &Pipeline, files: &[InputFile]) -> Result<(SchemaRef, u64)> {
+pub fn schema(files: &[InputFile]) -> Result<(SchemaRef, u64)> {
     let first_builder = builder(&files[0])?;
     let first = first_builder.schema().clone();
     let mut rows = first_builder.metadata().file_metadata().num_rows() as u64;
@@ -49,13 +48,12 @@ pub fn schema(_pipeline: &Pipeline, files: &[InputFile]) -> Result<(SchemaRef, u
 }
 
 pub fn open(
-    pipeline: &Pipeline,
-    plan: &SourcePlan,
+    batch_rows: usize,
+    survey: &SourceFiles,
     columns: &[String],
     id_column: Option<String>,
 ) -> Result<BatchIter> {
-    let batch_rows = pipeline.batch_rows();
-    let files = plan.files.clone();
+    let files = survey.files.clone();
     let columns = columns.to_vec();
     let mut current: Option<(InputFile, ParquetRecordBatchReader, u64)> = None;
     let mut next_file = 0usize;
@@ -144,6 +142,7 @@ pub(crate) fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::FailureKind;
     use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, StringArray};
     use arrow::datatypes::{Field, Schema};
     use arrow::record_batch::RecordBatch;
@@ -177,10 +176,11 @@ mod tests {
              [sink]\nuri = \"db\"\ntable = \"t\"\n",
             path.display()
         );
-        let pipeline = Pipeline::parse(&dir.path().join("p.toml"), &text).unwrap();
-        let plan = crate::sources::plan(&pipeline).unwrap();
-        let columns = plan.column_names();
-        open(&pipeline, &plan, &columns, Some(id_column.to_string()))
+        let pipeline = crate::resolve::parse(&dir.path().join("p.toml"), &text).unwrap();
+        let s = crate::resolve::SourceSettings::resolve(&pipeline);
+        let survey = crate::sources::survey(&s).unwrap();
+        let columns = survey.column_names();
+        crate::sources::open(&s, &survey, &columns, Some(id_column.to_string()))
             .unwrap()
             .map(|b| b.unwrap())
             .collect()
@@ -206,7 +206,10 @@ mod tests {
         assert_eq!(ids, vec!["7", "42"]);
         let failures: Vec<&ReadFailure> = batches.iter().flat_map(|b| &b.failures).collect();
         assert_eq!(failures.len(), 1);
-        assert_eq!((failures[0].kind, failures[0].row), ("missing_id", Some(3)));
+        assert_eq!(
+            (failures[0].kind, failures[0].row),
+            (FailureKind::MissingId, Some(3))
+        );
 
         let batches = read_back(
             vec![
@@ -223,9 +226,9 @@ mod tests {
         assert_eq!(
             failures.iter().map(|f| (f.kind, f.row)).collect::<Vec<_>>(),
             vec![
-                ("bad_id", Some(1)),
-                ("bad_id", Some(2)),
-                ("bad_id", Some(3))
+                (FailureKind::BadId, Some(1)),
+                (FailureKind::BadId, Some(2)),
+                (FailureKind::BadId, Some(3))
             ]
         );
         assert!(failures.iter().all(|f| f.id.is_none()));

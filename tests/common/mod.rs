@@ -18,8 +18,8 @@ pub fn sample(name: &str) -> PathBuf {
 pub fn ensure_model() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        if embedpipe::models::local_minilm::locate(None).is_err() {
-            embedpipe::models::local_minilm::fetch().expect("fetching the local model for tests");
+        if embedpipe::engines::minilm::locate(None).is_err() {
+            embedpipe::engines::minilm::fetch().expect("fetching the local model for tests");
         }
     });
 }
@@ -208,15 +208,15 @@ pub fn test_runtime() -> tokio::runtime::Runtime {
 /// A Bedrock emulator on loopback and a temporary folder to run pipelines in.
 pub struct EmuEnv {
     pub rt: tokio::runtime::Runtime,
-    pub emu: embedpipe::emulator::Emulator,
+    pub emu: embedpipe_emulator::Emulator,
     pub dir: tempfile::TempDir,
 }
 
 impl EmuEnv {
-    pub fn new(settings: embedpipe::emulator::Settings) -> Self {
+    pub fn new(settings: embedpipe_emulator::Settings) -> Self {
         let rt = test_runtime();
         let emu = rt
-            .block_on(embedpipe::emulator::Emulator::start(
+            .block_on(embedpipe_emulator::Emulator::start(
                 ([127, 0, 0, 1], 0).into(),
                 settings,
             ))
@@ -312,4 +312,90 @@ pub fn table_vectors(db: &Path, table: &str, column: &str) -> Vec<(String, Vec<f
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// What the Bedrock tests (`bedrock_*.rs`) add to [`EmuEnv`].
+impl EmuEnv {
+    /// Runs the CLI with the emulator as Bedrock and `env` set on top.
+    pub fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.cli(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        output(cmd)
+    }
+
+    /// Writes `p.toml` from a source, a model and an embed step, and runs it with `--json`.
+    pub fn run_pipeline(&self, source: &str, model: &str, embed: &str) -> Output {
+        let p = self.write("p.toml", &bedrock_pipeline(source, model, embed));
+        self.run(&["run", &p, "--json"])
+    }
+
+    /// What the emulator counted for `model` (its base id) since the last reset.
+    pub fn counters(&self, model: &str) -> embedpipe_emulator::ModelCounters {
+        self.emu
+            .stats()
+            .models
+            .get(model)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// A `[source]` table body for the sample articles (240 rows).
+pub fn articles() -> String {
+    format!(
+        "type = \"parquet\"\npath = {:?}\n",
+        sample("articles.parquet").to_string_lossy()
+    )
+}
+
+/// A pipeline over `source` with one Bedrock model `m` (`model`: the rest of its table) and one
+/// embed step (`embed`: the rest of its table), into table `t` of `db`.
+pub fn bedrock_pipeline(source: &str, model: &str, embed: &str) -> String {
+    format!(
+        r#"
+[source]
+{source}
+
+[[model]]
+name = "m"
+provider = "bedrock"
+{model}
+
+[[embed]]
+model = "m"
+{embed}
+
+[sink]
+uri = "db"
+table = "t"
+mode = "overwrite"
+"#
+    )
+}
+
+/// `text` (ending in its [sink] table) with service failures allowed to be dead-lettered: for
+/// tests of how each failure is retried and recorded, not of the rule that stops such runs.
+pub fn tolerating_service_failures(text: String) -> String {
+    text + "max_service_failures = 1000000\n"
+}
+
+/// Runs the articles through Titan v2 (`extra`: more of its model table) against an emulator
+/// injecting `faults`, tolerating service failures.
+pub fn fault_run(faults: embedpipe_emulator::Faults, extra: &str) -> (EmuEnv, Output) {
+    let env = EmuEnv::new(embedpipe_emulator::Settings {
+        faults,
+        ..Default::default()
+    });
+    let p = env.write(
+        "p.toml",
+        &tolerating_service_failures(bedrock_pipeline(
+            &articles(),
+            &format!("id = \"amazon.titan-embed-text-v2:0\"\n{extra}"),
+            "column = \"title\"",
+        )),
+    );
+    let out = env.run(&["run", &p, "--json"]);
+    (env, out)
 }

@@ -1,0 +1,164 @@
+//! What can be configured, at start or at runtime (`PUT /_emulator/config`): latency, faults,
+//! quotas, access, async jobs and replay. Kept apart from the server so the CLI and the tests
+//! can build and parse settings without reading the server's code.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Simulated service latency.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Latency {
+    #[default]
+    None,
+    Fixed {
+        ms: f64,
+    },
+    Uniform {
+        min_ms: f64,
+        max_ms: f64,
+    },
+    Normal {
+        mean_ms: f64,
+        sd_ms: f64,
+    },
+}
+
+impl Latency {
+    /// Parses `50`, `20..80` (uniform) or `normal:50,10` (milliseconds).
+    pub fn parse(s: &str) -> Result<Self> {
+        let num = |x: &str| -> Result<f64> {
+            let v: f64 = x
+                .trim()
+                .trim_end_matches("ms")
+                .parse()
+                .with_context(|| format!("`{x}` is not a number of milliseconds"))?;
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("latency must be zero or positive");
+            }
+            Ok(v)
+        };
+        if let Some(rest) = s.strip_prefix("normal:") {
+            let (m, sd) = rest
+                .split_once(',')
+                .context("normal latency is `normal:MEAN,SD`")?;
+            return Ok(Latency::Normal {
+                mean_ms: num(m)?,
+                sd_ms: num(sd)?,
+            });
+        }
+        if let Some((a, b)) = s.split_once("..") {
+            let (min_ms, max_ms) = (num(a)?, num(b)?);
+            if min_ms > max_ms {
+                bail!("uniform latency `{s}`: the minimum is above the maximum");
+            }
+            return Ok(Latency::Uniform { min_ms, max_ms });
+        }
+        let ms = num(s)?;
+        Ok(if ms == 0.0 {
+            Latency::None
+        } else {
+            Latency::Fixed { ms }
+        })
+    }
+
+    /// One draw of the latency.
+    pub(crate) fn sample(&self) -> Duration {
+        let ms = match *self {
+            Latency::None => 0.0,
+            Latency::Fixed { ms } => ms,
+            Latency::Uniform { min_ms, max_ms } => min_ms + (max_ms - min_ms) * fastrand::f64(),
+            Latency::Normal { mean_ms, sd_ms } => {
+                // Box-Muller.
+                let (u1, u2) = (fastrand::f64().max(1e-12), fastrand::f64());
+                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                (mean_ms + sd_ms * z).max(0.0)
+            }
+        };
+        Duration::from_secs_f64(ms / 1000.0)
+    }
+}
+
+/// Fault injection rates (0..1), drawn independently per request in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// 429 ThrottlingException (besides quota throttling).
+    pub throttle: f64,
+    /// 500 InternalServerException / 503 ServiceUnavailableException.
+    pub server_error: f64,
+    /// 408 ModelTimeoutException.
+    pub model_timeout: f64,
+    /// 429 ModelNotReadyException.
+    pub not_ready: f64,
+    /// 200 with a truncated JSON body.
+    pub malformed: f64,
+    /// The connection is dropped without an answer.
+    pub reset: f64,
+}
+
+/// Per-model quotas (per minute, sliding window).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quota {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// Everything configurable, changeable at runtime through `PUT /_emulator/config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub latency: Latency,
+    pub faults: Faults,
+    /// Quota applied to every model without its own entry.
+    pub quota: Quota,
+    /// Quotas per model id (base id; profiles share their model's quota).
+    pub model_quotas: BTreeMap<String, Quota>,
+    /// Only this access key id is accepted (default: any well-formed SigV4 request).
+    pub access_key_id: Option<String>,
+    /// Models the caller has no access to (403 AccessDeniedException).
+    pub denied_models: Vec<String>,
+    /// Text inputs containing this string are refused with ValidationException.
+    pub poison: Option<String>,
+    /// How long an async-invoke job runs before its results are written (ms).
+    pub async_job_ms: u64,
+    /// Share (0..1) of async-invoke jobs that end `Failed` (drawn per job).
+    pub async_failure_rate: f64,
+    /// The S3-compatible server async jobs read inputs from and write results to.
+    pub s3_endpoint: Option<String>,
+    /// Answer each request with the answer of the first request of its shape (model, number of
+    /// inputs, parameters): inputs are read and vectors and JSON made only once per shape, and
+    /// repeats are neither validated nor embedded again. A nearly free service, for measuring
+    /// the client's own speed; never for checking what the client sends.
+    pub replay: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_forms() {
+        assert_eq!(Latency::parse("0").unwrap(), Latency::None);
+        assert_eq!(Latency::parse("50").unwrap(), Latency::Fixed { ms: 50.0 });
+        assert_eq!(
+            Latency::parse("20..80").unwrap(),
+            Latency::Uniform {
+                min_ms: 20.0,
+                max_ms: 80.0
+            }
+        );
+        assert_eq!(
+            Latency::parse("normal:50,10").unwrap(),
+            Latency::Normal {
+                mean_ms: 50.0,
+                sd_ms: 10.0
+            }
+        );
+        assert!(Latency::parse("80..20").is_err());
+        assert!(Latency::parse("fast").is_err());
+    }
+}

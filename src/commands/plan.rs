@@ -1,0 +1,337 @@
+//! Layer 8, commands: `plan` — what a run would do, without calling any model: rows to embed,
+//! skip and delete, and per model the inputs, estimated tokens, images, calls, time at the
+//! configured quotas and cost. Reads the source and (incremental runs) the table's content
+//! hashes.
+
+use crate::config::{Cleanup, Pipeline, StepInput, WriteMode};
+use crate::prepare::image_check::check_image;
+use crate::prepare::{Inputs, Prepared};
+use crate::resolve::{ModelSettings, SinkSettings, SourceSettings};
+use crate::sink::incremental::{missing_ids, unchanged_rows, Existing};
+use crate::sink::table as sink_table;
+use crate::sources::{self, SourceBatch};
+use anyhow::{Context, Result};
+use embedpipe_wire::{Image, ImageFormat, Input, Parsed};
+use serde::Serialize;
+use std::collections::HashSet;
+
+/// The plan of one run.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Estimate {
+    pub pipeline: String,
+    pub table: String,
+    pub mode: String,
+    pub rows_read: u64,
+    /// Rows that would be embedded and written.
+    pub rows_to_embed: u64,
+    /// Rows the table holds unchanged (incremental).
+    pub rows_to_skip: u64,
+    /// Rows that would be dead-lettered before any call (unreadable, empty or over-long input).
+    pub rows_rejected: u64,
+    /// Table rows gone from the source that `cleanup = "full"` would delete.
+    pub rows_to_delete: u64,
+    pub models: Vec<ModelEstimate>,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ModelEstimate {
+    pub model: String,
+    pub model_id: String,
+    pub inputs: u64,
+    /// Client-side estimate (≈ 4 characters per token).
+    pub input_tokens: u64,
+    pub images: u64,
+    /// Marengo bills text inputs per query.
+    pub queries: u64,
+    /// Video/audio files (async jobs).
+    pub media_files: u64,
+    /// InvokeModel calls: exact for one-input-per-call models, a lower bound for batching ones.
+    pub calls: u64,
+    pub calls_exact: bool,
+    /// Minutes the calls take at the configured requests/tokens per minute, if any are set.
+    pub minutes_at_quota: Option<f64>,
+    pub cost_usd: f64,
+}
+
+/// Plans a run of `pipeline` (`reindex`: every row is embedded again).
+pub async fn estimate(pipeline: &Pipeline, reindex: bool) -> Result<Estimate> {
+    let checked = crate::commands::validate::check_run(pipeline, reindex).await?;
+    // `check_run` resolved the same settings: this cannot fail.
+    let sink = SinkSettings::resolve(pipeline)?;
+    let infos = &checked.models;
+    let incremental = sink.mode == WriteMode::Incremental && !reindex;
+    let conn = match &checked.existing {
+        Some(_) => Some(sink_table::connect(&checked.target).await?),
+        None => None,
+    };
+    let existing = match (&conn, incremental) {
+        (Some(conn), true) => {
+            Some(Existing::open(conn, &checked.target.table, &sink.vectors).await?)
+        }
+        _ => None,
+    };
+    let mut est = empty_estimate(pipeline, &checked.target.table, &sink, infos, reindex);
+    let cleanup = incremental && sink.cleanup == Cleanup::Full;
+    let mut seen: HashSet<String> = HashSet::new();
+    let iter = sources::open(
+        &SourceSettings::resolve(pipeline),
+        &checked.source,
+        &checked.read_columns,
+        checked.id_column.clone(),
+    )?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<SourceBatch>>(2);
+    let reader = tokio::task::spawn_blocking(move || {
+        for item in iter {
+            let stop = item.is_err();
+            if tx.blocking_send(item).is_err() || stop {
+                break;
+            }
+        }
+    });
+    while let Some(sb) = rx.recv().await {
+        let sb = sb?;
+        plan_batch(pipeline, infos, existing.as_ref(), &sb, &mut est).await?;
+        if cleanup {
+            use arrow::array::Array;
+            seen.extend((0..sb.ids.len()).map(|i| sb.ids.value(i).to_string()));
+            seen.extend(sb.failures.iter().filter_map(|f| f.id.clone()));
+        }
+    }
+    reader.await.context("source reader panicked")?;
+    if let (true, Some(conn)) = (cleanup, &conn) {
+        est.rows_to_delete = missing_ids(conn, &checked.target.table, |id| seen.contains(id))
+            .await?
+            .len() as u64;
+    }
+    for (m, info) in est.models.iter_mut().zip(infos) {
+        finish_model(m, info);
+    }
+    est.cost_usd = est.models.iter().map(|m| m.cost_usd).sum();
+    Ok(est)
+}
+
+/// The plan before any row is read: what is planned, and a zeroed count per model.
+fn empty_estimate(
+    pipeline: &Pipeline,
+    table: &str,
+    sink: &SinkSettings,
+    infos: &[ModelSettings],
+    reindex: bool,
+) -> Estimate {
+    Estimate {
+        pipeline: pipeline.path.display().to_string(),
+        table: table.to_string(),
+        mode: if reindex {
+            format!("{} (reindex)", sink.mode.as_str())
+        } else {
+            sink.mode.as_str().to_string()
+        },
+        models: infos
+            .iter()
+            .map(|m| ModelEstimate {
+                model: m.name.clone(),
+                model_id: m.spec.id.to_string(),
+                calls_exact: m.batch_size == 1,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Turns a model's counted inputs into calls, minutes at its configured rates, and cost.
+fn finish_model(m: &mut ModelEstimate, info: &ModelSettings) {
+    if !m.calls_exact {
+        m.calls = m.inputs.div_ceil(info.batch_size as u64);
+    } else {
+        m.calls = m.inputs;
+    }
+    let rpm = info.rates.requests_per_minute.map(|r| r as f64);
+    let tpm = info.rates.tokens_per_minute.map(|r| r as f64);
+    m.minutes_at_quota = match (rpm, tpm) {
+        (None, None) => None,
+        (r, t) => Some(
+            r.map_or(0.0, |r| m.calls as f64 / r)
+                .max(t.map_or(0.0, |t| m.input_tokens as f64 / t)),
+        ),
+    };
+    let p = info.prices;
+    m.cost_usd = m.input_tokens as f64 / 1000.0 * p.per_1k_tokens
+        + m.images as f64 * p.per_image
+        + m.queries as f64 * p.per_query;
+}
+
+/// Runs CPU-heavy work on the current thread, telling a multi-threaded runtime so (its other
+/// tasks move to other threads meanwhile).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Counts one source batch the way a run would treat it.
+async fn plan_batch(
+    pipeline: &Pipeline,
+    infos: &[ModelSettings],
+    existing: Option<&Existing>,
+    sb: &SourceBatch,
+    est: &mut Estimate,
+) -> Result<()> {
+    let n = sb.batch.num_rows();
+    est.rows_read += n as u64 + sb.failures.len() as u64;
+    est.rows_rejected += sb.failures.len() as u64;
+    let (prepared, bad) = prepare_steps(pipeline, infos, sb)?;
+    let unchanged = match existing {
+        Some(existing) => unchanged_in_table(existing, sb, &prepared, &bad).await?,
+        None => vec![false; n],
+    };
+    // Pre-flight decodes images: CPU work that must not stall the runtime's other tasks.
+    let rejected = blocking(|| {
+        let mut rejected = vec![false; n];
+        for (step, p) in pipeline.steps.iter().zip(&prepared) {
+            let info = &infos[step.model_index];
+            let m = &mut est.models[step.model_index];
+            count_step(&step.input, p, info, m, &bad, &unchanged, &mut rejected);
+        }
+        rejected
+    });
+    for row in 0..n {
+        if bad[row] || rejected[row] {
+            est.rows_rejected += 1;
+        } else if unchanged[row] {
+            est.rows_to_skip += 1;
+        } else {
+            est.rows_to_embed += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Prepares every step's inputs as a run would; `bad` marks the rows some step has no usable
+/// input for (a run dead-letters them).
+fn prepare_steps(
+    pipeline: &Pipeline,
+    infos: &[ModelSettings],
+    sb: &SourceBatch,
+) -> Result<(Vec<Prepared>, Vec<bool>)> {
+    let mut bad = vec![false; sb.batch.num_rows()];
+    let mut prepared = Vec::with_capacity(pipeline.steps.len());
+    for step in &pipeline.steps {
+        let p =
+            crate::prepare::prepare(&step.input, &infos[step.model_index].fingerprint, &sb.batch)?;
+        for (row, _, _) in &p.failures {
+            bad[*row] = true;
+        }
+        prepared.push(p);
+    }
+    Ok((prepared, bad))
+}
+
+/// Which rows the table already holds with the same content hashes (incremental runs skip them).
+async fn unchanged_in_table(
+    existing: &Existing,
+    sb: &SourceBatch,
+    prepared: &[Prepared],
+    bad: &[bool],
+) -> Result<Vec<bool>> {
+    let n = sb.batch.num_rows();
+    let keep: Vec<usize> = (0..n).filter(|&r| !bad[r]).collect();
+    // Hashes of the rows every step has an input for, in step order.
+    let hashes: Vec<Vec<String>> = prepared
+        .iter()
+        .map(|p| {
+            p.rows
+                .iter()
+                .zip(&p.hashes)
+                .filter(|(r, _)| !bad[**r])
+                .map(|(_, h)| h.clone())
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[String]> = hashes.iter().map(Vec::as_slice).collect();
+    unchanged_rows(existing, &sb.ids, &keep, &refs, n).await
+}
+
+/// Counts one step's inputs of the rows to embed towards its model; marks in `rejected` the
+/// rows the run would refuse before sending.
+fn count_step(
+    step_input: &StepInput,
+    p: &Prepared,
+    info: &ModelSettings,
+    m: &mut ModelEstimate,
+    bad: &[bool],
+    unchanged: &[bool],
+    rejected: &mut [bool],
+) {
+    // Counts one input; `true` when the run would refuse it before sending.
+    let mut count = |row: usize, input: Input<'_>| -> bool {
+        if bad[row] || unchanged[row] {
+            return false;
+        }
+        count_input(info, m, input)
+    };
+    match (step_input, &p.inputs) {
+        (_, Inputs::Text(texts)) => {
+            for (&row, t) in p.rows.iter().zip(texts) {
+                rejected[row] |= count(row, Input::Text(t));
+            }
+        }
+        (_, Inputs::Image(images)) => {
+            for (&row, b) in p.rows.iter().zip(images) {
+                match ImageFormat::detect(b) {
+                    Some(format) => {
+                        rejected[row] |= count(row, Input::Image(Image { bytes: b, format }))
+                    }
+                    None => rejected[row] = true,
+                }
+            }
+        }
+        (_, Inputs::TextImage(pairs)) => {
+            for (&row, (t, b)) in p.rows.iter().zip(pairs) {
+                match ImageFormat::detect(b) {
+                    Some(format) => {
+                        rejected[row] |= count(row, Input::TextImage(t, Image { bytes: b, format }))
+                    }
+                    None => rejected[row] = true,
+                }
+            }
+        }
+        (StepInput::Media(..), Inputs::Media(media)) => {
+            for &row in p.rows.iter().take(media.len()) {
+                if !bad[row] && !unchanged[row] {
+                    m.media_files += 1;
+                }
+            }
+        }
+        (_, Inputs::Media(_)) => {}
+    }
+}
+
+/// Counts one input of a row to embed: its tokens (or query) and image; `true` when the run would
+/// refuse it before sending (cut texts are still sent).
+fn count_input(info: &ModelSettings, m: &mut ModelEstimate, input: Input<'_>) -> bool {
+    if info.spec.provider == crate::config::Provider::Bedrock
+        && embedpipe_wire::preflight(info.spec, &info.params, &input, check_image).is_err()
+    {
+        return true;
+    }
+    m.inputs += 1;
+    if let Some(t) = input.text() {
+        // The family's billing of one text (tokens; Marengo: a query).
+        let u = embedpipe_wire::usage(
+            info.spec,
+            &[Input::Text(t)],
+            &Parsed::default(),
+            &embedpipe_wire::unknown_pixels,
+        );
+        m.input_tokens += u.input_tokens;
+        m.queries += u.queries;
+    }
+    if input.image().is_some() {
+        m.images += 1;
+    }
+    false
+}

@@ -1,0 +1,315 @@
+//! The `[[model]]` and `[[quota]]` checks that need no model registry and no data: unique
+//! model names, and every per-model key that is not checked against the model's spec — async
+//! route keys, connection and retry keys, quota groups and prices, keys only Bedrock (or only
+//! local) models take. The checks against the spec (id, dimensions, batch size, family
+//! parameters, inference profile) are the resolve layer's, run here through [`SpecChecks`] at
+//! their places.
+
+use super::{did_you_mean, ConfigError, ModelConfig, Pipeline, Provider, SpecChecks};
+use std::collections::HashSet;
+use toml::Spanned;
+
+impl Pipeline {
+    fn check_quotas(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for q in &self.file.quotas {
+            let g = q.get_ref();
+            if !names.insert(g.name.get_ref().as_str()) {
+                return Err(self.error(
+                    g.name.span(),
+                    format!("quota group `{}` is declared twice", g.name.get_ref()),
+                ));
+            }
+            if g.requests_per_minute.is_none() && g.tokens_per_minute.is_none() {
+                return Err(self
+                    .error(
+                        q.span(),
+                        format!("quota group `{}` sets no limit", g.name.get_ref()),
+                    )
+                    .with_help("set requests_per_minute, tokens_per_minute or both"));
+            }
+            self.check_rates(&g.requests_per_minute, &g.tokens_per_minute)?;
+        }
+        Ok(())
+    }
+
+    /// Requests and tokens per minute, when set, are at least one.
+    fn check_rates(
+        &self,
+        requests: &Option<Spanned<u32>>,
+        tokens: &Option<Spanned<u32>>,
+    ) -> Result<(), ConfigError> {
+        match [requests, tokens]
+            .into_iter()
+            .flatten()
+            .find(|r| *r.get_ref() == 0)
+        {
+            Some(r) => Err(self.error(r.span(), "a rate limit must be at least 1 per minute")),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn check_models(&self, specs: &dyn SpecChecks) -> Result<(), ConfigError> {
+        self.check_quotas()?;
+        let mut names = HashSet::new();
+        for m in &self.file.models {
+            let cfg = m.get_ref();
+            if !names.insert(cfg.name.get_ref().as_str()) {
+                return Err(self.error(
+                    cfg.name.span(),
+                    format!("model name `{}` is used twice", cfg.name.get_ref()),
+                ));
+            }
+            // Id, dimensions and batch size; from here the provider is the spec's.
+            specs.model_id(self, cfg)?;
+            self.check_model_params(cfg, specs)?;
+            if *cfg.provider.get_ref() != Provider::Local {
+                for (key, span) in [
+                    ("path", cfg.path.as_ref().map(|s| s.span())),
+                    ("download", cfg.download.as_ref().map(|s| s.span())),
+                ] {
+                    if let Some(span) = span {
+                        return Err(
+                            self.error(span, format!("`{key}` applies only to local models"))
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every per-model key, in a fixed order: async route keys, segment lengths and family
+    /// parameters (against the spec), connection and retry keys, the quota group, prices, keys
+    /// only Bedrock models take, and the inference profile a sync call may need (against the
+    /// spec).
+    fn check_model_params(
+        &self,
+        cfg: &ModelConfig,
+        specs: &dyn SpecChecks,
+    ) -> Result<(), ConfigError> {
+        self.check_async_keys(cfg)?;
+        specs.model_params(self, cfg)?;
+        self.check_connection_keys(cfg)?;
+        self.check_quota_reference(cfg)?;
+        self.check_prices(cfg)?;
+        if *cfg.provider.get_ref() == Provider::Local {
+            self.check_no_bedrock_keys(cfg)?;
+        }
+        specs.inference_profile(self, cfg)
+    }
+
+    /// Async invoke (video/audio): the bucket owner, S3 locations, jobs in flight and timings.
+    fn check_async_keys(&self, cfg: &ModelConfig) -> Result<(), ConfigError> {
+        if let Some(o) = &cfg.bucket_owner {
+            if o.get_ref().len() != 12 || !o.get_ref().bytes().all(|b| b.is_ascii_digit()) {
+                return Err(self.error(o.span(), "bucket_owner is a 12-digit AWS account id"));
+            }
+        }
+        for (key, uri) in [
+            ("output_s3_uri", &cfg.output_s3_uri),
+            ("staging_s3_uri", &cfg.staging_s3_uri),
+        ] {
+            if let Some(u) = uri {
+                if let Err(e) = crate::util::S3Uri::parse(&u.get_ref().to_string()) {
+                    return Err(self
+                        .error(u.span(), format!("`{key}`: {e}"))
+                        .with_help("write it as s3://<bucket>/<prefix>"));
+                }
+            }
+        }
+        if let Some(m) = &cfg.max_jobs {
+            if !(1..=1000).contains(m.get_ref()) {
+                return Err(self.error(m.span(), "max_jobs must be between 1 and 1000"));
+            }
+        }
+        for (key, v, lo, hi) in [
+            (
+                "job_timeout_secs",
+                &cfg.job_timeout_secs,
+                0.0,
+                7.0 * 86400.0,
+            ),
+            ("poll_secs", &cfg.poll_secs, 0.0, 3600.0),
+        ] {
+            if let Some(v) = v {
+                if !(*v.get_ref() > lo && *v.get_ref() <= hi) {
+                    return Err(self.error(
+                        v.span(),
+                        format!("{key} must be above {lo} and at most {hi}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Connection, concurrency, rate limits and retries of the model's calls.
+    fn check_connection_keys(&self, cfg: &ModelConfig) -> Result<(), ConfigError> {
+        if let Some(t) = &cfg.timeout_secs {
+            if !(*t.get_ref() > 0.0 && *t.get_ref() <= 3600.0) {
+                return Err(self.error(
+                    t.span(),
+                    "timeout_secs must be more than 0 and at most 3600 (an hour)",
+                ));
+            }
+        }
+        for (key, url) in [
+            ("endpoint_url", &cfg.endpoint_url),
+            ("s3_endpoint_url", &cfg.s3_endpoint_url),
+        ] {
+            if let Some(u) = url {
+                if let Err(why) = check_endpoint_url(u.get_ref()) {
+                    return Err(self
+                        .error(u.span(), format!("`{key}` {why}"))
+                        .with_help("give the scheme, host and port only, e.g. \"https://bedrock-runtime.us-east-1.amazonaws.com\" or \"http://127.0.0.1:4566\" (the emulator)"));
+                }
+            }
+        }
+        if let Some(c) = &cfg.concurrency {
+            if *c.get_ref() == 0 || *c.get_ref() > 1024 {
+                return Err(self.error(c.span(), "concurrency must be between 1 and 1024"));
+            }
+        }
+        self.check_rates(&cfg.requests_per_minute, &cfg.tokens_per_minute)?;
+        if let Some(a) = &cfg.max_attempts {
+            if *a.get_ref() == 0 || *a.get_ref() > 100 {
+                return Err(self.error(a.span(), "max_attempts must be between 1 and 100"));
+            }
+        }
+        if let Some(d) = &cfg.retry_deadline_secs {
+            if !(*d.get_ref() > 0.0 && *d.get_ref() <= 86_400.0) {
+                return Err(self.error(
+                    d.span(),
+                    "retry_deadline_secs must be more than 0 and at most 86400 (a day)",
+                ));
+            }
+        }
+        if let Some(l) = &cfg.linger_ms {
+            if *l.get_ref() > 60_000 {
+                return Err(self.error(l.span(), "linger_ms must be at most 60000 (a minute)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `quota = "name"` must name a declared `[[quota]]` group.
+    fn check_quota_reference(&self, cfg: &ModelConfig) -> Result<(), ConfigError> {
+        if let Some(q) = &cfg.quota {
+            let names = self
+                .file
+                .quotas
+                .iter()
+                .map(|g| g.get_ref().name.get_ref().as_str());
+            if !names.clone().any(|n| n == q.get_ref()) {
+                let mut help = String::new();
+                if let Some(best) = did_you_mean(q.get_ref(), names.clone()) {
+                    help.push_str(&format!("did you mean `{best}`? "));
+                }
+                let known: Vec<&str> = names.collect();
+                help.push_str(&if known.is_empty() {
+                    format!(
+                        "declare it: [[quota]] name = \"{}\" requests_per_minute = ...",
+                        q.get_ref()
+                    )
+                } else {
+                    format!("declared quota groups: {}", known.join(", "))
+                });
+                return Err(self
+                    .error(q.span(), format!("unknown quota group `{}`", q.get_ref()))
+                    .with_help(help));
+            }
+        }
+        Ok(())
+    }
+
+    /// Price overrides are zero or positive numbers.
+    fn check_prices(&self, cfg: &ModelConfig) -> Result<(), ConfigError> {
+        if let Some(p) = &cfg.prices {
+            let o = p.get_ref();
+            let all = [
+                o.per_1k_tokens,
+                o.per_image,
+                o.per_query,
+                o.per_video_second,
+                o.per_audio_second,
+            ];
+            if all.iter().flatten().any(|x| !x.is_finite() || *x < 0.0) {
+                return Err(self.error(p.span(), "prices must be zero or positive numbers"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A local model takes none of the keys that only Bedrock calls use.
+    fn check_no_bedrock_keys(&self, cfg: &ModelConfig) -> Result<(), ConfigError> {
+        let bedrock_only = [
+            ("region", cfg.region.as_ref().map(|s| s.span())),
+            ("endpoint_url", cfg.endpoint_url.as_ref().map(|s| s.span())),
+            ("timeout_secs", cfg.timeout_secs.as_ref().map(|s| s.span())),
+            ("concurrency", cfg.concurrency.as_ref().map(|s| s.span())),
+            ("max_attempts", cfg.max_attempts.as_ref().map(|s| s.span())),
+            (
+                "retry_deadline_secs",
+                cfg.retry_deadline_secs.as_ref().map(|s| s.span()),
+            ),
+            ("linger_ms", cfg.linger_ms.as_ref().map(|s| s.span())),
+            ("quota", cfg.quota.as_ref().map(|s| s.span())),
+            (
+                "requests_per_minute",
+                cfg.requests_per_minute.as_ref().map(|s| s.span()),
+            ),
+            (
+                "tokens_per_minute",
+                cfg.tokens_per_minute.as_ref().map(|s| s.span()),
+            ),
+            ("prices", cfg.prices.as_ref().map(|s| s.span())),
+            (
+                "output_s3_uri",
+                cfg.output_s3_uri.as_ref().map(|s| s.span()),
+            ),
+            (
+                "staging_s3_uri",
+                cfg.staging_s3_uri.as_ref().map(|s| s.span()),
+            ),
+            (
+                "s3_endpoint_url",
+                cfg.s3_endpoint_url.as_ref().map(|s| s.span()),
+            ),
+            ("max_jobs", cfg.max_jobs.as_ref().map(|s| s.span())),
+            (
+                "job_timeout_secs",
+                cfg.job_timeout_secs.as_ref().map(|s| s.span()),
+            ),
+            ("poll_secs", cfg.poll_secs.as_ref().map(|s| s.span())),
+            (
+                "segment_seconds",
+                cfg.segment_seconds.as_ref().map(|s| s.span()),
+            ),
+        ];
+        if let Some((key, Some(span))) = bedrock_only.into_iter().find(|(_, s)| s.is_some()) {
+            return Err(self.error(span, format!("`{key}` applies only to Bedrock models")));
+        }
+        Ok(())
+    }
+}
+
+/// An endpoint override must be a plain `http(s)://host[:port]` URL: anything else fails every
+/// call of the run (a service failure), so it is refused before any.
+fn check_endpoint_url(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return Err(format!("uses `{other}://`; only http:// and https:// work")),
+        None => return Err(format!("`{url}` has no scheme (http:// or https://)")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "`{url}` has a path or query; the SDK adds the operation's own path"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! Resolve layer: a `[[model]]` table → the settings of everything that serves it (the client's
+//! connection, dispatch's batching, limits and retries, the async route), with every default
+//! applied here, once.
+
+use crate::config::{EnvString, ModelConfig, Pipeline, PriceOverride, QuotaConfig};
+use crate::util::{RetryPolicy, S3Uri};
+use embedpipe_wire::{ModelSpec, Params, Prices};
+use std::path::PathBuf;
+use std::time::Duration;
+use toml::Spanned;
+
+/// Calls in flight per remote model (the adaptive cap starts here and never exceeds it).
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Per-call timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a partly filled call waits for more inputs.
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(20);
+/// Attempts per call that may fail with 5xx, timeouts, resets or model-not-ready.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+/// No retry of a call starts later than this after its first attempt.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
+/// Async jobs in flight at once.
+pub const DEFAULT_MAX_JOBS: usize = 16;
+/// A job still running after this long is dead-lettered (it keeps running; the next run picks
+/// it up).
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
+/// First wait between polls of an async job.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
+
+/// Run-wide overrides of how models are reached (`--emulator`).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Send every Bedrock call here.
+    pub endpoint_url: Option<String>,
+    /// Sign with dummy credentials (the emulator accepts any).
+    pub emulator_credentials: bool,
+    /// Send S3 requests (media staging, job results) here.
+    pub s3_endpoint_url: Option<String>,
+}
+
+/// How a remote model is reached.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub timeout: Duration,
+    /// Sign with the emulator's dummy credentials instead of the AWS chain.
+    pub emulator_credentials: bool,
+}
+
+/// Where the local engine finds its files.
+#[derive(Debug, Clone)]
+pub struct LocalFiles {
+    /// `path` of the `[[model]]` table, resolved against the pipeline file.
+    pub path: Option<PathBuf>,
+    /// Fetch the files when they are not found (`download`, unless `EMBEDPIPE_OFFLINE` is set).
+    pub download: bool,
+}
+
+/// A model's async-invoke settings (video/audio), when it has `output_s3_uri`.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    pub output: S3Uri,
+    pub staging: S3Uri,
+    pub s3_endpoint: Option<String>,
+    pub max_jobs: usize,
+    pub timeout: Duration,
+    pub poll: Duration,
+    /// How StartAsyncInvoke / GetAsyncInvoke calls are retried.
+    pub retry: RetryPolicy,
+}
+
+/// Rate limits of a `[[quota]]` group or of one model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateSettings {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+}
+
+/// A `[[quota]]` group: limits shared by every model that names it.
+#[derive(Debug, Clone)]
+pub struct QuotaSettings {
+    pub name: String,
+    pub rates: RateSettings,
+}
+
+impl QuotaSettings {
+    pub fn resolve(q: &QuotaConfig) -> Self {
+        Self {
+            name: q.name.get_ref().clone(),
+            rates: RateSettings {
+                requests_per_minute: q.requests_per_minute.as_ref().map(|r| *r.get_ref()),
+                tokens_per_minute: q.tokens_per_minute.as_ref().map(|r| *r.get_ref()),
+            },
+        }
+    }
+}
+
+/// Everything about one `[[model]]`, known from the pipeline file without loading anything.
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    pub name: String,
+    pub spec: &'static ModelSpec,
+    /// The id sent to the provider (may carry an inference-profile prefix).
+    pub invoke_id: String,
+    pub params: Params,
+    pub dimension: usize,
+    pub normalize: bool,
+    pub batch_size: usize,
+    pub concurrency: usize,
+    pub prices: Prices,
+    pub connection: Connection,
+    /// Model id, dimension and parameters: the identity of the vector space, part of every
+    /// content hash.
+    pub fingerprint: String,
+    /// Async-invoke settings (video/audio), when the model has `output_s3_uri`.
+    pub jobs: Option<JobSettings>,
+    pub retry: RetryPolicy,
+    pub linger: Duration,
+    /// The model's own limits (its quota group's come on top).
+    pub rates: RateSettings,
+    /// The `[[quota]]` group the model shares, if any.
+    pub quota: Option<String>,
+    pub local: LocalFiles,
+}
+
+fn env(s: &Spanned<EnvString>) -> String {
+    s.get_ref().to_string()
+}
+
+fn apply_prices(base: Prices, o: Option<&PriceOverride>) -> Prices {
+    let Some(o) = o else { return base };
+    Prices {
+        per_1k_tokens: o.per_1k_tokens.unwrap_or(base.per_1k_tokens),
+        per_image: o.per_image.unwrap_or(base.per_image),
+        per_query: o.per_query.unwrap_or(base.per_query),
+        per_video_second: o.per_video_second.unwrap_or(base.per_video_second),
+        per_audio_second: o.per_audio_second.unwrap_or(base.per_audio_second),
+    }
+}
+
+/// The model parameters the file sets, over the family's defaults.
+fn params(cfg: &ModelConfig, spec: &ModelSpec) -> Params {
+    let mut params = Params::defaults(spec);
+    if let Some(d) = &cfg.dimensions {
+        params.dimension = *d.get_ref();
+    }
+    if let Some(n) = &cfg.normalize {
+        params.normalize = *n.get_ref();
+    }
+    if let Some(t) = cfg.input_type.as_ref().or(cfg.purpose.as_ref()) {
+        params.input_type = Some(t.get_ref().clone());
+    }
+    if let Some(t) = &cfg.truncate {
+        params.truncate = Some(t.get_ref().clone());
+    }
+    if let Some(t) = &cfg.embedding_types {
+        params.embedding_types = t.get_ref().clone();
+    }
+    params.max_tokens = cfg.max_tokens.as_ref().map(|m| *m.get_ref());
+    params.detail_level = cfg.detail_level.as_ref().map(|d| d.get_ref().clone());
+    params.embedding_mode = cfg.embedding_mode.as_ref().map(|d| d.get_ref().clone());
+    params.segment_seconds = cfg.segment_seconds.as_ref().map(|d| *d.get_ref());
+    params.segment_chars = cfg.segment_chars.as_ref().map(|d| *d.get_ref());
+    params.bucket_owner = cfg.bucket_owner.as_ref().map(|d| d.get_ref().clone());
+    if let Some(o) = &cfg.embedding_options {
+        params.embedding_options = o.get_ref().clone();
+    }
+    params
+}
+
+/// The vector space: base id (profiles serve the same model) and every parameter that changes
+/// vectors. Truncation and embedding types are included: they change what is embedded or
+/// stored.
+fn fingerprint(spec: &ModelSpec, params: &Params) -> String {
+    serde_json::json!({
+        "model": spec.id,
+        "dimension": params.dimension,
+        "normalize": params.normalize,
+        "input_type": params.input_type,
+        "truncate": params.truncate,
+        "max_tokens": params.max_tokens,
+        "detail_level": params.detail_level,
+        "embedding_mode": params.embedding_mode,
+        "segment_seconds": params.segment_seconds,
+        "segment_chars": params.segment_chars,
+        "embedding_options": params.embedding_options,
+    })
+    .to_string()
+}
+
+impl JobSettings {
+    /// `None` without `output_s3_uri` (validation has checked the URIs).
+    fn resolve(cfg: &ModelConfig, overrides: &Overrides) -> Option<Self> {
+        let output = S3Uri::parse(&env(cfg.output_s3_uri.as_ref()?)).ok()?;
+        let staging = cfg
+            .staging_s3_uri
+            .as_ref()
+            .and_then(|s| S3Uri::parse(&env(s)).ok())
+            .unwrap_or_else(|| output.join("inputs/"));
+        Some(Self {
+            staging: staging.folder(),
+            output: output.folder(),
+            s3_endpoint: overrides
+                .s3_endpoint_url
+                .clone()
+                .or_else(|| cfg.s3_endpoint_url.as_ref().map(env)),
+            max_jobs: cfg
+                .max_jobs
+                .as_ref()
+                .map_or(DEFAULT_MAX_JOBS, |m| *m.get_ref()),
+            timeout: cfg
+                .job_timeout_secs
+                .as_ref()
+                .map_or(DEFAULT_JOB_TIMEOUT, |t| {
+                    Duration::from_secs_f64(*t.get_ref())
+                }),
+            poll: cfg
+                .poll_secs
+                .as_ref()
+                .map_or(DEFAULT_POLL, |t| Duration::from_secs_f64(*t.get_ref())),
+            retry: RetryPolicy::new(DEFAULT_MAX_ATTEMPTS, DEFAULT_DEADLINE),
+        })
+    }
+}
+
+impl ModelSettings {
+    /// The settings of model `index` of the pipeline, with the run's overrides applied.
+    pub fn resolve(pipeline: &Pipeline, index: usize, overrides: &Overrides) -> Self {
+        let cfg = pipeline.model(index);
+        let spec = super::spec_of(pipeline, index);
+        let params = params(cfg, spec);
+        let connection = Connection {
+            region: cfg.region.as_ref().map(env),
+            endpoint_url: overrides
+                .endpoint_url
+                .clone()
+                .or_else(|| cfg.endpoint_url.as_ref().map(env)),
+            timeout: cfg
+                .timeout_secs
+                .as_ref()
+                .map_or(DEFAULT_TIMEOUT, |t| Duration::from_secs_f64(*t.get_ref())),
+            emulator_credentials: overrides.emulator_credentials,
+        };
+        let retry = RetryPolicy::new(
+            cfg.max_attempts
+                .as_ref()
+                .map_or(DEFAULT_MAX_ATTEMPTS, |a| *a.get_ref()),
+            cfg.retry_deadline_secs
+                .as_ref()
+                .map_or(DEFAULT_DEADLINE, |d| Duration::from_secs_f64(*d.get_ref())),
+        );
+        Self {
+            name: cfg.name.get_ref().clone(),
+            spec,
+            invoke_id: cfg.id.get_ref().clone(),
+            dimension: params.dimension,
+            normalize: params.normalize,
+            fingerprint: fingerprint(spec, &params),
+            params,
+            batch_size: cfg
+                .batch_size
+                .as_ref()
+                .map_or(spec.default_batch_size, |b| *b.get_ref()),
+            concurrency: cfg
+                .concurrency
+                .as_ref()
+                .map_or(DEFAULT_CONCURRENCY, |c| *c.get_ref()),
+            prices: apply_prices(spec.prices, cfg.prices.as_ref().map(|p| p.get_ref())),
+            jobs: JobSettings::resolve(cfg, overrides),
+            connection,
+            retry,
+            linger: cfg
+                .linger_ms
+                .as_ref()
+                .map_or(DEFAULT_LINGER, |l| Duration::from_millis(*l.get_ref())),
+            rates: RateSettings {
+                requests_per_minute: cfg.requests_per_minute.as_ref().map(|r| *r.get_ref()),
+                tokens_per_minute: cfg.tokens_per_minute.as_ref().map(|r| *r.get_ref()),
+            },
+            quota: cfg.quota.as_ref().map(|q| q.get_ref().clone()),
+            local: LocalFiles {
+                path: cfg.path.as_ref().map(|p| pipeline.resolve(p.get_ref())),
+                download: cfg.download.as_ref().is_none_or(|d| *d.get_ref())
+                    && std::env::var_os("EMBEDPIPE_OFFLINE").is_none(),
+            },
+        }
+    }
+
+    /// Settings of every `[[model]]`, indexed like the file.
+    pub fn all(pipeline: &Pipeline, overrides: &Overrides) -> Vec<Self> {
+        (0..pipeline.file.models.len())
+            .map(|i| Self::resolve(pipeline, i, overrides))
+            .collect()
+    }
+}
