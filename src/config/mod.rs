@@ -191,4 +191,4 @@ fn normalize(p: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,6 +1,7 @@
 use super::*;
 
-const GOOD: &str = r#"
+/// A valid pipeline file, shared with resolve's tests.
+pub(crate) const GOOD: &str = r#"
 [source]
 type = "parquet"
 path = "data.parquet"

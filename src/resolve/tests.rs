@@ -5,24 +5,7 @@ use super::parse as parse_pipeline;
 use crate::config::{ConfigError, Pipeline};
 use std::path::Path;
 
-const GOOD: &str = r#"
-[source]
-type = "parquet"
-path = "data.parquet"
-
-[[model]]
-name = "minilm"
-provider = "local"
-id = "sentence-transformers/all-MiniLM-L6-v2"
-
-[[embed]]
-model = "minilm"
-text = "{title}\n{body}"
-
-[sink]
-uri = "db"
-table = "articles"
-"#;
+use crate::config::tests::GOOD;
 
 fn parse(text: &str) -> Result<Pipeline, ConfigError> {
     parse_pipeline(Path::new("pipelines/p.toml"), text)
