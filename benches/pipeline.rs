@@ -23,13 +23,18 @@
 //!    VM whose freed memory goes back to the host, first touches of memory after a pause cost
 //!    system time, and the 4 GB of vectors written into the page cache are mostly such touches).
 //!
+//! 7. S3: Parquet on a local S3 server (s3s-fs, in this process) → LanceDB on the same server,
+//!    rows/s as a ratio of the same run with local files (model cost taken out as in 2), then the
+//!    peak RSS of a 1M-row S3 run (`EMBEDPIPE_BENCH_S3_ROWS`, `EMBEDPIPE_BENCH_S3_RSS_ROWS`); and
+//!    500 images listed and read by the images source from S3 vs a local folder, files/s.
+//!
 //! `EMBEDPIPE_BENCH_REQUESTS` changes the 10,000 requests of the dispatch bench,
 //! `EMBEDPIPE_BENCH_LATENCY_MS` its emulator latency (default 50) and
 //! `EMBEDPIPE_BENCH_MODEL=titan|cohere` runs one model's cases, `EMBEDPIPE_BENCH_CONCURRENCY`
 //! sets the cap on calls in flight of the unlimited cases (default 64 for Titan, 8 for Cohere);
 //! `EMBEDPIPE_BENCH_ROWS` sets the rows of the generated Parquet file (default 500000; `e2e`
-//! default 1000000); `EMBEDPIPE_BENCH=sink|model|emulator|transform|dispatch|e2e` runs one of
-//! them (`e2e` runs only when asked for).
+//! default 1000000); `EMBEDPIPE_BENCH=sink|model|emulator|transform|dispatch|s3|e2e` runs one
+//! of them (`e2e` runs only when asked for).
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -101,17 +106,220 @@ fn bench_model() {
 /// A real run of `pipeline` with Bedrock calls sent to the emulator at `endpoint`.
 async fn run_against(pipeline: Arc<Pipeline>, endpoint: String) -> embedpipe::report::Summary {
     use embedpipe::commands::run::{run, RunOptions};
-    use embedpipe::resolve::Overrides;
     let opts = RunOptions {
         progress: false,
-        overrides: Overrides {
-            endpoint_url: Some(endpoint),
-            emulator_credentials: true,
-            ..Default::default()
-        },
+        overrides: emulator_overrides(endpoint),
         ..Default::default()
     };
     run(pipeline, opts).await.unwrap()
+}
+
+/// Bedrock at the emulator, S3 signed with the emulator's keys (which the local S3 server takes).
+fn emulator_overrides(endpoint: String) -> embedpipe::resolve::Overrides {
+    embedpipe::resolve::Overrides {
+        endpoint_url: Some(endpoint),
+        emulator_credentials: true,
+        ..Default::default()
+    }
+}
+
+/// The embed step of the generated articles.
+const ARTICLE_TEXT: &str = "text = \"{title} ({topic})\"";
+
+/// A pipeline reading `source` into table `bench` at `sink_uri`, S3 at `s3_endpoint`, with Cohere
+/// v4 at 256 dimensions (96 texts a call: the model's side stays small).
+fn storage_pipeline(
+    dir: &std::path::Path,
+    source: &str,
+    embed: &str,
+    sink_uri: &str,
+    s3_endpoint: &str,
+) -> Arc<Pipeline> {
+    let text = format!(
+        r#"
+[storage]
+s3_endpoint_url = "{s3_endpoint}"
+[source]
+{source}
+[[model]]
+name = "m"
+provider = "bedrock"
+id = "cohere.embed-v4:0"
+dimensions = 256
+concurrency = 8
+[[embed]]
+model = "m"
+{embed}
+[sink]
+uri = "{sink_uri}"
+table = "bench"
+mode = "overwrite"
+vector_index = "none"
+"#
+    );
+    Arc::new(embedpipe::resolve::parse(&dir.join("p.toml"), &text).unwrap())
+}
+
+/// Parquet on the local S3 server → LanceDB on the same server, against the same run with local
+/// files, side by side (local, S3, local, S3), the model's cost taken out (emulator replaying
+/// answers); then the peak RSS of an S3 run of `rss_rows`.
+async fn bench_s3(rows: usize, rss_rows: usize) {
+    use embedpipe_emulator::s3::LocalS3;
+    let (endpoint, mut emulator) = emulator_process(&["--replay"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("s3");
+    let s3 = LocalS3::start(([127, 0, 0, 1], 0).into(), &root, &["data", "lake"], &[])
+        .await
+        .unwrap();
+    write_parquet(&tmp.path().join("data.parquet"), rows);
+    std::fs::copy(
+        tmp.path().join("data.parquet"),
+        root.join("data/data.parquet"),
+    )
+    .unwrap();
+    let local = storage_pipeline(
+        tmp.path(),
+        "type = \"parquet\"\npath = \"data.parquet\"",
+        ARTICLE_TEXT,
+        "db",
+        &s3.endpoint(),
+    );
+    let remote = storage_pipeline(
+        tmp.path(),
+        "type = \"parquet\"\npath = \"s3://data/data.parquet\"",
+        ARTICLE_TEXT,
+        "s3://lake/db",
+        &s3.endpoint(),
+    );
+    let mut rates = [Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        for (i, p) in [&local, &remote].into_iter().enumerate() {
+            let t = Instant::now();
+            let summary = run_against(p.clone(), endpoint.clone()).await;
+            assert_eq!(summary.rows_written as usize, rows, "{summary:?}");
+            rates[i].push(rows as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    let best = |v: &Vec<f64>| v.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "parquet -> lancedb, {rows} rows, 256-d (Cohere v4 on an emulator process replaying answers): local files {:.0} rows/s, local S3 server {:.0} rows/s (runs: local {:?}, S3 {:?}); S3/local = {:.2}",
+        best(&rates[0]),
+        best(&rates[1]),
+        rates[0].iter().map(|r| r.round()).collect::<Vec<_>>(),
+        rates[1].iter().map(|r| r.round()).collect::<Vec<_>>(),
+        best(&rates[1]) / best(&rates[0]),
+    );
+    if rss_rows > 0 {
+        write_parquet(&root.join("data/big.parquet"), rss_rows);
+        let big = storage_pipeline(
+            tmp.path(),
+            "type = \"parquet\"\npath = \"s3://data/big.parquet\"",
+            ARTICLE_TEXT,
+            "s3://lake/big",
+            &s3.endpoint(),
+        );
+        let (rss_before, reset_note) = reset_peak_rss();
+        let t = Instant::now();
+        let summary = run_against(big, endpoint.clone()).await;
+        assert_eq!(summary.rows_written as usize, rss_rows, "{summary:?}");
+        println!(
+            "parquet on S3 -> lancedb on S3, {rss_rows} rows: {:.0} rows/s, peak RSS {:.0} MB, this process with the S3 server in it (RSS {:.0} MB at the start of the run){reset_note}",
+            rss_rows as f64 / t.elapsed().as_secs_f64(),
+            peak_rss_mb(),
+            rss_before,
+        );
+    }
+    let _ = emulator.kill();
+    let _ = emulator.wait();
+}
+
+/// Lists and reads every image of `path` with the images source: (images, seconds).
+async fn read_images(dir: &std::path::Path, s3_endpoint: &str, path: &str) -> (usize, f64) {
+    use embedpipe::clients::store::Stores;
+    let p = storage_pipeline(
+        dir,
+        &format!("type = \"images\"\npath = {path:?}"),
+        "text = \"{path}\"",
+        "db",
+        s3_endpoint,
+    );
+    let settings =
+        embedpipe::resolve::Settings::resolve(&p, &emulator_overrides(String::new())).unwrap();
+    let stores = if settings.uses_s3() {
+        Some(Stores::connect(&settings.storage).await.unwrap())
+    } else {
+        None
+    };
+    let t = Instant::now();
+    let survey = embedpipe::sources::survey(&settings.source, stores.as_ref())
+        .await
+        .unwrap();
+    let columns = survey.column_names();
+    let iter = embedpipe::sources::open(&settings.source, &survey, &columns, None, stores.as_ref())
+        .unwrap();
+    let n = tokio::task::spawn_blocking(move || {
+        iter.map(|b| b.unwrap().batch.num_rows()).sum::<usize>()
+    })
+    .await
+    .unwrap();
+    (n, t.elapsed().as_secs_f64())
+}
+
+/// 500 images listed and read by the images source, from a local folder and from the local S3
+/// server (the source alone: no model), side by side.
+async fn bench_images_s3(files: usize) {
+    use embedpipe_emulator::s3::LocalS3;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("s3");
+    let s3 = LocalS3::start(([127, 0, 0, 1], 0).into(), &root, &["pics"], &[])
+        .await
+        .unwrap();
+    let samples: Vec<std::path::PathBuf> = ["landscapes", "scenes"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("sample_data/images")
+                    .join(d),
+            )
+            .unwrap()
+        })
+        .map(|e| e.unwrap().path())
+        .collect();
+    let local_dir = tmp.path().join("pics");
+    for i in 0..files {
+        let from = &samples[i % samples.len()];
+        let name = format!(
+            "{}/{i:04}.{}",
+            i % 10,
+            from.extension().unwrap().to_string_lossy()
+        );
+        for dir in [&local_dir, &root.join("pics")] {
+            std::fs::create_dir_all(dir.join(format!("{}", i % 10))).unwrap();
+            std::fs::copy(from, dir.join(&name)).unwrap();
+        }
+    }
+    let mut rates = [Vec::new(), Vec::new()];
+    for _ in 0..3 {
+        for (i, path) in [
+            local_dir.to_string_lossy().to_string(),
+            "s3://pics/".to_string(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (n, secs) = read_images(tmp.path(), &s3.endpoint(), &path).await;
+            assert_eq!(n, files);
+            rates[i].push(files as f64 / secs);
+        }
+    }
+    let best = |v: &Vec<f64>| v.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "images source, {files} files listed and read: local folder {:.0} files/s, local S3 server {:.0} files/s (S3/local = {:.2})",
+        best(&rates[0]),
+        best(&rates[1]),
+        best(&rates[1]) / best(&rates[0]),
+    );
 }
 
 fn write_parquet(path: &std::path::Path, rows: usize) {
@@ -634,6 +842,19 @@ fn main() {
     if only.is_empty() || only == "dispatch" {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(bench_dispatch());
+    }
+    if only.is_empty() || only == "s3" {
+        let rows = std::env::var("EMBEDPIPE_BENCH_S3_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200_000);
+        let rss_rows = std::env::var("EMBEDPIPE_BENCH_S3_RSS_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(bench_s3(rows, rss_rows));
+        rt.block_on(bench_images_s3(500));
     }
     if only == "e2e" {
         let rows = std::env::var("EMBEDPIPE_BENCH_ROWS")

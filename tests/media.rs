@@ -76,6 +76,12 @@ impl Env {
 
     /// Writes `rows.csv` (id, kind, file) and `p.toml` for `model` (extra model keys).
     fn pipeline(&self, rows: &[(&str, &str, &str)], model: &str) -> String {
+        self.pipeline_into(rows, model, "db")
+    }
+
+    /// As [`Self::pipeline`], the table (and its ledger and failures) in `sink_uri`, with S3
+    /// requests going to this test's server.
+    fn pipeline_into(&self, rows: &[(&str, &str, &str)], model: &str, sink_uri: &str) -> String {
         let mut csv = String::from("id,kind,file\n");
         for (id, kind, file) in rows {
             csv.push_str(&format!("{id},{kind},{file}\n"));
@@ -86,6 +92,9 @@ impl Env {
             "p.toml",
             &format!(
                 r#"
+[storage]
+s3_endpoint_url = "{endpoint}"
+
 [source]
 type = "csv"
 path = "rows.csv"
@@ -105,11 +114,12 @@ media = "file"
 modality = "kind"
 
 [sink]
-uri = "db"
+uri = "{sink_uri}"
 table = "t"
 mode = "overwrite"
 "#,
-                self.s3.endpoint()
+                self.s3.endpoint(),
+                endpoint = self.s3.endpoint(),
             ),
         )
     }
@@ -335,6 +345,64 @@ fn a_killed_run_resumes_its_jobs_and_never_submits_twice() {
     );
     assert!(c.errors.is_empty(), "{c:?}");
     assert_eq!(segments(&env.path("db")).len(), 7);
+}
+
+#[test]
+fn with_the_table_in_s3_the_ledger_is_too_and_a_killed_run_never_submits_twice() {
+    let env = Env::new(4000);
+    let p = env.pipeline_into(
+        &[
+            ("tour", "video", "media/city_tour.mp4"),
+            ("hello", "audio", "media/welcome.wav"),
+        ],
+        NOVA,
+        &format!("s3://{BUCKET}/db"),
+    );
+    let mut child = env
+        .command(&["run", &p, "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // One object per job under the table's prefix, each with its ARN once submitted.
+    let ledger = env.s3.root.join(BUCKET).join("db/t_jobs");
+    let in_progress = || {
+        std::fs::read_dir(&ledger)
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+                    .filter(|t| t.contains("\"in_progress\""))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_for(30, "the two jobs submitted and in the ledger", || {
+        in_progress() >= 2 && env.jobs().jobs >= 2
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!((env.jobs().submits, env.jobs().completed), (2, 0));
+    let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let s = summary(&out);
+    assert_eq!(
+        (
+            s["jobs"]["resumed"].as_u64(),
+            s["jobs"]["submitted"].as_u64()
+        ),
+        (Some(2), Some(0)),
+        "{s}"
+    );
+    let c = env.jobs();
+    assert_eq!((c.submits, c.jobs, c.duplicate_submits), (2, 2, 0), "{c:?}");
+    // The table is in the bucket; nothing next to the pipeline.
+    assert!(!segments(&env.s3.root.join(BUCKET).join("db")).is_empty());
+    assert!(!env.path("db").exists());
+    // `jobs` reads the ledger from S3.
+    let jobs = env.run(&["jobs", &p, "--json"]);
+    assert_eq!(jobs.code, 0, "{}", jobs.stderr);
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&jobs.stdout).unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs.iter().all(|j| j["status"] == "completed"), "{jobs:?}");
 }
 
 #[test]

@@ -3,12 +3,14 @@
 //! `emulator` subcommand (serve one on a port until Ctrl-C).
 
 use super::render::report_error;
-use super::{EmulatorArgs, EXIT_FAILED, EXIT_INVALID, EXIT_OK};
+use super::{EmulatorArgs, EmulatorFlags, EXIT_FAILED, EXIT_INVALID, EXIT_OK};
 use crate::config::Pipeline;
 use crate::resolve::{ModelSettings, Overrides};
+use crate::util::S3Uri;
 use embedpipe_emulator::s3::LocalS3;
 use embedpipe_emulator::{Emulator, Latency, Settings};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 /// What `--emulator` started; it all lives as long as this value.
 pub struct EmulatorGuard {
@@ -21,18 +23,33 @@ pub struct EmulatorGuard {
 /// `--emulator`, starts nothing and overrides nothing. On error, prints it and gives the exit
 /// code.
 pub(super) async fn overrides(
-    enabled: bool,
+    flags: &EmulatorFlags,
     pipeline: Option<&Pipeline>,
 ) -> Result<(EmulatorGuard, Overrides), i32> {
     let mut guard = EmulatorGuard {
         _bedrock: None,
         _s3: None,
     };
-    if !enabled {
+    if !flags.emulator {
         return Ok((guard, Default::default()));
     }
-    let buckets = pipeline.map(job_buckets).unwrap_or_default();
-    match start(&buckets).await {
+    let seeds = match flags
+        .emulator_bucket
+        .iter()
+        .map(|s| parse_seed(s))
+        .collect::<anyhow::Result<Vec<_>>>()
+    {
+        Ok(s) => s,
+        Err(e) => {
+            report_error(&e);
+            return Err(EXIT_INVALID);
+        }
+    };
+    let mut buckets = pipeline.map(pipeline_buckets).unwrap_or_default();
+    buckets.extend(seeds.iter().map(|(b, _)| b.clone()));
+    buckets.sort();
+    buckets.dedup();
+    match start(&buckets, &seeds).await {
         Ok((emu, s3)) => {
             tracing::info!(
                 "Bedrock calls go to the in-process emulator at {}",
@@ -54,23 +71,75 @@ pub(super) async fn overrides(
     }
 }
 
-/// The S3 buckets the pipeline's async jobs write to and stage in.
-fn job_buckets(p: &Pipeline) -> Vec<String> {
-    ModelSettings::all(p, &Default::default())
+/// The S3 buckets the pipeline names: its source, sink and failures file, and those its async
+/// jobs write to and stage in.
+fn pipeline_buckets(p: &Pipeline) -> Vec<String> {
+    let jobs = ModelSettings::all(p, &Default::default())
         .into_iter()
         .filter_map(|m| m.jobs)
-        .flat_map(|j| [j.output.bucket, j.staging.bucket])
-        .collect()
+        .flat_map(|j| [j.output.bucket, j.staging.bucket]);
+    let sink = p.sink();
+    let named = p
+        .source_paths()
+        .into_iter()
+        .map(|s| s.get_ref().to_string())
+        .chain([sink.uri.get_ref().to_string()])
+        .chain(sink.failures.iter().map(|f| f.get_ref().to_string()))
+        .filter_map(|u| S3Uri::parse(&u).ok().map(|u| u.bucket));
+    jobs.chain(named).collect()
+}
+
+/// `NAME=FOLDER` of `--emulator-bucket`.
+fn parse_seed(text: &str) -> anyhow::Result<(String, PathBuf)> {
+    let (name, folder) = text.split_once('=').ok_or_else(|| {
+        anyhow::anyhow!(
+            "--emulator-bucket `{text}`: write NAME=FOLDER, e.g. embedpipe-sample=sample_data"
+        )
+    })?;
+    let folder = PathBuf::from(folder);
+    if !folder.is_dir() {
+        anyhow::bail!(
+            "--emulator-bucket `{text}`: {} is not a folder",
+            folder.display()
+        );
+    }
+    Ok((name.to_string(), folder))
+}
+
+/// Copies `from` into the bucket folder `to` (files that differ or are missing).
+fn seed(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for entry in walkdir::WalkDir::new(from).follow_links(true) {
+        let entry = entry?;
+        let rel = entry.path().strip_prefix(from)?;
+        let dest = to.join(rel);
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&dest)?;
+        } else if std::fs::metadata(&dest).map(|m| m.len()).ok() != Some(entry.metadata()?.len()) {
+            std::fs::copy(entry.path(), &dest).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot copy {} into the local S3 server: {e}",
+                    entry.path().display()
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// The emulator on a free loopback port, and a local S3 server holding `buckets` (none when
-/// there are no buckets).
-async fn start(buckets: &[String]) -> anyhow::Result<(Emulator, Option<LocalS3>)> {
+/// there are no buckets), the `seeds` folders copied into theirs.
+async fn start(
+    buckets: &[String],
+    seeds: &[(String, PathBuf)],
+) -> anyhow::Result<(Emulator, Option<LocalS3>)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], 0));
     let s3 = if buckets.is_empty() {
         None
     } else {
         let root = std::env::temp_dir().join("embedpipe-emulator-s3");
+        for (bucket, folder) in seeds {
+            seed(folder, &root.join(bucket))?;
+        }
         let names: Vec<&str> = buckets.iter().map(String::as_str).collect();
         let s3 = LocalS3::start(addr, &root, &names, &[]).await?;
         tracing::info!(

@@ -65,6 +65,8 @@ enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        emu: EmulatorFlags,
     },
     /// Run a pipeline: read, embed, write the table.
     Run {
@@ -72,9 +74,8 @@ enum Command {
         /// Print the summary as JSON on stdout.
         #[arg(long)]
         json: bool,
-        /// Send Bedrock calls to an in-process Bedrock emulator (no AWS account needed).
-        #[arg(long)]
-        emulator: bool,
+        #[command(flatten)]
+        emu: EmulatorFlags,
         /// Embed every row again and rewrite the table: needed when a step's model, dimension
         /// or parameters changed on an existing table.
         #[arg(long)]
@@ -100,9 +101,8 @@ enum Command {
         /// Print results as JSON.
         #[arg(long)]
         json: bool,
-        /// Embed the query with the in-process Bedrock emulator (for tables built with it).
-        #[arg(long)]
-        emulator: bool,
+        #[command(flatten)]
+        emu: EmulatorFlags,
         /// Only rows matching this SQL predicate on the table's columns, e.g. "year > 2020".
         #[arg(long)]
         filter: Option<String>,
@@ -120,6 +120,8 @@ enum Command {
         /// Plan a `run --reindex` (every row embedded again).
         #[arg(long)]
         reindex: bool,
+        #[command(flatten)]
+        emu: EmulatorFlags,
     },
     /// The run history of a pipeline's table: when, what changed, calls, cost, failures.
     Runs {
@@ -130,6 +132,8 @@ enum Command {
         /// Show the last N runs.
         #[arg(short, default_value_t = 20)]
         n: usize,
+        #[command(flatten)]
+        emu: EmulatorFlags,
     },
     /// List the async jobs (video/audio) of a pipeline's table, from its job ledger.
     Jobs {
@@ -137,6 +141,8 @@ enum Command {
         /// Print the jobs as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        emu: EmulatorFlags,
     },
     /// Serve a Bedrock Runtime emulator on loopback (no AWS account needed).
     ///
@@ -148,6 +154,19 @@ enum Command {
         #[command(subcommand)]
         action: ModelsAction,
     },
+}
+
+/// `--emulator` and what it serves.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct EmulatorFlags {
+    /// Send Bedrock calls to an in-process Bedrock emulator, and the pipeline's S3 requests to a
+    /// local S3 server (a folder in the temp directory): no AWS account needed.
+    #[arg(long)]
+    emulator: bool,
+    /// With --emulator: serve a local folder as an S3 bucket, NAME=FOLDER (repeatable), e.g.
+    /// `--emulator-bucket embedpipe-sample=sample_data` for a pipeline reading s3://embedpipe-sample/.
+    #[arg(long, value_name = "NAME=FOLDER", requires = "emulator")]
+    emulator_bucket: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -245,11 +264,11 @@ pub fn main() -> i32 {
 /// One subcommand → its handler.
 async fn dispatch(cli: Cli) -> i32 {
     match cli.command {
-        Command::Validate { file, json } => validate_command(&file, json).await,
+        Command::Validate { file, json, emu } => validate_command(&file, json, &emu).await,
         Command::Run {
             file,
             json,
-            emulator,
+            emu,
             reindex,
             allow_empty,
         } => {
@@ -259,7 +278,7 @@ async fn dispatch(cli: Cli) -> i32 {
                 reindex,
                 allow_empty,
             };
-            run_command(&file, opts, json, emulator, cli.quiet).await
+            run_command(&file, opts, json, &emu, cli.quiet).await
         }
         Command::Search {
             file,
@@ -268,7 +287,7 @@ async fn dispatch(cli: Cli) -> i32 {
             step,
             columns,
             json,
-            emulator,
+            emu,
             filter,
             hybrid,
         } => {
@@ -281,7 +300,7 @@ async fn dispatch(cli: Cli) -> i32 {
                 filter,
                 hybrid,
             };
-            search_command(&file, opts, json, emulator).await
+            search_command(&file, opts, json, &emu).await
         }
         Command::Emulator(args) => emulator::serve(args).await,
         Command::Models { action } => models_command(action),
@@ -289,9 +308,10 @@ async fn dispatch(cli: Cli) -> i32 {
             file,
             json,
             reindex,
-        } => plan_command(&file, json, reindex).await,
-        Command::Runs { file, json, n } => runs_command(&file, json, n).await,
-        Command::Jobs { file, json } => jobs_command(&file, json),
+            emu,
+        } => plan_command(&file, json, reindex, &emu).await,
+        Command::Runs { file, json, n, emu } => runs_command(&file, json, n, &emu).await,
+        Command::Jobs { file, json, emu } => jobs_command(&file, json, &emu).await,
     }
 }
 
@@ -303,12 +323,16 @@ fn load(file: &Path) -> Result<Arc<Pipeline>, i32> {
     })
 }
 
-async fn validate_command(file: &Path, json: bool) -> i32 {
+async fn validate_command(file: &Path, json: bool, emu: &EmulatorFlags) -> i32 {
     let p = match load(file) {
         Ok(p) => p,
         Err(code) => return code,
     };
-    match crate::commands::validate::check(&p).await {
+    let (_emu, overrides) = match emulator::overrides(emu, Some(&p)).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    match crate::commands::validate::check(&p, &overrides).await {
         Ok(c) => {
             if json {
                 render::print_json(&render::validate_json(file, &p, &c));
@@ -329,7 +353,7 @@ async fn run_command(
     file: &Path,
     mut opts: RunOptions,
     json: bool,
-    emulator: bool,
+    emu: &EmulatorFlags,
     quiet: bool,
 ) -> i32 {
     let p = match load(file) {
@@ -337,7 +361,7 @@ async fn run_command(
         Err(code) => return code,
     };
     // `_emu` keeps the emulator serving until the run is over.
-    let (_emu, overrides) = match emulator::overrides(emulator, Some(&p)).await {
+    let (_emu, overrides) = match emulator::overrides(emu, Some(&p)).await {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -390,13 +414,18 @@ async fn run_command(
 }
 
 /// `search`: `opts.overrides` is filled in here when `--emulator` starts one.
-async fn search_command(file: &Path, mut opts: SearchOptions, json: bool, emulator: bool) -> i32 {
+async fn search_command(
+    file: &Path,
+    mut opts: SearchOptions,
+    json: bool,
+    emu: &EmulatorFlags,
+) -> i32 {
     let p = match load(file) {
         Ok(p) => p,
         Err(code) => return code,
     };
     // `_emu` keeps the emulator serving until the search is over.
-    let (_emu, overrides) = match emulator::overrides(emulator, None).await {
+    let (_emu, overrides) = match emulator::overrides(emu, Some(&p)).await {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -421,12 +450,16 @@ async fn search_command(file: &Path, mut opts: SearchOptions, json: bool, emulat
     }
 }
 
-async fn plan_command(file: &Path, json: bool, reindex: bool) -> i32 {
+async fn plan_command(file: &Path, json: bool, reindex: bool, emu: &EmulatorFlags) -> i32 {
     let p = match load(file) {
         Ok(p) => p,
         Err(code) => return code,
     };
-    match crate::commands::plan::estimate(&p, reindex).await {
+    let (_emu, overrides) = match emulator::overrides(emu, Some(&p)).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    match crate::commands::plan::estimate(&p, reindex, &overrides).await {
         Ok(e) if json => {
             render::print_json(&e);
             EXIT_OK
@@ -442,12 +475,16 @@ async fn plan_command(file: &Path, json: bool, reindex: bool) -> i32 {
     }
 }
 
-async fn runs_command(file: &Path, json: bool, n: usize) -> i32 {
+async fn runs_command(file: &Path, json: bool, n: usize, emu: &EmulatorFlags) -> i32 {
     let p = match load(file) {
         Ok(p) => p,
         Err(code) => return code,
     };
-    match crate::commands::runs::recent(&p, n).await {
+    let (_emu, overrides) = match emulator::overrides(emu, Some(&p)).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    match crate::commands::runs::recent(&p, n, &overrides).await {
         Ok(runs) => {
             if json {
                 render::print_json(&runs);
@@ -463,12 +500,16 @@ async fn runs_command(file: &Path, json: bool, n: usize) -> i32 {
     }
 }
 
-fn jobs_command(file: &Path, json: bool) -> i32 {
+async fn jobs_command(file: &Path, json: bool, emu: &EmulatorFlags) -> i32 {
     let p = match load(file) {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let listing = match crate::commands::jobs::list(&p) {
+    let (_emu, overrides) = match emulator::overrides(emu, Some(&p)).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let listing = match crate::commands::jobs::list(&p, &overrides).await {
         Ok(l) => l,
         Err(e) => {
             report_error(&e);

@@ -293,7 +293,7 @@ fn print_run(r: &RunRecord) {
 
 pub(super) fn print_jobs(listing: &Listing) {
     if listing.jobs.is_empty() {
-        println!("no async jobs recorded in {}", listing.path.display());
+        println!("no async jobs recorded in {}", listing.location);
         return;
     }
     println!(

@@ -128,6 +128,18 @@ pub(crate) async fn sdk_config(
     conn: &Connection,
     endpoint: Option<&str>,
 ) -> Result<aws_config::SdkConfig> {
+    let cfg = load_sdk_config(conn, endpoint).await;
+    if cfg.region().is_none() {
+        bail!("no AWS region is configured: set `region = \"us-east-1\"` (or yours) in the [[model]] table, or AWS_REGION in the environment");
+    }
+    Ok(cfg)
+}
+
+/// [`sdk_config`] without the region check (S3 falls back to its own).
+pub(crate) async fn load_sdk_config(
+    conn: &Connection,
+    endpoint: Option<&str>,
+) -> aws_config::SdkConfig {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(
             tls::rustls_provider::CryptoMode::Ring,
@@ -160,11 +172,7 @@ pub(crate) async fn sdk_config(
             loader = loader.region(Region::new("us-east-1"));
         }
     }
-    let cfg = loader.load().await;
-    if cfg.region().is_none() {
-        bail!("no AWS region is configured: set `region = \"us-east-1\"` (or yours) in the [[model]] table, or AWS_REGION in the environment");
-    }
-    Ok(cfg)
+    loader.load().await
 }
 
 /// Where an async-invoke job stands.

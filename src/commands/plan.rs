@@ -6,7 +6,7 @@
 use crate::config::{Cleanup, Pipeline, StepInput, WriteMode};
 use crate::prepare::image_check::check_image;
 use crate::prepare::{Inputs, Prepared};
-use crate::resolve::{ModelSettings, SinkSettings, SourceSettings};
+use crate::resolve::{ModelSettings, Overrides, SinkSettings};
 use crate::sink::incremental::{missing_ids, unchanged_rows, Existing};
 use crate::sink::table as sink_table;
 use crate::sources::{self, SourceBatch};
@@ -55,10 +55,13 @@ pub struct ModelEstimate {
 }
 
 /// Plans a run of `pipeline` (`reindex`: every row is embedded again).
-pub async fn estimate(pipeline: &Pipeline, reindex: bool) -> Result<Estimate> {
-    let checked = crate::commands::validate::check_run(pipeline, reindex).await?;
-    // `check_run` resolved the same settings: this cannot fail.
-    let sink = SinkSettings::resolve(pipeline)?;
+pub async fn estimate(
+    pipeline: &Pipeline,
+    reindex: bool,
+    overrides: &Overrides,
+) -> Result<Estimate> {
+    let checked = crate::commands::validate::check_run(pipeline, reindex, overrides).await?;
+    let sink = checked.settings.sink.clone();
     let infos = &checked.models;
     let incremental = sink.mode == WriteMode::Incremental && !reindex;
     let conn = match &checked.existing {
@@ -75,10 +78,11 @@ pub async fn estimate(pipeline: &Pipeline, reindex: bool) -> Result<Estimate> {
     let cleanup = incremental && sink.cleanup == Cleanup::Full;
     let mut seen: HashSet<String> = HashSet::new();
     let iter = sources::open(
-        &SourceSettings::resolve(pipeline),
+        &checked.settings.source,
         &checked.source,
         &checked.read_columns,
         checked.id_column.clone(),
+        checked.stores.as_ref(),
     )?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<SourceBatch>>(2);
     let reader = tokio::task::spawn_blocking(move || {

@@ -115,7 +115,8 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
         check_filter(f)?;
     }
     let step = pick_step(&pipeline, opts.step.as_deref())?.clone();
-    let target = crate::resolve::sink::target(&pipeline)?;
+    let storage = crate::resolve::StorageSettings::resolve(&pipeline, &opts.overrides)?;
+    let target = crate::resolve::sink::target(&pipeline, &storage)?;
     let Some(table) = table_search::open(&target).await? else {
         return Err(invalid(format!(
             "table `{}` not found in {}; run `embedpipe run {}` first",

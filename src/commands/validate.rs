@@ -6,16 +6,17 @@
 //! (repeated names, the id column, step inputs, metadata, the projection), then the models and
 //! the output layout, then the sink (fts column, target, failures file, table mode).
 
+use crate::clients::store::Stores;
 use crate::config::{did_you_mean, Pipeline, SourceKind, StepInput, WriteMode};
-use crate::resolve::ModelSettings;
-use crate::resolve::{SinkSettings, SourceSettings, Target};
+use crate::resolve::{ModelSettings, Overrides, Settings};
+use crate::resolve::{SourceSettings, Target};
 use crate::sink::table as sink_table;
 use crate::sink::OutputLayout;
 use crate::sources::{self, SourceFiles};
+use crate::util::Location;
 use anyhow::Result;
 use arrow::datatypes::{DataType, SchemaRef};
 use std::ops::Range;
-use std::path::Path;
 use toml::Spanned;
 
 /// A pipeline checked against its data and sink.
@@ -29,6 +30,10 @@ pub struct Checked {
     pub target: Target,
     /// The table's schema when it already exists.
     pub existing: Option<SchemaRef>,
+    /// Every component's settings, resolved once.
+    pub settings: Settings,
+    /// The object-store client, when anything of the run is in S3.
+    pub stores: Option<Stores>,
 }
 
 fn texty(dt: &DataType) -> bool {
@@ -42,15 +47,25 @@ fn texty(dt: &DataType) -> bool {
 }
 
 /// Runs every check that needs no model call.
-pub async fn check(pipeline: &Pipeline) -> Result<Checked> {
-    check_run(pipeline, false).await
+pub async fn check(pipeline: &Pipeline, overrides: &Overrides) -> Result<Checked> {
+    check_run(pipeline, false, overrides).await
 }
 
 /// As [`check`], for a run: with `reindex` the table is rewritten, so its vector spaces may
 /// change.
-pub async fn check_run(pipeline: &Pipeline, reindex: bool) -> Result<Checked> {
-    let source_settings = SourceSettings::resolve(pipeline);
-    let survey = sources::survey(&source_settings)?;
+pub async fn check_run(
+    pipeline: &Pipeline,
+    reindex: bool,
+    overrides: &Overrides,
+) -> Result<Checked> {
+    let settings = Settings::resolve(pipeline, overrides)?;
+    let stores = if settings.uses_s3() {
+        Some(Stores::connect(&settings.storage).await?)
+    } else {
+        None
+    };
+    let source_settings = &settings.source;
+    let survey = sources::survey(source_settings, stores.as_ref()).await?;
     let schema = survey.schema.clone();
     let file = survey.files[0].display.to_string();
     let columns = SourceSchema {
@@ -58,7 +73,7 @@ pub async fn check_run(pipeline: &Pipeline, reindex: bool) -> Result<Checked> {
         schema: &schema,
         file: &file,
     }
-    .columns(&source_settings)?;
+    .columns(source_settings)?;
     let read_columns = match survey.kind {
         SourceKind::Images => survey.column_names(),
         _ => columns.needed,
@@ -68,10 +83,15 @@ pub async fn check_run(pipeline: &Pipeline, reindex: bool) -> Result<Checked> {
     let models = models_warned(pipeline);
     let layout = OutputLayout::new(&pipeline.steps, &schema, columns.metadata, &models)?;
     check_fts_column(pipeline, &layout)?;
-    let sink_settings = SinkSettings::resolve(pipeline)?;
+    let sink_settings = &settings.sink;
     let target = sink_settings.target.clone();
     sink_table::check_reachable(&target)?;
-    check_failures_path(pipeline, &sink_settings.failures, &survey)?;
+    if let Some(stores) = &stores {
+        sink_table::check_reachable_remote(&target, stores)
+            .await
+            .map_err(|e| sink_error(pipeline, e))?;
+    }
+    check_failures_path(pipeline, &sink_settings.failures, &survey, stores.as_ref()).await?;
     let existing = existing_schema(&target).await?;
     sink_table::check_mode(
         if reindex {
@@ -91,7 +111,16 @@ pub async fn check_run(pipeline: &Pipeline, reindex: bool) -> Result<Checked> {
         models,
         target,
         existing,
+        settings,
+        stores,
     })
+}
+
+/// An error reaching the sink, pointed at `uri` in the file.
+fn sink_error(pipeline: &Pipeline, e: anyhow::Error) -> anyhow::Error {
+    pipeline
+        .error(pipeline.sink().uri.span(), format!("{e:#}"))
+        .into()
 }
 
 /// What the source-side checks settle: which columns the run reads and copies.
@@ -411,9 +440,16 @@ fn check_fts_column(pipeline: &Pipeline, layout: &OutputLayout) -> Result<()> {
 
 /// Refuses a dead-letter file that would overwrite something embedpipe did not write (a source,
 /// the pipeline file), pointing the error at `failures` in the file.
-fn check_failures_path(pipeline: &Pipeline, failures: &Path, survey: &SourceFiles) -> Result<()> {
-    let sources: Vec<std::path::PathBuf> = survey.files.iter().map(|f| f.path.clone()).collect();
-    if let Err(e) = crate::sink::failures::check_path(failures, &sources, &pipeline.path) {
+async fn check_failures_path(
+    pipeline: &Pipeline,
+    failures: &Location,
+    survey: &SourceFiles,
+    stores: Option<&Stores>,
+) -> Result<()> {
+    let sources: Vec<Location> = survey.files.iter().map(|f| f.location.clone()).collect();
+    if let Err(e) =
+        crate::sink::failures::check_path(failures, &sources, &pipeline.path, stores).await
+    {
         let sink = pipeline.sink();
         let span = sink
             .failures

@@ -296,7 +296,7 @@ impl Pipeline {
 
 /// An endpoint override must be a plain `http(s)://host[:port]` URL: anything else fails every
 /// call of the run (a service failure), so it is refused before any.
-fn check_endpoint_url(url: &str) -> Result<(), String> {
+pub(super) fn check_endpoint_url(url: &str) -> Result<(), String> {
     let uri: hyper::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}

@@ -19,6 +19,19 @@ pub struct PipelineFile {
     /// Named rate limits shared by several models (`quota = "name"` in `[[model]]`).
     #[serde(default, rename = "quota")]
     pub quotas: Vec<Spanned<QuotaConfig>>,
+    /// How object storage is reached (S3 sources, an S3 sink and its side files).
+    pub storage: Option<Spanned<StorageConfig>>,
+}
+
+/// `[storage]`: where S3 requests go. Credentials are never here: they come from the AWS chain.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// AWS region of the buckets (default: the AWS config chain, `AWS_REGION` / profile).
+    pub region: Option<Spanned<EnvString>>,
+    /// An S3-compatible server (MinIO, a local server): requests become path-style. Default
+    /// `AWS_ENDPOINT_URL_S3`, then `AWS_ENDPOINT_URL`. Plain `http://` only on loopback.
+    pub s3_endpoint_url: Option<Spanned<EnvString>>,
 }
 
 /// A `[[quota]]` group: limits shared by every model that names it, on top of their own.
@@ -253,8 +266,7 @@ impl WriteMode {
 pub struct SinkConfig {
     #[serde(rename = "type", default)]
     pub kind: Option<Spanned<SinkKind>>,
-    /// LanceDB database folder (relative to the pipeline file; object stores are not supported
-    /// yet).
+    /// LanceDB database: a folder (relative to the pipeline file) or `s3://bucket/prefix`.
     pub uri: Spanned<EnvString>,
     pub table: Spanned<String>,
     pub mode: Option<Spanned<WriteMode>>,
@@ -278,6 +290,17 @@ pub struct SinkConfig {
     /// Rows that may fail because of the service (network, timeouts, 5xx or throttling past
     /// their retries) before the run stops without committing (default 0).
     pub max_service_failures: Option<Spanned<u64>>,
+    /// Old table versions kept after a successful run: a duration (`"7d"`, the default), a
+    /// count of versions (`3`), or `"all"`.
+    pub keep_versions: Option<Spanned<KeepVersions>>,
+}
+
+/// `keep_versions` as written.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum KeepVersions {
+    Count(i64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

@@ -14,6 +14,7 @@ mod check_models;
 mod check_sink;
 mod check_source;
 mod check_steps;
+mod check_storage;
 mod env;
 mod error;
 mod file;
@@ -22,11 +23,13 @@ mod secrets;
 mod spec_checks;
 mod step;
 
+pub use check_storage::{check_s3_endpoint, is_loopback, keep_versions, KeepRule};
 pub use env::{expand, is_credential_variable, EnvString};
 pub use error::{did_you_mean, ConfigError, ConfigErrorDetail};
 pub use file::{
-    Cleanup, ColumnType, EmbedConfig, ModelConfig, PipelineFile, PriceOverride, Provider,
-    QuotaConfig, SinkConfig, SinkKind, SourceConfig, SourceKind, VectorIndex, WriteMode,
+    Cleanup, ColumnType, EmbedConfig, KeepVersions, ModelConfig, PipelineFile, PriceOverride,
+    Provider, QuotaConfig, SinkConfig, SinkKind, SourceConfig, SourceKind, StorageConfig,
+    VectorIndex, WriteMode,
 };
 pub use origin::Origin;
 pub use secrets::redact_key_ids;
@@ -141,6 +144,11 @@ impl Pipeline {
         self.file.sink.get_ref()
     }
 
+    /// `[storage]` (empty when the file has none).
+    pub fn storage(&self) -> Option<&StorageConfig> {
+        self.file.storage.as_ref().map(|s| s.get_ref())
+    }
+
     pub fn model(&self, index: usize) -> &ModelConfig {
         self.file.models[index].get_ref()
     }
@@ -161,6 +169,7 @@ impl Pipeline {
     /// Every check, in the order errors are reported: source, quotas and models, steps, sink.
     fn check(&self, specs: &dyn SpecChecks) -> Result<Vec<Step>, ConfigError> {
         self.check_source()?;
+        self.check_storage()?;
         self.check_models(specs)?;
         let steps = self.check_steps(specs)?;
         self.check_sink(&steps)?;

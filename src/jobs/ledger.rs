@@ -1,16 +1,24 @@
-//! The job ledger: every async job submitted for a table, persisted next to it
-//! (`<table>_jobs.jsonl`) before the run polls it, so a run that is killed and started again
-//! resumes polling the same ARNs instead of paying for the same jobs twice.
+//! The job ledger: every async job submitted for a table, persisted next to it before the run
+//! polls it, so a run that is killed and started again resumes polling the same ARNs instead of
+//! paying for the same jobs twice.
 //!
-//! Append-only JSON lines, flushed and fsynced per record; the last record of a key wins. A torn
-//! last line (the process was killed mid-write) is ignored.
+//! Next to a local table it is one file (`<table>_jobs.jsonl`): append-only JSON lines, flushed
+//! and fsynced per record; the last record of a key wins, and a torn last line (the process was
+//! killed mid-write) is ignored. S3 has no append and no fsync (and a container loses its disk
+//! when the job ends), so next to a table in S3 it is a folder of one object per job,
+//! `<key>.json`, holding the job's latest record: a PUT is atomic, so nothing is ever torn, and a
+//! job's first record is a create-only write, so two runs never both submit it.
 
-use anyhow::{Context, Result};
+use crate::clients::store::{Created, Stores};
+use crate::resolve::storage::DEFAULT_S3_CONCURRENCY;
+use crate::util::{Location, S3Uri};
+use anyhow::{anyhow, Context, Result};
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,70 +73,186 @@ pub fn now() -> f64 {
 
 /// An open ledger.
 pub struct Ledger {
-    path: PathBuf,
-    file: Mutex<std::fs::File>,
+    location: Location,
+    store: Store,
+    /// Every job's latest record. A local file is appended to under this lock too, so the
+    /// file's order and the map agree.
     jobs: Mutex<HashMap<String, JobRecord>>,
 }
 
+/// Where the records go.
+enum Store {
+    File(std::fs::File),
+    /// The folder holding one object per job (ends with `/`).
+    S3 {
+        stores: Stores,
+        folder: S3Uri,
+    },
+}
+
 impl Ledger {
-    /// Opens (creating) the ledger at `path` and loads what it holds.
-    pub fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        let jobs = read(path)?
-            .into_iter()
-            .map(|r| (r.key.clone(), r))
-            .collect();
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open the job ledger {}", path.display()))?;
-        // Cut a torn last line off, so the next record starts on a line of its own.
-        let bytes = std::fs::read(path)?;
-        if !bytes.is_empty() && !bytes.ends_with(b"\n") {
-            let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-            file.set_len(keep as u64)
-                .with_context(|| format!("cannot repair the job ledger {}", path.display()))?;
-        }
+    /// Opens the ledger at `location` — a local file (created if missing) or an S3 folder — and
+    /// loads what it holds. S3 needs `stores`.
+    pub async fn open(location: &Location, stores: Option<&Stores>) -> Result<Self> {
+        let (store, jobs) = match location {
+            Location::Local(path) => {
+                let (file, jobs) = open_file(path)?;
+                (Store::File(file), jobs)
+            }
+            Location::S3(prefix) => {
+                let stores = s3_client(stores, location)?;
+                let jobs = load_objects(stores, prefix).await?;
+                let folder = prefix.folder();
+                (
+                    Store::S3 {
+                        stores: stores.clone(),
+                        folder,
+                    },
+                    jobs,
+                )
+            }
+        };
         Ok(Self {
-            path: path.to_path_buf(),
-            file: Mutex::new(file),
-            jobs: Mutex::new(jobs),
+            location: location.clone(),
+            store,
+            jobs: Mutex::new(jobs.into_iter().map(|r| (r.key.clone(), r)).collect()),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     pub fn get(&self, key: &str) -> Option<JobRecord> {
-        self.jobs.lock().expect("ledger").get(key).cloned()
+        self.lock().get(key).cloned()
     }
 
-    /// Appends `r` durably (fsync) before returning.
-    pub fn record(&self, r: &JobRecord) -> Result<()> {
+    /// Records `r` over the job's earlier records, durably (fsync, or a completed PUT) before
+    /// returning.
+    pub async fn record(&self, r: &JobRecord) -> Result<()> {
+        match &self.store {
+            Store::File(file) => self.append(file, r, false).map(|_| ()),
+            Store::S3 { stores, folder } => {
+                stores.put(&object_uri(folder, &r.key), encode(r)?).await?;
+                self.remember(r);
+                Ok(())
+            }
+        }
+    }
+
+    /// Records the first record of an attempt (`Submitting`, before StartAsyncInvoke) unless
+    /// someone recorded that attempt already — another run on the same table, or another row
+    /// with the same input — and then returns their record instead: the caller follows that
+    /// job rather than submitting a second one.
+    pub async fn record_new(&self, r: &JobRecord) -> Result<Option<JobRecord>> {
+        let (stores, folder) = match &self.store {
+            Store::File(file) => return self.append(file, r, true),
+            Store::S3 { stores, folder } => (stores, folder),
+        };
+        let uri = object_uri(folder, &r.key);
+        let body = encode(r)?;
+        // A job's first attempt is create-only: of two runs, one creates the object, the other
+        // finds it.
+        if r.attempt == 0 && stores.put_new(&uri, body.clone()).await? == Created::Yes {
+            self.remember(r);
+            return Ok(None);
+        }
+        // A later attempt replaces the failed one's record, unless someone recorded this very
+        // attempt (same token) already. That check and the PUT are not atomic, but both writers
+        // then submit the same token, which the service answers with one job.
+        let there = stores
+            .get(&uri)
+            .await?
+            .map(|bytes| parse_object(&uri, &r.key, &bytes))
+            .transpose()?;
+        match there {
+            Some(t) if r.attempt == 0 || t.token == r.token => {
+                self.remember(&t);
+                Ok(Some(t))
+            }
+            _ => {
+                stores.put(&uri, body).await?;
+                self.remember(r);
+                Ok(None)
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, JobRecord>> {
+        self.jobs.lock().expect("ledger")
+    }
+
+    /// Keeps `r` as its job's latest record in memory (sync: no lock is held across an await).
+    fn remember(&self, r: &JobRecord) {
+        self.lock().insert(r.key.clone(), r.clone());
+    }
+
+    /// Appends `r` to the local file (fsync) and keeps it. With `only_new`, an attempt already
+    /// recorded (same token) is returned instead of appended again.
+    fn append(
+        &self,
+        file: &std::fs::File,
+        r: &JobRecord,
+        only_new: bool,
+    ) -> Result<Option<JobRecord>> {
+        let mut jobs = self.lock();
+        if only_new {
+            if let Some(there) = jobs.get(&r.key).filter(|t| t.token == r.token) {
+                return Ok(Some(there.clone()));
+            }
+        }
         let mut line = serde_json::to_vec(r)?;
         line.push(b'\n');
-        {
-            let mut f = self.file.lock().expect("ledger file");
-            f.write_all(&line)
-                .and_then(|()| f.sync_data())
-                .with_context(|| format!("cannot write the job ledger {}", self.path.display()))?;
-        }
-        self.jobs
-            .lock()
-            .expect("ledger")
-            .insert(r.key.clone(), r.clone());
-        Ok(())
+        let mut f = file;
+        f.write_all(&line)
+            .and_then(|()| f.sync_data())
+            .with_context(|| format!("cannot write the job ledger {}", self.location))?;
+        jobs.insert(r.key.clone(), r.clone());
+        Ok(None)
     }
 }
 
-/// Every job in the ledger at `path` (last record per key), oldest submit first. A missing
+/// Every job in the ledger at `location` (its latest record), oldest submit first. A missing
+/// ledger holds no jobs.
+pub async fn read(location: &Location, stores: Option<&Stores>) -> Result<Vec<JobRecord>> {
+    let mut jobs = match location {
+        Location::Local(path) => read_file(path)?,
+        Location::S3(prefix) => load_objects(s3_client(stores, location)?, prefix).await?,
+    };
+    jobs.sort_by(|a, b| a.submitted_at.total_cmp(&b.submitted_at));
+    Ok(jobs)
+}
+
+fn s3_client<'a>(stores: Option<&'a Stores>, location: &Location) -> Result<&'a Stores> {
+    stores.ok_or_else(|| {
+        anyhow!("internal: the job ledger {location} is in S3 but no S3 client was given")
+    })
+}
+
+/// Opens (creating) the local ledger file for appending and loads what it holds.
+fn open_file(path: &Path) -> Result<(std::fs::File, Vec<JobRecord>)> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let jobs = read_file(path)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open the job ledger {}", path.display()))?;
+    // Cut a torn last line off, so the next record starts on a line of its own.
+    let bytes = std::fs::read(path)?;
+    if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+        let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        file.set_len(keep as u64)
+            .with_context(|| format!("cannot repair the job ledger {}", path.display()))?;
+    }
+    Ok((file, jobs))
+}
+
+/// The local ledger's jobs (last record per key), in the order they first appear. A missing
 /// file holds no jobs.
-pub fn read(path: &Path) -> Result<Vec<JobRecord>> {
+fn read_file(path: &Path) -> Result<Vec<JobRecord>> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -160,12 +284,67 @@ pub fn read(path: &Path) -> Result<Vec<JobRecord>> {
             ),
         }
     }
-    let mut jobs: Vec<JobRecord> = order
+    Ok(order
         .into_iter()
         .filter_map(|k| by_key.remove(&k))
+        .collect())
+}
+
+/// The object holding the job `key`.
+fn object_uri(folder: &S3Uri, key: &str) -> S3Uri {
+    folder.join(&format!("{key}.json"))
+}
+
+fn encode(r: &JobRecord) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(r)?)
+}
+
+/// Every job object in the S3 folder `prefix`, fetched a few at once, in key order. Objects not
+/// named `<key>.json` right in the folder are not the ledger's (e.g. a record moved aside).
+async fn load_objects(stores: &Stores, prefix: &S3Uri) -> Result<Vec<JobRecord>> {
+    let folder = prefix.folder();
+    let named: Vec<(S3Uri, String)> = stores
+        .list(&folder)
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.uri.key.strip_prefix(&folder.key)?;
+            let key = name.strip_suffix(".json")?;
+            (!key.is_empty() && !key.contains('/')).then(|| (o.uri.clone(), key.to_string()))
+        })
         .collect();
-    jobs.sort_by(|a, b| a.submitted_at.total_cmp(&b.submitted_at));
-    Ok(jobs)
+    let found: Vec<Option<JobRecord>> = futures::stream::iter(named)
+        .map(move |(uri, key)| async move {
+            // Gone since the listing (moved away by hand): no job.
+            stores
+                .get(&uri)
+                .await?
+                .map(|bytes| parse_object(&uri, &key, &bytes))
+                .transpose()
+        })
+        .buffered(DEFAULT_S3_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// The record in the job object `uri`, which must be the job its name says.
+fn parse_object(uri: &S3Uri, key: &str, bytes: &[u8]) -> Result<JobRecord> {
+    let damaged = |what: String| {
+        anyhow!(
+            "{uri}: {what}; the ledger was edited by hand or is damaged — delete or move this \
+             object away to start the job afresh (it would be submitted again)"
+        )
+    };
+    let r: JobRecord =
+        serde_json::from_slice(bytes).map_err(|e| damaged(format!("not a job record ({e})")))?;
+    if r.key != key {
+        return Err(damaged(format!(
+            "holds the record of job `{}`, not `{key}`",
+            r.key
+        )));
+    }
+    Ok(r)
 }
 
 #[cfg(test)]
@@ -190,39 +369,79 @@ mod tests {
         }
     }
 
-    #[test]
-    fn last_record_wins_and_a_torn_tail_is_ignored() {
+    #[tokio::test]
+    async fn last_record_wins_and_a_torn_tail_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t_jobs.jsonl");
+        let path = Location::Local(dir.path().join("t_jobs.jsonl"));
         {
-            let l = Ledger::open(&path).unwrap();
-            l.record(&rec("a", Status::Submitting)).unwrap();
+            let l = Ledger::open(&path, None).await.unwrap();
+            l.record(&rec("a", Status::Submitting)).await.unwrap();
             let mut r = rec("a", Status::InProgress);
             r.arn = Some("arn:1".into());
-            l.record(&r).unwrap();
-            l.record(&rec("b", Status::Submitting)).unwrap();
+            l.record(&r).await.unwrap();
+            l.record(&rec("b", Status::Submitting)).await.unwrap();
         }
         let mut f = std::fs::OpenOptions::new()
             .append(true)
-            .open(&path)
+            .open(path.as_local().unwrap())
             .unwrap();
         f.write_all(b"{\"key\":\"c\",\"tok").unwrap();
-        let l = Ledger::open(&path).unwrap();
+        let l = Ledger::open(&path, None).await.unwrap();
         assert_eq!(l.get("a").unwrap().arn.as_deref(), Some("arn:1"));
         assert_eq!(l.get("b").unwrap().status, Status::Submitting);
         assert!(l.get("c").is_none());
         // The torn line is cut off: the next record is readable.
-        l.record(&rec("d", Status::Submitting)).unwrap();
-        assert_eq!(read(&path).unwrap().len(), 3);
+        l.record(&rec("d", Status::Submitting)).await.unwrap();
+        assert_eq!(read(&path, None).await.unwrap().len(), 3);
     }
 
-    #[test]
-    fn damage_in_the_middle_is_an_error_naming_the_line() {
+    #[tokio::test]
+    async fn damage_in_the_middle_is_an_error_naming_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t_jobs.jsonl");
         let good = serde_json::to_string(&rec("a", Status::Completed)).unwrap();
         std::fs::write(&path, format!("{good}\nnot json\n{good}\n")).unwrap();
-        let e = read(&path).unwrap_err().to_string();
+        let e = read(&Location::Local(path), None)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("t_jobs.jsonl:2"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_attempt_recorded_already_is_returned_not_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Location::Local(dir.path().join("t_jobs.jsonl"));
+        let l = Ledger::open(&path, None).await.unwrap();
+        let first = rec("a", Status::Submitting);
+        assert_eq!(l.record_new(&first).await.unwrap(), None);
+        let mut submitted = first.clone();
+        submitted.arn = Some("arn:1".into());
+        submitted.status = Status::InProgress;
+        l.record(&submitted).await.unwrap();
+        // The same attempt again (another row with the same input): the recorded job comes back.
+        assert_eq!(l.record_new(&first).await.unwrap(), Some(submitted));
+        // A new attempt (new token) is recorded.
+        let mut next = first.clone();
+        next.attempt = 1;
+        next.token = "a-1".into();
+        assert_eq!(l.record_new(&next).await.unwrap(), None);
+        assert_eq!(l.get("a").unwrap().token, "a-1");
+        let lines = std::fs::read_to_string(path.as_local().unwrap()).unwrap();
+        assert_eq!(lines.lines().count(), 3);
+    }
+
+    #[test]
+    fn a_job_object_must_be_the_job_its_name_says() {
+        let uri = S3Uri::parse("s3://b/db/t_jobs/a.json").unwrap();
+        let body = serde_json::to_vec(&rec("b", Status::Completed)).unwrap();
+        let e = parse_object(&uri, "a", &body).unwrap_err().to_string();
+        assert!(
+            e.contains("s3://b/db/t_jobs/a.json") && e.contains("`b`"),
+            "{e}"
+        );
+        let e = parse_object(&uri, "a", b"{\"key").unwrap_err().to_string();
+        assert!(e.contains("not a job record"), "{e}");
+        assert_eq!(parse_object(&uri, "b", &body).unwrap().key, "b");
     }
 }

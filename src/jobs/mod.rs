@@ -140,7 +140,7 @@ impl AsyncRoute {
         let (arn, state, failure) = self
             .submit_or_resume(&mut record, &model_input, &key)
             .await?;
-        self.settle(&mut record, &arn, state, failure)?;
+        self.settle(&mut record, &arn, state, failure).await?;
         let segments = self
             .read_results(&arn)
             .await
@@ -234,7 +234,7 @@ impl AsyncRoute {
         let mut resumed = record.arn.is_some();
         loop {
             if record.arn.is_none() {
-                self.submit_recorded(record, model_input).await?;
+                resumed = self.submit_recorded(record, model_input).await?;
             }
             let arn = record.arn.clone().expect("submitted");
             match self.poll(&arn, record.submitted_at).await {
@@ -245,7 +245,7 @@ impl AsyncRoute {
                     if resumed
                         && matches!(e.class, ErrorClass::Validation | ErrorClass::NotFound) =>
                 {
-                    self.forget_unknown_job(record, key, &arn, &e);
+                    self.forget_unknown_job(record, key, &arn, &e).await;
                     resumed = false;
                 }
                 Err(e) => return Err((FailureKind::Call(e.class), e.message)),
@@ -254,16 +254,30 @@ impl AsyncRoute {
     }
 
     /// Submits the job, in the ledger before the call (a rerun reuses the token) and after it.
+    /// True when someone else (another run, or a row with the same input) had submitted it
+    /// already: `record` is then theirs, with their ARN, to poll.
     async fn submit_recorded(
         &self,
         record: &mut JobRecord,
         model_input: &serde_json::Value,
-    ) -> Result<(), (FailureKind, String)> {
+    ) -> Result<bool, (FailureKind, String)> {
         // Durable before the call: if the run dies now, the next one submits again
         // with the same token, which the service answers with the same job.
-        self.ledger
-            .record(record)
+        let there = self
+            .ledger
+            .record_new(record)
+            .await
             .map_err(|e| (FailureKind::Ledger, format!("{e:#}")))?;
+        if let Some(there) = there {
+            *record = there;
+            if record.arn.is_some() {
+                self.count(|s| s.resumed += 1);
+                return Ok(true);
+            }
+            // Recorded but never submitted (its writer died in between, or is submitting
+            // now): submitting with the same clientRequestToken is idempotent at the service,
+            // which answers with the same job, so going on cannot start a second one.
+        }
         let arn = self
             .submit(model_input, &record.token)
             .await
@@ -273,18 +287,33 @@ impl AsyncRoute {
         record.updated_at = ledger::now();
         self.ledger
             .record(record)
+            .await
             .map_err(|e| (FailureKind::Ledger, format!("{e:#}")))?;
         self.count(|s| s.submitted += 1);
-        Ok(())
+        Ok(false)
+    }
+
+    /// Records a job's state where losing the record costs nothing but a repeated poll (the
+    /// next run asks the service again): a failed write is a warning, not the row's failure.
+    async fn record_quietly(&self, record: &JobRecord) {
+        if let Err(e) = self.ledger.record(record).await {
+            tracing::warn!("{e:#}");
+        }
     }
 
     /// Marks a resumed job the service does not know failed; `record` becomes its next attempt.
-    fn forget_unknown_job(&self, record: &mut JobRecord, key: &str, arn: &str, e: &CallError) {
+    async fn forget_unknown_job(
+        &self,
+        record: &mut JobRecord,
+        key: &str,
+        arn: &str,
+        e: &CallError,
+    ) {
         tracing::warn!(%arn, "the service does not know this ledger job ({}); submitting it again", e.message);
         record.status = Status::Failed;
         record.failure = Some(e.message.clone());
         record.updated_at = ledger::now();
-        let _ = self.ledger.record(record);
+        self.record_quietly(record).await;
         self.count(|s| s.resumed -= 1);
         record.attempt += 1;
         record.token = token(key, record.attempt);
@@ -295,7 +324,7 @@ impl AsyncRoute {
     }
 
     /// How the job ended: timed out or failed ends the input; completed is marked in the ledger.
-    fn settle(
+    async fn settle(
         &self,
         record: &mut JobRecord,
         arn: &str,
@@ -320,7 +349,7 @@ impl AsyncRoute {
                     record.status = Status::Failed;
                     record.failure = Some(msg.clone());
                     record.updated_at = ledger::now();
-                    let _ = self.ledger.record(record);
+                    self.record_quietly(record).await;
                 }
                 self.count(|s| s.failed += 1);
                 return Err((FailureKind::JobFailed, format!("job {arn} failed: {msg}")));
@@ -330,7 +359,7 @@ impl AsyncRoute {
         if record.status != Status::Completed {
             record.status = Status::Completed;
             record.updated_at = ledger::now();
-            let _ = self.ledger.record(record);
+            self.record_quietly(record).await;
         }
         Ok(())
     }

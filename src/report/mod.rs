@@ -84,6 +84,11 @@ pub fn run_record(
         cost_usd: sum(|m| m.cost_usd),
         failures: serde_json::to_string(&s.failures_by_kind).unwrap_or_default(),
         error: s.error.clone(),
+        versions_removed: s
+            .maintenance
+            .as_ref()
+            .map_or(0, |m| m.pruned.versions_removed),
+        bytes_removed: s.maintenance.as_ref().map_or(0, |m| m.pruned.bytes_removed),
     }
 }
 
@@ -144,8 +149,22 @@ impl Summary {
         Ok(())
     }
 
-    /// The table after the run, when maintenance compacted it or built indexes.
+    /// The table after the run, when maintenance compacted it, built indexes or pruned.
     fn write_table(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(p) = self
+            .maintenance
+            .as_ref()
+            .map(|m| m.pruned)
+            .filter(|p| p.versions_removed > 0)
+        {
+            writeln!(
+                f,
+                "  retention: {} old versions removed ({:.1} MB in {} files)",
+                p.versions_removed,
+                p.bytes_removed as f64 / 1e6,
+                p.files_removed
+            )?;
+        }
         let Some(m) = self
             .maintenance
             .as_ref()

@@ -11,14 +11,16 @@ pub mod model;
 mod registry;
 pub mod sink;
 pub mod source;
+pub mod storage;
 
 pub use registry::{load, parse, spec_of};
 
 pub use model::{
     Connection, JobSettings, LocalFiles, ModelSettings, Overrides, QuotaSettings, RateSettings,
 };
-pub use sink::{SinkSettings, Target};
+pub use sink::{Retention, SinkSettings, Target};
 pub use source::{CsvSettings, ImageSettings, SourcePath, SourceSettings};
+pub use storage::StorageSettings;
 
 use crate::config::{ConfigError, Pipeline};
 
@@ -30,13 +32,29 @@ pub struct Settings {
     /// Indexed like the file's `[[model]]` tables.
     pub models: Vec<ModelSettings>,
     pub quotas: Vec<QuotaSettings>,
+    /// How S3 is reached (sources, sink, side files).
+    pub storage: StorageSettings,
+}
+
+impl Settings {
+    /// Whether anything of the run lives in S3 (then an object-store client is needed).
+    pub fn uses_s3(&self) -> bool {
+        self.sink.target.remote.is_some()
+            || self.sink.failures.as_s3().is_some()
+            || self
+                .source
+                .paths
+                .iter()
+                .any(|p| p.resolved.as_s3().is_some())
+    }
 }
 
 impl Settings {
     pub fn resolve(pipeline: &Pipeline, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let storage = StorageSettings::resolve(pipeline, overrides)?;
         Ok(Self {
             source: SourceSettings::resolve(pipeline),
-            sink: SinkSettings::resolve(pipeline)?,
+            sink: SinkSettings::resolve(pipeline, &storage)?,
             models: ModelSettings::all(pipeline, overrides),
             quotas: pipeline
                 .file
@@ -44,6 +62,7 @@ impl Settings {
                 .iter()
                 .map(|q| QuotaSettings::resolve(q.get_ref()))
                 .collect(),
+            storage,
         })
     }
 }

@@ -1,9 +1,9 @@
 //! Resolve layer: the `[source]` table → the settings the sources take, defaults applied once.
 
 use crate::config::{ColumnType, Origin, Pipeline, SourceKind};
+use crate::util::{Location, S3Uri};
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::PathBuf;
 
 /// Rows per source batch.
 pub const DEFAULT_BATCH_ROWS: usize = 1024;
@@ -17,8 +17,8 @@ pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 25 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct SourcePath {
     pub written: String,
-    /// Resolved against the pipeline file's folder.
-    pub resolved: PathBuf,
+    /// A local path resolved against the pipeline file's folder, or an `s3://` URI.
+    pub resolved: Location,
     /// Where it is written in the pipeline file, for errors.
     pub span: Range<usize>,
 }
@@ -78,7 +78,10 @@ impl SourceSettings {
                 .into_iter()
                 .map(|p| SourcePath {
                     written: p.get_ref().to_string(),
-                    resolved: pipeline.resolve(p.get_ref().as_ref()),
+                    resolved: match S3Uri::parse(p.get_ref()) {
+                        Ok(uri) => Location::S3(uri),
+                        Err(_) => Location::Local(pipeline.resolve(p.get_ref().as_ref())),
+                    },
                     span: p.span(),
                 })
                 .collect(),
@@ -151,7 +154,7 @@ mod tests {
         assert_eq!(s.images.max_image_bytes, DEFAULT_MAX_IMAGE_BYTES);
         assert_eq!(
             s.paths[0].resolved,
-            std::path::PathBuf::from("pipelines/x.parquet")
+            Location::Local(std::path::PathBuf::from("pipelines/x.parquet"))
         );
     }
 }

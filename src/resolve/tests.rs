@@ -89,3 +89,70 @@ fn image_input_to_text_model_is_rejected() {
     assert!(e.message.contains("does not accept image input"), "{e}");
     assert!(e.help.clone().unwrap().contains("text"));
 }
+
+#[test]
+fn an_s3_sink_keeps_its_side_files_in_the_same_prefix() {
+    use super::{Overrides, Retention, Settings};
+    use crate::util::Location;
+    let text = GOOD
+        .replace("uri = \"db\"", "uri = \"s3://lake/indexes/db/\"")
+        .replace(
+            "path = \"data.parquet\"",
+            "path = \"s3://data/in/**/*.parquet\"",
+        );
+    let p = parse(&text).unwrap();
+    let s = Settings::resolve(&p, &Overrides::default()).unwrap();
+    assert!(s.uses_s3());
+    let t = &s.sink.target;
+    assert_eq!(t.uri, "s3://lake/indexes/db");
+    assert!(t.local_dir.is_none());
+    assert_eq!(
+        s.sink.failures.to_string(),
+        "s3://lake/indexes/db/articles_failures.jsonl"
+    );
+    assert_eq!(
+        t.jobs_location().to_string(),
+        "s3://lake/indexes/db/articles_jobs/"
+    );
+    assert!(matches!(s.source.paths[0].resolved, Location::S3(_)));
+    // LanceDB's own default window.
+    assert_eq!(
+        s.sink.retention,
+        Retention::Younger(std::time::Duration::from_secs(7 * 86_400))
+    );
+    let local = Settings::resolve(&parse(GOOD).unwrap(), &Overrides::default()).unwrap();
+    assert!(!local.uses_s3());
+    assert_eq!(
+        local.sink.target.jobs_location(),
+        Location::Local(std::path::PathBuf::from("pipelines/db/articles_jobs.jsonl"))
+    );
+}
+
+#[test]
+fn storage_keys_are_checked_where_they_are_written() {
+    let with = |storage: &str, sink: &str| {
+        let text = format!(
+            "[storage]\n{storage}\n{}",
+            GOOD.replace("uri = \"db\"", sink)
+        );
+        parse(&text)
+    };
+    let e = with("s3_endpoint_url = \"http://10.0.0.5:9000\"", "uri = \"db\"").unwrap_err();
+    assert_eq!(e.line, Some(2), "{e}");
+    assert!(e.message.contains("plain HTTP"), "{e}");
+    assert!(with(
+        "s3_endpoint_url = \"http://127.0.0.1:9000\"",
+        "uri = \"s3://b/db\""
+    )
+    .is_ok());
+    let e = with("", "uri = \"gs://b/db\"").unwrap_err();
+    assert!(e.message.contains("`gs://` is not supported"), "{e}");
+    let e = with("", "uri = \"s3://Bad_Bucket/db\"").unwrap_err();
+    assert!(e.message.contains("not a valid bucket name"), "{e}");
+    let e = with("", "uri = \"db\"\nkeep_versions = 0").unwrap_err();
+    assert!(e.message.contains("at least 1"), "{e}");
+    let e = with("", "uri = \"db\"\nkeep_versions = \"7 days\"").unwrap_err();
+    assert!(e.message.contains("not a unit"), "{e}");
+    let e = with("secret = \"x\"", "uri = \"db\"").unwrap_err();
+    assert!(e.message.contains("secret"), "{e}");
+}

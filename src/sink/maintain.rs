@@ -1,6 +1,6 @@
 //! Index maintenance after a run: compact when fragments pile up, build the vector index once
 //! the table is big enough (and fold new rows into existing indexes), keep the full-text and
-//! id indexes.
+//! id indexes — then prune old versions as `keep_versions` says.
 
 use super::table::connect;
 use crate::config::{VectorIndex, WriteMode};
@@ -23,6 +23,8 @@ pub struct Maintenance {
     pub indexes_created: Vec<String>,
     /// Existing indexes were updated with the new rows.
     pub indexes_updated: bool,
+    /// Old versions removed by retention (of the table and its run log).
+    pub pruned: super::retention::Pruned,
 }
 
 /// Compacts and indexes the table of `settings` after a run.
@@ -97,6 +99,12 @@ pub async fn maintain(settings: &SinkSettings) -> Result<Maintenance> {
             .await
             .context("updating the indexes with the new rows")?;
         m.indexes_updated = true;
+    }
+    // Last: compaction and indexing made versions of their own.
+    match super::retention::prune(settings).await {
+        Ok(p) => m.pruned = p,
+        // The rows and indexes are in; the next run prunes.
+        Err(e) => tracing::warn!("old versions were not pruned: {e:#}"),
     }
     Ok(m)
 }

@@ -6,6 +6,7 @@
 pub mod failures;
 pub mod incremental;
 pub mod maintain;
+pub mod retention;
 pub mod runlog;
 pub mod search;
 pub mod table;

@@ -43,6 +43,9 @@ pub struct RunRecord {
     /// Failures by kind, as JSON.
     pub failures: String,
     pub error: Option<String>,
+    /// Old table versions retention removed after the run (and their bytes).
+    pub versions_removed: u64,
+    pub bytes_removed: u64,
 }
 
 fn schema() -> SchemaRef {
@@ -69,8 +72,14 @@ fn schema() -> SchemaRef {
         Field::new("cost_usd", DataType::Float64, false),
         s("failures"),
         Field::new("error", DataType::Utf8, true),
+        Field::new("versions_removed", DataType::UInt64, true),
+        Field::new("bytes_removed", DataType::UInt64, true),
     ]))
 }
+
+/// Columns added after the first run logs were written: older logs get them (as nulls) before
+/// the first record that has them.
+const ADDED_COLUMNS: [&str; 2] = ["versions_removed", "bytes_removed"];
 
 /// Appends `r` to the run log of `target` (creating it).
 pub async fn append(target: &Target, r: &RunRecord) -> Result<()> {
@@ -101,15 +110,34 @@ pub async fn append(target: &Target, r: &RunRecord) -> Result<()> {
             Arc::new(Float64Array::from(vec![r.cost_usd])),
             str1(&r.failures),
             Arc::new(StringArray::from(vec![r.error.as_deref()])),
+            u1(r.versions_removed),
+            u1(r.bytes_removed),
         ],
     )?;
     let conn = connect(target).await?;
     let name = table_name(target);
     let reader = RecordBatchIterator::new(vec![Ok(batch)], schema());
     if conn.table_names().execute().await?.contains(&name) {
-        conn.open_table(&name)
-            .execute()
-            .await?
+        let table = conn.open_table(&name).execute().await?;
+        let theirs = table.schema().await?;
+        let missing: Vec<Field> = schema()
+            .fields()
+            .iter()
+            .filter(|f| ADDED_COLUMNS.contains(&f.name().as_str()))
+            .filter(|f| theirs.field_with_name(f.name()).is_err())
+            .map(|f| f.as_ref().clone())
+            .collect();
+        if !missing.is_empty() {
+            table
+                .add_columns()
+                .transform(lancedb::table::NewColumnTransform::AllNulls(Arc::new(
+                    Schema::new(missing),
+                )))
+                .execute()
+                .await
+                .context("adding the new columns to the run log")?;
+        }
+        table
             .add(Box::new(reader) as Box<dyn arrow::array::RecordBatchReader + Send>)
             .execute()
             .await
@@ -195,6 +223,18 @@ pub async fn read(target: &Target) -> Result<Vec<RunRecord>> {
         .map(|n| u(n))
         .collect::<Result<_>>()?;
         let (media, cost) = (f("media_seconds")?, f("cost_usd")?);
+        // Absent (or null) in logs written before retention existed.
+        let optional = |n: &str| {
+            b.column_by_name(n)
+                .and_then(|c| c.as_any().downcast_ref::<UInt64Array>().cloned())
+        };
+        let (versions_removed, bytes_removed) =
+            (optional("versions_removed"), optional("bytes_removed"));
+        let at = |c: &Option<UInt64Array>, i: usize| {
+            c.as_ref()
+                .filter(|c| c.is_valid(i))
+                .map_or(0, |c| c.value(i))
+        };
         for i in 0..b.num_rows() {
             out.push(RunRecord {
                 run_id: run_id.value(i).into(),
@@ -216,6 +256,8 @@ pub async fn read(target: &Target) -> Result<Vec<RunRecord>> {
                 cost_usd: cost.value(i),
                 failures: failures.value(i).into(),
                 error: (!error.is_null(i)).then(|| error.value(i).to_string()),
+                versions_removed: at(&versions_removed, i),
+                bytes_removed: at(&bytes_removed, i),
             });
         }
     }

@@ -5,6 +5,7 @@
 //! failed run leaves the table as it was.
 
 use super::{FIELD_DIMENSION, FIELD_MODEL_ID, FIELD_PARAMS};
+use crate::clients::store::{lance_options, Stores};
 use crate::config::WriteMode;
 use crate::resolve::Target;
 use anyhow::{anyhow, bail, Context, Result};
@@ -54,6 +55,29 @@ pub fn check_reachable(target: &Target) -> Result<()> {
     }
 }
 
+/// Checks that the database prefix in S3 can be listed and written — the bucket exists, the
+/// endpoint answers, the credentials may write there — by writing and removing a small object,
+/// before any model call.
+pub async fn check_reachable_remote(target: &Target, stores: &Stores) -> Result<()> {
+    let Some(db) = &target.remote else {
+        return Ok(());
+    };
+    stores.probe(db).await?;
+    let probe = db.join(&format!(
+        ".embedpipe-write-check-{}",
+        blake3::hash(
+            format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes()
+        )
+        .to_hex()
+        .get(..16)
+        .unwrap_or_default()
+    ));
+    stores
+        .put(&probe, b"embedpipe write check\n".to_vec())
+        .await?;
+    stores.delete(&probe).await
+}
+
 pub async fn connect(target: &Target) -> Result<Database> {
     // An absolute path: lancedb reads a bare relative name like `db` as a LanceDB Cloud URI.
     let uri = match &target.local_dir {
@@ -63,7 +87,11 @@ pub async fn connect(target: &Target) -> Result<Database> {
             .into_owned(),
         None => target.uri.clone(),
     };
-    lancedb::connect(&uri)
+    let mut builder = lancedb::connect(&uri);
+    if target.remote.is_some() {
+        builder = builder.storage_options(lance_options(&target.storage));
+    }
+    builder
         .execute()
         .await
         .with_context(|| format!("cannot open LanceDB database {}", target.uri))

@@ -1,14 +1,21 @@
-//! Image folders: recursive walk, include/exclude globs, magic-byte format detection, size limits.
-//! Symlinks are followed only while they stay inside the folder.
+//! Image folders, local or S3 prefixes: include/exclude globs, magic-byte format detection, size
+//! limits. A local folder is walked recursively, following symlinks only while they stay inside
+//! it; an S3 folder is listed page by page, and each batch's objects are fetched concurrently.
 
-use super::{BatchIter, InputFile, ReadFailure, SourceBatch, SourceFiles};
+use super::{remote_for, BatchIter, InputFile, ReadFailure, Remote, SourceBatch, SourceFiles};
+use crate::clients::store::{explain, Stores};
+use crate::resolve::storage::DEFAULT_S3_CONCURRENCY;
 use crate::resolve::ImageSettings;
-use crate::util::FailureKind;
+use crate::util::{FailureKind, Location, S3Uri};
 use anyhow::Result;
 use arrow::array::{ArrayRef, BinaryBuilder, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use object_store::ObjectStore;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,6 +82,23 @@ impl Filters {
         })
     }
 
+    /// The filters of an image source's settings.
+    fn of(settings: &ImageSettings) -> Result<Self> {
+        Self::new(
+            settings.include.iter().map(String::as_str),
+            settings.exclude.iter().map(String::as_str),
+        )
+    }
+
+    /// Whether the object at `rel` (its key relative to the folder) is read: as a walk keeps the
+    /// file at that path (without `recursive`, only the folder's own level).
+    fn keeps_object(&self, rel: &str, recursive: bool) -> bool {
+        !rel.is_empty()
+            && !rel.ends_with('/')
+            && (recursive || !rel.contains('/'))
+            && !self.skips_file(rel)
+    }
+
     /// Whether the file (or symlink, followed or not) at `rel` is left out.
     fn skips_file(&self, rel: &str) -> bool {
         self.include.as_ref().is_some_and(|g| !g.is_match(rel))
@@ -117,41 +141,67 @@ fn relative(path: &Path, root: &Path) -> String {
 
 enum Entry {
     File { path: PathBuf, rel: String },
+    Object(Object),
     Failed(ReadFailure),
+}
+
+/// An object of an S3 image folder, as its listing says.
+struct Object {
+    uri: S3Uri,
+    /// The key relative to the folder (the image's id, as a local relative path).
+    rel: String,
+    size: u64,
 }
 
 struct Image {
     rel: String,
-    bytes: Vec<u8>,
+    bytes: Bytes,
     mime: &'static str,
     width: u32,
     height: u32,
 }
 
-fn read_image(path: &Path, rel: &str, max: u64, display: &Arc<str>) -> Result<Image, ReadFailure> {
-    let fail = |kind: FailureKind, message: String| ReadFailure {
+/// An image that cannot be read: `file` names it in full, `rel` is its id.
+fn image_failure(file: &str, rel: &str, kind: FailureKind, message: String) -> ReadFailure {
+    ReadFailure {
         hides_later_rows: false,
-        file: Arc::from(format!("{display}/{rel}").as_str()),
+        file: Arc::from(file),
         row: None,
         id: Some(rel.to_string()),
         kind,
         message,
-    };
+    }
+}
+
+/// Refuses an image over `max_image_bytes` (before it is read, where its size is known).
+fn within_limit(size: u64, max: u64) -> Result<(), String> {
+    if size > max {
+        Err(format!(
+            "{size} bytes is over the limit of {max} bytes (max_image_bytes)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn read_image(path: &Path, rel: &str, max: u64, display: &str) -> Result<Image, ReadFailure> {
+    let file = format!("{display}/{rel}");
+    let fail = |kind: FailureKind, message: String| image_failure(&file, rel, kind, message);
     let meta = std::fs::metadata(path)
         .map_err(|e| fail(FailureKind::Unreadable, format!("cannot stat: {e}")))?;
-    if meta.len() > max {
-        return Err(fail(
-            FailureKind::TooLarge,
-            format!(
-                "{} bytes is over the limit of {max} bytes (max_image_bytes)",
-                meta.len()
-            ),
-        ));
-    }
+    within_limit(meta.len(), max).map_err(|m| fail(FailureKind::TooLarge, m))?;
     let bytes = std::fs::read(path)
         .map_err(|e| fail(FailureKind::Unreadable, format!("cannot read: {e}")))?;
+    check_image(Bytes::from(bytes), rel, &file, max)
+}
+
+/// Checks the bytes of an image, wherever they were read from: its size, its format (by magic
+/// bytes) and the dimensions in its header.
+fn check_image(bytes: Bytes, rel: &str, file: &str, max: u64) -> Result<Image, ReadFailure> {
+    let fail = |kind: FailureKind, message: String| image_failure(file, rel, kind, message);
+    within_limit(bytes.len() as u64, max).map_err(|m| fail(FailureKind::TooLarge, m))?;
     let Some(mime) = detect_mime(&bytes) else {
-        let ext = path
+        let ext = Path::new(rel)
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase())
             .unwrap_or_default();
@@ -183,14 +233,14 @@ fn read_image(path: &Path, rel: &str, max: u64, display: &Arc<str>) -> Result<Im
 /// `**/x.png` finds files deep down); one that cannot be read is a failure unless `exclude`
 /// leaves out all it holds.
 fn walk_folder(
-    folder: InputFile,
+    folder: PathBuf,
     filters: Filters,
     recursive: bool,
 ) -> impl Iterator<Item = Entry> + Send {
-    let root = std::fs::canonicalize(&folder.path).unwrap_or(folder.path.clone());
-    let base = folder.path.clone();
+    let root = std::fs::canonicalize(&folder).unwrap_or_else(|_| folder.clone());
+    let base = folder.clone();
     let link_filters = filters.clone();
-    walkdir::WalkDir::new(&folder.path)
+    walkdir::WalkDir::new(&folder)
         .follow_links(true)
         .max_depth(if recursive { usize::MAX } else { 1 })
         .sort_by_file_name()
@@ -217,7 +267,7 @@ fn walk_folder(
         })
         .filter_map(move |entry| match entry {
             Ok(e) if e.file_type().is_file() => {
-                let rel = relative(e.path(), &folder.path);
+                let rel = relative(e.path(), &folder);
                 if filters.skips_file(&rel) {
                     return None;
                 }
@@ -228,8 +278,8 @@ fn walk_folder(
             }
             Ok(_) => None,
             Err(err) => {
-                if let Some(p) = err.path().filter(|p| *p != folder.path.as_path()) {
-                    let rel = relative(p, &folder.path);
+                if let Some(p) = err.path().filter(|p| *p != folder.as_path()) {
+                    let rel = relative(p, &folder);
                     if filters.skips_failed(p, &rel, err.loop_ancestor().is_some()) {
                         return None;
                     }
@@ -247,36 +297,153 @@ fn walk_folder(
         })
 }
 
+/// The objects under the S3 folder `folder` (a key ending in `/`, or the bucket root), in key
+/// order, streamed page by page so that a folder of millions is never held at once: each
+/// object's key relative to the folder, and its size.
+fn list_folder(
+    stores: &Stores,
+    folder: &S3Uri,
+) -> Result<BoxStream<'static, Result<(String, u64)>>> {
+    let (store, path) = stores.locate(folder)?;
+    let prefix = (!path.as_ref().is_empty()).then_some(path);
+    let folder = folder.clone();
+    Ok(store
+        .list(prefix.as_ref())
+        .map(move |meta| -> Result<(String, u64)> {
+            let meta = meta.map_err(|e| explain(e, "list", &folder))?;
+            let key = meta.location.to_string();
+            let rel = key
+                .strip_prefix(folder.key.as_str())
+                .unwrap_or(key.as_str());
+            Ok((rel.to_string(), meta.size))
+        })
+        .boxed())
+}
+
+/// Whether the S3 folder holds an object the filters keep (the listing stops at the first), so
+/// that a wrong prefix fails the survey rather than reading nothing.
+pub(super) async fn s3_folder_has_images(
+    stores: &Stores,
+    folder: &S3Uri,
+    settings: &ImageSettings,
+) -> Result<bool> {
+    let filters = Filters::of(settings)?;
+    let mut objects = list_folder(stores, folder)?;
+    while let Some(object) = objects.next().await {
+        let (rel, _) = object?;
+        if filters.keeps_object(&rel, settings.recursive) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The objects of an S3 folder that the filters keep, listed as the batches ask for them. A
+/// listing that fails ends the source (what it would have listed is unknown).
+fn list_objects(
+    folder: &S3Uri,
+    remote: Option<&Remote>,
+    filters: Filters,
+    recursive: bool,
+) -> Result<impl Iterator<Item = Result<Entry>> + Send + 'static> {
+    let remote = remote_for(remote)?;
+    let mut objects = list_folder(&remote.stores, folder)?;
+    let runtime = remote.runtime.clone();
+    let folder = folder.clone();
+    Ok(std::iter::from_fn(move || loop {
+        match runtime.block_on(objects.next())? {
+            Ok((rel, size)) if filters.keeps_object(&rel, recursive) => {
+                return Some(Ok(Entry::Object(Object {
+                    uri: folder.join(&rel),
+                    rel,
+                    size,
+                })));
+            }
+            Ok(_) => {}
+            Err(e) => return Some(Err(e)),
+        }
+    }))
+}
+
+/// Downloads a batch's objects, `DEFAULT_S3_CONCURRENCY` at a time, and checks them. Objects
+/// over `max` are refused unread; a failed GET fails that image only. Memory: one batch.
+fn fetch_images(
+    objects: Vec<Object>,
+    remote: &Remote,
+    max: u64,
+) -> Vec<Result<Image, ReadFailure>> {
+    let stores = &remote.stores;
+    let fetched: Vec<_> = remote.runtime.block_on(
+        futures::stream::iter(objects)
+            .map(|o| async move {
+                let got = match within_limit(o.size, max) {
+                    Err(m) => Err((FailureKind::TooLarge, m)),
+                    Ok(()) => match stores.get(&o.uri).await {
+                        Ok(Some(bytes)) => Ok(bytes),
+                        Ok(None) => Err((
+                            FailureKind::Unreadable,
+                            "the object is gone (deleted after the folder was listed)".to_string(),
+                        )),
+                        Err(e) => Err((FailureKind::Unreadable, format!("{e:#}"))),
+                    },
+                };
+                (o, got)
+            })
+            .buffered(DEFAULT_S3_CONCURRENCY)
+            .collect(),
+    );
+    fetched
+        .into_par_iter()
+        .map(|(o, got)| {
+            let file = o.uri.to_string();
+            match got {
+                Ok(bytes) => check_image(bytes, &o.rel, &file, max),
+                Err((kind, message)) => Err(image_failure(&file, &o.rel, kind, message)),
+            }
+        })
+        .collect()
+}
+
 pub fn open(
     settings: &ImageSettings,
     batch_rows: usize,
     survey: &SourceFiles,
+    remote: Option<Remote>,
 ) -> Result<BatchIter> {
-    let filters = Filters::new(
-        settings.include.iter().map(String::as_str),
-        settings.exclude.iter().map(String::as_str),
-    )?;
+    let filters = Filters::of(settings)?;
     let recursive = settings.recursive;
     let max = settings.max_image_bytes;
     let folders: Vec<InputFile> = survey.files.clone();
     let schema = schema();
 
     // A lazy walk over every folder: yields files (or failures) in a stable, sorted order.
+    let listing = remote.clone();
     let mut walk = folders
         .into_iter()
         .flat_map(move |folder| {
             let display = folder.display.clone();
-            walk_folder(folder, filters.clone(), recursive)
-                .map(move |entry| (display.clone(), entry))
+            let entries: Box<dyn Iterator<Item = Result<Entry>> + Send> = match folder.location {
+                Location::Local(path) => Box::new(
+                    walk_folder(path, filters.clone(), recursive).map(Ok::<_, anyhow::Error>),
+                ),
+                Location::S3(uri) => {
+                    match list_objects(&uri, listing.as_ref(), filters.clone(), recursive) {
+                        Ok(objects) => Box::new(objects),
+                        Err(e) => Box::new(std::iter::once(Err::<Entry, _>(e))),
+                    }
+                }
+            };
+            entries.map(move |entry| (display.clone(), entry))
         })
         .peekable();
     let iter = std::iter::from_fn(move || {
-        // Take the next chunk of paths, bounded by row count and bytes on disk.
-        let mut chunk = Vec::new();
+        // Take the next chunk of files (or objects), bounded by row count and bytes.
+        let mut files = Vec::new();
+        let mut objects = Vec::new();
         let mut failures = Vec::new();
         let mut bytes = 0u64;
         let mut display: Option<Arc<str>> = None;
-        while chunk.len() < batch_rows && bytes < MAX_BATCH_BYTES {
+        while files.len() + objects.len() < batch_rows && bytes < MAX_BATCH_BYTES {
             // Keep a batch within one folder so `file` names it.
             if let (Some(d), Some((next_d, _))) = (&display, walk.peek()) {
                 if d != next_d {
@@ -286,20 +453,34 @@ pub fn open(
             let Some((d, entry)) = walk.next() else { break };
             display.get_or_insert(d);
             match entry {
-                Entry::Failed(f) => failures.push(f),
-                Entry::File { path, rel } => {
+                Err(e) => return Some(Err(e)),
+                Ok(Entry::Failed(f)) => failures.push(f),
+                Ok(Entry::File { path, rel }) => {
                     bytes += std::fs::metadata(&path)
                         .map(|m| m.len().min(max))
                         .unwrap_or(0);
-                    chunk.push((path, rel));
+                    files.push((path, rel));
+                }
+                Ok(Entry::Object(o)) => {
+                    // Objects over the limit are not downloaded.
+                    if o.size <= max {
+                        bytes += o.size;
+                    }
+                    objects.push(o);
                 }
             }
         }
         let display = display?;
-        let results: Vec<Result<Image, ReadFailure>> = chunk
+        let mut results: Vec<Result<Image, ReadFailure>> = files
             .par_iter()
             .map(|(p, rel)| read_image(p, rel, max, &display))
             .collect();
+        if !objects.is_empty() {
+            match remote_for(remote.as_ref()) {
+                Ok(remote) => results.extend(fetch_images(objects, remote, max)),
+                Err(e) => return Some(Err(e)),
+            }
+        }
         let mut images = Vec::with_capacity(results.len());
         for r in results {
             match r {
@@ -363,17 +544,13 @@ mod tests {
     /// Walks `dir` with the given filters: the files kept, and the paths that failed (relative).
     #[cfg(unix)]
     fn walked(dir: &Path, include: &[&str], exclude: &[&str]) -> (Vec<String>, Vec<String>) {
-        let folder = InputFile {
-            path: dir.to_path_buf(),
-            display: Arc::from(dir.to_string_lossy().as_ref()),
-            id_prefix: String::new(),
-        };
         let filters = Filters::new(include.iter().copied(), exclude.iter().copied()).unwrap();
         let (mut files, mut failed) = (Vec::new(), Vec::new());
-        for e in walk_folder(folder, filters, true) {
+        for e in walk_folder(dir.to_path_buf(), filters, true) {
             match e {
                 Entry::File { rel, .. } => files.push(rel),
                 Entry::Failed(f) => failed.push(relative(Path::new(&*f.file), dir)),
+                Entry::Object(o) => panic!("a local walk listed the object {}", o.uri),
             }
         }
         (files, failed)
@@ -416,6 +593,19 @@ mod tests {
         let (files, failed) = walked(&dir, &[], &["sub/*", "*.txt"]);
         assert_eq!(files, ["a.png", "sub/deep/c.png"]);
         assert_eq!(failed, ["gone.png"]);
+    }
+
+    #[test]
+    fn objects_are_kept_as_a_walk_keeps_files() {
+        let f = Filters::new(["**/*.png"], ["cache/**"]).unwrap();
+        assert!(f.keeps_object("a.png", true));
+        assert!(f.keeps_object("sub/b.png", true));
+        // Without `recursive`, only the folder's own level.
+        assert!(!f.keeps_object("sub/b.png", false));
+        assert!(!f.keeps_object("cache/c.png", true));
+        assert!(!f.keeps_object("notes.txt", true));
+        // Folder markers are no images.
+        assert!(!f.keeps_object("sub/", true));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Layer 4, sources (above resolve): Parquet, CSV and image folders, each a stream of bounded
-//! Arrow batches, read as [`SourceSettings`] say (never the pipeline file itself).
+//! Arrow batches, read as [`SourceSettings`] say (never the pipeline file itself), from local
+//! files or from S3.
 //!
 //! A source runs on a blocking thread and hands [`SourceBatch`]es to the pipeline through a
-//! bounded channel, so memory stays flat whatever the dataset size.
+//! bounded channel, so memory stays flat whatever the dataset size. S3 reads from that thread
+//! block on the runtime captured when the source was opened.
 
 mod csv;
 mod files;
@@ -11,14 +13,16 @@ mod parquet;
 
 pub use files::{expand_inputs, InputFile};
 
+use crate::clients::store::Stores;
 use crate::config::SourceKind;
 use crate::resolve::SourceSettings;
-use crate::util::FailureKind;
-use anyhow::Result;
+use crate::util::{FailureKind, Location, S3Uri};
+use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{Array, ArrayRef, StringArray};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use std::sync::Arc;
+use tokio::runtime::Handle;
 
 /// Rows read from one file, with where each came from.
 #[derive(Debug)]
@@ -78,17 +82,28 @@ impl SourceFiles {
 /// An iterator of batches, driven on a blocking thread.
 pub type BatchIter = Box<dyn Iterator<Item = Result<SourceBatch>> + Send>;
 
-/// Finds the files and the schema of the source (reads footers / headers only).
-pub fn survey(settings: &SourceSettings) -> Result<SourceFiles> {
+/// Finds the files and the schema of the source (reads footers / headers only). `stores` is
+/// `None` only when the pipeline touches no S3.
+pub async fn survey(settings: &SourceSettings, stores: Option<&Stores>) -> Result<SourceFiles> {
     let kind = settings.kind;
-    let files = expand_inputs(settings)?;
-    let (schema, total_rows) = match kind {
+    let files = expand_inputs(settings, stores).await?;
+    let (files, schema, total_rows) = match kind {
         SourceKind::Parquet => {
-            let (schema, rows) = parquet::schema(&files)?;
-            (schema, Some(rows))
+            let (schema, rows) = parquet::schema(&files, stores).await?;
+            (files, schema, Some(rows))
         }
-        SourceKind::Csv => (csv::schema(settings, &files)?, None),
-        SourceKind::Images => (images::schema(), None),
+        SourceKind::Csv => {
+            // Headers and type inference read through blocking readers (S3 ones block on the
+            // runtime), so never on the runtime's own threads.
+            let settings = settings.clone();
+            let stores = stores.cloned();
+            let (files, schema) = tokio::task::spawn_blocking(move || {
+                csv::schema(&settings, &files, stores.as_ref()).map(|schema| (files, schema))
+            })
+            .await??;
+            (files, schema, None)
+        }
+        SourceKind::Images => (files, images::schema(), None),
     };
     Ok(SourceFiles {
         kind,
@@ -96,6 +111,15 @@ pub fn survey(settings: &SourceSettings) -> Result<SourceFiles> {
         schema,
         total_rows,
     })
+}
+
+/// [`survey`] for tests that have no runtime of their own.
+#[cfg(test)]
+pub(crate) fn survey_now(settings: &SourceSettings) -> Result<SourceFiles> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(survey(settings, None))
 }
 
 /// The column row ids come from: `id_column`, else a column named `id` (`has` tells whether
@@ -116,17 +140,78 @@ pub fn id_column(settings: &SourceSettings, has: impl Fn(&str) -> bool) -> Optio
     }
 }
 
-/// Opens the source, reading only `columns` (which include `id_column`, if any).
+/// Opens the source, reading only `columns` (which include `id_column`, if any). Called where
+/// the runtime is current when any file is in S3; the iterator is then driven on a blocking
+/// thread.
 pub fn open(
     settings: &SourceSettings,
     survey: &SourceFiles,
     columns: &[String],
     id_column: Option<String>,
+    stores: Option<&Stores>,
 ) -> Result<BatchIter> {
+    let remote = Remote::capture(&survey.files, stores)?;
     match survey.kind {
-        SourceKind::Parquet => parquet::open(settings.batch_rows, survey, columns, id_column),
-        SourceKind::Csv => csv::open(settings, survey, columns, id_column),
-        SourceKind::Images => images::open(&settings.images, settings.batch_rows, survey),
+        SourceKind::Parquet => {
+            parquet::open(settings.batch_rows, survey, columns, id_column, remote)
+        }
+        SourceKind::Csv => csv::open(settings, survey, columns, id_column, remote),
+        SourceKind::Images => images::open(&settings.images, settings.batch_rows, survey, remote),
+    }
+}
+
+/// The object-store client an S3 path needs.
+pub(crate) fn need(stores: Option<&Stores>) -> Result<&Stores> {
+    match stores {
+        Some(stores) => Ok(stores),
+        None => bail!(
+            "internal error: a source path is in S3 but no object-store client was set up for it"
+        ),
+    }
+}
+
+/// What a source's blocking thread needs to read S3: the client, and the runtime its requests
+/// run on (captured where it is current, since the blocking thread may have none).
+#[derive(Clone)]
+pub(crate) struct Remote {
+    pub stores: Stores,
+    pub runtime: Handle,
+}
+
+impl Remote {
+    /// `None` when no file is in S3, so local sources need no runtime at all.
+    pub(crate) fn capture(files: &[InputFile], stores: Option<&Stores>) -> Result<Option<Self>> {
+        if !files.iter().any(|f| matches!(f.location, Location::S3(_))) {
+            return Ok(None);
+        }
+        let stores = need(stores)?.clone();
+        let runtime = Handle::try_current().map_err(|_| {
+            anyhow!(
+                "internal error: a source with S3 files must be opened inside the tokio runtime"
+            )
+        })?;
+        Ok(Some(Self { stores, runtime }))
+    }
+
+    /// The size of an S3 input (may ask the store, blocking: call on a blocking thread only).
+    pub(crate) fn size(&self, file: &InputFile, uri: &S3Uri) -> Result<u64> {
+        self.runtime.block_on(object_size(&self.stores, file, uri))
+    }
+}
+
+/// The captured [`Remote`] of a source with an S3 file.
+pub(crate) fn remote_for(remote: Option<&Remote>) -> Result<&Remote> {
+    remote.context("internal error: an S3 file was read without the object-store client")
+}
+
+/// The size of an S3 input: from its listing, else asked for.
+pub(crate) async fn object_size(stores: &Stores, file: &InputFile, uri: &S3Uri) -> Result<u64> {
+    match file.size {
+        Some(size) => Ok(size),
+        None => stores
+            .head(uri)
+            .await?
+            .with_context(|| format!("object {uri} does not exist")),
     }
 }
 
@@ -243,7 +328,8 @@ mod tests {
 
     fn file() -> InputFile {
         InputFile {
-            path: "x.parquet".into(),
+            location: Location::Local("x.parquet".into()),
+            size: None,
             display: Arc::from("x.parquet"),
             id_prefix: "x.parquet".into(),
         }

@@ -1,29 +1,173 @@
-//! Parquet files: footer-only schema reads, column projection, row-group streaming.
+//! Parquet files: footer-only schema reads, column projection, row-group streaming. Files in S3
+//! are read by ranges: the footer (with its metadata, usually in one GET), then only the
+//! projected column chunks of each row group, never the whole file.
 
-use super::{drop_rows, tabular_ids, BatchIter, InputFile, ReadFailure, SourceBatch, SourceFiles};
+use super::{
+    drop_rows, need, object_size, remote_for, tabular_ids, BatchIter, InputFile, ReadFailure,
+    Remote, SourceBatch, SourceFiles,
+};
+use crate::clients::store::{explain, Stores};
+use crate::util::{Location, S3Uri};
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::datatypes::SchemaRef;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderBuilder, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
+};
+use parquet::arrow::async_reader::{
+    AsyncFileReader, ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
+};
 use parquet::arrow::ProjectionMask;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use std::fs::File;
+use std::ops::Range;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::runtime::Handle;
 
-fn builder(file: &InputFile) -> Result<ParquetRecordBatchReaderBuilder<File>> {
-    let f = File::open(&file.path).with_context(|| format!("{}: cannot open", file.display))?;
-    ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| {
-        anyhow!("{}: not a readable Parquet file ({e}); is it truncated, still being written, or another format?", file.display)
-    })
+/// Bytes read from the end of an S3 file first: footer and metadata usually fit, so one GET.
+const FOOTER_HINT: usize = 64 * 1024;
+/// Footers of S3 files read at once by the survey.
+const FOOTERS_AT_ONCE: usize = 8;
+
+fn builder(file: &InputFile, path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+    let f = File::open(path).with_context(|| format!("{}: cannot open", file.display))?;
+    ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| unreadable(file, e))
 }
 
-/// The schema shared by all files and their total row count, from the footers alone; files
-/// must agree on common columns.
-pub fn schema(files: &[InputFile]) -> Result<(SchemaRef, u64)> {
-    let first_builder = builder(&files[0])?;
-    let first = first_builder.schema().clone();
-    let mut rows = first_builder.metadata().file_metadata().num_rows() as u64;
-    for f in &files[1..] {
-        let b = builder(f)?;
-        rows += b.metadata().file_metadata().num_rows() as u64;
-        let s = b.schema().clone();
+/// A Parquet file in S3 as the async reader sees it: byte ranges, fetched by ranged GETs.
+struct S3Parquet {
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    uri: S3Uri,
+    size: u64,
+}
+
+/// An S3 read that failed: not the file's fault, so never reported as a corrupt file.
+#[derive(Debug)]
+struct StoreError(String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// The S3 read failure behind a Parquet error, if that is what it is.
+fn store_error(e: &ParquetError) -> Option<&StoreError> {
+    match e {
+        ParquetError::External(inner) => inner.downcast_ref::<StoreError>(),
+        _ => None,
+    }
+}
+
+impl S3Parquet {
+    fn failed(&self, e: object_store::Error) -> ParquetError {
+        let message = explain(e, "read", &self.uri).to_string();
+        ParquetError::External(Box::new(StoreError(message)))
+    }
+}
+
+impl AsyncFileReader for S3Parquet {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        Box::pin(async move {
+            let got = self.store.get_range(&self.path, range).await;
+            got.map_err(|e| self.failed(e))
+        })
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        Box::pin(async move {
+            let got = self.store.get_ranges(&self.path, &ranges).await;
+            got.map_err(|e| self.failed(e))
+        })
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        Box::pin(async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_metadata_options(options.map(|o| o.metadata_options().clone()))
+                .with_prefetch_hint(Some(FOOTER_HINT))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        })
+    }
+}
+
+/// A reader of the S3 file `uri` that has read its footer.
+async fn s3_builder(
+    file: &InputFile,
+    uri: &S3Uri,
+    stores: &Stores,
+) -> Result<ParquetRecordBatchStreamBuilder<S3Parquet>> {
+    let size = object_size(stores, file, uri).await?;
+    let (store, path) = stores.locate(uri)?;
+    let reader = S3Parquet {
+        store,
+        path,
+        uri: uri.clone(),
+        size,
+    };
+    ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| unreadable(file, e))
+}
+
+/// Why a file's footer cannot be had: the store's error (it names the URI), else the file is no
+/// Parquet.
+fn unreadable(file: &InputFile, e: ParquetError) -> anyhow::Error {
+    match store_error(&e) {
+        Some(read) => anyhow!("{read}"),
+        None => anyhow!(
+            "{}: not a readable Parquet file ({e}); is it truncated, still being written, or another format?",
+            file.display
+        ),
+    }
+}
+
+/// The schema and row count of one file, from its footer.
+async fn footer(file: &InputFile, stores: Option<&Stores>) -> Result<(SchemaRef, u64)> {
+    fn parts<T>(b: &ArrowReaderBuilder<T>) -> (SchemaRef, u64) {
+        let rows = b.metadata().file_metadata().num_rows() as u64;
+        (b.schema().clone(), rows)
+    }
+    match &file.location {
+        Location::Local(path) => Ok(parts(&builder(file, path)?)),
+        Location::S3(uri) => Ok(parts(&s3_builder(file, uri, need(stores)?).await?)),
+    }
+}
+
+/// The schema shared by all files and their total row count, from the footers alone (those in
+/// S3 several at once); files must agree on common columns.
+pub async fn schema(files: &[InputFile], stores: Option<&Stores>) -> Result<(SchemaRef, u64)> {
+    let mut footers = std::pin::pin!(futures::stream::iter(files)
+        .map(|f| async move { footer(f, stores).await.map(|footer| (f, footer)) })
+        .buffered(FOOTERS_AT_ONCE));
+    let Some(first) = footers.next().await else {
+        bail!("the source has no files");
+    };
+    let (_, (first, mut rows)) = first?;
+    while let Some(next) = footers.next().await {
+        let (f, (s, n)) = next?;
+        rows += n;
         for field in first.fields() {
             match s.field_with_name(field.name()) {
                 Ok(other) if other.data_type() == field.data_type() => {}
@@ -47,51 +191,107 @@ pub fn schema(files: &[InputFile]) -> Result<(SchemaRef, u64)> {
     Ok((first, rows))
 }
 
+/// Reads only `columns` (whole top-level columns), `batch_rows` rows at a time.
+fn project<T>(
+    b: ArrowReaderBuilder<T>,
+    file: &InputFile,
+    columns: &[String],
+    batch_rows: usize,
+) -> Result<ArrowReaderBuilder<T>> {
+    let arrow_schema = b.schema().clone();
+    let roots: Vec<usize> = columns
+        .iter()
+        .map(|c| {
+            arrow_schema
+                .index_of(c)
+                .map_err(|_| anyhow!("{}: has no column `{c}`", file.display))
+        })
+        .collect::<Result<_>>()?;
+    let mask = ProjectionMask::roots(b.parquet_schema(), roots);
+    Ok(b.with_projection(mask).with_batch_size(batch_rows))
+}
+
+/// The batches of one open file.
+enum Rows {
+    Local(ParquetRecordBatchReader),
+    /// Polled from the blocking thread on the runtime captured in `open`.
+    S3(Pin<Box<ParquetRecordBatchStream<S3Parquet>>>, Handle),
+}
+
+impl Rows {
+    fn open(
+        file: &InputFile,
+        columns: &[String],
+        batch_rows: usize,
+        remote: Option<&Remote>,
+    ) -> Result<Self> {
+        match &file.location {
+            Location::Local(path) => {
+                let b = project(builder(file, path)?, file, columns, batch_rows)?;
+                Ok(Self::Local(b.build()?))
+            }
+            Location::S3(uri) => {
+                let remote = remote_for(remote)?;
+                let b = remote
+                    .runtime
+                    .block_on(s3_builder(file, uri, &remote.stores))?;
+                let stream = project(b, file, columns, batch_rows)?.build()?;
+                Ok(Self::S3(Box::pin(stream), remote.runtime.clone()))
+            }
+        }
+    }
+
+    /// The next batch; an error says why the file cannot be read from row `at` on.
+    fn next(&mut self, file: &InputFile, at: u64) -> Option<Result<RecordBatch>> {
+        let corrupt = |e: &dyn std::fmt::Display| {
+            anyhow!(
+                "{}: cannot decode rows from row {at} on ({e}); the file is corrupt",
+                file.display
+            )
+        };
+        Some(match self {
+            Self::Local(reader) => reader.next()?.map_err(|e| corrupt(&e)),
+            Self::S3(stream, runtime) => {
+                runtime
+                    .block_on(stream.next())?
+                    .map_err(|e| match store_error(&e) {
+                        Some(read) => anyhow!(
+                            "{}: cannot read rows from row {at} on: {read}",
+                            file.display
+                        ),
+                        None => corrupt(&e),
+                    })
+            }
+        })
+    }
+}
+
 pub fn open(
     batch_rows: usize,
     survey: &SourceFiles,
     columns: &[String],
     id_column: Option<String>,
+    remote: Option<Remote>,
 ) -> Result<BatchIter> {
     let files = survey.files.clone();
     let columns = columns.to_vec();
-    let mut current: Option<(InputFile, ParquetRecordBatchReader, u64)> = None;
+    let mut current: Option<(InputFile, Rows, u64)> = None;
     let mut next_file = 0usize;
     let iter = std::iter::from_fn(move || loop {
         if current.is_none() {
             let file = files.get(next_file)?.clone();
             next_file += 1;
-            let reader = (|| -> Result<ParquetRecordBatchReader> {
-                let b = builder(&file)?;
-                let arrow_schema = b.schema().clone();
-                let roots: Vec<usize> = columns
-                    .iter()
-                    .map(|c| {
-                        arrow_schema
-                            .index_of(c)
-                            .map_err(|_| anyhow!("{}: has no column `{c}`", file.display))
-                    })
-                    .collect::<Result<_>>()?;
-                let mask = ProjectionMask::roots(b.parquet_schema(), roots);
-                Ok(b.with_projection(mask)
-                    .with_batch_size(batch_rows)
-                    .build()?)
-            })();
-            match reader {
+            match Rows::open(&file, &columns, batch_rows, remote.as_ref()) {
                 Ok(r) => current = Some((file, r, 0)),
                 Err(e) => return Some(Err(e)),
             }
         }
-        let (file, reader, rows_done) = current.as_mut().expect("set above");
-        match reader.next() {
+        let (file, rows, rows_done) = current.as_mut().expect("set above");
+        match rows.next(file, *rows_done + 1) {
             None => current = None,
             Some(Err(e)) => {
-                let at = *rows_done + 1;
-                let display = file.display.clone();
                 current = None;
-                return Some(Err(anyhow!(
-                    "{display}: cannot decode rows from row {at} on ({e}); the file is corrupt"
-                )));
+                return Some(Err(e));
             }
             Some(Ok(batch)) => {
                 let start = *rows_done;
@@ -107,7 +307,7 @@ pub fn open(
 /// Attaches ids to a tabular batch and dead-letters rows without a usable one.
 pub(crate) fn finish(
     file: &InputFile,
-    batch: arrow::record_batch::RecordBatch,
+    batch: RecordBatch,
     rows: Vec<u64>,
     id_column: Option<&str>,
 ) -> Result<SourceBatch> {
@@ -145,8 +345,6 @@ mod tests {
     use crate::util::FailureKind;
     use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, StringArray};
     use arrow::datatypes::{Field, Schema};
-    use arrow::record_batch::RecordBatch;
-    use std::sync::Arc;
 
     /// Writes `columns` as a Parquet file and reads it back through the source.
     fn read_back(columns: Vec<(&str, ArrayRef)>, id_column: &str) -> Vec<SourceBatch> {
@@ -178,9 +376,9 @@ mod tests {
         );
         let pipeline = crate::resolve::parse(&dir.path().join("p.toml"), &text).unwrap();
         let s = crate::resolve::SourceSettings::resolve(&pipeline);
-        let survey = crate::sources::survey(&s).unwrap();
+        let survey = crate::sources::survey_now(&s).unwrap();
         let columns = survey.column_names();
-        crate::sources::open(&s, &survey, &columns, Some(id_column.to_string()))
+        crate::sources::open(&s, &survey, &columns, Some(id_column.to_string()), None)
             .unwrap()
             .map(|b| b.unwrap())
             .collect()

@@ -3,6 +3,7 @@
 
 use super::pump::*;
 use super::*;
+use crate::util::Location;
 
 /// The async route (video/audio, with its job ledger next to the table), where rows go, and
 /// the ids the table has (append and incremental).
@@ -21,7 +22,11 @@ pub(super) async fn open_outputs(
         .find(|s| matches!(s.input, crate::config::StepInput::Media(..)))
     {
         Some(step) => {
-            let ledger = crate::jobs::ledger::Ledger::open(&checked.target.jobs_path())?;
+            let ledger = crate::jobs::ledger::Ledger::open(
+                &checked.target.jobs_location(),
+                checked.stores.as_ref(),
+            )
+            .await?;
             let route =
                 AsyncRoute::connect(models.get(step.model_index).info.clone(), Arc::new(ledger))
                     .await?;
@@ -158,32 +163,23 @@ pub(super) async fn commit(
 
 /// The dead letters are kept with the table version they describe: committed with the rows,
 /// or discarded with a run that committed nothing.
-pub(super) fn settle_failures(
+pub(super) async fn settle_failures(
     failures: FailureWriter,
     committed: &Result<(), Stop>,
     rows_committed: u64,
-    failures_path: &std::path::Path,
+    failures_path: &Location,
 ) -> Option<String> {
     let failed = failures.count();
-    match committed {
-        Ok(()) => {
-            if let Err(e) = failures.commit() {
-                tracing::warn!("{e:#}");
-            }
-            (failed > 0).then(|| failures_path.display().to_string())
+    // An incremental run that committed chunks before it stopped changed the table: its dead
+    // letters so far describe that version.
+    if committed.is_ok() || rows_committed > 0 {
+        if let Err(e) = failures.commit().await {
+            tracing::warn!("{e:#}");
         }
-        // An incremental run that committed chunks before it stopped changed the table: its
-        // dead letters so far describe that version.
-        Err(_) if rows_committed > 0 => {
-            if let Err(e) = failures.commit() {
-                tracing::warn!("{e:#}");
-            }
-            (failed > 0).then(|| failures_path.display().to_string())
-        }
-        Err(_) => {
-            failures.discard();
-            None
-        }
+        (failed > 0).then(|| failures_path.to_string())
+    } else {
+        failures.discard().await;
+        None
     }
 }
 

@@ -177,6 +177,7 @@ impl Output {
 pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, RunError> {
     let started_micros = now_micros();
     let run_id = new_run_id();
+    let overrides = opts.overrides.clone();
     let result = run_inner(pipeline.clone(), opts, run_id).await;
     let pipeline_hash = hex::encode(&blake3::hash(pipeline.text.as_bytes()).as_bytes()[..16]);
     let summary = match &result {
@@ -185,7 +186,9 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
     };
     let record =
         summary.map(|s| crate::report::run_record(s, pipeline_hash, started_micros, now_micros()));
-    if let (Some(r), Ok(target)) = (record, crate::resolve::sink::target(&pipeline)) {
+    let storage = crate::resolve::storage::StorageSettings::resolve(&pipeline, &overrides);
+    let target = storage.and_then(|s| crate::resolve::sink::target(&pipeline, &s));
+    if let (Some(r), Ok(target)) = (record, target) {
         if let Err(e) = runlog::append(&target, &r).await {
             tracing::warn!("the run could not be recorded in the run log: {e:#}");
         }
@@ -203,8 +206,8 @@ pub(super) struct Setup {
 }
 
 pub(super) async fn set_up(pipeline: &Arc<Pipeline>, opts: &RunOptions) -> Result<Setup> {
-    let checked = validate::check_run(pipeline, opts.reindex).await?;
-    let settings = Settings::resolve(pipeline, &opts.overrides)?;
+    let checked = validate::check_run(pipeline, opts.reindex, &opts.overrides).await?;
+    let settings = checked.settings.clone();
     let mode = if opts.reindex {
         WriteMode::Overwrite
     } else {
@@ -255,7 +258,9 @@ async fn run_inner(
         conn,
     } = set_up(&pipeline, &opts).await.map_err(RunError::Setup)?;
     let failures_path = settings.sink.failures.clone();
-    let mut failures = FailureWriter::start(&failures_path).map_err(RunError::Setup)?;
+    let mut failures = FailureWriter::start(&failures_path, checked.stores.as_ref())
+        .await
+        .map_err(RunError::Setup)?;
     let (media, mut output, existing) =
         open_outputs(&pipeline, &settings, &checked, &models, &conn, mode)
             .await
@@ -287,7 +292,7 @@ async fn run_inner(
     let maintenance = maintain_after_commit(&settings, &committed).await;
     let failed = failures.count();
     let by_kind = failures.by_kind().clone();
-    let failures_file = settle_failures(failures, &committed, rows_committed, &failures_path);
+    let failures_file = settle_failures(failures, &committed, rows_committed, &failures_path).await;
     let wall = started.elapsed();
     let (status, error) = match &committed {
         Ok(()) if failed > 0 => ("rows_failed", None),

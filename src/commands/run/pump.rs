@@ -146,6 +146,7 @@ pub(super) async fn pump_until(
         &checked.source,
         &checked.read_columns,
         checked.id_column.clone(),
+        checked.stores.as_ref(),
     )?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<SourceBatch>>(2);
     let reader = tokio::task::spawn_blocking(move || {

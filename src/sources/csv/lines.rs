@@ -1,12 +1,17 @@
 //! Framing CSV records: the line each record starts on, and a quote left open at the end of the
-//! file, neither of which the `csv` crate reports.
+//! file, neither of which the `csv` crate reports. The bytes come from a local file or, by
+//! ranged GETs, from an S3 object.
 
 use crate::resolve::CsvSettings;
-use crate::sources::InputFile;
+use crate::sources::{remote_for, InputFile, Remote};
+use crate::util::Location;
 use anyhow::{Context, Result};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, Read};
+
+/// Bytes per ranged GET of a CSV object (the next one is fetched while this one is parsed).
+const S3_CHUNK: usize = 8 << 20;
 
 /// A run of `\r`/`\n` bytes (line breaks and blank lines) in a CSV file.
 #[derive(Debug, Clone, Copy)]
@@ -145,16 +150,42 @@ impl<R: Read> Read for Tracked<R> {
     }
 }
 
-pub(super) type CsvReader = csv::Reader<Tracked<BufReader<File>>>;
+pub(super) type CsvReader = csv::Reader<Tracked<Box<dyn Read + Send>>>;
 
-pub(super) fn reader(file: &InputFile, o: &CsvSettings) -> Result<CsvReader> {
-    let f = File::open(&file.path).with_context(|| format!("{}: cannot open", file.display))?;
-    Ok(csv::ReaderBuilder::new()
+/// The bytes of `file`: buffered from disk, or from S3 in ranged GETs. S3 reads block on the
+/// captured runtime, so an S3 input is read on a blocking thread only.
+fn input(file: &InputFile, remote: Option<&Remote>) -> Result<Box<dyn Read + Send>> {
+    match &file.location {
+        Location::Local(path) => {
+            let f = File::open(path).with_context(|| format!("{}: cannot open", file.display))?;
+            Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
+        }
+        Location::S3(uri) => {
+            let remote = remote_for(remote)?;
+            let size = remote.size(file, uri)?;
+            // The reader takes the runtime that is current where it is made.
+            let _runtime = remote.runtime.enter();
+            Ok(Box::new(remote.stores.reader(uri, size, S3_CHUNK)?))
+        }
+    }
+}
+
+pub(super) fn reader(
+    file: &InputFile,
+    o: &CsvSettings,
+    remote: Option<&Remote>,
+) -> Result<CsvReader> {
+    Ok(framed(input(file, remote)?, o))
+}
+
+/// A CSV reader of any bytes: quoting and delimiter as `o` says, records framed by [`Tracked`].
+fn framed(input: Box<dyn Read + Send>, o: &CsvSettings) -> CsvReader {
+    csv::ReaderBuilder::new()
         .delimiter(o.delimiter)
         .quote(o.quote)
         .has_headers(false)
         .flexible(true)
-        .from_reader(Tracked::new(BufReader::with_capacity(1 << 20, f), o)))
+        .from_reader(Tracked::new(input, o))
 }
 
 /// Where the last record read starts, and whether it ran into the end of the file inside

@@ -9,7 +9,8 @@ mod lines;
 mod tests;
 
 use super::parquet::finish;
-use super::{BatchIter, InputFile, ReadFailure, SourceFiles};
+use super::{BatchIter, InputFile, ReadFailure, Remote, SourceFiles};
+use crate::clients::store::Stores;
 use crate::config::{ColumnType, ConfigError};
 use crate::resolve::{CsvSettings, SourceSettings};
 use crate::util::FailureKind;
@@ -67,8 +68,8 @@ fn merge(a: Guess, b: Guess) -> Guess {
     }
 }
 
-fn header_names(file: &InputFile, o: &CsvSettings) -> Result<Vec<String>> {
-    let mut r = reader(file, o)?;
+fn header_names(file: &InputFile, o: &CsvSettings, remote: Option<&Remote>) -> Result<Vec<String>> {
+    let mut r = reader(file, o, remote)?;
     let mut rec = csv::ByteRecord::new();
     let mut at = Framing::default();
     if !read_record(&mut r, &mut rec, &mut at).map_err(|e| anyhow!("{}: {e}", file.display))? {
@@ -106,12 +107,19 @@ fn header_names(file: &InputFile, o: &CsvSettings) -> Result<Vec<String>> {
 
 /// The columns of a CSV source: the header of the first file (every file must have the same),
 /// typed as `[source.schema]` says or as the first `infer_rows` records suggest; the id column
-/// is always text.
-pub fn schema(settings: &SourceSettings, files: &[InputFile]) -> Result<SchemaRef> {
+/// is always text. Reads through blocking readers: call on a blocking thread, where the
+/// runtime is current when any file is in S3.
+pub fn schema(
+    settings: &SourceSettings,
+    files: &[InputFile],
+    stores: Option<&Stores>,
+) -> Result<SchemaRef> {
     let o = &settings.csv;
-    let names = header_names(&files[0], o)?;
+    let remote = Remote::capture(files, stores)?;
+    let remote = remote.as_ref();
+    let names = header_names(&files[0], o, remote)?;
     for f in &files[1..] {
-        let other = header_names(f, o)?;
+        let other = header_names(f, o, remote)?;
         if other != names {
             bail!(
                 "{}: header {:?} differs from {}'s {:?}; all files of a source must agree",
@@ -125,7 +133,7 @@ pub fn schema(settings: &SourceSettings, files: &[InputFile]) -> Result<SchemaRe
     if let Some(col) = o.types.keys().find(|col| !names.contains(col)) {
         return Err(unknown_typed_column(settings, col, &files[0], &names).into());
     }
-    let guesses = infer_types(&files[0], o, names.len())?;
+    let guesses = infer_types(&files[0], o, names.len(), remote)?;
     // Ids are text, verbatim, whatever they look like (`007` is not `7`; one `1e3` must not
     // turn `7` into `7.0`) and whatever `[source.schema]` says.
     let id = super::id_column(settings, |c| names.iter().any(|n| n == c));
@@ -173,9 +181,14 @@ fn unknown_typed_column(
 
 /// The type each of the `width` columns of `file` seems to hold, from its first `infer_rows`
 /// records of that width.
-fn infer_types(file: &InputFile, o: &CsvSettings, width: usize) -> Result<Vec<Guess>> {
+fn infer_types(
+    file: &InputFile,
+    o: &CsvSettings,
+    width: usize,
+    remote: Option<&Remote>,
+) -> Result<Vec<Guess>> {
     let mut guesses = vec![Guess::Empty; width];
-    let mut r = reader(file, o)?;
+    let mut r = reader(file, o, remote)?;
     let mut rec = csv::ByteRecord::new();
     let mut at = Framing::default();
     let mut seen = 0;
@@ -199,8 +212,8 @@ fn infer_types(file: &InputFile, o: &CsvSettings, width: usize) -> Result<Vec<Gu
 }
 
 /// A reader of `file` past its header (if it has one).
-fn open_file(file: &InputFile, o: &CsvSettings) -> Result<CsvReader> {
-    let mut r = reader(file, o)?;
+fn open_file(file: &InputFile, o: &CsvSettings, remote: Option<&Remote>) -> Result<CsvReader> {
+    let mut r = reader(file, o, remote)?;
     if o.has_header {
         let mut skip = csv::ByteRecord::new();
         if let Err(e) = read_record(&mut r, &mut skip, &mut Framing::default()) {
@@ -321,6 +334,7 @@ pub fn open(
     survey: &SourceFiles,
     columns: &[String],
     id_column: Option<String>,
+    remote: Option<Remote>,
 ) -> Result<BatchIter> {
     let o = settings.csv.clone();
     let schema = survey.schema.clone();
@@ -340,7 +354,7 @@ pub fn open(
         if current.is_none() {
             let file = files.get(next_file)?.clone();
             next_file += 1;
-            match open_file(&file, &o) {
+            match open_file(&file, &o, remote.as_ref()) {
                 Ok(r) => current = Some((file, r)),
                 Err(e) => return Some(Err(e)),
             }

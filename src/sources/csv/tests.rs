@@ -21,12 +21,12 @@ fn pipeline(dir: &Path, csv: &[u8], source_extra: &str) -> SourceSettings {
 
 /// Reads the whole source: (id, row) of every row read, and the failures.
 fn read_all(s: &SourceSettings) -> (Vec<(String, u64)>, Vec<ReadFailure>) {
-    let survey = crate::sources::survey(s).unwrap();
+    let survey = crate::sources::survey_now(s).unwrap();
     let columns = survey.column_names();
     let id = crate::sources::id_column(s, |c| columns.iter().any(|n| n == c));
     let mut rows = Vec::new();
     let mut failures = Vec::new();
-    for sb in open(s, &survey, &columns, id).unwrap() {
+    for sb in open(s, &survey, &columns, id, None).unwrap() {
         let sb = sb.unwrap();
         rows.extend((0..sb.rows.len()).map(|i| (sb.ids.value(i).to_string(), sb.rows[i])));
         failures.extend(sb.failures);
@@ -57,7 +57,7 @@ fn ids_are_read_as_text_verbatim() {
         b"id,title\n007,a\n7,b\n0042,c\n42,d\n1e3,e\n",
         "",
     );
-    let survey = crate::sources::survey(&p).unwrap();
+    let survey = crate::sources::survey_now(&p).unwrap();
     assert_eq!(
         survey.schema.field_with_name("id").unwrap().data_type(),
         &DataType::Utf8
@@ -78,7 +78,7 @@ fn ids_are_read_as_text_verbatim() {
 
     // A column `id` that the projection leaves out is no id: its type is inferred.
     let p = pipeline(dir.path(), b"id,title\n007,a\n", "columns = [\"title\"]");
-    let survey = crate::sources::survey(&p).unwrap();
+    let survey = crate::sources::survey_now(&p).unwrap();
     assert_eq!(
         survey.schema.field_with_name("id").unwrap().data_type(),
         &DataType::Int64
@@ -168,7 +168,7 @@ fn a_quote_left_open_at_the_end_is_a_malformed_row() {
     );
     // A header left open is an error of the file.
     let p = pipeline(dir.path(), b"id,\"title\n1,a\n", "");
-    let err = crate::sources::survey(&p)
+    let err = crate::sources::survey_now(&p)
         .err()
         .expect("an open header fails");
     assert!(err.to_string().contains("is not closed"), "{err}");
