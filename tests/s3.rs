@@ -533,7 +533,9 @@ fn unreachable_buckets_endpoints_and_bad_credentials_fail_before_any_call() {
                 "{cmd}: wanted `{want}` in: {}",
                 out.stderr
             );
-            assert!(!out.stderr.contains(TEST_SECRET) && !out.stdout.contains(TEST_SECRET));
+            for secret in [TEST_SECRET, "wrong-secret-value"] {
+                assert!(!out.stderr.contains(secret) && !out.stdout.contains(secret));
+            }
         }
         assert_eq!(
             s.env.ok_calls("amazon.titan-embed-text-v2:0"),
@@ -541,49 +543,37 @@ fn unreachable_buckets_endpoints_and_bad_credentials_fail_before_any_call() {
             "a model was called"
         );
     };
+    let overwrite = |source: &str, uri: &str| {
+        s.pipeline(
+            "p.toml",
+            source,
+            "column = \"title\"",
+            uri,
+            "mode = \"overwrite\"",
+        )
+    };
     // No such bucket: for the sink, and for the source.
-    let p = s.pipeline(
-        "p.toml",
-        good_source,
-        "column = \"title\"",
-        "s3://no-such-bucket/db",
-        "mode = \"overwrite\"",
-    );
+    let p = overwrite(good_source, "s3://no-such-bucket/db");
     check(&p, &[], "s3://no-such-bucket/db");
-    let p = s.pipeline(
-        "p.toml",
+    let p = overwrite(
         "type = \"csv\"\npath = \"s3://missing-bucket/x/*.csv\"",
-        "column = \"title\"",
         "s3://lake/db",
-        "mode = \"overwrite\"",
     );
     check(&p, &[], "s3://missing-bucket/");
     // An empty listing.
-    let p = s.pipeline(
-        "p.toml",
+    let p = overwrite(
         "type = \"csv\"\npath = \"s3://data/nothing/*.csv\"",
-        "column = \"title\"",
         "s3://lake/db",
-        "mode = \"overwrite\"",
     );
     check(&p, &[], "matches no objects");
     // A missing object.
-    let p = s.pipeline(
-        "p.toml",
+    let p = overwrite(
         "type = \"csv\"\npath = \"s3://data/absent.csv\"",
-        "column = \"title\"",
         "s3://lake/db",
-        "mode = \"overwrite\"",
     );
     check(&p, &[], "s3://data/absent.csv");
     // Wrong credentials (a secret the server does not know): named, never printed.
-    let p = s.pipeline(
-        "p.toml",
-        good_source,
-        "column = \"title\"",
-        "s3://lake/db",
-        "mode = \"overwrite\"",
-    );
+    let p = overwrite(good_source, "s3://lake/db");
     check(
         &p,
         &[("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")],
@@ -594,13 +584,7 @@ fn unreachable_buckets_endpoints_and_bad_credentials_fail_before_any_call() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let p = s.pipeline(
-        "p.toml",
-        good_source,
-        "column = \"title\"",
-        "s3://lake/db",
-        "mode = \"overwrite\"",
-    );
+    let p = overwrite(good_source, "s3://lake/db");
     std::fs::write(
         &p,
         std::fs::read_to_string(&p)
@@ -690,4 +674,42 @@ fn the_shipped_s3_pipeline_runs_offline_with_the_emulator() {
     assert_eq!(runs.code, 0, "{}", runs.stderr);
     let runs: Vec<serde_json::Value> = serde_json::from_str(&runs.stdout).unwrap();
     assert_eq!(runs.last().unwrap()["status"], "ok", "{runs:?}");
+}
+
+#[test]
+fn a_failures_file_of_many_megabytes_is_uploaded_in_parts_and_appears_whole() {
+    // 60,000 rows without a title (dead-lettered before any call, ~13 MB of dead letters: more
+    // than one 8 MiB part) and three good ones.
+    let s = S3Env::new(Settings::default());
+    let csv = s.env.path().join("rows.csv");
+    let mut text = String::from("id,title\ng1,one\ng2,two\ng3,three\n");
+    for i in 0..60_000 {
+        text.push_str(&format!("e{i:05},\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    s.put("rows.csv", &csv);
+    let p = s.pipeline(
+        "p.toml",
+        "type = \"csv\"\npath = \"s3://data/rows.csv\"\nid_column = \"id\"\nbatch_size = 8192",
+        "column = \"title\"",
+        "s3://lake/db",
+        "mode = \"overwrite\"",
+    );
+    let out = s.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let summary = json_summary(&out);
+    assert_eq!(
+        (
+            summary["rows_written"].as_u64(),
+            summary["rows_failed"].as_u64()
+        ),
+        (Some(3), Some(60_000)),
+        "{summary}"
+    );
+    let path = s.lake("db/t_failures.jsonl");
+    assert!(std::fs::metadata(&path).unwrap().len() > 9 << 20);
+    let letters = dead_letters(&path);
+    assert_eq!(letters.len(), 60_000);
+    assert_eq!(letters[0]["id"], "e00000");
+    assert_eq!(letters[59_999]["id"], "e59999");
 }
