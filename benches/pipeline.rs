@@ -160,6 +160,30 @@ vector_index = "none"
     Arc::new(embedpipe::resolve::parse(&dir.join("p.toml"), &text).unwrap())
 }
 
+/// A client of the local S3 server (signed with the emulator's keys, which it takes).
+async fn local_s3_client(
+    s3: &embedpipe_emulator::s3::LocalS3,
+) -> embedpipe::clients::store::Stores {
+    let settings = embedpipe::resolve::StorageSettings {
+        region: None,
+        endpoint: Some(s3.endpoint()),
+        emulator_credentials: true,
+    };
+    embedpipe::clients::store::Stores::connect(&settings)
+        .await
+        .unwrap()
+}
+
+/// Puts a local file through the S3 API (so the server records its ETag once, as S3 does,
+/// instead of hashing a file dropped into its folder on every read).
+async fn upload(stores: &embedpipe::clients::store::Stores, uri: &str, from: &std::path::Path) {
+    let uri = embedpipe::util::S3Uri::parse(uri).unwrap();
+    stores
+        .put(&uri, std::fs::read(from).unwrap())
+        .await
+        .unwrap();
+}
+
 /// Parquet on the local S3 server → LanceDB on the same server, against the same run with local
 /// files, side by side (local, S3, local, S3), the model's cost taken out (emulator replaying
 /// answers); then the peak RSS of an S3 run of `rss_rows`.
@@ -172,11 +196,13 @@ async fn bench_s3(rows: usize, rss_rows: usize) {
         .await
         .unwrap();
     write_parquet(&tmp.path().join("data.parquet"), rows);
-    std::fs::copy(
-        tmp.path().join("data.parquet"),
-        root.join("data/data.parquet"),
+    let stores = local_s3_client(&s3).await;
+    upload(
+        &stores,
+        "s3://data/data.parquet",
+        &tmp.path().join("data.parquet"),
     )
-    .unwrap();
+    .await;
     let local = storage_pipeline(
         tmp.path(),
         "type = \"parquet\"\npath = \"data.parquet\"",
@@ -210,7 +236,14 @@ async fn bench_s3(rows: usize, rss_rows: usize) {
         best(&rates[1]) / best(&rates[0]),
     );
     if rss_rows > 0 {
-        write_parquet(&root.join("data/big.parquet"), rss_rows);
+        write_parquet(&tmp.path().join("big.parquet"), rss_rows);
+        upload(
+            &stores,
+            "s3://data/big.parquet",
+            &tmp.path().join("big.parquet"),
+        )
+        .await;
+        std::fs::remove_file(tmp.path().join("big.parquet")).unwrap();
         let big = storage_pipeline(
             tmp.path(),
             "type = \"parquet\"\npath = \"s3://data/big.parquet\"",
