@@ -109,6 +109,10 @@ enum Command {
         /// Vector and full-text search together (needs `fts_column` in [sink]).
         #[arg(long)]
         hybrid: bool,
+        /// Chunked tables: at most N chunks per document (`--per-doc 1`: the best chunk of
+        /// each of the k best documents).
+        #[arg(long, value_name = "N")]
+        per_doc: Option<usize>,
     },
     /// What a run would do, without calling any model: rows to embed / skip / delete, and per
     /// model inputs, estimated tokens, calls, time at the configured quotas and cost.
@@ -290,6 +294,7 @@ async fn dispatch(cli: Cli) -> i32 {
             emu,
             filter,
             hybrid,
+            per_doc,
         } => {
             let opts = SearchOptions {
                 query,
@@ -299,6 +304,7 @@ async fn dispatch(cli: Cli) -> i32 {
                 overrides: Default::default(),
                 filter,
                 hybrid,
+                per_doc,
             };
             search_command(&file, opts, json, &emu).await
         }

@@ -162,13 +162,80 @@ pub(super) fn print_hits(hits: &[Hit]) {
         return;
     }
     for h in hits {
-        let fields: Vec<String> = h.fields.iter().map(|(k, v)| hit_field(k, v)).collect();
         let score = match h.relevance {
             Some(r) => format!("score {r:.4}"),
             None => format!("{:.4}", h.distance),
         };
-        println!("{:>3}. {score}  {}  {}", h.rank, h.id, fields.join("  "));
+        match chunk_hit(h) {
+            Some((place, text, rest)) => {
+                println!("{:>3}. {score}  {}  {place}", h.rank, h.id);
+                if !rest.is_empty() {
+                    println!("     {}", rest.join("  "));
+                }
+                println!("     \"{text}\"");
+            }
+            None => {
+                let fields: Vec<String> = h.fields.iter().map(|(k, v)| hit_field(k, v)).collect();
+                println!("{:>3}. {score}  {}  {}", h.rank, h.id, fields.join("  "));
+            }
+        }
     }
+}
+
+/// Characters of a chunk's text shown on a terminal (`--json` has all of it).
+const CHUNK_TEXT_SHOWN: usize = 240;
+
+/// A hit of a chunked table: where it sits (document, offsets, page, heading), its text cut
+/// for a terminal, and its other fields. `None` for other tables.
+fn chunk_hit(h: &Hit) -> Option<(String, String, Vec<String>)> {
+    let text = h.fields.get("text")?.as_str()?;
+    h.fields.get("start_char")?;
+    let get = |k: &str| match h.fields.get(k) {
+        Some(Value::Null) | None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(v) => Some(v.to_string()),
+    };
+    let mut place = Vec::new();
+    if let Some(d) = get("doc_id") {
+        place.push(format!("doc {d}"));
+    }
+    if let Some(p) = get("page") {
+        place.push(format!("page {p}"));
+    }
+    if let (Some(a), Some(b)) = (get("start_char"), get("end_char")) {
+        place.push(format!("chars {a}..{b}"));
+    }
+    if let (Some(i), Some(n)) = (get("chunk_index"), get("chunk_count")) {
+        place.push(format!(
+            "chunk {}/{n}",
+            i.parse::<u64>().map_or(i.clone(), |i| (i + 1).to_string())
+        ));
+    }
+    if let Some(s) = get("heading") {
+        place.push(format!("§ {s}"));
+    }
+    let placed = [
+        "text",
+        "doc_id",
+        "page",
+        "start_char",
+        "end_char",
+        "chunk_index",
+        "chunk_count",
+        "heading",
+    ];
+    let rest = h
+        .fields
+        .iter()
+        .filter(|(k, _)| !placed.contains(&k.as_str()))
+        .map(|(k, v)| hit_field(k, v))
+        .collect();
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut shown: String = flat.chars().take(CHUNK_TEXT_SHOWN).collect();
+    if shown.len() < flat.len() {
+        shown.push('…');
+    }
+    Some((place.join("  "), shown, rest))
 }
 
 /// `name=value` on one line, the value cut at 80 characters.
@@ -203,6 +270,12 @@ pub(super) fn print_plan(e: &Estimate) {
             String::new()
         }
     );
+    if let Some(c) = &e.chunks {
+        println!(
+            "  chunks: {} in all: {} to embed, {} reused from the table (no call), {} unchanged, {} stale to delete",
+            c.chunks, c.to_embed, c.to_reuse, c.unchanged, c.to_delete
+        );
+    }
     for m in &e.models {
         let mut units = vec![format!("~{} input tokens", m.input_tokens)];
         if m.images > 0 {

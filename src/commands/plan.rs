@@ -4,6 +4,7 @@
 //! hashes.
 
 use crate::config::{Cleanup, Pipeline, StepInput, WriteMode};
+use crate::prepare::chunked::ChunkStage;
 use crate::prepare::image_check::check_image;
 use crate::prepare::{Inputs, Prepared};
 use crate::resolve::{ModelSettings, Overrides, SinkSettings};
@@ -30,8 +31,27 @@ pub struct Estimate {
     pub rows_rejected: u64,
     /// Table rows gone from the source that `cleanup = "full"` would delete.
     pub rows_to_delete: u64,
+    /// Chunked pipelines (`[chunk]`): what becomes of the chunks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<ChunkEstimate>,
     pub models: Vec<ModelEstimate>,
     pub cost_usd: f64,
+}
+
+/// The chunks of a chunked pipeline's documents.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ChunkEstimate {
+    /// Chunks the documents split into.
+    pub chunks: u64,
+    /// Chunks whose text is new: model calls.
+    pub to_embed: u64,
+    /// Chunks whose text the table holds for the same document elsewhere: written again with
+    /// their stored vectors, no call.
+    pub to_reuse: u64,
+    /// Chunks the table holds as they are.
+    pub unchanged: u64,
+    /// Stored chunks changed documents no longer have.
+    pub to_delete: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -75,6 +95,10 @@ pub async fn estimate(
         _ => None,
     };
     let mut est = empty_estimate(pipeline, &checked.target.table, &sink, infos, reindex);
+    let stage = chunk_stage(&checked)?;
+    if stage.is_some() {
+        est.chunks = Some(ChunkEstimate::default());
+    }
     let cleanup = incremental && sink.cleanup == Cleanup::Full;
     let mut seen: HashSet<String> = HashSet::new();
     let iter = sources::open(
@@ -95,7 +119,12 @@ pub async fn estimate(
     });
     while let Some(sb) = rx.recv().await {
         let sb = sb?;
-        plan_batch(pipeline, infos, existing.as_ref(), &sb, &mut est).await?;
+        match &stage {
+            Some(stage) => {
+                plan_chunked_batch(pipeline, infos, existing.as_ref(), stage, &sb, &mut est).await?
+            }
+            None => plan_batch(pipeline, infos, existing.as_ref(), &sb, &mut est).await?,
+        }
         if cleanup {
             use arrow::array::Array;
             seen.extend((0..sb.ids.len()).map(|i| sb.ids.value(i).to_string()));
@@ -104,9 +133,12 @@ pub async fn estimate(
     }
     reader.await.context("source reader panicked")?;
     if let (true, Some(conn)) = (cleanup, &conn) {
-        est.rows_to_delete = missing_ids(conn, &checked.target.table, |id| seen.contains(id))
-            .await?
-            .len() as u64;
+        let chunked = stage.is_some();
+        let keep = |id: &str| match chunked {
+            true => seen.contains(crate::util::columns::chunk_doc_id(id)),
+            false => seen.contains(id),
+        };
+        est.rows_to_delete = missing_ids(conn, &checked.target.table, keep).await?.len() as u64;
     }
     for (m, info) in est.models.iter_mut().zip(infos) {
         finish_model(m, info);
@@ -209,6 +241,137 @@ async fn plan_batch(
             est.rows_to_skip += 1;
         } else {
             est.rows_to_embed += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The chunk stage a run would use, its local models' tokenizers loaded (not their weights).
+fn chunk_stage(checked: &crate::commands::validate::Checked) -> Result<Option<ChunkStage>> {
+    let settings = &checked.settings;
+    let (Some(chunk), Some(keep)) = (&settings.chunk, &checked.chunk_keep) else {
+        return Ok(None);
+    };
+    let mut counters = std::collections::HashMap::new();
+    for &i in &chunk.models {
+        let m = &settings.models[i];
+        if m.spec.provider == crate::config::Provider::Local {
+            let counter = blocking(|| {
+                crate::engines::local::load_token_counter(m.local.path.as_deref(), m.local.download)
+            })
+            .with_context(|| format!("model `{}`: its tokenizer counts chunk sizes", m.name))?;
+            counters.insert(i, counter);
+        }
+    }
+    let limits =
+        crate::prepare::chunked::limits(chunk, &settings.models, |i| counters.get(&i).cloned());
+    Ok(Some(ChunkStage::new(
+        chunk,
+        limits,
+        &checked.source.schema,
+        keep.clone(),
+    )?))
+}
+
+/// Counts one source batch of a chunked pipeline: its documents split as a run would, each
+/// chunk to embed, reuse (its text is stored for the same document) or leave, stale chunks.
+async fn plan_chunked_batch(
+    pipeline: &Pipeline,
+    infos: &[ModelSettings],
+    existing: Option<&Existing>,
+    stage: &ChunkStage,
+    sb: &SourceBatch,
+    est: &mut Estimate,
+) -> Result<()> {
+    let docs = sb.batch.num_rows();
+    est.rows_read += docs as u64 + sb.failures.len() as u64;
+    est.rows_rejected += sb.failures.len() as u64;
+    let expanded = blocking(|| stage.expand(&sb.batch, &sb.ids))?;
+    let mut doc_bad = vec![false; docs];
+    for (row, _, _) in &expanded.failures {
+        doc_bad[*row] = true;
+    }
+    let csb = SourceBatch {
+        file: sb.file.clone(),
+        rows: expanded
+            .parent
+            .iter()
+            .map(|&p| sb.rows[p as usize])
+            .collect(),
+        batch: expanded.batch,
+        ids: expanded.ids,
+        failures: Vec::new(),
+    };
+    let parent = expanded.parent;
+    let n = csb.batch.num_rows();
+    let (prepared, bad) = prepare_steps(pipeline, infos, &csb)?;
+    let reuse = match existing {
+        Some(existing) => {
+            let mut ids: Vec<&str> = parent.iter().map(|&p| sb.ids.value(p as usize)).collect();
+            ids.dedup();
+            let stored = existing.chunks(&ids).await?;
+            let ok: Vec<bool> = bad.iter().map(|b| !b).collect();
+            Some(crate::prepare::chunked::match_stored(
+                &csb.batch, &csb.ids, &parent, &sb.ids, &prepared, &stored, &ok,
+            ))
+        }
+        None => None,
+    };
+    let unchanged = reuse
+        .as_ref()
+        .map_or_else(|| vec![false; n], |r| r.unchanged.clone());
+    // Per step, rows whose vector is reused: not counted as inputs to embed.
+    let reused_rows: Vec<std::collections::HashSet<usize>> = match &reuse {
+        Some(r) => r
+            .reused
+            .iter()
+            .map(|v| v.iter().map(|x| x.0).collect())
+            .collect(),
+        None => vec![Default::default(); prepared.len()],
+    };
+    let rejected = blocking(|| {
+        let mut rejected = vec![false; n];
+        for ((step, p), reused) in pipeline.steps.iter().zip(&prepared).zip(&reused_rows) {
+            let info = &infos[step.model_index];
+            let m = &mut est.models[step.model_index];
+            let skip: Vec<bool> = (0..n)
+                .map(|r| unchanged[r] || reused.contains(&r))
+                .collect();
+            count_step(&step.input, p, info, m, &bad, &skip, &mut rejected);
+        }
+        rejected
+    });
+    let c = est.chunks.get_or_insert_with(Default::default);
+    let mut doc_state = vec![(false, false, 0u64); docs]; // (rejected, changed, chunks)
+    for k in 0..n {
+        let d = parent[k] as usize;
+        doc_state[d].2 += 1;
+        c.chunks += 1;
+        if bad[k] || rejected[k] {
+            doc_state[d].0 = true;
+        } else if unchanged[k] {
+            c.unchanged += 1;
+        } else {
+            doc_state[d].1 = true;
+            if reused_rows.iter().all(|r| r.contains(&k)) && !reused_rows.is_empty() {
+                c.to_reuse += 1;
+            } else {
+                c.to_embed += 1;
+            }
+        }
+    }
+    let stale = reuse.map(|r| r.stale).unwrap_or_default();
+    for (d, (rejected, changed, chunks)) in doc_state.into_iter().enumerate() {
+        let gone = stale.get(&(d as u32)).map_or(0, |g| g.len() as u64);
+        if doc_bad[d] || rejected || chunks == 0 {
+            est.rows_rejected += 1;
+            continue;
+        }
+        c.to_delete += gone;
+        if changed || gone > 0 {
+            est.rows_to_embed += 1;
+        } else {
+            est.rows_to_skip += 1;
         }
     }
     Ok(())

@@ -23,7 +23,16 @@ pub struct SearchOptions {
     pub filter: Option<String>,
     /// Vector + full-text search, fused (needs `fts_column` in [sink]).
     pub hybrid: bool,
+    /// Chunked tables: at most this many hits per document (`--per-doc 1`: the best chunk of
+    /// each document).
+    pub per_doc: Option<usize>,
 }
+
+/// Candidates fetched per wanted hit when hits are limited per document; grown while too few
+/// documents come back.
+const PER_DOC_OVERSAMPLE: usize = 8;
+/// The most candidates a `--per-doc` search looks at.
+const PER_DOC_MAX_CANDIDATES: usize = 100_000;
 
 /// One result row.
 #[derive(Debug, Clone, Serialize)]
@@ -114,6 +123,9 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
     if let Some(f) = &opts.filter {
         check_filter(f)?;
     }
+    if opts.per_doc == Some(0) {
+        return Err(invalid("--per-doc must be at least 1"));
+    }
     let step = pick_step(&pipeline, opts.step.as_deref())?.clone();
     let storage = crate::resolve::StorageSettings::resolve(&pipeline, &opts.overrides)?;
     let target = crate::resolve::sink::target(&pipeline, &storage)?;
@@ -176,25 +188,91 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
             )));
         }
     }
+    let doc_id = crate::util::columns::CHUNK_DOC_ID;
+    if opts.per_doc.is_some() && schema.field_with_name(doc_id).is_err() {
+        return Err(invalid(format!(
+            "--per-doc needs a chunked table (one with a `{doc_id}` column); table `{}` has one row per source row already",
+            target.table
+        )));
+    }
     let mut select = vec!["id".to_string()];
     select.extend(columns.iter().cloned());
+    if opts.per_doc.is_some() && !select.iter().any(|c| c == doc_id) {
+        select.push(doc_id.to_string());
+    }
     let fts_column = pipeline
         .sink()
         .fts_column
         .as_ref()
         .map(|c| c.get_ref().clone());
-    let query = Nearest {
-        column: &step.vector,
-        vector: out.vectors,
-        k: opts.k,
-        select,
-        filter: opts.filter.as_deref(),
-        hybrid: opts.hybrid.then(|| Hybrid {
-            text: &opts.query,
-            fts_column: fts_column.as_deref(),
-        }),
+    let mut limit = match opts.per_doc {
+        Some(n) => (opts.k * n * PER_DOC_OVERSAMPLE).min(PER_DOC_MAX_CANDIDATES),
+        None => opts.k,
     };
-    let batches: Vec<RecordBatch> = table.nearest(query).await.map_err(|e| match e {
+    loop {
+        let query = Nearest {
+            column: &step.vector,
+            vector: out.vectors.clone(),
+            k: limit,
+            select: select.clone(),
+            filter: opts.filter.as_deref(),
+            hybrid: opts.hybrid.then(|| Hybrid {
+                text: &opts.query,
+                fts_column: fts_column.as_deref(),
+            }),
+        };
+        let batches = nearest(&table, query, &opts).await?;
+        let got: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let hits = rank(&batches, &select[1..], opts.hybrid)?;
+        let Some(per_doc) = opts.per_doc else {
+            return Ok(hits);
+        };
+        let (hits, docs) = best_per_doc(hits, per_doc, opts.k, &columns);
+        // Too few documents among the candidates, and more candidates exist: look further.
+        if docs >= opts.k || got < limit || limit >= PER_DOC_MAX_CANDIDATES {
+            return Ok(hits);
+        }
+        limit = (limit * 4).min(PER_DOC_MAX_CANDIDATES);
+    }
+}
+
+/// At most `per_doc` hits of each document, best first, for the best `k` documents (ranks
+/// renumbered); also how many documents the hits covered. `doc_id` is dropped from the shown
+/// fields unless asked for.
+fn best_per_doc(hits: Vec<Hit>, per_doc: usize, k: usize, shown: &[String]) -> (Vec<Hit>, usize) {
+    let doc_id = crate::util::columns::CHUNK_DOC_ID;
+    let mut taken: std::collections::HashMap<String, usize> = Default::default();
+    let mut out = Vec::new();
+    for mut h in hits {
+        let doc = match h.fields.get(doc_id) {
+            Some(serde_json::Value::String(d)) => d.clone(),
+            _ => crate::util::columns::chunk_doc_id(&h.id).to_string(),
+        };
+        if !shown.iter().any(|c| c == doc_id) {
+            h.fields.remove(doc_id);
+        }
+        match taken.get(&doc) {
+            Some(&n) if n >= per_doc => continue,
+            None if taken.len() >= k => continue,
+            _ => {}
+        }
+        *taken.entry(doc).or_default() += 1;
+        out.push(h);
+    }
+    for (i, h) in out.iter_mut().enumerate() {
+        h.rank = i + 1;
+    }
+    let docs = taken.len();
+    (out, docs)
+}
+
+/// Runs one query, turning the database's refusals into messages about the user's input.
+async fn nearest(
+    table: &table_search::SearchTable,
+    query: Nearest<'_>,
+    opts: &SearchOptions,
+) -> Result<Vec<RecordBatch>> {
+    table.nearest(query).await.map_err(|e| match e {
         QueryError::NoFullTextIndex => invalid("hybrid search needs a full-text index: set `fts_column = \"<text column>\"` in [sink] and run the pipeline"),
         QueryError::Rejected(e) => match &opts.filter {
             Some(f) => invalid(format!(
@@ -204,8 +282,7 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
             None => anyhow::anyhow!("search failed: {e}"),
         },
         QueryError::Failed(e) => e,
-    })?;
-    rank(&batches, &columns, opts.hybrid)
+    })
 }
 
 /// The hits of a search's result rows, best first: by fused relevance for a hybrid search,

@@ -8,11 +8,13 @@
 
 use crate::clients::store::Stores;
 use crate::config::{did_you_mean, Pipeline, SourceKind, StepInput, WriteMode};
+use crate::prepare::chunked;
 use crate::resolve::{ModelSettings, Overrides, Settings};
 use crate::resolve::{SourceSettings, Target};
 use crate::sink::table as sink_table;
 use crate::sink::OutputLayout;
 use crate::sources::{self, SourceFiles};
+use crate::util::columns::PAGE_STARTS;
 use crate::util::Location;
 use anyhow::Result;
 use arrow::datatypes::{DataType, SchemaRef};
@@ -32,6 +34,8 @@ pub struct Checked {
     pub existing: Option<SchemaRef>,
     /// Every component's settings, resolved once.
     pub settings: Settings,
+    /// `[chunk]`: the source columns chunk rows carry (metadata and step template columns).
+    pub chunk_keep: Option<Vec<String>>,
     /// The object-store client, when anything of the run is in S3.
     pub stores: Option<Stores>,
 }
@@ -75,13 +79,34 @@ pub async fn check_run(
     }
     .columns(source_settings)?;
     let read_columns = match survey.kind {
-        SourceKind::Images => survey.column_names(),
+        SourceKind::Images | SourceKind::Documents => survey.column_names(),
         _ => columns.needed,
     };
 
     // Sink.
     let models = models_warned(pipeline);
-    let layout = OutputLayout::new(&pipeline.steps, &schema, columns.metadata, &models)?;
+    let (layout, chunk_keep) = match &settings.chunk {
+        None => (
+            OutputLayout::new(&pipeline.steps, &schema, columns.metadata, &models)?,
+            None,
+        ),
+        Some(chunk) => {
+            let heading = chunk.strategy == crate::config::ChunkStrategy::Markdown;
+            let page = chunked::has_pages(&schema);
+            let keep = columns.carried.clone();
+            let rows = chunked::chunk_schema(&schema, &keep, heading, page);
+            let mut metadata = columns.metadata;
+            metadata.extend(
+                chunked::chunk_fields(heading, page)
+                    .iter()
+                    .map(|f| f.name().clone()),
+            );
+            (
+                OutputLayout::new(&pipeline.steps, &rows, metadata, &models)?,
+                Some(keep),
+            )
+        }
+    };
     check_fts_column(pipeline, &layout)?;
     let sink_settings = &settings.sink;
     let target = sink_settings.target.clone();
@@ -113,6 +138,7 @@ pub async fn check_run(
         existing,
         settings,
         stores,
+        chunk_keep,
     })
 }
 
@@ -130,6 +156,9 @@ struct SourceColumns {
     needed: Vec<String>,
     /// Source columns copied into the table.
     metadata: Vec<String>,
+    /// `[chunk]`: source columns carried into chunk rows (metadata, and what step templates
+    /// read besides the chunk's own columns).
+    carried: Vec<String>,
 }
 
 /// The source's schema with what its errors name (the pipeline file, the first source file):
@@ -147,12 +176,17 @@ impl SourceSchema<'_> {
         self.no_repeated_columns()?;
         let id_column = self.id_column(settings)?;
         let mut needed: Vec<String> = id_column.iter().cloned().collect();
-        self.step_inputs(&mut needed)?;
+        self.chunk_input(&mut needed)?;
+        let mut carried = Vec::new();
+        self.step_inputs(&mut needed, &mut carried)?;
         let metadata = self.metadata(id_column.as_ref())?;
         self.vectors_clear_of(&metadata)?;
         for m in &metadata {
             if !needed.contains(m) {
                 needed.push(m.clone());
+            }
+            if !carried.contains(m) {
+                carried.push(m.clone());
             }
         }
         self.projection(&needed)?;
@@ -160,7 +194,48 @@ impl SourceSchema<'_> {
             id_column,
             needed,
             metadata,
+            carried,
         })
+    }
+
+    /// Names of the columns a chunk row has of its own (`None` without `[chunk]`).
+    fn chunk_names(&self) -> Option<Vec<String>> {
+        self.pipeline.chunk.as_ref().map(|c| {
+            let heading = c.strategy == crate::config::ChunkStrategy::Markdown;
+            chunked::chunk_fields(heading, chunked::has_pages(self.schema))
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
+    }
+
+    /// `[chunk] input`: its columns exist and read as text; page offsets come along.
+    fn chunk_input(&self, needed: &mut Vec<String>) -> Result<()> {
+        let Some(chunk) = &self.pipeline.chunk else {
+            return Ok(());
+        };
+        for col in chunk.input.columns() {
+            let Ok(field) = self.schema.field_with_name(&col) else {
+                return Err(self.column_error(
+                    chunk.input_span.clone(),
+                    &col,
+                    "[chunk] input column",
+                ));
+            };
+            self.input_type(
+                chunk.input_span.clone(),
+                &chunk.input,
+                &col,
+                field.data_type(),
+            )?;
+            if !needed.contains(&col) {
+                needed.push(col);
+            }
+        }
+        if chunked::has_pages(self.schema) && !needed.iter().any(|c| c == PAGE_STARTS) {
+            needed.push(PAGE_STARTS.to_string());
+        }
+        Ok(())
     }
 
     /// The error for a column the pipeline names but the source lacks, with a did-you-mean.
@@ -224,8 +299,9 @@ impl SourceSchema<'_> {
 
     /// Checks every step's input columns exist and have a type the step reads; adds them to
     /// `needed`.
-    fn step_inputs(&self, needed: &mut Vec<String>) -> Result<()> {
+    fn step_inputs(&self, needed: &mut Vec<String>, carried: &mut Vec<String>) -> Result<()> {
         let pipeline = self.pipeline;
+        let chunk_names = self.chunk_names().unwrap_or_default();
         for (step, cfg) in pipeline.steps.iter().zip(&pipeline.file.embeds) {
             let cfg = cfg.get_ref();
             let span = cfg
@@ -235,6 +311,13 @@ impl SourceSchema<'_> {
                 .or(cfg.image.as_ref())
                 .map_or(step.span.clone(), |s| s.span());
             for col in step.input.columns() {
+                // A chunk row's own columns (the chunk text) come from the chunk stage.
+                if chunk_names.contains(&col) {
+                    continue;
+                }
+                if self.pipeline.chunk.is_some() && !carried.contains(&col) {
+                    carried.push(col.clone());
+                }
                 let Ok(field) = self.schema.field_with_name(&col) else {
                     return Err(self.column_error(span, &col, "input column"));
                 };
@@ -296,10 +379,12 @@ impl SourceSchema<'_> {
     /// skipped: the table has its own).
     fn listed_metadata(&self, list: &[Spanned<String>]) -> Result<Vec<String>> {
         let pipeline = self.pipeline;
+        let chunk_names = self.chunk_names().unwrap_or_default();
         let mut out = Vec::new();
         for m in list {
             let name = m.get_ref();
-            if name == "id" {
+            // A chunked table always has its chunk columns.
+            if name == "id" || chunk_names.contains(name) {
                 continue;
             }
             if pipeline.has_media_step() && crate::sink::SEGMENT_COLUMNS.contains(&name.as_str()) {
@@ -322,6 +407,13 @@ impl SourceSchema<'_> {
     /// The default metadata: every non-binary source column but the ids and the columns the
     /// table fills itself (it depends on the schema, so the resolve layer cannot apply it).
     fn default_metadata(&self, id_column: Option<&String>) -> Vec<String> {
+        // Chunked: the split text is in the chunks (a copy per chunk would repeat the whole
+        // document), and the chunk columns come from the chunk stage.
+        let mut left_out = self.chunk_names().unwrap_or_default();
+        if let Some(chunk) = &self.pipeline.chunk {
+            left_out.extend(chunk.input.columns());
+            left_out.push(PAGE_STARTS.to_string());
+        }
         self.schema
             .fields()
             .iter()
@@ -334,6 +426,7 @@ impl SourceSchema<'_> {
             .map(|f| f.name().clone())
             .filter(|n| {
                 Some(n) != id_column
+                    && !left_out.contains(n)
                     && n != "id"
                     && !crate::sink::RESERVED_COLUMNS.contains(&n.as_str())
                     && !(self.pipeline.has_media_step()

@@ -91,7 +91,12 @@ impl Pipeline {
                     .with_help("use mode = \"overwrite\": the job ledger already avoids paying twice for a job"));
             }
             let src = self.source();
-            if src.kind.get_ref() != &SourceKind::Images && src.id_column.is_none() {
+            // Folder rows (images, documents) have their path as id.
+            let folder = matches!(
+                src.kind.get_ref(),
+                SourceKind::Images | SourceKind::Documents
+            );
+            if !folder && src.id_column.is_none() {
                 let span = sink.mode.as_ref().map_or(sink.uri.span(), |m| m.span());
                 return Err(self
                     .error(span, "incremental runs need a stable row id: set `id_column` in [source]")

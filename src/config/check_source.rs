@@ -1,5 +1,6 @@
 //! The `[source]` checks that need no data: a path is given, keys belong to the source type,
-//! single-character CSV options and valid image globs. (Whether the files exist is for later.)
+//! single-character CSV options and valid folder (images, documents) globs. (Whether the files
+//! exist is for later.)
 
 use super::{ConfigError, Pipeline, SourceKind};
 use std::ops::Range;
@@ -45,14 +46,15 @@ impl Pipeline {
                 "csv",
             )?;
         }
-        if kind != SourceKind::Images {
+        let folder = matches!(kind, SourceKind::Images | SourceKind::Documents);
+        if !folder {
             only(
                 src.include
                     .as_ref()
                     .and_then(|v| v.first())
                     .map(|s| s.span()),
                 "include",
-                "images",
+                "images and documents",
             )?;
             only(
                 src.exclude
@@ -60,17 +62,12 @@ impl Pipeline {
                     .and_then(|v| v.first())
                     .map(|s| s.span()),
                 "exclude",
-                "images",
+                "images and documents",
             )?;
             only(
                 src.recursive.as_ref().map(|s| s.span()),
                 "recursive",
-                "images",
-            )?;
-            only(
-                src.max_image_bytes.as_ref().map(|s| s.span()),
-                "max_image_bytes",
-                "images",
+                "images and documents",
             )?;
         } else {
             only(
@@ -86,6 +83,25 @@ impl Pipeline {
                 "id_column",
                 "parquet and csv",
             )?;
+        }
+        if kind != SourceKind::Images {
+            only(
+                src.max_image_bytes.as_ref().map(|s| s.span()),
+                "max_image_bytes",
+                "images",
+            )?;
+        }
+        if kind != SourceKind::Documents {
+            only(
+                src.max_document_bytes.as_ref().map(|s| s.span()),
+                "max_document_bytes",
+                "documents",
+            )?;
+        }
+        if let Some(m) = &src.max_document_bytes {
+            if *m.get_ref() == 0 {
+                return Err(self.error(m.span(), "max_document_bytes must be at least 1"));
+            }
         }
         for (key, v) in [("delimiter", &src.delimiter), ("quote", &src.quote)] {
             if let Some(v) = v {
@@ -113,5 +129,52 @@ fn kind_name(k: SourceKind) -> &'static str {
         SourceKind::Parquet => "parquet",
         SourceKind::Csv => "csv",
         SourceKind::Images => "images",
+        SourceKind::Documents => "documents",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::GOOD;
+
+    /// The error message of the shared good file with `source` as its [source] keys, if any.
+    fn error_of(source: &str) -> Option<String> {
+        let written = "type = \"parquet\"\npath = \"data.parquet\"";
+        assert!(GOOD.contains(written));
+        let text = GOOD.replacen(written, source, 1);
+        crate::resolve::parse(std::path::Path::new("pipelines/p.toml"), &text)
+            .err()
+            .map(|e| e.message.clone())
+    }
+
+    #[test]
+    fn folder_keys_belong_to_images_and_documents() {
+        let docs = "type = \"documents\"\npath = \"docs\"";
+        assert_eq!(
+            error_of(&format!(
+                "{docs}\ninclude = [\"**/*.md\"]\nexclude = [\"drafts/**\"]\nrecursive = false\n\
+                 max_document_bytes = 1000"
+            )),
+            None
+        );
+        let e = error_of("type = \"csv\"\npath = \"d.csv\"\ninclude = [\"*.csv\"]").unwrap();
+        assert!(
+            e.contains("`include` applies only to images and documents sources, not `csv`"),
+            "{e}"
+        );
+        let e = error_of("type = \"images\"\npath = \"imgs\"\nmax_document_bytes = 10").unwrap();
+        assert!(
+            e.contains("`max_document_bytes` applies only to documents sources, not `images`"),
+            "{e}"
+        );
+        let e = error_of(&format!("{docs}\nmax_image_bytes = 10")).unwrap();
+        assert!(
+            e.contains("`max_image_bytes` applies only to images sources, not `documents`"),
+            "{e}"
+        );
+        let e = error_of(&format!("{docs}\nid_column = \"path\"")).unwrap();
+        assert!(e.contains("applies only to parquet and csv sources"), "{e}");
+        let e = error_of(&format!("{docs}\nmax_document_bytes = 0")).unwrap();
+        assert!(e.contains("at least 1"), "{e}");
     }
 }

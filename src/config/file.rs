@@ -21,6 +21,8 @@ pub struct PipelineFile {
     pub quotas: Vec<Spanned<QuotaConfig>>,
     /// How object storage is reached (S3 sources, an S3 sink and its side files).
     pub storage: Option<Spanned<StorageConfig>>,
+    /// Split a long text of each source row into chunks, one table row each (RAG).
+    pub chunk: Option<Spanned<super::chunk::ChunkConfig>>,
 }
 
 /// `[storage]`: where S3 requests go. Credentials are never here: they come from the AWS chain.
@@ -49,6 +51,8 @@ pub enum SourceKind {
     Parquet,
     Csv,
     Images,
+    /// A folder of `.txt`, `.md`, `.html` and `.pdf` files, one row per document.
+    Documents,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +83,8 @@ pub struct SourceConfig {
     pub exclude: Option<Vec<Spanned<String>>>,
     pub recursive: Option<Spanned<bool>>,
     pub max_image_bytes: Option<Spanned<u64>>,
+    // Documents (also `include`, `exclude`, `recursive`)
+    pub max_document_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

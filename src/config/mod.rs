@@ -10,11 +10,13 @@
 //! `check_sink`), run in that order by [`Pipeline::parse_with`], with the [`SpecChecks`] at
 //! their places among them.
 
+mod check_chunk;
 mod check_models;
 mod check_sink;
 mod check_source;
 mod check_steps;
 mod check_storage;
+mod chunk;
 mod env;
 mod error;
 mod file;
@@ -23,7 +25,9 @@ mod secrets;
 mod spec_checks;
 mod step;
 
+pub use check_chunk::{Chunking, MAX_CHUNK_TOKENS, MIN_CHUNK_TOKENS};
 pub use check_storage::{check_s3_endpoint, is_loopback, keep_versions, KeepRule};
+pub use chunk::{ChunkConfig, ChunkStrategy};
 pub use env::{expand, is_credential_variable, EnvString};
 pub use error::{did_you_mean, ConfigError, ConfigErrorDetail};
 pub use file::{
@@ -50,6 +54,8 @@ pub struct Pipeline {
     pub file: PipelineFile,
     /// The embed steps, built from the file, in file order.
     pub steps: Vec<Step>,
+    /// The `[chunk]` stage, when rows are split into chunks.
+    pub chunk: Option<Chunking>,
 }
 
 impl Pipeline {
@@ -103,8 +109,10 @@ impl Pipeline {
             text: Arc::from(text),
             file,
             steps: Vec::new(),
+            chunk: None,
         };
         pipeline.steps = pipeline.check(specs)?;
+        pipeline.chunk = pipeline.check_chunk(&pipeline.steps)?;
         Ok(pipeline)
     }
 

@@ -104,6 +104,14 @@ enum Backend {
 }
 
 impl ModelHandle {
+    /// The model's own token counter, when embedpipe has its tokenizer (local models).
+    pub fn token_counter(&self) -> Option<Arc<dyn crate::util::tokens::TokenCounter>> {
+        match &self.backend {
+            Backend::Local(m) => Some(m.token_counter()),
+            Backend::Bedrock { .. } => None,
+        }
+    }
+
     /// Loads a model (call from a blocking thread inside the runtime). `group` holds the limits
     /// of the model's `[[quota]]` group, shared with the other models in it.
     pub fn load(info: ModelSettings, group: Option<Arc<RateLimits>>) -> Result<Self> {

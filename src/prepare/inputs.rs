@@ -74,6 +74,29 @@ fn as_text(batch: &RecordBatch, column: &str) -> Result<StringArray> {
         .clone())
 }
 
+/// The text of a text input (a column or a template) for every row, or why a row has none.
+pub(crate) fn render_texts(
+    input: &StepInput,
+    batch: &RecordBatch,
+) -> Result<Vec<Result<String, String>>> {
+    match input {
+        StepInput::Template(t) => render(t, batch),
+        StepInput::Column(c) => {
+            let col = as_text(batch, c)?;
+            Ok((0..batch.num_rows())
+                .map(|i| {
+                    if col.is_null(i) || col.value(i).trim().is_empty() {
+                        Err(format!("column `{c}` is empty"))
+                    } else {
+                        Ok(col.value(i).to_string())
+                    }
+                })
+                .collect())
+        }
+        _ => anyhow::bail!("only text can be split into chunks"),
+    }
+}
+
 /// Renders a template for every row: the text, or why the row has none.
 fn render(t: &Template, batch: &RecordBatch) -> Result<Vec<Result<String, String>>> {
     let cols: Vec<(String, StringArray)> = t

@@ -43,6 +43,8 @@ pub struct Summary {
     pub models: Vec<ModelStats>,
     /// Table rows of a media pipeline (one per segment); 0 otherwise.
     pub segments_written: u64,
+    /// Chunked pipelines (`[chunk]`): chunk rows written (new, changed or moved chunks).
+    pub chunks_written: u64,
     /// The async route's counters (media pipelines).
     pub jobs: Option<crate::jobs::JobStats>,
     /// Compaction and indexes after the run.
@@ -139,6 +141,13 @@ impl Summary {
             "  rows: {} read = {} written + {} skipped + {} failed",
             self.rows_read, self.rows_written, self.rows_skipped, self.rows_failed
         )?;
+        if self.chunks_written > 0 {
+            writeln!(
+                f,
+                "  chunks: {} chunk rows written for the {} documents written",
+                self.chunks_written, self.rows_written
+            )?;
+        }
         if self.rows_deleted > 0 || self.commits > 0 {
             writeln!(
                 f,

@@ -7,6 +7,7 @@
 
 mod check_models;
 mod check_steps;
+pub mod chunk;
 pub mod model;
 mod registry;
 pub mod sink;
@@ -15,6 +16,7 @@ pub mod storage;
 
 pub use registry::{load, parse, spec_of};
 
+pub use chunk::ChunkSettings;
 pub use model::{
     Connection, JobSettings, LocalFiles, ModelSettings, Overrides, QuotaSettings, RateSettings,
 };
@@ -34,6 +36,8 @@ pub struct Settings {
     pub quotas: Vec<QuotaSettings>,
     /// How S3 is reached (sources, sink, side files).
     pub storage: StorageSettings,
+    /// How rows are split into chunks (`[chunk]`), if they are.
+    pub chunk: Option<ChunkSettings>,
 }
 
 impl Settings {
@@ -52,10 +56,12 @@ impl Settings {
 impl Settings {
     pub fn resolve(pipeline: &Pipeline, overrides: &Overrides) -> Result<Self, ConfigError> {
         let storage = StorageSettings::resolve(pipeline, overrides)?;
+        let models = ModelSettings::all(pipeline, overrides);
         Ok(Self {
             source: SourceSettings::resolve(pipeline),
             sink: SinkSettings::resolve(pipeline, &storage)?,
-            models: ModelSettings::all(pipeline, overrides),
+            chunk: ChunkSettings::resolve(pipeline, &models)?,
+            models,
             quotas: pipeline
                 .file
                 .quotas

@@ -12,6 +12,18 @@ pub const DEFAULT_INFER_ROWS: usize = 1000;
 /// Per-image size limit (Bedrock's largest image limit is 25 MB; local files above this are
 /// almost certainly not meant to be embedded).
 pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 25 * 1024 * 1024;
+/// Per-document size limit: far above any text or report worth embedding whole, low enough that
+/// a batch of documents fits in memory with their extracted text.
+pub const DEFAULT_MAX_DOCUMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// The files a documents source reads when `include` is not given: every format it extracts.
+pub const DEFAULT_DOCUMENT_INCLUDE: &[&str] = &[
+    "**/*.txt",
+    "**/*.md",
+    "**/*.markdown",
+    "**/*.html",
+    "**/*.htm",
+    "**/*.pdf",
+];
 
 /// One `path` / `paths` entry as written (after `${VAR}` expansion), and resolved.
 #[derive(Debug, Clone)]
@@ -45,6 +57,16 @@ pub struct ImageSettings {
     pub max_image_bytes: u64,
 }
 
+/// Which files of a document folder are read.
+#[derive(Debug, Clone)]
+pub struct DocumentSettings {
+    /// As written, else [`DEFAULT_DOCUMENT_INCLUDE`].
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub recursive: bool,
+    pub max_document_bytes: u64,
+}
+
 /// Everything a source needs from the pipeline file.
 #[derive(Debug, Clone)]
 pub struct SourceSettings {
@@ -59,6 +81,7 @@ pub struct SourceSettings {
     pub batch_rows: usize,
     pub csv: CsvSettings,
     pub images: ImageSettings,
+    pub documents: DocumentSettings,
 }
 
 impl SourceSettings {
@@ -132,6 +155,21 @@ impl SourceSettings {
                     .as_ref()
                     .map_or(DEFAULT_MAX_IMAGE_BYTES, |m| *m.get_ref()),
             },
+            documents: DocumentSettings {
+                include: match strings(&s.include) {
+                    written if written.is_empty() => DEFAULT_DOCUMENT_INCLUDE
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect(),
+                    written => written,
+                },
+                exclude: strings(&s.exclude),
+                recursive: s.recursive.as_ref().is_none_or(|r| *r.get_ref()),
+                max_document_bytes: s
+                    .max_document_bytes
+                    .as_ref()
+                    .map_or(DEFAULT_MAX_DOCUMENT_BYTES, |m| *m.get_ref()),
+            },
         }
     }
 }
@@ -139,6 +177,35 @@ impl SourceSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The settings of a documents source with `extra` keys in [source].
+    fn documents(extra: &str) -> SourceSettings {
+        let text = format!(
+            "[source]\ntype = \"documents\"\npath = \"docs\"\n{extra}\n\n\
+             [[model]]\nname = \"m\"\nprovider = \"local\"\n\
+             id = \"sentence-transformers/all-MiniLM-L6-v2\"\n\n\
+             [[embed]]\nmodel = \"m\"\ncolumn = \"text\"\n\n\
+             [sink]\nuri = \"db\"\ntable = \"t\"\n"
+        );
+        let p = crate::resolve::parse(std::path::Path::new("pipelines/p.toml"), &text).unwrap();
+        SourceSettings::resolve(&p)
+    }
+
+    #[test]
+    fn documents_read_every_format_unless_include_says_otherwise() {
+        let s = documents("");
+        assert_eq!(s.documents.include, DEFAULT_DOCUMENT_INCLUDE);
+        assert_eq!(s.documents.max_document_bytes, DEFAULT_MAX_DOCUMENT_BYTES);
+        assert!(s.documents.recursive);
+        let s = documents(
+            "include = [\"notes/*.md\"]\nexclude = [\"drafts/**\"]\nrecursive = false\n\
+             max_document_bytes = 1000",
+        );
+        assert_eq!(s.documents.include, ["notes/*.md"]);
+        assert_eq!(s.documents.exclude, ["drafts/**"]);
+        assert!(!s.documents.recursive);
+        assert_eq!(s.documents.max_document_bytes, 1000);
+    }
 
     #[test]
     fn unset_keys_take_their_defaults() {
@@ -152,6 +219,9 @@ mod tests {
         assert_eq!(s.batch_rows, DEFAULT_BATCH_ROWS);
         assert_eq!(s.csv.infer_rows, DEFAULT_INFER_ROWS);
         assert_eq!(s.images.max_image_bytes, DEFAULT_MAX_IMAGE_BYTES);
+        assert_eq!(s.documents.max_document_bytes, DEFAULT_MAX_DOCUMENT_BYTES);
+        assert_eq!(s.documents.include, DEFAULT_DOCUMENT_INCLUDE);
+        assert!(s.documents.recursive);
         assert_eq!(
             s.paths[0].resolved,
             Location::Local(std::path::PathBuf::from("pipelines/x.parquet"))

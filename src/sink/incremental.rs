@@ -4,12 +4,15 @@
 
 use super::Database;
 use anyhow::{Context, Result};
-use arrow::array::{Array, RecordBatch, RecordBatchIterator, StringArray};
+use arrow::array::{
+    Array, FixedSizeListArray, Float32Array, RecordBatch, RecordBatchIterator, StringArray,
+};
 use arrow_schema::SchemaRef;
 use futures::TryStreamExt;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
 use lancedb::Table;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Ids per lookup / delete predicate.
 const IDS_PER_QUERY: usize = 1000;
@@ -34,6 +37,41 @@ async fn open(conn: &Database, table: &str) -> Result<Table> {
 pub struct Existing {
     table: Table,
     hash_columns: Vec<String>,
+    /// The vector column of each step, in step order (chunk vectors are reused by content).
+    vector_columns: Vec<String>,
+}
+
+/// A chunk row the table holds (chunked tables), as far as re-indexing needs it.
+#[derive(Debug, Clone)]
+pub struct StoredChunk {
+    pub id: String,
+    /// Where the chunk sits (count, offsets, heading, page): a row whose text is unchanged but
+    /// whose place moved is rewritten (with its vectors reused).
+    pub place: String,
+    /// Content hash per step.
+    pub hashes: Vec<String>,
+    /// Vector per step.
+    pub vectors: Vec<Arc<[f32]>>,
+}
+
+/// The columns that say where a chunk sits in its document.
+pub const CHUNK_PLACE_COLUMNS: &[&str] =
+    &["chunk_count", "start_char", "end_char", "heading", "page"];
+
+/// The place signature of row `r` of `columns` (the [`CHUNK_PLACE_COLUMNS`] a batch has), the
+/// same text whether the values come from the table or from chunk rows being written.
+pub fn chunk_place(columns: &[&dyn Array], r: usize) -> String {
+    let mut out = String::new();
+    for c in columns {
+        if c.is_null(r) {
+            out.push_str("-|");
+            continue;
+        }
+        let v = arrow::util::display::array_value_to_string(*c, r).unwrap_or_default();
+        out.push_str(&v);
+        out.push('|');
+    }
+    out
 }
 
 impl Existing {
@@ -47,6 +85,7 @@ impl Existing {
         Ok(Self {
             table: open(conn, table).await?,
             hash_columns,
+            vector_columns: vectors.to_vec(),
         })
     }
 
@@ -55,7 +94,89 @@ impl Existing {
         Ok(Self {
             table: open(conn, table).await?,
             hash_columns: Vec::new(),
+            vector_columns: Vec::new(),
         })
+    }
+
+    /// Every chunk the table holds of the documents `doc_ids`, by document.
+    pub async fn chunks(&self, doc_ids: &[&str]) -> Result<HashMap<String, Vec<StoredChunk>>> {
+        let schema = self.table.schema().await?;
+        let place: Vec<String> = CHUNK_PLACE_COLUMNS
+            .iter()
+            .filter(|c| schema.field_with_name(c).is_ok())
+            .map(|c| c.to_string())
+            .collect();
+        let mut columns = vec![
+            "id".to_string(),
+            crate::util::columns::CHUNK_DOC_ID.to_string(),
+        ];
+        columns.extend(self.hash_columns.iter().cloned());
+        columns.extend(self.vector_columns.iter().cloned());
+        columns.extend(place.iter().cloned());
+        let steps = self.hash_columns.len();
+        let mut out: HashMap<String, Vec<StoredChunk>> = HashMap::new();
+        for chunk in doc_ids.chunks(IDS_PER_QUERY) {
+            let batches: Vec<RecordBatch> = self
+                .table
+                .query()
+                .only_if(format!(
+                    "{} IN ({})",
+                    crate::util::columns::CHUNK_DOC_ID,
+                    id_list(chunk.iter().copied())
+                ))
+                .select(Select::Columns(columns.clone()))
+                .execute()
+                .await?
+                .try_collect()
+                .await
+                .context("looking up the stored chunks of changed documents")?;
+            for b in batches {
+                let strings = |i: usize| {
+                    b.column(i)
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .cloned()
+                        .context("id and hash columns are strings")
+                };
+                let (id, doc) = (strings(0)?, strings(1)?);
+                let hashes: Vec<StringArray> =
+                    (2..2 + steps).map(strings).collect::<Result<_>>()?;
+                let vectors: Vec<FixedSizeListArray> = (2 + steps..2 + 2 * steps)
+                    .map(|i| {
+                        b.column(i)
+                            .as_any()
+                            .downcast_ref::<FixedSizeListArray>()
+                            .cloned()
+                            .context("vector columns are fixed-size lists")
+                    })
+                    .collect::<Result<_>>()?;
+                let place_cols: Vec<&dyn Array> = (2 + 2 * steps..b.num_columns())
+                    .map(|i| b.column(i).as_ref())
+                    .collect();
+                for r in 0..b.num_rows() {
+                    let stored = StoredChunk {
+                        id: id.value(r).to_string(),
+                        place: chunk_place(&place_cols, r),
+                        hashes: hashes.iter().map(|h| h.value(r).to_string()).collect(),
+                        vectors: vectors
+                            .iter()
+                            .map(|v| {
+                                let row = v.value(r);
+                                let f = row
+                                    .as_any()
+                                    .downcast_ref::<Float32Array>()
+                                    .context("vectors hold float32")?;
+                                Ok(Arc::from(f.values().as_ref()))
+                            })
+                            .collect::<Result<_>>()?,
+                    };
+                    out.entry(doc.value(r).to_string())
+                        .or_default()
+                        .push(stored);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The stored hashes (one per step) of those `ids` that the table holds.
@@ -171,10 +292,16 @@ pub struct Upserter {
     pending: Vec<RecordBatch>,
     pending_rows: usize,
     commit_rows: usize,
+    /// Ids to delete once the rows pending now are committed (chunks a changed document no
+    /// longer has): its new chunks land first, so a crash between leaves extra rows the next
+    /// run deletes, never a document with chunks missing.
+    stale: Vec<String>,
     /// Commits made.
     pub commits: u64,
     /// Rows in those commits.
     pub rows_committed: u64,
+    /// Stale rows deleted.
+    pub rows_deleted: u64,
 }
 
 impl Upserter {
@@ -198,8 +325,10 @@ impl Upserter {
             pending: Vec::new(),
             pending_rows: 0,
             commit_rows,
+            stale: Vec::new(),
             commits: 0,
             rows_committed: 0,
+            rows_deleted: 0,
         })
     }
 
@@ -212,8 +341,30 @@ impl Upserter {
         Ok(())
     }
 
-    /// Commits what is pending.
+    /// Deletes `ids` after the rows pushed so far are committed.
+    pub fn delete_after(&mut self, ids: Vec<String>) {
+        self.stale.extend(ids);
+    }
+
+    /// Commits what is pending, then deletes the stale rows.
     pub async fn flush(&mut self) -> Result<()> {
+        self.upsert_pending().await?;
+        if self.stale.is_empty() {
+            return Ok(());
+        }
+        let stale = std::mem::take(&mut self.stale);
+        if let Some(t) = &self.table {
+            for chunk in stale.chunks(IDS_PER_QUERY) {
+                t.delete(format!("id IN ({})", id_list(chunk.iter().map(String::as_str))).as_str())
+                    .await
+                    .context("deleting chunks a changed document no longer has")?;
+            }
+            self.rows_deleted += stale.len() as u64;
+        }
+        Ok(())
+    }
+
+    async fn upsert_pending(&mut self) -> Result<()> {
         if self.pending_rows == 0 {
             return Ok(());
         }

@@ -87,6 +87,16 @@ pub async fn maintain(settings: &SinkSettings) -> Result<Maintenance> {
             "BTREE",
         ));
     }
+    // Chunked tables look up a changed document's stored chunks by its id.
+    let doc_id = crate::util::columns::CHUNK_DOC_ID;
+    let chunked = t.schema().await?.field_with_name(doc_id).is_ok();
+    if settings.mode == WriteMode::Incremental && chunked && !indexed(doc_id) {
+        wanted.push((
+            doc_id.into(),
+            Index::BTree(BTreeIndexBuilder::default()),
+            "BTREE",
+        ));
+    }
     for (col, index, name) in wanted {
         t.create_index(&[col.as_str()], index)
             .execute()

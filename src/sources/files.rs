@@ -1,6 +1,7 @@
 //! Expanding `path` / `paths` (files, globs, folders; local or in S3) into the list of input
 //! files.
 
+use super::folder::Filters;
 use super::need;
 use crate::clients::store::{ObjectInfo, Stores};
 use crate::config::SourceKind;
@@ -11,10 +12,10 @@ use globset::{GlobBuilder, GlobMatcher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// One input file (or, for images, the folder).
+/// One input file (or, for images and documents, the folder).
 #[derive(Debug, Clone)]
 pub struct InputFile {
-    /// The file; for images the folder (a local folder or an S3 prefix).
+    /// The file; for images and documents the folder (a local folder or an S3 prefix).
     pub location: Location,
     /// The object's size when its listing told it (S3), so reading it needs no HEAD.
     pub size: Option<u64>,
@@ -22,6 +23,46 @@ pub struct InputFile {
     pub display: Arc<str>,
     /// Prefix of derived row ids: the path relative to the glob's fixed part (or the file name).
     pub id_prefix: String,
+}
+
+/// A source that reads a folder (images, documents) rather than files: what its messages call
+/// it, and which of its files it reads.
+#[derive(Clone, Copy)]
+struct FolderKind {
+    kind: SourceKind,
+    /// `image`, `document`.
+    noun: &'static str,
+    /// A folder name for the S3 help.
+    example: &'static str,
+}
+
+impl FolderKind {
+    fn of(kind: SourceKind) -> Option<Self> {
+        let (noun, example) = match kind {
+            SourceKind::Images => ("image", "photos"),
+            SourceKind::Documents => ("document", "docs"),
+            SourceKind::Parquet | SourceKind::Csv => return None,
+        };
+        Some(Self {
+            kind,
+            noun,
+            example,
+        })
+    }
+
+    fn filters(self, settings: &SourceSettings) -> Result<Filters> {
+        match self.kind {
+            SourceKind::Documents => super::documents::filters(&settings.documents),
+            _ => super::images::filters(&settings.images),
+        }
+    }
+
+    fn recursive(self, settings: &SourceSettings) -> bool {
+        match self.kind {
+            SourceKind::Documents => settings.documents.recursive,
+            _ => settings.images.recursive,
+        }
+    }
 }
 
 fn glob_root(pattern: &str) -> PathBuf {
@@ -70,13 +111,14 @@ fn expand_local(
     let origin = &settings.origin;
     let raw = p.written.as_str();
     let resolved_str = resolved.to_string_lossy().to_string();
-    if settings.kind == SourceKind::Images {
+    if let Some(folder) = FolderKind::of(settings.kind) {
         if !resolved.is_dir() {
             return Err(origin
                 .error(
                     p.span.clone(),
                     format!(
-                        "image folder {} does not exist or is not a folder",
+                        "{} folder {} does not exist or is not a folder",
+                        folder.noun,
                         resolved.display()
                     ),
                 )
@@ -179,16 +221,18 @@ async fn expand_s3(
     let at = |message: String| settings.origin.error(p.span.clone(), message);
     // Store errors already name the URI and what to do; this adds where the path is written.
     let failed = |e: anyhow::Error| at(format!("{e:#}"));
-    if settings.kind == SourceKind::Images {
+    if let Some(kind) = FolderKind::of(settings.kind) {
         let folder = uri.folder();
-        if !super::images::s3_folder_has_images(stores, &folder, &settings.images)
+        let filters = kind.filters(settings).map_err(failed)?;
+        if !super::folder::s3_folder_has_files(stores, &folder, &filters, kind.recursive(settings))
             .await
             .map_err(failed)?
         {
             return Err(at(format!(
-                "no images under {folder}: check the prefix and include globs"
+                "no {}s under {folder}: check the prefix and include globs",
+                kind.noun
             ))
-            .with_help("an S3 image folder is a prefix (s3://bucket/photos/); `include` and `exclude` match keys relative to it")
+            .with_help(format!("an S3 {} folder is a prefix (s3://bucket/{}/); `include` and `exclude` match keys relative to it", kind.noun, kind.example))
             .into());
         }
         out.push(InputFile {

@@ -1,13 +1,15 @@
-//! Layer 4, sources (above resolve): Parquet, CSV and image folders, each a stream of bounded
-//! Arrow batches, read as [`SourceSettings`] say (never the pipeline file itself), from local
-//! files or from S3.
+//! Layer 4, sources (above resolve): Parquet, CSV, image folders and document folders, each a
+//! stream of bounded Arrow batches, read as [`SourceSettings`] say (never the pipeline file
+//! itself), from local files or from S3.
 //!
 //! A source runs on a blocking thread and hands [`SourceBatch`]es to the pipeline through a
 //! bounded channel, so memory stays flat whatever the dataset size. S3 reads from that thread
 //! block on the runtime captured when the source was opened.
 
 mod csv;
+pub mod documents;
 mod files;
+mod folder;
 mod images;
 mod parquet;
 
@@ -34,7 +36,7 @@ pub struct SourceBatch {
     /// Stable row ids, one per row of `batch` (from `id_column`, or derived).
     pub ids: Arc<StringArray>,
     /// 1-based row number in the file (the line where the record starts, for CSV); 0 where
-    /// rows have no number (image files, located by their path).
+    /// rows have no number (image and document files, located by their path).
     pub rows: Vec<u64>,
     /// Rows of this stretch of the file that could not be read.
     pub failures: Vec<ReadFailure>,
@@ -104,6 +106,15 @@ pub async fn survey(settings: &SourceSettings, stores: Option<&Stores>) -> Resul
             (files, schema, None)
         }
         SourceKind::Images => (files, images::schema(), None),
+        SourceKind::Documents => {
+            // Local folders are walked to count their documents (S3 ones are not listed twice).
+            let settings = settings.documents.clone();
+            let (files, rows) = tokio::task::spawn_blocking(move || {
+                documents::count(&settings, &files).map(|rows| (files, rows))
+            })
+            .await??;
+            (files, documents::schema(), rows)
+        }
     };
     Ok(SourceFiles {
         kind,
@@ -123,11 +134,12 @@ pub(crate) fn survey_now(settings: &SourceSettings) -> Result<SourceFiles> {
 }
 
 /// The column row ids come from: `id_column`, else a column named `id` (`has` tells whether
-/// the source has it) unless the `columns` projection leaves it out. Image rows use their path.
+/// the source has it) unless the `columns` projection leaves it out. Folder rows (images,
+/// documents) use their path.
 pub fn id_column(settings: &SourceSettings, has: impl Fn(&str) -> bool) -> Option<String> {
     match &settings.id_column {
         Some(c) => Some(c.clone()),
-        None if settings.kind != SourceKind::Images
+        None if !matches!(settings.kind, SourceKind::Images | SourceKind::Documents)
             && has("id")
             && settings
                 .columns
@@ -157,6 +169,9 @@ pub fn open(
         }
         SourceKind::Csv => csv::open(settings, survey, columns, id_column, remote),
         SourceKind::Images => images::open(&settings.images, settings.batch_rows, survey, remote),
+        SourceKind::Documents => {
+            documents::open(&settings.documents, settings.batch_rows, survey, remote)
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod hash;
 mod location;
 pub mod retry;
 mod s3uri;
+pub mod tokens;
 
 pub use cpu::cpu;
 pub use failure::{FailureKind, RowFailure};

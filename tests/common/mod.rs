@@ -399,3 +399,16 @@ pub fn fault_run(faults: embedpipe_emulator::Faults, extra: &str) -> (EmuEnv, Ou
     let out = env.run(&["run", &p, "--json"]);
     (env, out)
 }
+
+/// The given columns of every row of a local LanceDB table, as text, rows sorted.
+pub fn table_rows(db: &Path, table: &str, columns: &[&str]) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for b in table_batches(db, table, columns) {
+        let cols: Vec<Vec<String>> = (0..b.num_columns()).map(|i| strings(b.column(i))).collect();
+        for r in 0..b.num_rows() {
+            rows.push(cols.iter().map(|c| c[r].clone()).collect::<Vec<_>>());
+        }
+    }
+    rows.sort();
+    rows
+}

@@ -37,47 +37,21 @@ pub(super) async fn embed_batch(
     sb: &SourceBatch,
     repeated: &[usize],
 ) -> Result<BatchOutput> {
-    let (pipeline, checked, models, run_id, progress) = (
-        ctx.pipeline,
-        ctx.checked,
-        ctx.models,
-        ctx.run_id,
-        ctx.progress,
-    );
     let n = sb.batch.num_rows();
-    let mut out = BatchOutput::new(sb, run_id);
+    let mut out = BatchOutput::new(sb, ctx.run_id);
     if n == 0 {
         return Ok(out);
     }
-    let embedded = AtomicU64::new(0);
-    let on_call = |k: usize| {
-        embedded.fetch_add(k as u64, Ordering::Relaxed);
-        progress.inputs_done(k);
-    };
     let mut state: Vec<RowState> = vec![RowState::Ok; n];
     for &row in repeated {
         state[row] = RowState::Failed(repeated_id(sb, row));
     }
-    let mut prepared: Vec<Prepared> = Vec::with_capacity(pipeline.steps.len());
-    for step in &pipeline.steps {
-        let input = step.input.clone();
-        let fingerprint = models.get(step.model_index).info.fingerprint.clone();
-        let batch = sb.batch.clone();
-        let mut p = cpu(move || prepare::prepare(&input, &fingerprint, &batch)).await??;
-        for (row, kind, msg) in p.failures.drain(..) {
-            state[row].fail(RowFailure::new(&step.name, kind, msg));
-        }
-        prepared.push(p);
-    }
-    // A row without an input for some step is not sent to any model.
-    for p in &mut prepared {
-        retain_rows(p, |row| state[row].is_ok());
-    }
+    let mut prepared = prepare_steps(ctx, sb, &mut state).await?;
     if let (WriteMode::Append, Some(existing)) = (ctx.mode, ctx.existing) {
         refuse_stored_ids(
             existing,
             sb,
-            &checked.target.table,
+            &ctx.checked.target.table,
             &mut state,
             &mut prepared,
         )
@@ -98,7 +72,66 @@ pub(super) async fn embed_batch(
             }
         }
     }
-    // All steps at once: steps sharing a model fill the same calls.
+    let no_reuse = vec![Vec::new(); prepared.len()];
+    let per_step = call_steps(ctx, prepared, no_reuse, &mut state, &mut out).await?;
+    let keep: Vec<u32> = (0..n as u32)
+        .filter(|&i| state[i as usize].is_ok())
+        .collect();
+    for (i, s) in state.into_iter().enumerate() {
+        if let RowState::Failed(failure) = s {
+            out.dead.push(dead_letter(sb, ctx.run_id, Some(i), failure));
+        }
+    }
+    out.rows_written = keep.len() as u64;
+    out.batch = assemble_rows(ctx, sb, per_step, keep).await?;
+    Ok(out)
+}
+
+/// Every step's inputs for the rows of `sb` (on rayon); a row without an input for some step
+/// fails there and is sent to no model.
+pub(super) async fn prepare_steps(
+    ctx: &RunContext<'_>,
+    sb: &SourceBatch,
+    state: &mut [RowState],
+) -> Result<Vec<Prepared>> {
+    let mut prepared: Vec<Prepared> = Vec::with_capacity(ctx.pipeline.steps.len());
+    for step in &ctx.pipeline.steps {
+        let input = step.input.clone();
+        let fingerprint = ctx.models.get(step.model_index).info.fingerprint.clone();
+        let batch = sb.batch.clone();
+        let mut p = cpu(move || prepare::prepare(&input, &fingerprint, &batch)).await??;
+        for (row, kind, msg) in p.failures.drain(..) {
+            state[row].fail(RowFailure::new(&step.name, kind, msg));
+        }
+        prepared.push(p);
+    }
+    for p in &mut prepared {
+        retain_rows(p, |row| state[row].is_ok());
+    }
+    Ok(prepared)
+}
+
+pub(super) use crate::prepare::chunked::Reused;
+
+/// Calls every step's model for the inputs of rows still ok (all steps at once: steps sharing a
+/// model fill the same calls), failing rows whose input failed. `reused[s]` (rows in order) are
+/// step `s`'s vectors known without a call; they join the step's output in row order.
+pub(super) async fn call_steps(
+    ctx: &RunContext<'_>,
+    mut prepared: Vec<Prepared>,
+    reused: Vec<Vec<Reused>>,
+    state: &mut [RowState],
+    out: &mut BatchOutput,
+) -> Result<Vec<(Prepared, Vec<f32>)>> {
+    let (pipeline, models, progress) = (ctx.pipeline, ctx.models, ctx.progress);
+    for p in &mut prepared {
+        retain_rows(p, |row| state[row].is_ok());
+    }
+    let embedded = AtomicU64::new(0);
+    let on_call = |k: usize| {
+        embedded.fetch_add(k as u64, Ordering::Relaxed);
+        progress.inputs_done(k);
+    };
     let outputs = futures::future::try_join_all(
         pipeline
             .steps
@@ -108,41 +141,84 @@ pub(super) async fn embed_batch(
     )
     .await?;
     let mut per_step: Vec<(Prepared, Vec<f32>)> = Vec::with_capacity(pipeline.steps.len());
-    for ((step, p), step_out) in pipeline.steps.iter().zip(prepared).zip(outputs) {
+    for (((step, p), step_out), reused) in
+        pipeline.steps.iter().zip(prepared).zip(outputs).zip(reused)
+    {
         for (pos, kind, msg) in step_out.failed {
             state[p.rows[pos]].fail(RowFailure::new(&step.name, kind, msg));
         }
-        per_step.push((p, step_out.vectors));
+        let dim = models.get(step.model_index).info.dimension;
+        per_step.push(merge_reused(p, step_out.vectors, reused, dim));
     }
     out.inputs = embedded.load(Ordering::Relaxed);
-    tracing::trace!(rows = n, "steps done");
-    let keep: Vec<u32> = (0..n as u32)
-        .filter(|&i| state[i as usize].is_ok())
-        .collect();
-    for (i, s) in state.into_iter().enumerate() {
-        if let RowState::Failed(failure) = s {
-            out.dead.push(dead_letter(sb, run_id, Some(i), failure));
+    Ok(per_step)
+}
+
+/// A step's called rows and its reused ones, in row order (their vectors likewise).
+fn merge_reused(
+    mut p: Prepared,
+    vectors: Vec<f32>,
+    reused: Vec<Reused>,
+    dim: usize,
+) -> (Prepared, Vec<f32>) {
+    if reused.is_empty() {
+        return (p, vectors);
+    }
+    let total = p.rows.len() + reused.len();
+    let mut rows = Vec::with_capacity(total);
+    let mut hashes = Vec::with_capacity(total);
+    let mut merged = Vec::with_capacity(total * dim);
+    let called_hashes = std::mem::take(&mut p.hashes);
+    let mut called = p.rows.iter().zip(called_hashes).enumerate().peekable();
+    let mut reused = reused.into_iter().peekable();
+    loop {
+        let take_called = match (called.peek(), reused.peek()) {
+            (Some((_, (r, _))), Some((q, _, _))) => **r < *q,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        if take_called {
+            let (pos, (&row, hash)) = called.next().expect("peeked");
+            rows.push(row);
+            hashes.push(hash);
+            merged.extend_from_slice(&vectors[pos * dim..(pos + 1) * dim]);
+        } else {
+            let (row, hash, v) = reused.next().expect("peeked");
+            rows.push(row);
+            hashes.push(hash);
+            merged.extend_from_slice(&v);
         }
     }
+    p.rows = rows;
+    p.hashes = hashes;
+    (p, merged)
+}
+
+/// The output rows `keep` of `sb` with every step's vectors and hashes (built on rayon).
+pub(super) async fn assemble_rows(
+    ctx: &RunContext<'_>,
+    sb: &SourceBatch,
+    per_step: Vec<(Prepared, Vec<f32>)>,
+    keep: Vec<u32>,
+) -> Result<Option<RecordBatch>> {
     if keep.is_empty() {
-        return Ok(out);
+        return Ok(None);
     }
-    out.rows_written = keep.len() as u64;
-    // Gathering vectors and building the Arrow batch is CPU work: do it on rayon.
-    let dims: Vec<usize> = pipeline
+    let dims: Vec<usize> = ctx
+        .pipeline
         .steps
         .iter()
-        .map(|s| models.get(s.model_index).info.dimension)
+        .map(|s| ctx.models.get(s.model_index).info.dimension)
         .collect();
-    let layout = checked.layout.clone();
+    let layout = ctx.checked.layout.clone();
     let (batch, ids) = (sb.batch.clone(), sb.ids.clone());
     let assembled = cpu(move || {
         let (vectors, hashes) = gather(dims, per_step, &keep);
         layout.assemble(&batch, &ids, &keep, vectors, hashes, None, now_micros())
     })
     .await??;
-    out.batch = Some(assembled);
-    Ok(out)
+    Ok(Some(assembled))
 }
 
 /// The dead letter of a row of one source batch (`row`: its index in the batch), with where

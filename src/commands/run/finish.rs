@@ -74,6 +74,8 @@ pub(super) async fn open_outputs(
 pub(super) struct Committed {
     pub(super) result: Result<(), Stop>,
     pub(super) deleted: u64,
+    /// Chunks changed documents no longer have (chunked incremental runs).
+    pub(super) stale_deleted: u64,
     pub(super) commits: u64,
     pub(super) rows_committed: u64,
 }
@@ -93,6 +95,7 @@ pub(super) async fn commit(
 ) -> Committed {
     let table_name = &checked.target.table;
     let mut deleted = 0;
+    let mut stale_deleted = 0;
     let mut commits = 0;
     let mut rows_committed = 0;
     let result: Result<(), Stop> = match (outcome, output) {
@@ -115,6 +118,7 @@ pub(super) async fn commit(
             let flushed = upserter.flush().await;
             commits = upserter.commits;
             rows_committed = upserter.rows_committed;
+            stale_deleted = upserter.rows_deleted;
             match flushed {
                 Err(e) => Err(Stop::Failed(e)),
                 Ok(()) => {
@@ -128,7 +132,15 @@ pub(super) async fn commit(
                             if checked.existing.is_some() || commits > 0 =>
                         {
                             let unreadable = &counters.unreadable_ids;
-                            let keep = |id: &str| seen.contains(id) || unreadable.contains(id);
+                            // A chunk row stays while its document is in the source.
+                            let chunked = settings.chunk.is_some();
+                            let keep = |id: &str| {
+                                let id = match chunked {
+                                    true => crate::util::columns::chunk_doc_id(id),
+                                    false => id,
+                                };
+                                seen.contains(id) || unreadable.contains(id)
+                            };
                             match delete_missing(conn, table_name, keep).await {
                                 Ok(n) => {
                                     deleted = n;
@@ -150,12 +162,14 @@ pub(super) async fn commit(
             // Chunks committed so far stay: a new run skips them.
             commits = upserter.commits;
             rows_committed = upserter.rows_committed;
+            stale_deleted = upserter.rows_deleted;
             Err(e)
         }
     };
     Committed {
         result,
         deleted,
+        stale_deleted,
         commits,
         rows_committed,
     }
@@ -221,6 +235,7 @@ pub(super) async fn pump_with_progress(
     models: &Models,
     media: Option<&AsyncRoute>,
     existing: Option<&Existing>,
+    chunks: Option<&Arc<ChunkStage>>,
     mode: WriteMode,
     opts: &RunOptions,
     run_id: &str,
@@ -275,6 +290,7 @@ pub(super) async fn pump_with_progress(
         models,
         media,
         existing,
+        chunks,
         mode,
         progress: &progress,
         run_id,

@@ -10,6 +10,7 @@
 //! nothing about the data: once more than `max_service_failures` rows failed so, the run stops
 //! without committing (an outage must never empty a table).
 
+mod chunked;
 mod embed;
 mod finish;
 mod media;
@@ -21,6 +22,7 @@ use crate::commands::validate::{self, Checked};
 use crate::config::{Cleanup, Pipeline, WriteMode};
 use crate::dispatch::Models;
 use crate::jobs::AsyncRoute;
+use crate::prepare::chunked::ChunkStage;
 use crate::prepare::{self, Prepared};
 use crate::report::{Progress, Summary};
 use crate::resolve::Settings;
@@ -230,6 +232,22 @@ pub(super) async fn set_up(pipeline: &Arc<Pipeline>, opts: &RunOptions) -> Resul
     })
 }
 
+/// The chunk stage (`[chunk]`): sizes counted with each model's own tokenizer where it has
+/// one, else its family's estimate.
+pub(super) fn chunk_stage(
+    settings: &Settings,
+    checked: &Checked,
+    models: &Models,
+) -> Result<Option<Arc<ChunkStage>>> {
+    let (Some(chunk), Some(keep)) = (&settings.chunk, &checked.chunk_keep) else {
+        return Ok(None);
+    };
+    let limits =
+        prepare::chunked::limits(chunk, &settings.models, |i| models.get(i).token_counter());
+    let stage = ChunkStage::new(chunk, limits, &checked.source.schema, keep.clone())?;
+    Ok(Some(Arc::new(stage)))
+}
+
 /// Why the pump stopped early.
 pub(super) enum Stop {
     Failed(anyhow::Error),
@@ -265,6 +283,7 @@ async fn run_inner(
         open_outputs(&pipeline, &settings, &checked, &models, &conn, mode)
             .await
             .map_err(RunError::Setup)?;
+    let chunks = chunk_stage(&settings, &checked, &models).map_err(RunError::Setup)?;
     let (outcome, counters) = pump_with_progress(
         &pipeline,
         &settings,
@@ -272,6 +291,7 @@ async fn run_inner(
         &models,
         media.as_ref(),
         existing.as_ref(),
+        chunks.as_ref(),
         mode,
         &opts,
         &run_id,
@@ -286,12 +306,14 @@ async fn run_inner(
     let Committed {
         result: committed,
         deleted,
+        stale_deleted,
         commits,
         rows_committed,
     } = committed;
     let maintenance = maintain_after_commit(&settings, &committed).await;
     let failed = failures.count();
     let by_kind = failures.by_kind().clone();
+    let deleted = deleted + stale_deleted;
     let failures_file = settle_failures(failures, &committed, rows_committed, &failures_path).await;
     let wall = started.elapsed();
     let (status, error) = match &committed {
@@ -327,7 +349,14 @@ async fn run_inner(
         rows_committed,
         failures_by_kind: by_kind,
         failures_file,
-        segments_written: counters.segments,
+        segments_written: match settings.chunk {
+            None => counters.segments,
+            Some(_) => 0,
+        },
+        chunks_written: match settings.chunk {
+            Some(_) => counters.segments,
+            None => 0,
+        },
         maintenance,
         jobs: media.as_ref().map(|m| m.stats()),
         wall_time: wall,

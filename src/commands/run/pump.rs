@@ -2,7 +2,7 @@
 //! signal or the service-failure rule taken between batches.
 
 use super::*;
-use super::{embed::*, media::*};
+use super::{chunked::*, embed::*, media::*};
 
 /// An overwrite that would leave a table that has rows empty is refused unless asked for: a
 /// source that came up empty (a header-only CSV, a wrong glob) must not erase an index.
@@ -45,6 +45,9 @@ pub(super) struct BatchOutput {
     pub(super) skipped: u64,
     /// A read failure may have hidden later rows (their ids are unknown).
     pub(super) hides_rows: bool,
+    /// Table rows to delete once this batch's rows are committed (chunks a changed document no
+    /// longer has).
+    pub(super) deletes: Vec<String>,
 }
 
 impl BatchOutput {
@@ -70,6 +73,7 @@ impl BatchOutput {
             inputs: 0,
             rows_written: 0,
             skipped: 0,
+            deletes: Vec::new(),
         }
     }
 }
@@ -95,6 +99,8 @@ pub(super) struct RunContext<'a> {
     pub(super) media: Option<&'a AsyncRoute>,
     /// The table as the run found it: stored hashes (incremental) or ids (append).
     pub(super) existing: Option<&'a Existing>,
+    /// `[chunk]`: rows are split into chunk rows before the steps.
+    pub(super) chunks: Option<&'a Arc<ChunkStage>>,
     pub(super) mode: WriteMode,
     pub(super) progress: &'a Progress,
     pub(super) run_id: &'a str,
@@ -169,9 +175,10 @@ pub(super) async fn pump_until(
                 .map_or_else(|_| Vec::new(), |sb| repeated_ids(sb, seen));
             async move {
                 let sb = item?;
-                match ctx.media {
-                    Some(route) => embed_media_batch(ctx, route, &sb, &repeated).await,
-                    None => embed_batch(ctx, &sb, &repeated).await,
+                match (ctx.media, ctx.chunks) {
+                    (Some(route), _) => embed_media_batch(ctx, route, &sb, &repeated).await,
+                    (None, Some(stage)) => embed_chunked_batch(ctx, stage, &sb, &repeated).await,
+                    (None, None) => embed_batch(ctx, &sb, &repeated).await,
                 }
             }
         })
@@ -223,6 +230,11 @@ pub(super) async fn pump_until(
             counters.segments += batch.num_rows() as u64;
             output.send(batch).await?;
             tracing::trace!("batch sent to the writer");
+        }
+        if !out.deletes.is_empty() {
+            if let Output::Upsert(u) = output {
+                u.delete_after(out.deletes);
+            }
         }
         ctx.progress.batch_done(out.read, out.inputs);
     }
