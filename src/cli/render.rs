@@ -34,14 +34,22 @@ pub(super) fn print_json<T: serde::Serialize + ?Sized>(value: &T) {
 /// `validate --json`. Built as `serde_json::Value`s section by section, so the keys come out in
 /// the same order as they always have, whichever map serde_json is built with.
 pub(super) fn validate_json(file: &Path, p: &Pipeline, c: &Checked) -> Value {
-    json!({
+    let mut v = json!({
         "ok": true,
         "pipeline": file.display().to_string(),
         "source": validate_source_json(c),
         "steps": validate_steps_json(p, c),
         "sink": validate_sink_json(p, c),
         "output_columns": validate_output_columns(c),
-    })
+    });
+    if let Some(chunk) = &c.settings.chunk {
+        v["chunk"] = json!({
+            "strategy": chunk.strategy.as_str(),
+            "max_tokens": chunk.max_tokens,
+            "overlap_tokens": chunk.overlap_tokens,
+        });
+    }
+    v
 }
 
 fn validate_source_json(c: &Checked) -> Value {
@@ -95,6 +103,15 @@ pub(super) fn print_validate(file: &Path, p: &Pipeline, c: &Checked) {
         c.source.files.len(),
         c.source.total_rows().map_or("?".into(), |r| r.to_string())
     );
+    if let Some(chunk) = &c.settings.chunk {
+        println!(
+            "  chunk: {} from {}, up to {} tokens per model, {} tokens of overlap",
+            chunk.strategy.as_str(),
+            describe_input(&chunk.input),
+            chunk.max_tokens,
+            chunk.overlap_tokens
+        );
+    }
     for s in &p.steps {
         let m = &c.models[s.model_index];
         println!(

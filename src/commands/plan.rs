@@ -309,10 +309,11 @@ async fn plan_chunked_batch(
         Some(existing) => {
             let mut ids: Vec<&str> = parent.iter().map(|&p| sb.ids.value(p as usize)).collect();
             ids.dedup();
-            let stored = existing.chunks(&ids).await?;
+            let place = stage.place_columns();
+            let stored = existing.chunks(&ids, &place).await?;
             let ok: Vec<bool> = bad.iter().map(|b| !b).collect();
             Some(crate::prepare::chunked::match_stored(
-                &csb.batch, &csb.ids, &parent, &sb.ids, &prepared, &stored, &ok,
+                &csb.batch, &csb.ids, &parent, &sb.ids, &prepared, &stored, &place, &ok,
             ))
         }
         None => None,

@@ -206,7 +206,11 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
         .as_ref()
         .map(|c| c.get_ref().clone());
     let mut limit = match opts.per_doc {
-        Some(n) => (opts.k * n * PER_DOC_OVERSAMPLE).min(PER_DOC_MAX_CANDIDATES),
+        Some(n) => opts
+            .k
+            .saturating_mul(n)
+            .saturating_mul(PER_DOC_OVERSAMPLE)
+            .min(PER_DOC_MAX_CANDIDATES),
         None => opts.k,
     };
     loop {
@@ -232,7 +236,7 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
         if docs >= opts.k || got < limit || limit >= PER_DOC_MAX_CANDIDATES {
             return Ok(hits);
         }
-        limit = (limit * 4).min(PER_DOC_MAX_CANDIDATES);
+        limit = limit.saturating_mul(4).min(PER_DOC_MAX_CANDIDATES);
     }
 }
 

@@ -15,6 +15,18 @@ pub const MIN_CHUNK_TOKENS: usize = 8;
 /// chunks are far smaller).
 pub const MAX_CHUNK_TOKENS: usize = 131_072;
 
+/// Columns a chunked table fills itself.
+const CHUNK_NAMES: &[&str] = &[
+    "doc_id",
+    "chunk_index",
+    "chunk_count",
+    "start_char",
+    "end_char",
+    "heading",
+    "page",
+    CHUNK_TEXT,
+];
+
 /// The checked `[chunk]` table.
 #[derive(Debug, Clone)]
 pub struct Chunking {
@@ -68,6 +80,15 @@ impl Pipeline {
             }
         }
         for (step, e) in steps.iter().zip(&self.file.embeds) {
+            let taken = crate::util::columns::step_columns(&step.vector)
+                .into_iter()
+                .find(|c| CHUNK_NAMES.contains(&c.as_str()));
+            if let Some(col) = taken {
+                let span = e.get_ref().vector.as_ref().map_or(e.span(), |v| v.span());
+                return Err(self
+                    .error(span, format!("step `{}` writes a column `{col}`, which a chunked table has for its chunks", step.name))
+                    .with_help("name the vector column otherwise, e.g. vector = \"vector\""));
+            }
             let why = match &step.input {
                 StepInput::Image(_) | StepInput::TextImage(..) => Some("embeds images"),
                 StepInput::Media(..) => Some("embeds video or audio"),

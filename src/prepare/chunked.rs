@@ -3,11 +3,11 @@
 //! and its text. The embed steps then read chunk rows as they read source rows.
 
 use super::chunk::{Chunk, Chunker, Limit};
-use super::inputs::render_texts;
+use super::inputs::{render_around, render_texts};
 use super::Prepared;
 use crate::config::ChunkStrategy;
 use crate::resolve::{ChunkSettings, ModelSettings};
-use crate::sink::incremental::{chunk_place, StoredChunk, CHUNK_PLACE_COLUMNS};
+use crate::sink::incremental::{chunk_place, StoredChunk};
 use crate::util::columns::{CHUNK_DOC_ID, CHUNK_HEADING, CHUNK_PAGE, CHUNK_TEXT, PAGE_STARTS};
 use crate::util::tokens::{CharCounter, EstimateCounter, TokenCounter};
 use crate::util::FailureKind;
@@ -16,6 +16,7 @@ use arrow::array::{
     Array, ArrayRef, ListArray, RecordBatch, StringArray, StringBuilder, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -101,6 +102,9 @@ pub fn limits(
 /// The chunk stage of a run (or a plan).
 pub struct ChunkStage {
     chunker: Chunker,
+    /// The limits the chunker was built with (rows whose step templates add text get a
+    /// chunker of their own, with that text's tokens taken off).
+    limits: Vec<Limit>,
     settings: ChunkSettings,
     /// Source columns carried into chunk rows (metadata and what step templates read).
     keep: Vec<String>,
@@ -131,10 +135,11 @@ impl ChunkStage {
     ) -> Result<Self> {
         let heading = settings.strategy == ChunkStrategy::Markdown;
         let page = has_pages(source);
-        let chunker = Chunker::new(settings.strategy, limits, settings.overlap_tokens)
+        let chunker = Chunker::new(settings.strategy, limits.clone(), settings.overlap_tokens)
             .map_err(|m| anyhow::anyhow!("[chunk]: {m}"))?;
         Ok(Self {
             chunker,
+            limits,
             settings: settings.clone(),
             schema: chunk_schema(source, &keep, heading, page),
             keep,
@@ -168,7 +173,7 @@ impl ChunkStage {
                 Err(m) => failures.push((i, FailureKind::EmptyInput, m.clone())),
             }
         }
-        let chunks = self.chunker.split_all(&strs);
+        let chunks = self.split_rows(batch, &rows, &strs, &mut failures)?;
         let pages = match self.page {
             true => batch
                 .column_by_name(PAGE_STARTS)
@@ -197,11 +202,13 @@ impl ChunkStage {
         let mut text = StringBuilder::with_capacity(total, bytes);
         for ((&row, doc), cs) in rows.iter().zip(&strs).zip(&chunks) {
             if cs.is_empty() {
-                failures.push((
-                    row,
-                    FailureKind::EmptyInput,
-                    "the text to split is only whitespace".into(),
-                ));
+                if !failures.iter().any(|f| f.0 == row) {
+                    failures.push((
+                        row,
+                        FailureKind::EmptyInput,
+                        "the text to split is only whitespace".into(),
+                    ));
+                }
                 continue;
             }
             let id = ids.value(row);
@@ -260,6 +267,79 @@ impl ChunkStage {
     pub fn kept_columns(&self) -> &[String] {
         &self.keep
     }
+
+    /// The columns of a chunk row's place signature (what makes a stored chunk unchanged
+    /// besides its text): the same on the table's side and the new rows'.
+    pub fn place_columns(&self) -> Vec<String> {
+        let mut c = vec!["chunk_count", "start_char", "end_char"];
+        if self.heading {
+            c.push(CHUNK_HEADING);
+        }
+        if self.page {
+            c.push(CHUNK_PAGE);
+        }
+        c.into_iter().map(String::from).collect()
+    }
+
+    /// The chunks of `texts` (the texts of batch rows `rows`). Where a step template adds text
+    /// around the chunk, that text's tokens come off each limit for its row (a row left with
+    /// too little room fails, in `failures`, and gets no chunks).
+    fn split_rows(
+        &self,
+        batch: &RecordBatch,
+        rows: &[usize],
+        texts: &[&str],
+        failures: &mut Vec<(usize, FailureKind, String)>,
+    ) -> Result<Vec<Vec<Chunk>>> {
+        if self.settings.templates.is_empty() {
+            return Ok(self.chunker.split_all(texts));
+        }
+        let around: Vec<Vec<String>> = self
+            .settings
+            .templates
+            .iter()
+            .map(|t| render_around(t, CHUNK_TEXT, batch))
+            .collect::<Result<_>>()?;
+        let empty: Vec<usize> = self.limits.iter().map(|l| l.counter.count("")).collect();
+        let split: Vec<Result<Vec<Chunk>, String>> = rows
+            .par_iter()
+            .zip(texts.par_iter())
+            .map(|(&row, text)| {
+                let mut limits = self.limits.clone();
+                let mut extra = false;
+                for (l, base) in limits.iter_mut().zip(&empty) {
+                    let over = around
+                        .iter()
+                        .map(|a| l.counter.count(&a[row]).saturating_sub(*base))
+                        .max()
+                        .unwrap_or(0);
+                    if over > 0 {
+                        extra = true;
+                        l.max = l.max.saturating_sub(over);
+                    }
+                }
+                if !extra {
+                    return Ok(self.chunker.split(text));
+                }
+                let first = limits[0].max;
+                let overlap = self.settings.overlap_tokens.min((first / 2).saturating_sub(1));
+                Chunker::new(self.settings.strategy, limits, overlap)
+                    .map(|c| c.split(text))
+                    .map_err(|m| format!("the text the embed step's template adds around each chunk leaves too little room for the chunk: {m}"))
+            })
+            .collect();
+        let mut out = Vec::with_capacity(split.len());
+        for (&row, r) in rows.iter().zip(split) {
+            match r {
+                Ok(c) => out.push(c),
+                Err(m) => {
+                    failures.push((row, FailureKind::InputTooLong, m));
+                    out.push(Vec::new());
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A vector a step already has for a chunk row (the table holds a chunk of the same document
@@ -277,8 +357,10 @@ pub struct Reuse {
 }
 
 /// Matches chunk rows against the chunks the table holds for their documents (`stored`, by
-/// document id). Only rows `ok` are matched (others fail or are refused anyway); stale chunks
-/// are found for every document.
+/// document id; `place`: the place-signature columns, as given to `Existing::chunks`). Only
+/// rows `ok` are matched (others fail or are refused anyway); stale chunks are found for every
+/// document. Lookups are hashed: a document of thousands of chunks costs linear time.
+#[allow(clippy::too_many_arguments)]
 pub fn match_stored(
     chunks: &RecordBatch,
     chunk_ids: &StringArray,
@@ -286,6 +368,7 @@ pub fn match_stored(
     doc_ids: &StringArray,
     prepared: &[Prepared],
     stored: &HashMap<String, Vec<StoredChunk>>,
+    place: &[String],
     ok: &[bool],
 ) -> Reuse {
     let steps = prepared.len();
@@ -296,15 +379,19 @@ pub fn match_stored(
         .iter()
         .map(|p| p.rows.iter().copied().zip(&p.hashes).collect())
         .collect();
-    let place_cols: Vec<&dyn Array> = CHUNK_PLACE_COLUMNS
+    let place_cols: Vec<&dyn Array> = place
         .iter()
         .filter_map(|c| chunks.column_by_name(c).map(|a| a.as_ref()))
         .collect();
-    let mut new_ids: Vec<(u32, Vec<&str>)> = Vec::new();
+    // Per document: stored chunks by id, and stored vectors by (step, hash).
+    let mut by_doc: HashMap<u32, DocIndex> = HashMap::new();
+    let mut new_ids: Vec<(u32, std::collections::HashSet<&str>)> = Vec::new();
     for (k, &d) in parent.iter().enumerate() {
         match new_ids.last_mut() {
-            Some((doc, ids)) if *doc == d => ids.push(chunk_ids.value(k)),
-            _ => new_ids.push((d, vec![chunk_ids.value(k)])),
+            Some((doc, ids)) if *doc == d => {
+                ids.insert(chunk_ids.value(k));
+            }
+            _ => new_ids.push((d, std::iter::once(chunk_ids.value(k)).collect())),
         }
         if !ok[k] {
             continue;
@@ -319,11 +406,10 @@ pub fn match_stored(
         else {
             continue;
         };
+        let index = by_doc.entry(d).or_insert_with(|| DocIndex::of(old));
         let id = chunk_ids.value(k);
-        let place = chunk_place(&place_cols, k);
-        let same = old.iter().any(|c| {
-            c.id == id
-                && c.place == place
+        let same = index.by_id.get(id).is_some_and(|c| {
+            c.place == chunk_place(&place_cols, k)
                 && c.hashes.len() == steps
                 && c.hashes.iter().zip(&hashes).all(|(a, b)| a == *b)
         });
@@ -332,8 +418,8 @@ pub fn match_stored(
             continue;
         }
         for (s, h) in hashes.iter().enumerate() {
-            if let Some(c) = old.iter().find(|c| c.hashes.get(s) == Some(*h)) {
-                reused[s].push((k, (*h).clone(), c.vectors[s].clone()));
+            if let Some(v) = index.vectors.get(&(s, h.as_str())) {
+                reused[s].push((k, (*h).clone(), Arc::clone(v)));
             }
         }
     }
@@ -342,7 +428,7 @@ pub fn match_stored(
         if let Some(old) = stored.get(doc_ids.value(d as usize)) {
             let gone: Vec<String> = old
                 .iter()
-                .filter(|c| !ids.contains(&c.id.as_str()))
+                .filter(|c| !ids.contains(c.id.as_str()))
                 .map(|c| c.id.clone())
                 .collect();
             if !gone.is_empty() {
@@ -357,6 +443,28 @@ pub fn match_stored(
     }
 }
 
+/// One document's stored chunks, hashed for lookups.
+struct DocIndex<'a> {
+    by_id: HashMap<&'a str, &'a StoredChunk>,
+    /// The vector of each (step, content hash) the document holds.
+    vectors: HashMap<(usize, &'a str), &'a Arc<[f32]>>,
+}
+
+impl<'a> DocIndex<'a> {
+    fn of(chunks: &'a [StoredChunk]) -> Self {
+        let mut vectors = HashMap::new();
+        for c in chunks {
+            for (s, (h, v)) in c.hashes.iter().zip(&c.vectors).enumerate() {
+                vectors.entry((s, h.as_str())).or_insert(v);
+            }
+        }
+        Self {
+            by_id: chunks.iter().map(|c| (c.id.as_str(), c)).collect(),
+            vectors,
+        }
+    }
+}
+
 /// The 1-based page holding character `at`, from each page's first character offset.
 fn page_of(starts: &[u64], at: u64) -> u32 {
     starts.partition_point(|&s| s <= at).max(1) as u32
@@ -365,6 +473,76 @@ fn page_of(starts: &[u64], at: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{StepInput, Template};
+    use crate::util::tokens::TokenCounter;
+
+    fn settings(templates: Vec<Template>) -> ChunkSettings {
+        ChunkSettings {
+            input: StepInput::Column("body".into()),
+            strategy: ChunkStrategy::Recursive,
+            max_tokens: 40,
+            overlap_tokens: 4,
+            models: vec![0],
+            templates,
+        }
+    }
+
+    fn batch(title: &str, body: &str) -> (RecordBatch, StringArray) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("title", DataType::Utf8, true),
+            Field::new("body", DataType::Utf8, true),
+        ]));
+        let b = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![title])),
+                Arc::new(StringArray::from(vec![body])),
+            ],
+        )
+        .unwrap();
+        (b, StringArray::from(vec!["doc"]))
+    }
+
+    #[test]
+    fn text_a_template_adds_around_the_chunk_counts_against_its_size() {
+        let title = "A rather long title of several words that the template repeats";
+        let body = "word ".repeat(400);
+        let (b, ids) = batch(title, &body);
+        let limits = vec![Limit {
+            counter: Arc::new(EstimateCounter),
+            max: 40,
+        }];
+        let template = Template::parse("{title}: {text}").unwrap();
+        let keep = vec!["title".to_string()];
+        let plain = ChunkStage::new(
+            &settings(vec![]),
+            limits.clone(),
+            b.schema().as_ref(),
+            keep.clone(),
+        )
+        .unwrap();
+        let framed =
+            ChunkStage::new(&settings(vec![template]), limits, b.schema().as_ref(), keep).unwrap();
+        let e = framed.expand(&b, &ids).unwrap();
+        let texts = e.batch.column_by_name(CHUNK_TEXT).unwrap();
+        let texts = texts.as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..texts.len() {
+            let input = format!("{title}: {}", texts.value(i));
+            assert!(EstimateCounter.count(&input) <= 40, "{input}");
+        }
+        // Without the template's text taken off, the same chunks would not fit.
+        let p = plain.expand(&b, &ids).unwrap();
+        assert!(p.batch.num_rows() < e.batch.num_rows());
+        let t = p.batch.column_by_name(CHUNK_TEXT).unwrap();
+        let t = t.as_any().downcast_ref::<StringArray>().unwrap();
+        assert!(EstimateCounter.count(&format!("{title}: {}", t.value(0))) > 40);
+        // A title that leaves no room fails the row with the reason.
+        let (b, ids) = batch(&"long ".repeat(40), &body);
+        let e = framed.expand(&b, &ids).unwrap();
+        assert_eq!(e.batch.num_rows(), 0);
+        assert_eq!(e.failures[0].1, FailureKind::InputTooLong);
+        assert!(e.failures[0].2.contains("template"), "{}", e.failures[0].2);
+    }
 
     #[test]
     fn pages_from_offsets() {

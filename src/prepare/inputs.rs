@@ -97,6 +97,35 @@ pub(crate) fn render_texts(
     }
 }
 
+/// Renders a template for every row with the column `skip` left empty (it may be absent from
+/// the batch): what a template adds around a chunk's text.
+pub(crate) fn render_around(t: &Template, skip: &str, batch: &RecordBatch) -> Result<Vec<String>> {
+    let mut cols: Vec<(String, StringArray)> = Vec::new();
+    for c in t.columns() {
+        if c != skip {
+            cols.push((c.clone(), as_text(batch, &c)?));
+        }
+    }
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let mut s = String::new();
+        for part in &t.parts {
+            match part {
+                TemplatePart::Literal(l) => s.push_str(l),
+                TemplatePart::Column(c) => {
+                    if let Some((_, a)) = cols.iter().find(|(n, _)| n == c) {
+                        if !a.is_null(i) {
+                            s.push_str(a.value(i));
+                        }
+                    }
+                }
+            }
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
 /// Renders a template for every row: the text, or why the row has none.
 fn render(t: &Template, batch: &RecordBatch) -> Result<Vec<Result<String, String>>> {
     let cols: Vec<(String, StringArray)> = t

@@ -3,7 +3,7 @@
 //! estimate) is decided where the models are loaded; here only the numbers.
 
 use super::ModelSettings;
-use crate::config::{ChunkStrategy, ConfigError, Pipeline, StepInput};
+use crate::config::{ChunkStrategy, ConfigError, Pipeline, StepInput, Template};
 
 /// Chunk size when the file sets none: a usual RAG passage, or less where a model reads less.
 pub const DEFAULT_CHUNK_TOKENS: usize = 512;
@@ -22,6 +22,9 @@ pub struct ChunkSettings {
     pub overlap_tokens: usize,
     /// The models that embed the chunks (indexes into `Settings::models`), each a size limit.
     pub models: Vec<usize>,
+    /// Step templates that add text around the chunk (`"{title}: {text}"`): their other text
+    /// counts against each chunk's size, row by row.
+    pub templates: Vec<Template>,
 }
 
 impl ChunkSettings {
@@ -70,7 +73,16 @@ impl ChunkSettings {
             Some(o) => o,
             None => max_tokens / DEFAULT_OVERLAP_DIVISOR,
         };
+        let templates = pipeline
+            .steps
+            .iter()
+            .filter_map(|s| match &s.input {
+                StepInput::Template(t) if t.parts.len() > 1 => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
         Ok(Some(Self {
+            templates,
             input: c.input.clone(),
             strategy: c.strategy,
             max_tokens,

@@ -54,11 +54,7 @@ pub struct StoredChunk {
     pub vectors: Vec<Arc<[f32]>>,
 }
 
-/// The columns that say where a chunk sits in its document.
-pub const CHUNK_PLACE_COLUMNS: &[&str] =
-    &["chunk_count", "start_char", "end_char", "heading", "page"];
-
-/// The place signature of row `r` of `columns` (the [`CHUNK_PLACE_COLUMNS`] a batch has), the
+/// The place signature of row `r` of `columns` (a chunk's count, offsets, heading, page), the
 /// same text whether the values come from the table or from chunk rows being written.
 pub fn chunk_place(columns: &[&dyn Array], r: usize) -> String {
     let mut out = String::new();
@@ -98,13 +94,18 @@ impl Existing {
         })
     }
 
-    /// Every chunk the table holds of the documents `doc_ids`, by document.
-    pub async fn chunks(&self, doc_ids: &[&str]) -> Result<HashMap<String, Vec<StoredChunk>>> {
+    /// Every chunk the table holds of the documents `doc_ids`, by document; `place`: the
+    /// columns of its place signature (those the chunk rows being written have).
+    pub async fn chunks(
+        &self,
+        doc_ids: &[&str],
+        place: &[String],
+    ) -> Result<HashMap<String, Vec<StoredChunk>>> {
         let schema = self.table.schema().await?;
-        let place: Vec<String> = CHUNK_PLACE_COLUMNS
+        let place: Vec<String> = place
             .iter()
             .filter(|c| schema.field_with_name(c).is_ok())
-            .map(|c| c.to_string())
+            .cloned()
             .collect();
         let mut columns = vec![
             "id".to_string(),

@@ -91,10 +91,11 @@ pub(super) async fn embed_chunked_batch(
             }
             d
         };
-        let stored = existing.chunks(&docs).await?;
+        let place = stage.place_columns();
+        let stored = existing.chunks(&docs, &place).await?;
         let ok: Vec<bool> = state.iter().map(RowState::is_ok).collect();
         let found = match_stored(
-            &csb.batch, &csb.ids, &parent, &sb.ids, &prepared, &stored, &ok,
+            &csb.batch, &csb.ids, &parent, &sb.ids, &prepared, &stored, &place, &ok,
         );
         for (s, u) in state.iter_mut().zip(&found.unchanged) {
             if *u {
@@ -113,6 +114,23 @@ pub(super) async fn embed_chunked_batch(
             }
         }
         stale = found.stale;
+    }
+    // A document is written whole or not at all: once a chunk failed (refused by append,
+    // no input), its siblings are not paid for.
+    let mut doomed = vec![false; sb.batch.num_rows()];
+    for (k, s) in state.iter().enumerate() {
+        if matches!(s, RowState::Failed(_)) {
+            doomed[parent[k] as usize] = true;
+        }
+    }
+    if doomed.iter().any(|d| *d) {
+        let spare = |row: usize| !doomed[parent[row] as usize];
+        for p in &mut prepared {
+            retain_rows(p, spare);
+        }
+        for r in &mut reused {
+            r.retain(|x| spare(x.0));
+        }
     }
     let per_step = call_steps(ctx, prepared, reused, &mut state, &mut out).await?;
     // A document is written whole or not at all.

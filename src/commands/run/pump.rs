@@ -226,15 +226,17 @@ pub(super) async fn pump_until(
             )));
         }
         counters.written += out.rows_written;
-        if let Some(batch) = out.batch {
-            counters.segments += batch.num_rows() as u64;
-            output.send(batch).await?;
-            tracing::trace!("batch sent to the writer");
-        }
+        // Stale chunks are queued first: the flush that commits this batch's rows deletes
+        // them right after.
         if !out.deletes.is_empty() {
             if let Output::Upsert(u) = output {
                 u.delete_after(out.deletes);
             }
+        }
+        if let Some(batch) = out.batch {
+            counters.segments += batch.num_rows() as u64;
+            output.send(batch).await?;
+            tracing::trace!("batch sent to the writer");
         }
         ctx.progress.batch_done(out.read, out.inputs);
     }
