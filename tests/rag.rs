@@ -45,8 +45,12 @@ struct Rag {
 
 impl Rag {
     fn new() -> Self {
+        Self::with(Settings::default())
+    }
+
+    fn with(settings: Settings) -> Self {
         Self {
-            env: EmuEnv::new(Settings::default()),
+            env: EmuEnv::new(settings),
         }
     }
 
@@ -284,6 +288,78 @@ fn moved_chunks_reuse_their_vectors_and_a_shorter_document_loses_its_extra_chunk
     assert_eq!(ids, want);
     assert!(s["rows_deleted"].as_u64().unwrap() > 0, "{s:#}");
     assert!(rag.calls(TITAN) <= 1, "the first chunks are unchanged");
+}
+
+#[test]
+fn killed_chunked_runs_resume_to_the_table_a_full_rewrite_makes() {
+    // Slow calls, a commit every 10 chunk rows, one document per batch: kills land mid-run,
+    // between an upsert and its stale-chunk deletes too.
+    let rag = Rag::with(Settings {
+        latency: embedpipe_emulator::Latency::Fixed { ms: 20.0 },
+        ..Default::default()
+    });
+    let seeds = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"];
+    let v1: BTreeMap<&str, Vec<String>> = seeds.iter().map(|s| (*s, document(s, 16))).collect();
+    rag.data(&v1);
+    let p = rag.pipeline(
+        TITAN,
+        "max_tokens = 64\noverlap_tokens = 8",
+        "cleanup = \"full\"\ncommit_rows = 10",
+    );
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("batch_size = 4", "batch_size = 1");
+    std::fs::write(&p, text).unwrap();
+    rag.run(&p);
+    // Every kind of change at once: shorter, longer, edited, deleted, new.
+    let mut v2 = v1.clone();
+    v2.get_mut("alpha").unwrap().truncate(6);
+    v2.get_mut("beta")
+        .unwrap()
+        .insert(1, document("inserted", 1).remove(0));
+    v2.get_mut("gamma").unwrap()[10] = "A rewritten paragraph in the middle.".into();
+    v2.remove("delta");
+    v2.insert("eta", document("eta", 12));
+    rag.data(&v2);
+    rag.calls(TITAN);
+    for kill_at in [4, 9] {
+        let mut child = rag
+            .env
+            .cli(&["run", &p, "--json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(120, &format!("{kill_at} calls"), || {
+            rag.env.counters(TITAN).requests >= kill_at
+        });
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let s = rag.run(&p);
+    assert_eq!(s["status"], "ok", "{s:#}");
+    let cols = [
+        "id",
+        "doc_id",
+        "chunk_index",
+        "chunk_count",
+        "start_char",
+        "end_char",
+        "text",
+    ];
+    let resumed = rag.rows(&cols);
+    let vectors = table_vectors(&rag.env.db(), "t", "vector");
+    // No id twice, no document left behind, none kept that left the source.
+    let mut ids: Vec<&String> = resumed.iter().map(|r| &r[0]).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), resumed.len());
+    let docs: std::collections::BTreeSet<&str> = resumed.iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(docs, v2.keys().copied().collect());
+    // The same rows a rewrite from scratch makes, with the same vectors.
+    let out = rag.env.run(&["run", &p, "--json", "--reindex"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(rag.rows(&cols), resumed);
+    assert_eq!(table_vectors(&rag.env.db(), "t", "vector"), vectors);
 }
 
 #[test]
