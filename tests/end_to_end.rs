@@ -341,3 +341,57 @@ fn every_shipped_pipeline_validates() {
     assert_eq!(stats.requests, 0, "validate called a model: {stats:?}");
     assert_eq!(stats.async_invoke.submits, 0, "{stats:?}");
 }
+
+#[test]
+fn plan_counts_the_rows_each_shard_would_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    for f in 0..4 {
+        let mut csv = String::from("id,text\n");
+        for r in 0..10 {
+            let id = format!("f{f}-r{r:02}");
+            csv.push_str(&format!("{id},same length text\n"));
+            ids.push(id);
+        }
+        std::fs::write(tmp.path().join(format!("{f}.csv")), csv).unwrap();
+    }
+    let plan = |sink_extra: &str| {
+        let p = write_pipeline(
+            tmp.path(),
+            "p.toml",
+            &pipeline_text(
+                "type = \"csv\"\npath = \"*.csv\"\nid_column = \"id\"",
+                "column = \"text\"",
+                sink_extra,
+            )
+            .replace("mode = \"overwrite\"\n", ""),
+        );
+        let out = embedpipe(&["plan", &p, "--json", "--shards", "4"], tmp.path());
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(v["rows_read"], 40, "{v:#}");
+        v["rows_per_shard"].clone()
+    };
+    // Files of one size: one file per shard.
+    assert_eq!(
+        plan("mode = \"overwrite\""),
+        serde_json::json!([10, 10, 10, 10])
+    );
+    // Incremental runs split by id, so shards never touch the same rows.
+    let mut want = [0u64; 4];
+    for id in &ids {
+        want[embedpipe::util::shard_of(id, 4) as usize] += 1;
+    }
+    assert_eq!(plan("mode = \"incremental\""), serde_json::json!(want));
+    assert_ne!(want, [10, 10, 10, 10]);
+    let out = embedpipe(
+        &[
+            "plan",
+            &tmp.path().join("p.toml").to_string_lossy(),
+            "--shards",
+            "0",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+}

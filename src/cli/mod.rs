@@ -124,6 +124,9 @@ enum Command {
         /// Plan a `run --reindex` (every row embedded again).
         #[arg(long)]
         reindex: bool,
+        /// Also count the source rows each of N shards would read (`run --shard I/N`).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=crate::util::MAX_SHARDS as i64))]
+        shards: Option<u32>,
         #[command(flatten)]
         emu: EmulatorFlags,
     },
@@ -314,8 +317,9 @@ async fn dispatch(cli: Cli) -> i32 {
             file,
             json,
             reindex,
+            shards,
             emu,
-        } => plan_command(&file, json, reindex, &emu).await,
+        } => plan_command(&file, json, reindex, shards, &emu).await,
         Command::Runs { file, json, n, emu } => runs_command(&file, json, n, &emu).await,
         Command::Jobs { file, json, emu } => jobs_command(&file, json, &emu).await,
     }
@@ -456,7 +460,13 @@ async fn search_command(
     }
 }
 
-async fn plan_command(file: &Path, json: bool, reindex: bool, emu: &EmulatorFlags) -> i32 {
+async fn plan_command(
+    file: &Path,
+    json: bool,
+    reindex: bool,
+    shards: Option<u32>,
+    emu: &EmulatorFlags,
+) -> i32 {
     let p = match load(file) {
         Ok(p) => p,
         Err(code) => return code,
@@ -465,7 +475,7 @@ async fn plan_command(file: &Path, json: bool, reindex: bool, emu: &EmulatorFlag
         Ok(x) => x,
         Err(code) => return code,
     };
-    match crate::commands::plan::estimate(&p, reindex, &overrides).await {
+    match crate::commands::plan::estimate_sharded(&p, reindex, &overrides, shards).await {
         Ok(e) if json => {
             render::print_json(&e);
             EXIT_OK

@@ -287,6 +287,14 @@ pub(super) fn print_plan(e: &Estimate) {
             String::new()
         }
     );
+    if let Some(rows) = &e.rows_per_shard {
+        let shown: Vec<String> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{i}: {n}"))
+            .collect();
+        println!("  rows per shard: {}", shown.join(", "));
+    }
     if let Some(c) = &e.chunks {
         println!(
             "  chunks: {} in all: {} to embed, {} reused from the table (no call), {} unchanged, {} stale to delete",

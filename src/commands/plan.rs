@@ -31,6 +31,9 @@ pub struct Estimate {
     pub rows_rejected: u64,
     /// Table rows gone from the source that `cleanup = "full"` would delete.
     pub rows_to_delete: u64,
+    /// `plan --shards N`: the source rows each shard would read (unreadable ones included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_per_shard: Option<Vec<u64>>,
     /// Chunked pipelines (`[chunk]`): what becomes of the chunks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chunks: Option<ChunkEstimate>,
@@ -80,6 +83,16 @@ pub async fn estimate(
     reindex: bool,
     overrides: &Overrides,
 ) -> Result<Estimate> {
+    estimate_sharded(pipeline, reindex, overrides, None).await
+}
+
+/// [`estimate`], also counting the rows each of `shards` workers would read.
+pub async fn estimate_sharded(
+    pipeline: &Pipeline,
+    reindex: bool,
+    overrides: &Overrides,
+    shards: Option<u32>,
+) -> Result<Estimate> {
     let checked = crate::commands::validate::check_run(pipeline, reindex, overrides).await?;
     let sink = checked.settings.sink.clone();
     let infos = &checked.models;
@@ -96,6 +109,12 @@ pub async fn estimate(
     };
     let mut est = empty_estimate(pipeline, &checked.target.table, &sink, infos, reindex);
     let stage = chunk_stage(&checked)?;
+    // Incremental runs split by id (shards never touch the same rows); the others by files.
+    let shard_map = match shards {
+        Some(n) => Some(sources::ShardMap::new(&checked.source, n, incremental)?),
+        None => None,
+    };
+    let mut per_shard = vec![0u64; shards.unwrap_or(0) as usize];
     if stage.is_some() {
         est.chunks = Some(ChunkEstimate::default());
     }
@@ -119,6 +138,16 @@ pub async fn estimate(
     });
     while let Some(sb) = rx.recv().await {
         let sb = sb?;
+        if let Some(map) = &shard_map {
+            use arrow::array::Array;
+            for i in 0..sb.ids.len() {
+                let s = map.shard_of(&sb.file, Some(sb.rows[i]), Some(sb.ids.value(i)));
+                per_shard[s as usize] += 1;
+            }
+            for f in &sb.failures {
+                per_shard[map.shard_of(&f.file, f.row, f.id.as_deref()) as usize] += 1;
+            }
+        }
         match &stage {
             Some(stage) => {
                 plan_chunked_batch(pipeline, infos, existing.as_ref(), stage, &sb, &mut est).await?
@@ -144,6 +173,9 @@ pub async fn estimate(
         finish_model(m, info);
     }
     est.cost_usd = est.models.iter().map(|m| m.cost_usd).sum();
+    if shards.is_some() {
+        est.rows_per_shard = Some(per_shard);
+    }
     Ok(est)
 }
 

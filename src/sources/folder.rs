@@ -372,6 +372,20 @@ type Walk = Box<dyn Iterator<Item = (Arc<str>, Result<Entry>)> + Send>;
 /// A lazy walk over every folder of a source, cut into [`Chunk`]s in a stable, sorted order.
 /// A listing that fails is an error of the source (it ends the iteration's usefulness: what it
 /// would have listed is unknown).
+/// Whether `shard` reads this entry: by a hash of its relative path (its row id); a walk error
+/// that names no file is the first shard's to report.
+fn owned(shard: crate::util::Shard, entry: &Result<Entry>) -> bool {
+    match entry {
+        _ if shard.is_whole() => true,
+        Ok(Entry::File { rel, .. }) | Ok(Entry::Object(Object { rel, .. })) => shard.owns(rel),
+        Ok(Entry::Failed(f)) => match &f.id {
+            Some(id) => shard.owns(id),
+            None => shard.index == 0,
+        },
+        Err(_) => true,
+    }
+}
+
 pub(super) struct Chunks {
     walk: Peekable<Walk>,
     batch_rows: usize,
@@ -387,6 +401,7 @@ impl Chunks {
         remote: Option<Remote>,
         batch_rows: usize,
         max: u64,
+        shard: crate::util::Shard,
     ) -> Self {
         let walk: Walk = Box::new(folders.into_iter().flat_map(move |folder| {
             let display = folder.display.clone();
@@ -401,7 +416,9 @@ impl Chunks {
                     }
                 }
             };
-            entries.map(move |entry| (display.clone(), entry))
+            entries
+                .filter(move |entry| owned(shard, entry))
+                .map(move |entry| (display.clone(), entry))
         }));
         Self {
             walk: walk.peekable(),

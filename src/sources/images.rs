@@ -126,6 +126,7 @@ pub fn open(
     batch_rows: usize,
     survey: &SourceFiles,
     remote: Option<Remote>,
+    shard: crate::util::Shard,
 ) -> Result<BatchIter> {
     let max = settings.max_image_bytes;
     // A lazy walk over every folder: files (or failures) in a stable, sorted order, in chunks
@@ -137,6 +138,7 @@ pub fn open(
         remote.clone(),
         batch_rows,
         max,
+        shard,
     );
     let schema = schema();
     let iter = std::iter::from_fn(move || {

@@ -18,7 +18,7 @@ pub use files::{expand_inputs, InputFile};
 use crate::clients::store::Stores;
 use crate::config::SourceKind;
 use crate::resolve::SourceSettings;
-use crate::util::{FailureKind, Location, S3Uri};
+use crate::util::{balanced, FailureKind, Location, S3Uri, Shard};
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{Array, ArrayRef, StringArray};
 use arrow::datatypes::SchemaRef;
@@ -63,6 +63,8 @@ pub struct SourceFiles {
     pub schema: SchemaRef,
     /// Rows the source holds, when known without reading it (Parquet footers).
     total_rows: Option<u64>,
+    /// Parquet: each file's rows per row group (how shards split the source).
+    pub(crate) row_groups: Vec<Vec<u64>>,
 }
 
 impl SourceFiles {
@@ -89,9 +91,11 @@ pub type BatchIter = Box<dyn Iterator<Item = Result<SourceBatch>> + Send>;
 pub async fn survey(settings: &SourceSettings, stores: Option<&Stores>) -> Result<SourceFiles> {
     let kind = settings.kind;
     let files = expand_inputs(settings, stores).await?;
+    let mut row_groups = Vec::new();
     let (files, schema, total_rows) = match kind {
         SourceKind::Parquet => {
-            let (schema, rows) = parquet::schema(&files, stores).await?;
+            let (schema, rows, groups) = parquet::schema(&files, stores).await?;
+            row_groups = groups;
             (files, schema, Some(rows))
         }
         SourceKind::Csv => {
@@ -121,6 +125,7 @@ pub async fn survey(settings: &SourceSettings, stores: Option<&Stores>) -> Resul
         files,
         schema,
         total_rows,
+        row_groups,
     })
 }
 
@@ -162,17 +167,147 @@ pub fn open(
     id_column: Option<String>,
     stores: Option<&Stores>,
 ) -> Result<BatchIter> {
+    open_shard(settings, survey, columns, id_column, stores, Shard::WHOLE)
+}
+
+/// [`open`] for one shard of a run: Parquet row-group ranges balanced by row count, CSV files
+/// balanced by size, folder files by a hash of their path. Every worker computes the same
+/// split from the same survey; together the shards read every row once.
+pub fn open_shard(
+    settings: &SourceSettings,
+    survey: &SourceFiles,
+    columns: &[String],
+    id_column: Option<String>,
+    stores: Option<&Stores>,
+    shard: Shard,
+) -> Result<BatchIter> {
     let remote = Remote::capture(&survey.files, stores)?;
     match survey.kind {
-        SourceKind::Parquet => {
-            parquet::open(settings.batch_rows, survey, columns, id_column, remote)
+        SourceKind::Parquet => parquet::open(
+            settings.batch_rows,
+            survey,
+            columns,
+            id_column,
+            remote,
+            shard,
+        ),
+        SourceKind::Csv if !shard.is_whole() => {
+            let mine = csv_files(survey, shard)?;
+            csv::open(settings, &mine, columns, id_column, remote)
         }
         SourceKind::Csv => csv::open(settings, survey, columns, id_column, remote),
-        SourceKind::Images => images::open(&settings.images, settings.batch_rows, survey, remote),
-        SourceKind::Documents => {
-            documents::open(&settings.documents, settings.batch_rows, survey, remote)
+        SourceKind::Images => {
+            images::open(&settings.images, settings.batch_rows, survey, remote, shard)
         }
+        SourceKind::Documents => documents::open(
+            &settings.documents,
+            settings.batch_rows,
+            survey,
+            remote,
+            shard,
+        ),
     }
+}
+
+/// Where each row of a survey goes among `count` shards, row by row, without reading the data
+/// twice (`plan --shards`). Row ids decide for folder sources and `by_id` runs (incremental:
+/// ids are hash-partitioned); files and row ranges for the rest.
+pub struct ShardMap {
+    count: u32,
+    by_id: bool,
+    /// Per file (by its display name): its shard, or the shard of each row range (1-based,
+    /// inclusive).
+    files: std::collections::HashMap<Arc<str>, Vec<(u64, u64, u32)>>,
+}
+
+impl ShardMap {
+    pub fn new(survey: &SourceFiles, count: u32, by_id: bool) -> Result<Self> {
+        let mut files: std::collections::HashMap<Arc<str>, Vec<(u64, u64, u32)>> =
+            Default::default();
+        let by_id = by_id || matches!(survey.kind, SourceKind::Images | SourceKind::Documents);
+        if !by_id {
+            match survey.kind {
+                SourceKind::Parquet => {
+                    for index in 0..count {
+                        let shard = Shard { index, count };
+                        for slice in parquet::slices(&survey.row_groups, shard) {
+                            let rows: u64 = slice
+                                .row_groups
+                                .iter()
+                                .map(|&g| survey.row_groups[slice.file][g])
+                                .sum();
+                            files
+                                .entry(survey.files[slice.file].display.clone())
+                                .or_default()
+                                .push((slice.first_row + 1, slice.first_row + rows, index));
+                        }
+                    }
+                }
+                _ => {
+                    for (f, owner) in survey.files.iter().zip(csv_owners(survey, count)?) {
+                        files
+                            .entry(f.display.clone())
+                            .or_default()
+                            .push((0, u64::MAX, owner));
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            count,
+            by_id,
+            files,
+        })
+    }
+
+    /// The shard of a row: its id where ids decide (or the file and row number say nothing),
+    /// else its file's or row range's.
+    pub fn shard_of(&self, file: &str, row: Option<u64>, id: Option<&str>) -> u32 {
+        if !self.by_id {
+            if let Some(ranges) = self.files.get(file) {
+                let row = row.unwrap_or(0);
+                if let Some(r) = ranges.iter().find(|(a, b, _)| (*a..=*b).contains(&row)) {
+                    return r.2;
+                }
+            }
+        }
+        id.map_or(0, |id| crate::util::shard_of(id, self.count))
+    }
+}
+
+/// The shard of each CSV file among `count`: contiguous ranges balanced by size.
+fn csv_owners(survey: &SourceFiles, count: u32) -> Result<Vec<u32>> {
+    let sizes: Vec<u64> = survey
+        .files
+        .iter()
+        .map(|f| match (&f.location, f.size) {
+            (_, Some(size)) => Ok(size),
+            (Location::Local(path), None) => std::fs::metadata(path)
+                .map(|m| m.len())
+                .with_context(|| format!("{}: cannot read its size", f.display)),
+            // An S3 file listed without its size counts as one unit.
+            (Location::S3(_), None) => Ok(1),
+        })
+        .collect::<Result<_>>()?;
+    Ok(balanced(&sizes, count))
+}
+
+/// The CSV files of `shard`: whole files, in contiguous ranges balanced by size.
+fn csv_files(survey: &SourceFiles, shard: Shard) -> Result<SourceFiles> {
+    let owners = csv_owners(survey, shard.count)?;
+    Ok(SourceFiles {
+        kind: survey.kind,
+        files: survey
+            .files
+            .iter()
+            .zip(owners)
+            .filter(|(_, o)| *o == shard.index)
+            .map(|(f, _)| f.clone())
+            .collect(),
+        schema: survey.schema.clone(),
+        total_rows: None,
+        row_groups: Vec::new(),
+    })
 }
 
 /// The object-store client an S3 path needs.
@@ -334,6 +469,9 @@ pub(crate) fn drop_rows(
     let rows = keep.iter().map(|&i| rows[i as usize]).collect();
     Ok((batch, Arc::new(ids), rows))
 }
+
+#[cfg(test)]
+mod shard_tests;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@ use super::{
     Remote, SourceBatch, SourceFiles,
 };
 use crate::clients::store::{explain, Stores};
+use crate::util::{balanced, Shard};
 use crate::util::{Location, S3Uri};
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::datatypes::SchemaRef;
@@ -143,11 +144,17 @@ fn unreadable(file: &InputFile, e: ParquetError) -> anyhow::Error {
     }
 }
 
-/// The schema and row count of one file, from its footer.
-async fn footer(file: &InputFile, stores: Option<&Stores>) -> Result<(SchemaRef, u64)> {
-    fn parts<T>(b: &ArrowReaderBuilder<T>) -> (SchemaRef, u64) {
+/// The schema, row count and rows per row group of one file, from its footer.
+async fn footer(file: &InputFile, stores: Option<&Stores>) -> Result<(SchemaRef, u64, Vec<u64>)> {
+    fn parts<T>(b: &ArrowReaderBuilder<T>) -> (SchemaRef, u64, Vec<u64>) {
         let rows = b.metadata().file_metadata().num_rows() as u64;
-        (b.schema().clone(), rows)
+        let groups = b
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows() as u64)
+            .collect();
+        (b.schema().clone(), rows, groups)
     }
     match &file.location {
         Location::Local(path) => Ok(parts(&builder(file, path)?)),
@@ -155,19 +162,24 @@ async fn footer(file: &InputFile, stores: Option<&Stores>) -> Result<(SchemaRef,
     }
 }
 
-/// The schema shared by all files and their total row count, from the footers alone (those in
-/// S3 several at once); files must agree on common columns.
-pub async fn schema(files: &[InputFile], stores: Option<&Stores>) -> Result<(SchemaRef, u64)> {
+/// The schema shared by all files, their total row count and each file's rows per row group,
+/// from the footers alone (those in S3 several at once); files must agree on common columns.
+pub async fn schema(
+    files: &[InputFile],
+    stores: Option<&Stores>,
+) -> Result<(SchemaRef, u64, Vec<Vec<u64>>)> {
     let mut footers = std::pin::pin!(futures::stream::iter(files)
         .map(|f| async move { footer(f, stores).await.map(|footer| (f, footer)) })
         .buffered(FOOTERS_AT_ONCE));
     let Some(first) = footers.next().await else {
         bail!("the source has no files");
     };
-    let (_, (first, mut rows)) = first?;
+    let (_, (first, mut rows, groups)) = first?;
+    let mut row_groups = vec![groups];
     while let Some(next) = footers.next().await {
-        let (f, (s, n)) = next?;
+        let (f, (s, n, groups)) = next?;
         rows += n;
+        row_groups.push(groups);
         for field in first.fields() {
             match s.field_with_name(field.name()) {
                 Ok(other) if other.data_type() == field.data_type() => {}
@@ -188,7 +200,43 @@ pub async fn schema(files: &[InputFile], stores: Option<&Stores>) -> Result<(Sch
             }
         }
     }
-    Ok((first, rows))
+    Ok((first, rows, row_groups))
+}
+
+/// What one shard reads of one file: a contiguous range of its row groups, and the file row
+/// number its first row has (so derived ids and dead letters name the file's own rows).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Slice {
+    pub file: usize,
+    pub row_groups: Vec<usize>,
+    pub first_row: u64,
+}
+
+/// The row-group slices of `shard`: all row groups of all files in order, cut into contiguous
+/// ranges balanced by row count (every worker computes the same from the same footers).
+pub(crate) fn slices(row_groups: &[Vec<u64>], shard: Shard) -> Vec<Slice> {
+    let sizes: Vec<u64> = row_groups.iter().flatten().copied().collect();
+    let owners = balanced(&sizes, shard.count);
+    let mut out: Vec<Slice> = Vec::new();
+    let mut unit = 0;
+    for (file, groups) in row_groups.iter().enumerate() {
+        let mut first_row = 0;
+        for (g, &rows) in groups.iter().enumerate() {
+            if owners[unit] == shard.index {
+                match out.last_mut() {
+                    Some(s) if s.file == file => s.row_groups.push(g),
+                    _ => out.push(Slice {
+                        file,
+                        row_groups: vec![g],
+                        first_row,
+                    }),
+                }
+            }
+            first_row += rows;
+            unit += 1;
+        }
+    }
+    out
 }
 
 /// Reads only `columns` (whole top-level columns), `batch_rows` rows at a time.
@@ -224,10 +272,14 @@ impl Rows {
         columns: &[String],
         batch_rows: usize,
         remote: Option<&Remote>,
+        row_groups: Option<&[usize]>,
     ) -> Result<Self> {
         match &file.location {
             Location::Local(path) => {
-                let b = project(builder(file, path)?, file, columns, batch_rows)?;
+                let mut b = project(builder(file, path)?, file, columns, batch_rows)?;
+                if let Some(g) = row_groups {
+                    b = b.with_row_groups(g.to_vec());
+                }
                 Ok(Self::Local(b.build()?))
             }
             Location::S3(uri) => {
@@ -235,8 +287,11 @@ impl Rows {
                 let b = remote
                     .runtime
                     .block_on(s3_builder(file, uri, &remote.stores))?;
-                let stream = project(b, file, columns, batch_rows)?.build()?;
-                Ok(Self::S3(Box::pin(stream), remote.runtime.clone()))
+                let mut b = project(b, file, columns, batch_rows)?;
+                if let Some(g) = row_groups {
+                    b = b.with_row_groups(g.to_vec());
+                }
+                Ok(Self::S3(Box::pin(b.build()?), remote.runtime.clone()))
             }
         }
     }
@@ -272,17 +327,32 @@ pub fn open(
     columns: &[String],
     id_column: Option<String>,
     remote: Option<Remote>,
+    shard: Shard,
 ) -> Result<BatchIter> {
     let files = survey.files.clone();
     let columns = columns.to_vec();
+    // Whole files, or the row-group slices of this shard.
+    let plan: Vec<Slice> = match shard.is_whole() {
+        true => (0..files.len())
+            .map(|file| Slice {
+                file,
+                row_groups: Vec::new(),
+                first_row: 0,
+            })
+            .collect(),
+        false => slices(&survey.row_groups, shard),
+    };
+    let whole = shard.is_whole();
     let mut current: Option<(InputFile, Rows, u64)> = None;
-    let mut next_file = 0usize;
+    let mut next_slice = 0usize;
     let iter = std::iter::from_fn(move || loop {
         if current.is_none() {
-            let file = files.get(next_file)?.clone();
-            next_file += 1;
-            match Rows::open(&file, &columns, batch_rows, remote.as_ref()) {
-                Ok(r) => current = Some((file, r, 0)),
+            let slice = plan.get(next_slice)?.clone();
+            next_slice += 1;
+            let file = files[slice.file].clone();
+            let groups = (!whole).then_some(slice.row_groups.as_slice());
+            match Rows::open(&file, &columns, batch_rows, remote.as_ref(), groups) {
+                Ok(r) => current = Some((file, r, slice.first_row)),
                 Err(e) => return Some(Err(e)),
             }
         }
@@ -382,6 +452,49 @@ mod tests {
             .unwrap()
             .map(|b| b.unwrap())
             .collect()
+    }
+
+    #[test]
+    fn slices_are_contiguous_row_group_ranges_with_their_first_rows() {
+        // Two files: 4 groups of 10 rows, then 2 of 20: 80 rows, 20 per shard of 4.
+        let groups = vec![vec![10, 10, 10, 10], vec![20, 20]];
+        let of = |index| super::slices(&groups, Shard { index, count: 4 });
+        assert_eq!(
+            of(0),
+            [super::Slice {
+                file: 0,
+                row_groups: vec![0, 1],
+                first_row: 0
+            }]
+        );
+        assert_eq!(
+            of(1),
+            [super::Slice {
+                file: 0,
+                row_groups: vec![2, 3],
+                first_row: 20
+            }]
+        );
+        assert_eq!(
+            of(2),
+            [super::Slice {
+                file: 1,
+                row_groups: vec![0],
+                first_row: 0
+            }]
+        );
+        assert_eq!(
+            of(3),
+            [super::Slice {
+                file: 1,
+                row_groups: vec![1],
+                first_row: 20
+            }]
+        );
+        // One shard: everything, one slice per file.
+        let whole = super::slices(&groups, Shard::WHOLE);
+        assert_eq!(whole.len(), 2);
+        assert_eq!(whole[1].row_groups, [0, 1]);
     }
 
     #[test]

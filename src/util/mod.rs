@@ -9,6 +9,7 @@ mod hash;
 mod location;
 pub mod retry;
 mod s3uri;
+mod shard;
 pub mod tokens;
 
 pub use cpu::cpu;
@@ -17,6 +18,7 @@ pub use hash::content_hash;
 pub use location::{describe_secs, is_url, parse_duration, Location};
 pub use retry::{Attempts, ErrorClass, RetryPolicy};
 pub use s3uri::S3Uri;
+pub use shard::{balanced, shard_of, Shard, MAX_SHARDS};
 
 /// Durations in reports: seconds, to the millisecond.
 pub fn ser_secs<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {

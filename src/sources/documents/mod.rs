@@ -271,6 +271,7 @@ pub(crate) fn open(
     batch_rows: usize,
     survey: &SourceFiles,
     remote: Option<Remote>,
+    shard: crate::util::Shard,
 ) -> Result<BatchIter> {
     let max = settings.max_document_bytes;
     let mut chunks = Chunks::new(
@@ -280,6 +281,7 @@ pub(crate) fn open(
         remote.clone(),
         batch_rows,
         max,
+        shard,
     );
     let schema = schema();
     let iter = std::iter::from_fn(move || {
