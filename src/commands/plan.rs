@@ -323,18 +323,7 @@ async fn plan_chunked_batch(
     for (row, _, _) in &expanded.failures {
         doc_bad[*row] = true;
     }
-    let csb = SourceBatch {
-        file: sb.file.clone(),
-        rows: expanded
-            .parent
-            .iter()
-            .map(|&p| sb.rows[p as usize])
-            .collect(),
-        batch: expanded.batch,
-        ids: expanded.ids,
-        failures: Vec::new(),
-    };
-    let parent = expanded.parent;
+    let (csb, parent) = expanded.into_rows(sb);
     let n = csb.batch.num_rows();
     let (prepared, bad) = prepare_steps(pipeline, infos, &csb)?;
     let reuse = match existing {

@@ -8,6 +8,7 @@ use super::Prepared;
 use crate::config::ChunkStrategy;
 use crate::resolve::{ChunkSettings, ModelSettings};
 use crate::sink::incremental::{chunk_place, StoredChunk};
+use crate::sources::SourceBatch;
 use crate::util::columns::{CHUNK_DOC_ID, CHUNK_HEADING, CHUNK_PAGE, CHUNK_TEXT, PAGE_STARTS};
 use crate::util::tokens::{CharCounter, EstimateCounter, TokenCounter};
 use crate::util::FailureKind;
@@ -123,6 +124,22 @@ pub struct Expanded {
     pub parent: Vec<u32>,
     /// Source rows with nothing to split: (row index, why, message).
     pub failures: Vec<(usize, FailureKind, String)>,
+}
+
+impl Expanded {
+    /// The chunk rows as a source batch of their own (each with its document's file and row
+    /// number, no read failures), and the document row of each chunk.
+    pub fn into_rows(self, sb: &SourceBatch) -> (SourceBatch, Vec<u32>) {
+        let rows = self.parent.iter().map(|&p| sb.rows[p as usize]).collect();
+        let chunks = SourceBatch {
+            file: sb.file.clone(),
+            rows,
+            batch: self.batch,
+            ids: self.ids,
+            failures: Vec::new(),
+        };
+        (chunks, self.parent)
+    }
 }
 
 impl ChunkStage {

@@ -41,6 +41,15 @@ pub struct Existing {
     vector_columns: Vec<String>,
 }
 
+/// Column `i` of `b`, which holds ids or hashes.
+fn strings(b: &RecordBatch, i: usize) -> Result<StringArray> {
+    b.column(i)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .context("id and hash columns are strings")
+}
+
 /// A chunk row the table holds (chunked tables), as far as re-indexing needs it.
 #[derive(Debug, Clone)]
 pub struct StoredChunk {
@@ -118,27 +127,11 @@ impl Existing {
         let mut out: HashMap<String, Vec<StoredChunk>> = HashMap::new();
         for chunk in doc_ids.chunks(IDS_PER_QUERY) {
             let batches: Vec<RecordBatch> = self
-                .table
-                .query()
-                .only_if(format!(
-                    "{} IN ({})",
-                    crate::util::columns::CHUNK_DOC_ID,
-                    id_list(chunk.iter().copied())
-                ))
-                .select(Select::Columns(columns.clone()))
-                .execute()
-                .await?
-                .try_collect()
+                .rows_where(crate::util::columns::CHUNK_DOC_ID, chunk, &columns)
                 .await
                 .context("looking up the stored chunks of changed documents")?;
             for b in batches {
-                let strings = |i: usize| {
-                    b.column(i)
-                        .as_any()
-                        .downcast_ref::<StringArray>()
-                        .cloned()
-                        .context("id and hash columns are strings")
-                };
+                let strings = |i: usize| strings(&b, i);
                 let (id, doc) = (strings(0)?, strings(1)?);
                 let hashes: Vec<StringArray> =
                     (2..2 + steps).map(strings).collect::<Result<_>>()?;
@@ -180,6 +173,24 @@ impl Existing {
         Ok(out)
     }
 
+    /// The `columns` of the rows whose `key` column is one of `values` (one query).
+    async fn rows_where(
+        &self,
+        key: &str,
+        values: &[&str],
+        columns: &[String],
+    ) -> Result<Vec<RecordBatch>> {
+        Ok(self
+            .table
+            .query()
+            .only_if(format!("{key} IN ({})", id_list(values.iter().copied())))
+            .select(Select::Columns(columns.to_vec()))
+            .execute()
+            .await?
+            .try_collect()
+            .await?)
+    }
+
     /// The stored hashes (one per step) of those `ids` that the table holds.
     pub async fn hashes(&self, ids: &[&str]) -> Result<HashMap<String, Vec<String>>> {
         let mut out = HashMap::with_capacity(ids.len());
@@ -187,23 +198,11 @@ impl Existing {
         columns.extend(self.hash_columns.iter().cloned());
         for chunk in ids.chunks(IDS_PER_QUERY) {
             let batches: Vec<RecordBatch> = self
-                .table
-                .query()
-                .only_if(format!("id IN ({})", id_list(chunk.iter().copied())))
-                .select(Select::Columns(columns.clone()))
-                .execute()
-                .await?
-                .try_collect()
+                .rows_where("id", chunk, &columns)
                 .await
                 .context("looking up existing rows")?;
             for b in batches {
-                let strings = |i: usize| {
-                    b.column(i)
-                        .as_any()
-                        .downcast_ref::<StringArray>()
-                        .cloned()
-                        .context("hash columns are strings")
-                };
+                let strings = |i: usize| strings(&b, i);
                 let id = strings(0)?;
                 let hashes: Vec<StringArray> =
                     (1..columns.len()).map(strings).collect::<Result<_>>()?;

@@ -46,18 +46,7 @@ pub(super) async fn embed_chunked_batch(
             out.dead.push(dead_letter(sb, run_id, Some(*row), failure));
         }
     }
-    let csb = SourceBatch {
-        file: sb.file.clone(),
-        rows: expanded
-            .parent
-            .iter()
-            .map(|&p| sb.rows[p as usize])
-            .collect(),
-        batch: expanded.batch,
-        ids: expanded.ids,
-        failures: Vec::new(),
-    };
-    let parent = expanded.parent;
+    let (csb, parent) = expanded.into_rows(sb);
     let n = csb.batch.num_rows();
     let mut state: Vec<RowState> = parent
         .iter()
