@@ -2,7 +2,8 @@
 //! one function of [`crate::commands`] (or `embedpipe_emulator`, or the local model), renders
 //! the result (module `render`) and picks the exit code.
 //!
-//! Subcommands: `validate`, `run`, `search`, `plan`, `runs`, `jobs`, `emulator`, `models`.
+//! Subcommands: `validate`, `run`, `commit`, `search`, `plan`, `runs`, `jobs`, `emulator`,
+//! `models`.
 //!
 //! Exit codes: 0 success; 1 the run failed midway (nothing committed); 2 invalid command line,
 //! pipeline file, input data, sink or missing model (found before any model call; nothing
@@ -84,6 +85,35 @@ enum Command {
         /// otherwise: an empty source must not erase an index by accident).
         #[arg(long)]
         allow_empty: bool,
+        /// Run as shard I of N of a sharded run: read only this shard's rows and stage them
+        /// for `embedpipe commit` (nothing is visible in the table until then).
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// The run has N shards; this worker's index comes from JOB_COMPLETION_INDEX
+        /// (Kubernetes Indexed Job) or AWS_BATCH_JOB_ARRAY_INDEX (AWS Batch array job).
+        /// Default: EMBEDPIPE_SHARDS.
+        #[arg(long, value_name = "N")]
+        shards: Option<u32>,
+        /// The run id every worker of a sharded run shares. Default: EMBEDPIPE_RUN_ID, else the
+        /// Kubernetes Job's name (EMBEDPIPE_JOB_NAME) or the AWS Batch array job's id.
+        #[arg(long = "run", value_name = "RUN_ID")]
+        run_id: Option<String>,
+    },
+    /// Commit a sharded run: every shard's staged rows become one table version, once all
+    /// shards reported (refused, naming them, when one is missing or failed).
+    Commit {
+        file: PathBuf,
+        /// The run to commit (default: EMBEDPIPE_RUN_ID).
+        #[arg(long = "run", value_name = "RUN_ID")]
+        run_id: Option<String>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Let an overwrite run that staged no rows replace a table that has rows.
+        #[arg(long)]
+        allow_empty: bool,
+        #[command(flatten)]
+        emu: EmulatorFlags,
     },
     /// Search the pipeline's table with a text query.
     Search {
@@ -139,6 +169,9 @@ enum Command {
         /// Show the last N runs.
         #[arg(short, default_value_t = 20)]
         n: usize,
+        /// Show one sharded run, shard by shard (while it runs and after its commit).
+        #[arg(long = "run", value_name = "RUN_ID")]
+        run_id: Option<String>,
         #[command(flatten)]
         emu: EmulatorFlags,
     },
@@ -278,14 +311,49 @@ async fn dispatch(cli: Cli) -> i32 {
             emu,
             reindex,
             allow_empty,
+            shard,
+            shards,
+            run_id,
         } => {
+            let env = |k: &str| std::env::var(k).ok();
+            let shard = match crate::resolve::sharding::shard_run(
+                shard.as_deref(),
+                shards,
+                run_id.as_deref(),
+                &env,
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return EXIT_INVALID;
+                }
+            };
             let opts = RunOptions {
                 progress: !cli.quiet && !json,
                 overrides: Default::default(),
                 reindex,
                 allow_empty,
+                shard,
             };
             run_command(&file, opts, json, &emu, cli.quiet).await
+        }
+        Command::Commit {
+            file,
+            run_id,
+            json,
+            allow_empty,
+            emu,
+        } => {
+            let run = run_id.or_else(|| {
+                std::env::var(crate::resolve::sharding::RUN_ID_ENV)
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            });
+            let Some(run) = run else {
+                eprintln!("error: commit needs the run id: --run RUN_ID (or EMBEDPIPE_RUN_ID)");
+                return EXIT_INVALID;
+            };
+            commit_command(&file, &run, json, allow_empty, &emu).await
         }
         Command::Search {
             file,
@@ -320,7 +388,13 @@ async fn dispatch(cli: Cli) -> i32 {
             shards,
             emu,
         } => plan_command(&file, json, reindex, shards, &emu).await,
-        Command::Runs { file, json, n, emu } => runs_command(&file, json, n, &emu).await,
+        Command::Runs {
+            file,
+            json,
+            n,
+            run_id,
+            emu,
+        } => runs_command(&file, json, n, run_id.as_deref(), &emu).await,
         Command::Jobs { file, json, emu } => jobs_command(&file, json, &emu).await,
     }
 }
@@ -491,7 +565,16 @@ async fn plan_command(
     }
 }
 
-async fn runs_command(file: &Path, json: bool, n: usize, emu: &EmulatorFlags) -> i32 {
+/// `commit`: exit 0 committed (or committed before), 2 refused (table unchanged), 1 failed
+/// midway (run it again).
+async fn commit_command(
+    file: &Path,
+    run: &str,
+    json: bool,
+    allow_empty: bool,
+    emu: &EmulatorFlags,
+) -> i32 {
+    use crate::commands::commit::CommitError;
     let p = match load(file) {
         Ok(p) => p,
         Err(code) => return code,
@@ -500,12 +583,74 @@ async fn runs_command(file: &Path, json: bool, n: usize, emu: &EmulatorFlags) ->
         Ok(x) => x,
         Err(code) => return code,
     };
+    match crate::commands::commit::commit(&p, run, &overrides, allow_empty).await {
+        Ok(o) => {
+            if json {
+                render::print_json(&o);
+            } else {
+                render::print_commit(&o);
+            }
+            EXIT_OK
+        }
+        Err(CommitError::Refused(e)) => {
+            report_error(&e);
+            EXIT_INVALID
+        }
+        Err(CommitError::Failed(e)) => {
+            report_error(&e);
+            eprintln!("the commit stopped midway: run the same commit again to finish it (nothing is committed twice)");
+            EXIT_FAILED
+        }
+    }
+}
+
+async fn runs_command(
+    file: &Path,
+    json: bool,
+    n: usize,
+    run_id: Option<&str>,
+    emu: &EmulatorFlags,
+) -> i32 {
+    let p = match load(file) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let (_emu, overrides) = match emulator::overrides(emu, Some(&p)).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if let Some(id) = run_id {
+        return match crate::commands::runs::sharded(&p, &overrides, Some(id)).await {
+            Ok(runs) => {
+                match json {
+                    true => render::print_json(&runs[0]),
+                    false => render::print_sharded_runs(&runs),
+                }
+                EXIT_OK
+            }
+            Err(e) => {
+                report_error(&e);
+                EXIT_FAILED
+            }
+        };
+    }
     match crate::commands::runs::recent(&p, n, &overrides).await {
         Ok(runs) => {
             if json {
                 render::print_json(&runs);
             } else {
                 render::print_runs(&runs);
+                // Sharded runs not committed yet are not in the run log: show them too.
+                if let Ok(sharded) = crate::commands::runs::sharded(&p, &overrides, None).await {
+                    let open: Vec<_> = sharded
+                        .into_iter()
+                        .filter(|r| r.committed.is_none())
+                        .collect();
+                    if !open.is_empty() {
+                        println!();
+                        render::print_sharded_runs(&open);
+                    }
+                }
             }
             EXIT_OK
         }

@@ -339,6 +339,72 @@ pub(super) fn print_plan(e: &Estimate) {
 
 // ---- runs ----
 
+pub(super) fn print_commit(o: &crate::commands::commit::CommitOutcome) {
+    let version = o
+        .version
+        .map(|v| format!(" as version {v}"))
+        .unwrap_or_default();
+    match o.committed_now {
+        true => println!(
+            "committed run {} ({} shards, mode {}) to table `{}` in {}{version} in {:.2}s",
+            o.run_id, o.shards, o.mode, o.table, o.uri, o.commit_secs
+        ),
+        false => println!(
+            "run {} was committed before{version}; nothing to do",
+            o.run_id
+        ),
+    }
+    println!(
+        "  rows: {} read = {} written + {} skipped + {} failed; {} table rows, {} deleted",
+        o.rows_read, o.rows_written, o.rows_skipped, o.rows_failed, o.table_rows, o.rows_deleted
+    );
+    println!("  calls: {}, cost ${:.6}", o.calls, o.cost_usd);
+    if let Some(f) = &o.failures_file {
+        println!("  failures: {f}");
+    }
+}
+
+/// Sharded runs, shard by shard.
+pub(super) fn print_sharded_runs(runs: &[crate::commands::runs::ShardedRun]) {
+    for r in runs {
+        println!(
+            "sharded run {}: {} ({} shards, mode {})",
+            r.run_id, r.status, r.shards, r.mode
+        );
+        println!(
+            "  {:>5} {:<12} {:>8} {:>8} {:>7} {:>7} {:>9} {:>10}",
+            "SHARD", "STATUS", "READ", "WRITTEN", "FAILED", "CALLS", "SECONDS", "COST"
+        );
+        for s in &r.shard_status {
+            println!(
+                "  {:>5} {:<12} {:>8} {:>8} {:>7} {:>7} {:>9} {:>10.6}{}",
+                s.shard,
+                s.status,
+                s.rows_read,
+                s.rows_written,
+                s.rows_failed,
+                s.calls,
+                s.wall_secs.map_or("-".into(), |w| format!("{w:.1}")),
+                s.cost_usd,
+                s.error
+                    .as_deref()
+                    .map(|e| format!("  {e}"))
+                    .unwrap_or_default(),
+            );
+        }
+        if let Some(c) = &r.committed {
+            let version = c
+                .version
+                .map(|v| format!(" version {v}"))
+                .unwrap_or_default();
+            println!(
+                "  committed{version}: {} rows written, {} table rows, cost ${:.6}",
+                c.rows_written, c.table_rows, c.cost_usd
+            );
+        }
+    }
+}
+
 pub(super) fn print_runs(runs: &[RunRecord]) {
     if runs.is_empty() {
         println!("no runs recorded yet");

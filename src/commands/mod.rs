@@ -2,6 +2,7 @@
 //! composes the layers below for one thing a user asks; the CLI only parses arguments and
 //! renders results.
 
+pub mod commit;
 pub mod jobs;
 pub mod plan;
 pub mod run;

@@ -109,9 +109,11 @@ pub async fn estimate_sharded(
     };
     let mut est = empty_estimate(pipeline, &checked.target.table, &sink, infos, reindex);
     let stage = chunk_stage(&checked)?;
-    // Incremental runs split by id (shards never touch the same rows); the others by files.
+    // Incremental and append runs split by id (shards never touch the same rows, and the
+    // duplicate-id check stays within one); the others by files.
+    let by_id = incremental || (!reindex && sink.mode == WriteMode::Append);
     let shard_map = match shards {
-        Some(n) => Some(sources::ShardMap::new(&checked.source, n, incremental)?),
+        Some(n) => Some(sources::ShardMap::new(&checked.source, n, by_id)?),
         None => None,
     };
     let mut per_shard = vec![0u64; shards.unwrap_or(0) as usize];

@@ -43,6 +43,19 @@ pub struct QuotaConfig {
     pub name: Spanned<String>,
     pub requests_per_minute: Option<Spanned<u32>>,
     pub tokens_per_minute: Option<Spanned<u32>>,
+    /// Sharded runs: whether the limits are the whole job's (default) or each shard's.
+    pub quota_scope: Option<Spanned<QuotaScope>>,
+}
+
+/// What a rate limit covers in a sharded run.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaScope {
+    /// The whole job: each of N shards takes 1/N (the account's quota is one).
+    #[default]
+    Job,
+    /// Each shard (e.g. each worker calls its own endpoint).
+    Shard,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +170,8 @@ pub struct ModelConfig {
     pub requests_per_minute: Option<Spanned<u32>>,
     /// Input tokens per minute (estimated before each call; default: unlimited).
     pub tokens_per_minute: Option<Spanned<u32>>,
+    /// Sharded runs: whether these limits are the whole job's (default) or each shard's.
+    pub quota_scope: Option<Spanned<QuotaScope>>,
     // Model parameters (which ones apply depends on the family; `validate` says).
     /// Cohere `input_type`.
     pub input_type: Option<Spanned<String>>,
@@ -264,6 +279,18 @@ impl WriteMode {
             WriteMode::Append => "append",
             WriteMode::Incremental => "incremental",
         }
+    }
+
+    /// The mode [`Self::as_str`] names.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Create,
+            Self::Overwrite,
+            Self::Append,
+            Self::Incremental,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
     }
 }
 

@@ -32,8 +32,8 @@ pub use env::{expand, is_credential_variable, EnvString};
 pub use error::{did_you_mean, ConfigError, ConfigErrorDetail};
 pub use file::{
     Cleanup, ColumnType, EmbedConfig, KeepVersions, ModelConfig, PipelineFile, PriceOverride,
-    Provider, QuotaConfig, SinkConfig, SinkKind, SourceConfig, SourceKind, StorageConfig,
-    VectorIndex, WriteMode,
+    Provider, QuotaConfig, QuotaScope, SinkConfig, SinkKind, SourceConfig, SourceKind,
+    StorageConfig, VectorIndex, WriteMode,
 };
 pub use origin::Origin;
 pub use secrets::redact_key_ids;

@@ -52,6 +52,17 @@ pub struct Summary {
     #[serde(serialize_with = "crate::util::ser_secs")]
     pub wall_time: Duration,
     pub rows_per_second: f64,
+    /// A sharded run's worker: `I/N`, and the run it belongs to. Its rows are staged, not
+    /// committed, until `embedpipe commit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardOf>,
+}
+
+/// Which shard of which run a summary describes.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardOf {
+    pub shard: String,
+    pub run: String,
 }
 
 /// The run-log record of a run that ended with `s`.
@@ -111,8 +122,21 @@ impl fmt::Display for Summary {
 impl Summary {
     /// The first line: what was written, or how far a run that stopped got.
     fn write_outcome(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.status.as_str() {
-            "ok" | "rows_failed" => writeln!(
+        match (self.status.as_str(), &self.shard) {
+            ("ok" | "rows_failed", Some(s)) => writeln!(
+                f,
+                "staged {} rows for table `{}` in {} as shard {} of run {} (mode {}) in {:.2}s ({:.0} rows/s); nothing is visible until `embedpipe commit --run {}` after every shard",
+                self.rows_written,
+                self.table,
+                self.uri,
+                s.shard,
+                s.run,
+                self.mode,
+                self.wall_time.as_secs_f64(),
+                self.rows_per_second,
+                s.run,
+            ),
+            ("ok" | "rows_failed", None) => writeln!(
                 f,
                 "wrote {} rows to table `{}` in {} (mode {}) in {:.2}s ({:.0} rows/s)",
                 self.rows_written,
@@ -122,7 +146,7 @@ impl Summary {
                 self.wall_time.as_secs_f64(),
                 self.rows_per_second
             ),
-            status => writeln!(
+            (status, _) => writeln!(
                 f,
                 "run {status} after {:.2}s: {} rows committed to table `{}` in {} (mode {})",
                 self.wall_time.as_secs_f64(),

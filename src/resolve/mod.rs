@@ -10,6 +10,7 @@ mod check_steps;
 pub mod chunk;
 pub mod model;
 mod registry;
+pub mod sharding;
 pub mod sink;
 pub mod source;
 pub mod storage;
@@ -41,6 +42,17 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The settings of one of `shards` workers: every rate limit the job's share.
+    pub fn for_shards(mut self, shards: u32) -> Self {
+        for m in &mut self.models {
+            m.rates = m.rates.shard_share(shards);
+        }
+        for q in &mut self.quotas {
+            q.rates = q.rates.shard_share(shards);
+        }
+        self
+    }
+
     /// Whether anything of the run lives in S3 (then an object-store client is needed).
     pub fn uses_s3(&self) -> bool {
         self.sink.target.remote.is_some()

@@ -75,6 +75,24 @@ pub struct JobSettings {
 pub struct RateSettings {
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u32>,
+    /// The limits are each shard's, not the whole job's (`quota_scope = "shard"`).
+    pub per_shard: bool,
+}
+
+impl RateSettings {
+    /// One shard's part of the job's limits: 1/`shards` of each (at least one per minute),
+    /// unless they are per shard already.
+    pub fn shard_share(self, shards: u32) -> Self {
+        if self.per_shard || shards <= 1 {
+            return self;
+        }
+        let share = |v: Option<u32>| v.map(|v| (v / shards).max(1));
+        Self {
+            requests_per_minute: share(self.requests_per_minute),
+            tokens_per_minute: share(self.tokens_per_minute),
+            per_shard: true,
+        }
+    }
 }
 
 /// A `[[quota]]` group: limits shared by every model that names it.
@@ -91,6 +109,10 @@ impl QuotaSettings {
             rates: RateSettings {
                 requests_per_minute: q.requests_per_minute.as_ref().map(|r| *r.get_ref()),
                 tokens_per_minute: q.tokens_per_minute.as_ref().map(|r| *r.get_ref()),
+                per_shard: q
+                    .quota_scope
+                    .as_ref()
+                    .is_some_and(|s| *s.get_ref() == crate::config::QuotaScope::Shard),
             },
         }
     }
@@ -277,6 +299,10 @@ impl ModelSettings {
             rates: RateSettings {
                 requests_per_minute: cfg.requests_per_minute.as_ref().map(|r| *r.get_ref()),
                 tokens_per_minute: cfg.tokens_per_minute.as_ref().map(|r| *r.get_ref()),
+                per_shard: cfg
+                    .quota_scope
+                    .as_ref()
+                    .is_some_and(|s| *s.get_ref() == crate::config::QuotaScope::Shard),
             },
             quota: cfg.quota.as_ref().map(|q| q.get_ref().clone()),
             local: LocalFiles {

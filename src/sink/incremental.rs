@@ -283,6 +283,29 @@ pub async fn delete_missing(
     Ok(gone.len() as u64)
 }
 
+/// Deletes the rows with these ids, in chunks (one commit each); returns how many were asked.
+pub async fn delete_ids(conn: &Database, table: &str, ids: &[String]) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let t = open(conn, table).await?;
+    for chunk in ids.chunks(IDS_PER_QUERY) {
+        t.delete(format!("id IN ({})", id_list(chunk.iter().map(String::as_str))).as_str())
+            .await
+            .context("deleting rows")?;
+    }
+    Ok(ids.len() as u64)
+}
+
+/// Every row of `table`, streamed in batches (a staged shard's rows, at the commit).
+pub async fn all_rows(
+    conn: &Database,
+    table: &str,
+) -> Result<lancedb::arrow::SendableRecordBatchStream> {
+    let t = open(conn, table).await?;
+    Ok(t.query().execute().await?)
+}
+
 /// Upserts rows by id, one commit per `commit_rows` rows (and one for the rest at the end).
 pub struct Upserter {
     conn: Database,
@@ -311,12 +334,7 @@ impl Upserter {
         schema: SchemaRef,
         commit_rows: usize,
     ) -> Result<Self> {
-        let names = conn.table_names().execute().await?;
-        let table = if names.iter().any(|n| n == name) {
-            Some(conn.open_table(name).execute().await?)
-        } else {
-            None
-        };
+        let table = super::table::open_existing(&conn, name).await?;
         Ok(Self {
             conn,
             name: name.to_string(),

@@ -8,7 +8,9 @@ pub mod incremental;
 pub mod maintain;
 pub mod retention;
 pub mod runlog;
+pub mod runstage;
 pub mod search;
+pub mod staged;
 pub mod table;
 
 pub use crate::resolve::Target;

@@ -103,14 +103,26 @@ pub async fn row_count(conn: &Database, table: &str) -> Result<u64> {
     Ok(t.count_rows(None).await? as u64)
 }
 
-/// The table's schema, if it exists.
-pub async fn existing_schema(conn: &Database, table: &str) -> Result<Option<SchemaRef>> {
+/// The table, if it exists. A table folder holding only a sharded run's staged data files (no
+/// version committed yet) is no table.
+pub async fn open_existing(conn: &Database, table: &str) -> Result<Option<lancedb::Table>> {
     let names = conn.table_names().execute().await?;
     if !names.iter().any(|n| n == table) {
         return Ok(None);
     }
-    let t = conn.open_table(table).execute().await?;
-    Ok(Some(t.schema().await?))
+    match conn.open_table(table).execute().await {
+        Ok(t) => Ok(Some(t)),
+        Err(lancedb::Error::TableNotFound { .. }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot open table `{table}`")),
+    }
+}
+
+/// The table's schema, if it exists.
+pub async fn existing_schema(conn: &Database, table: &str) -> Result<Option<SchemaRef>> {
+    match open_existing(conn, table).await? {
+        Some(t) => Ok(Some(t.schema().await?)),
+        None => Ok(None),
+    }
 }
 
 /// Checks the write mode against the table as it is.

@@ -209,6 +209,73 @@ pub fn open_shard(
     }
 }
 
+/// The rows shard `shard` of a run reads: by file ranges ([`open_shard`]), or, when `by_id`
+/// (incremental runs: ids are hash-partitioned so shards never upsert or delete the same
+/// rows), the whole source filtered to the rows whose id hashes to this shard. Folder sources
+/// are split by path, which is their id, so they are never read whole.
+pub fn open_for_run(
+    settings: &SourceSettings,
+    survey: &SourceFiles,
+    columns: &[String],
+    id_column: Option<String>,
+    stores: Option<&Stores>,
+    shard: Shard,
+    by_id: bool,
+) -> Result<BatchIter> {
+    let folder = matches!(survey.kind, SourceKind::Images | SourceKind::Documents);
+    if !by_id || folder || shard.is_whole() {
+        return open_shard(settings, survey, columns, id_column, stores, shard);
+    }
+    let whole = open_shard(settings, survey, columns, id_column, stores, Shard::WHOLE)?;
+    Ok(Box::new(whole.filter_map(move |item| match item {
+        Ok(sb) => {
+            let sb = sb.keep_shard(shard);
+            (sb.batch.num_rows() > 0 || !sb.failures.is_empty()).then_some(Ok(sb))
+        }
+        Err(e) => Some(Err(e)),
+    })))
+}
+
+impl SourceBatch {
+    /// The rows (and read failures) whose id belongs to `shard`; a failure that names no id
+    /// is the first shard's to report.
+    pub fn keep_shard(self, shard: Shard) -> SourceBatch {
+        let mask: arrow::array::BooleanArray = (0..self.ids.len())
+            .map(|i| Some(shard.owns(self.ids.value(i))))
+            .collect();
+        let batch = arrow::compute::filter_record_batch(&self.batch, &mask)
+            .expect("a mask as long as the batch");
+        let ids = arrow::compute::filter(self.ids.as_ref(), &mask).expect("same length");
+        let ids = Arc::new(
+            ids.as_any()
+                .downcast_ref::<StringArray>()
+                .expect("ids are strings")
+                .clone(),
+        );
+        let rows = self
+            .rows
+            .iter()
+            .zip(mask.values().iter())
+            .filter_map(|(r, keep)| keep.then_some(*r))
+            .collect();
+        let failures = self
+            .failures
+            .into_iter()
+            .filter(|f| match &f.id {
+                Some(id) => shard.owns(id),
+                None => shard.index == 0,
+            })
+            .collect();
+        SourceBatch {
+            file: self.file,
+            batch,
+            ids,
+            rows,
+            failures,
+        }
+    }
+}
+
 /// Where each row of a survey goes among `count` shards, row by row, without reading the data
 /// twice (`plan --shards`). Row ids decide for folder sources and `by_id` runs (incremental:
 /// ids are hash-partitioned); files and row ranges for the rest.

@@ -14,6 +14,7 @@ pub(super) async fn open_outputs(
     models: &Models,
     conn: &Database,
     mode: WriteMode,
+    shard: Option<&super::shard::ShardContext>,
 ) -> Result<(Option<AsyncRoute>, Output, Option<Existing>)> {
     // Video/audio: the async route, with its job ledger next to the table.
     let media = match pipeline
@@ -36,8 +37,38 @@ pub(super) async fn open_outputs(
     };
     let table_name = &checked.target.table;
     // Append adds new ids only: ids already in the table are looked up before any call.
-    let (output, existing) = match mode {
-        WriteMode::Incremental => {
+    let (output, existing) = match (mode, shard) {
+        (WriteMode::Incremental, Some(s)) => {
+            let staging = s.stage.staged_rows_target(s.shard.index);
+            let stage_conn = sink_table::connect(&staging).await?;
+            // Each run of the shard replaces its staged rows.
+            let writer = Writer::start(
+                stage_conn,
+                &staging,
+                WriteMode::Overwrite,
+                checked.layout.schema.clone(),
+                false,
+            )
+            .await?;
+            let existing = match &checked.existing {
+                Some(_) => Some(Existing::open(conn, table_name, &settings.sink.vectors).await?),
+                None => None,
+            };
+            let output = Output::StagedRows {
+                writer,
+                deletes: Vec::new(),
+            };
+            (output, existing)
+        }
+        (_, Some(_)) => {
+            let writer = StagedWriter::start(&checked.target, mode, checked.layout.schema.clone());
+            let existing = match (&checked.existing, mode) {
+                (Some(_), WriteMode::Append) => Some(Existing::open_ids(conn, table_name).await?),
+                _ => None,
+            };
+            (Output::Staged(writer), existing)
+        }
+        (WriteMode::Incremental, None) => {
             let upserter = Upserter::new(
                 conn.clone(),
                 table_name,
@@ -51,7 +82,7 @@ pub(super) async fn open_outputs(
             };
             (Output::Upsert(upserter), existing)
         }
-        _ => {
+        (_, None) => {
             let writer = Writer::start(
                 conn.clone(),
                 &checked.target,
@@ -78,6 +109,8 @@ pub(super) struct Committed {
     pub(super) stale_deleted: u64,
     pub(super) commits: u64,
     pub(super) rows_committed: u64,
+    /// A shard's staged part, for the commit.
+    pub(super) staged: Option<super::shard::Staged>,
 }
 
 /// Commits what the run made, unless it stopped; an incremental run deletes the rows gone from
@@ -92,13 +125,56 @@ pub(super) async fn commit(
     counters: &Counters,
     opts: &RunOptions,
     settings: &Settings,
+    shard: Option<crate::util::Shard>,
 ) -> Committed {
     let table_name = &checked.target.table;
+    let mut staged = None;
     let mut deleted = 0;
     let mut stale_deleted = 0;
     let mut commits = 0;
     let mut rows_committed = 0;
     let result: Result<(), Stop> = match (outcome, output) {
+        (Ok(()), Output::Staged(writer)) => match writer.finish(&checked.layout.schema).await {
+            Ok(fragments) => {
+                staged = Some(super::shard::Staged::Fragments(fragments));
+                Ok(())
+            }
+            Err(e) => Err(Stop::Failed(e)),
+        },
+        (
+            Ok(()),
+            Output::StagedRows {
+                writer,
+                mut deletes,
+            },
+        ) => {
+            let shard = shard.expect("staged rows belong to a shard");
+            let gone = match writer.finish().await {
+                Err(e) => Err(e),
+                Ok(()) => shard_gone_ids(conn, checked, settings, counters, shard).await,
+            };
+            match gone {
+                Ok(gone) => {
+                    deleted = gone.len() as u64;
+                    deletes.extend(gone);
+                    staged = Some(super::shard::Staged::Rows {
+                        table: format!("shard-{}", shard.index),
+                        rows: counters.segments,
+                        deletes,
+                    });
+                    Ok(())
+                }
+                Err(e) => Err(Stop::Failed(e)),
+            }
+        }
+        (Err(e), Output::Staged(writer)) => {
+            writer.abort().await;
+            Err(e)
+        }
+        (Err(e), Output::StagedRows { writer, .. }) => Err(match (writer.abort().await, e) {
+            (Some(write_error), Stop::Failed(_)) => Stop::Failed(write_error),
+            (_, e) => e,
+        }),
         (Ok(()), Output::Stream(writer)) => {
             match refuse_empty_overwrite(conn, table_name, mode, checked, counters, opts).await {
                 Err(e) => {
@@ -172,7 +248,38 @@ pub(super) async fn commit(
         stale_deleted,
         commits,
         rows_committed,
+        staged,
     }
+}
+
+/// `cleanup = "full"` in a shard of an incremental run: the table rows of this shard's ids
+/// (by the same hash that split the source) that its part of the source no longer has.
+async fn shard_gone_ids(
+    conn: &Database,
+    checked: &Checked,
+    settings: &Settings,
+    counters: &Counters,
+    shard: crate::util::Shard,
+) -> Result<Vec<String>> {
+    let (Cleanup::Full, Some(seen), Some(_)) =
+        (settings.sink.cleanup, &counters.seen, &checked.existing)
+    else {
+        return Ok(Vec::new());
+    };
+    if !counters.ids_complete {
+        tracing::warn!("cleanup skipped: some rows could not be read, so their ids are unknown and their table rows might be deleted by mistake");
+        return Ok(Vec::new());
+    }
+    let chunked = settings.chunk.is_some();
+    let unreadable = &counters.unreadable_ids;
+    let keep = |id: &str| {
+        let id = match chunked {
+            true => crate::util::columns::chunk_doc_id(id),
+            false => id,
+        };
+        !shard.owns(id) || seen.contains(id) || unreadable.contains(id)
+    };
+    crate::sink::incremental::missing_ids(conn, &checked.target.table, keep).await
 }
 
 /// The dead letters are kept with the table version they describe: committed with the rows,
@@ -239,6 +346,7 @@ pub(super) async fn pump_with_progress(
     mode: WriteMode,
     opts: &RunOptions,
     run_id: &str,
+    shard: Option<&super::shard::ShardContext>,
     output: &mut Output,
     failures: &mut FailureWriter,
 ) -> (Result<(), Stop>, Counters) {
@@ -294,6 +402,7 @@ pub(super) async fn pump_with_progress(
         mode,
         progress: &progress,
         run_id,
+        shard,
     };
     let outcome = tokio::select! {
         r = pump(&ctx, output, failures, &mut counters) => r,

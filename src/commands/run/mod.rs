@@ -15,6 +15,7 @@ mod embed;
 mod finish;
 mod media;
 mod pump;
+pub mod shard;
 
 use finish::*;
 
@@ -29,6 +30,7 @@ use crate::resolve::Settings;
 use crate::sink::failures::{DeadLetter, FailureWriter};
 use crate::sink::incremental::{delete_missing, unchanged_rows, Existing, Upserter};
 use crate::sink::runlog;
+use crate::sink::staged::StagedWriter;
 use crate::sink::table::{self as sink_table, Writer};
 use crate::sink::Database;
 use crate::sink::SegmentColumns;
@@ -55,6 +57,9 @@ pub struct RunOptions {
     pub reindex: bool,
     /// Let an overwrite replace a non-empty table with an empty one (`--allow-empty`).
     pub allow_empty: bool,
+    /// One worker of a sharded run (`--shard I/N`, or from the engine): its rows are staged
+    /// for `embedpipe commit` instead of committed.
+    pub shard: Option<crate::resolve::sharding::ShardRun>,
 }
 
 /// The signal that stopped a run.
@@ -164,13 +169,30 @@ pub(super) enum Output {
     Stream(Writer),
     /// Upserts by id in chunks (incremental).
     Upsert(Upserter),
+    /// A shard of a create / overwrite / append run: data files of the table, uncommitted.
+    Staged(StagedWriter),
+    /// A shard of an incremental run: rows into its staging table, ids to delete noted.
+    StagedRows {
+        writer: Writer,
+        deletes: Vec<String>,
+    },
 }
 
 impl Output {
     pub(super) async fn send(&mut self, batch: RecordBatch) -> Result<()> {
         match self {
-            Output::Stream(w) => w.send(batch).await,
+            Output::Stream(w) | Output::StagedRows { writer: w, .. } => w.send(batch).await,
             Output::Upsert(u) => u.push(batch).await,
+            Output::Staged(w) => w.send(batch).await,
+        }
+    }
+
+    /// Table rows to delete once this output's rows are in (stale chunks).
+    pub(super) fn delete_after(&mut self, ids: Vec<String>) {
+        match self {
+            Output::Upsert(u) => u.delete_after(ids),
+            Output::StagedRows { deletes, .. } => deletes.extend(ids),
+            Output::Stream(_) | Output::Staged(_) => {}
         }
     }
 }
@@ -180,7 +202,12 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Summary, R
     let started_micros = now_micros();
     let run_id = new_run_id();
     let overrides = opts.overrides.clone();
+    // A shard's work is recorded in the run log by the commit, once for the whole run.
+    let sharded = opts.shard.is_some();
     let result = run_inner(pipeline.clone(), opts, run_id).await;
+    if sharded {
+        return result;
+    }
     let pipeline_hash = hex::encode(&blake3::hash(pipeline.text.as_bytes()).as_bytes()[..16]);
     let summary = match &result {
         Ok(s) => Some(s),
@@ -209,7 +236,11 @@ pub(super) struct Setup {
 
 pub(super) async fn set_up(pipeline: &Arc<Pipeline>, opts: &RunOptions) -> Result<Setup> {
     let checked = validate::check_run(pipeline, opts.reindex, &opts.overrides).await?;
-    let settings = checked.settings.clone();
+    // A shard takes its share of every job-wide rate limit.
+    let settings = match &opts.shard {
+        Some(run) => checked.settings.clone().for_shards(run.shard.count),
+        None => checked.settings.clone(),
+    };
     let mode = if opts.reindex {
         WriteMode::Overwrite
     } else {
@@ -275,14 +306,34 @@ async fn run_inner(
         settings,
         conn,
     } = set_up(&pipeline, &opts).await.map_err(RunError::Setup)?;
-    let failures_path = settings.sink.failures.clone();
+    let shard = opts
+        .shard
+        .as_ref()
+        .map(|run| shard::ShardContext::new(run, &checked));
+    if let Some(s) = &shard {
+        s.claim(&pipeline, &checked, mode)
+            .await
+            .map_err(RunError::Setup)?;
+    }
+    // A shard's dead letters wait in the staging folder; the commit merges them.
+    let failures_path = match &shard {
+        Some(s) => s.stage.failures_location(s.shard.index),
+        None => settings.sink.failures.clone(),
+    };
     let mut failures = FailureWriter::start(&failures_path, checked.stores.as_ref())
         .await
         .map_err(RunError::Setup)?;
-    let (media, mut output, existing) =
-        open_outputs(&pipeline, &settings, &checked, &models, &conn, mode)
-            .await
-            .map_err(RunError::Setup)?;
+    let (media, mut output, existing) = open_outputs(
+        &pipeline,
+        &settings,
+        &checked,
+        &models,
+        &conn,
+        mode,
+        shard.as_ref(),
+    )
+    .await
+    .map_err(RunError::Setup)?;
     let chunks = chunk_stage(&settings, &checked, &models).map_err(RunError::Setup)?;
     let (outcome, counters) = pump_with_progress(
         &pipeline,
@@ -295,12 +346,21 @@ async fn run_inner(
         mode,
         &opts,
         &run_id,
+        shard.as_ref(),
         &mut output,
         &mut failures,
     )
     .await;
     let committed = commit(
-        outcome, output, &conn, mode, &checked, &counters, &opts, &settings,
+        outcome,
+        output,
+        &conn,
+        mode,
+        &checked,
+        &counters,
+        &opts,
+        &settings,
+        shard.as_ref().map(|s| s.shard),
     )
     .await;
     let Committed {
@@ -309,8 +369,13 @@ async fn run_inner(
         stale_deleted,
         commits,
         rows_committed,
+        staged,
     } = committed;
-    let maintenance = maintain_after_commit(&settings, &committed).await;
+    // A shard committed nothing: the commit maintains the table once for the whole run.
+    let maintenance = match shard {
+        Some(_) => None,
+        None => maintain_after_commit(&settings, &committed).await,
+    };
     let failed = failures.count();
     let by_kind = failures.by_kind().clone();
     let deleted = deleted + stale_deleted;
@@ -361,7 +426,17 @@ async fn run_inner(
         jobs: media.as_ref().map(|m| m.stats()),
         wall_time: wall,
         rows_per_second: counters.written as f64 / wall.as_secs_f64().max(1e-9),
+        shard: shard.as_ref().map(|s| crate::report::ShardOf {
+            shard: s.shard.to_string(),
+            run: s.stage.run_id.clone(),
+        }),
     };
+    if let Some(s) = &shard {
+        if let Err(e) = s.report(&summary, staged).await {
+            let e = e.context("the shard's report could not be written: run the shard again");
+            return Err(RunError::Failed(e, Box::new(summary)));
+        }
+    }
     match committed {
         Ok(()) => Ok(summary),
         Err(Stop::Failed(e)) => Err(RunError::Failed(e, Box::new(summary))),

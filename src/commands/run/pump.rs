@@ -104,6 +104,8 @@ pub(super) struct RunContext<'a> {
     pub(super) mode: WriteMode,
     pub(super) progress: &'a Progress,
     pub(super) run_id: &'a str,
+    /// The worker of a sharded run this process is.
+    pub(super) shard: Option<&'a super::shard::ShardContext>,
 }
 
 /// Streams the source through the steps into the output until it ends, fails, or a signal
@@ -147,12 +149,16 @@ pub(super) async fn pump_until(
     signal: &mut std::pin::Pin<&mut impl std::future::Future<Output = Signal>>,
 ) -> Result<(), Stop> {
     let checked = ctx.checked;
-    let iter = sources::open(
+    // Incremental and append runs split by id: the duplicate-id check and cleanup stay
+    // within one shard.
+    let iter = sources::open_for_run(
         &ctx.settings.source,
         &checked.source,
         &checked.read_columns,
         checked.id_column.clone(),
         checked.stores.as_ref(),
+        ctx.shard.map_or(crate::util::Shard::WHOLE, |s| s.shard),
+        matches!(ctx.mode, WriteMode::Incremental | WriteMode::Append),
     )?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<SourceBatch>>(2);
     let reader = tokio::task::spawn_blocking(move || {
@@ -229,9 +235,7 @@ pub(super) async fn pump_until(
         // Stale chunks are queued first: the flush that commits this batch's rows deletes
         // them right after.
         if !out.deletes.is_empty() {
-            if let Output::Upsert(u) = output {
-                u.delete_after(out.deletes);
-            }
+            output.delete_after(out.deletes);
         }
         if let Some(batch) = out.batch {
             counters.segments += batch.num_rows() as u64;
@@ -239,6 +243,9 @@ pub(super) async fn pump_until(
             tracing::trace!("batch sent to the writer");
         }
         ctx.progress.batch_done(out.read, out.inputs);
+        if let Some(shard) = ctx.shard {
+            shard.tick(counters, ctx.models).await;
+        }
     }
     reader.await.context("source reader panicked")?;
     Ok(())
