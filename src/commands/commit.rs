@@ -436,8 +436,14 @@ async fn after_commit(
         versions_removed: 0,
         bytes_removed: 0,
     };
-    if let Err(e) = runlog::append(&settings.sink.target, &record).await {
-        tracing::warn!("the run could not be recorded in the run log: {e:#}");
+    // A commit run again after a crash records the run once.
+    let recorded = runlog::read(&settings.sink.target)
+        .await
+        .is_ok_and(|runs| runs.iter().any(|r| r.run_id == record.run_id));
+    if !recorded {
+        if let Err(e) = runlog::append(&settings.sink.target, &record).await {
+            tracing::warn!("the run could not be recorded in the run log: {e:#}");
+        }
     }
     // Staged rows of incremental shards are no longer needed.
     for shard in 0..manifest.shards {
