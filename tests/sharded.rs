@@ -226,7 +226,12 @@ fn four_shards_then_one_commit_write_every_source_row_once() {
     assert_eq!(versions(&e.db()), 1);
     assert_eq!(e.calls(), 240);
     // The same vectors a single process makes.
-    let single = e.pipeline_in("single.toml", &parquet_source(), "single", "mode = \"create\"");
+    let single = e.pipeline_in(
+        "single.toml",
+        &parquet_source(),
+        "single",
+        "mode = \"create\"",
+    );
     let out = e.run(&["run", &single, "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(
@@ -402,19 +407,31 @@ fn a_worker_with_another_shard_count_or_pipeline_is_refused() {
     let calls = e.calls();
     let out = e.run(&["run", &p, "--shard", "1/3", "--run", "r"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("started with 4 shards"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("started with 4 shards"),
+        "{}",
+        out.stderr
+    );
     // An edited pipeline file is another pipeline.
     let edited = std::fs::read_to_string(&p).unwrap() + "\n# edited\n";
     let p2 = e.env.write("p2.toml", &edited);
     let out = e.run(&["run", &p2, "--shard", "1/4", "--run", "r"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("another version of the pipeline"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("another version of the pipeline"),
+        "{}",
+        out.stderr
+    );
     // Refused before any call.
     assert_eq!(e.calls(), calls);
     // A worker without its index or run id says how to give them.
     let out = e.run_env(&["run", &p], &[("EMBEDPIPE_SHARDS", "4")]);
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("JOB_COMPLETION_INDEX"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("JOB_COMPLETION_INDEX"),
+        "{}",
+        out.stderr
+    );
     let out = e.run(&["commit", &p, "--run", "never-started"]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("nothing staged"), "{}", out.stderr);

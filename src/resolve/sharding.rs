@@ -185,4 +185,66 @@ mod tests {
         let err = shard_run(None, None, Some("r"), &e).unwrap_err();
         assert!(err.contains("--shard I/N"), "{err}");
     }
+
+    #[test]
+    fn each_shard_takes_its_share_of_a_job_quota() {
+        use crate::resolve::RateSettings;
+        let job = RateSettings {
+            requests_per_minute: Some(1000),
+            tokens_per_minute: Some(300_000),
+            per_shard: false,
+        };
+        let share = job.shard_share(4);
+        assert_eq!(share.requests_per_minute, Some(250));
+        assert_eq!(share.tokens_per_minute, Some(75_000));
+        // Never below one per minute; unlimited stays unlimited.
+        let tiny = RateSettings {
+            requests_per_minute: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(tiny.shard_share(8).requests_per_minute, Some(1));
+        assert_eq!(tiny.shard_share(8).tokens_per_minute, None);
+        // `quota_scope = "shard"`: the file's value is each shard's.
+        let own = RateSettings {
+            per_shard: true,
+            ..job
+        };
+        assert_eq!(own.shard_share(4), own);
+        assert_eq!(job.shard_share(1), job);
+    }
+
+    #[test]
+    fn quota_scope_is_read_from_the_file() {
+        let text = r#"
+[source]
+type = "csv"
+path = "x.csv"
+
+[[quota]]
+name = "acct"
+requests_per_minute = 600
+quota_scope = "shard"
+
+[[model]]
+name = "m"
+provider = "bedrock"
+id = "amazon.titan-embed-text-v2:0"
+quota = "acct"
+requests_per_minute = 100
+
+[[embed]]
+model = "m"
+column = "title"
+
+[sink]
+uri = "db"
+table = "t"
+"#;
+        let p = crate::resolve::parse(std::path::Path::new("p.toml"), text).unwrap();
+        let s = crate::resolve::Settings::resolve(&p, &Default::default())
+            .unwrap()
+            .for_shards(4);
+        assert_eq!(s.models[0].rates.requests_per_minute, Some(25));
+        assert_eq!(s.quotas[0].rates.requests_per_minute, Some(600));
+    }
 }
