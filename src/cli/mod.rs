@@ -50,7 +50,8 @@ struct Cli {
 const EXIT_HELP: &str =
     "Exit codes: 0 ok; 1 run failed (nothing committed, but an incremental run's earlier chunks); \
 2 invalid pipeline, input, sink or model (nothing written); 3 completed but some rows failed (see \
-the failures file); 130 interrupted (Ctrl-C); 143 stopped by SIGTERM.";
+the failures file; a shard worker exits 0); 130 interrupted (Ctrl-C); 143 stopped by SIGTERM. \
+`commit`: 0 committed, 1 failed midway (run it again), 2 refused (table unchanged).";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
@@ -468,7 +469,10 @@ async fn run_command(
             if !json && !quiet && summary.rows_written > 0 {
                 render::print_search_hint(file);
             }
-            if summary.rows_failed > 0 {
+            // A worker of a sharded run that staged its part succeeded: its failed rows are
+            // in its summary and reach the failures file at the commit. (Exit 3 would make
+            // Kubernetes and Batch run the finished shard again, paying for it twice.)
+            if summary.rows_failed > 0 && summary.shard.is_none() {
                 EXIT_ROWS_FAILED
             } else {
                 EXIT_OK
@@ -565,8 +569,8 @@ async fn plan_command(
     }
 }
 
-/// `commit`: exit 0 committed (or committed before), 2 refused (table unchanged), 1 failed
-/// midway (run it again).
+/// `commit`: exit 0 committed (or committed before; failed rows are in the outcome and the
+/// failures file), 2 refused (table unchanged), 1 failed midway (run it again).
 async fn commit_command(
     file: &Path,
     run: &str,
