@@ -224,6 +224,7 @@ mode = "create"
                     mode: "create".into(),
                     schema: schema.as_ref().clone(),
                     created_at_micros: 0,
+                    base_version: None,
                 },
             )
             .await

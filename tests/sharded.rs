@@ -171,7 +171,11 @@ fn the_article_ids() -> Vec<String> {
 
 #[test]
 fn four_shards_then_one_commit_write_every_source_row_once() {
-    let e = Env::new(Settings::default());
+    // Three titles name Andromeda: refused by the model, dead-lettered by their shards.
+    let e = Env::new(Settings {
+        poison: Some("Andromeda".into()),
+        ..Default::default()
+    });
     e.put("in/articles.parquet", &sample("articles.parquet"));
     let p = e.pipeline("p.toml", &parquet_source(), "mode = \"create\"");
     // Workers as the engines start them: two as Kubernetes Indexed Job pods (index, count and
@@ -204,6 +208,11 @@ fn four_shards_then_one_commit_write_every_source_row_once() {
         .map(|s| s["rows_read"].as_u64().unwrap())
         .sum();
     assert_eq!(read, 240, "{summaries:?}");
+    let failed: u64 = summaries
+        .iter()
+        .map(|s| s["rows_failed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(failed, 3, "{summaries:?}");
     for (i, s) in summaries.iter().enumerate() {
         assert_eq!(s["shard"]["shard"], format!("{i}/4"));
         assert_eq!(s["shard"]["run"], "embed-42");
@@ -219,12 +228,23 @@ fn four_shards_then_one_commit_write_every_source_row_once() {
     let out = e.commit(&p, "embed-42");
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let outcome = json_summary(&out);
-    assert_eq!(outcome["rows_written"], 240, "{outcome}");
+    assert_eq!(outcome["rows_written"], 237, "{outcome}");
+    assert_eq!(outcome["rows_failed"], 3, "{outcome}");
     assert_eq!(outcome["shards"], 4);
     // Every row once, one table version, each row paid for once.
-    assert_eq!(sorted_ids(&e.db()), the_article_ids());
+    let poisoned = ["art-0004", "art-0014", "art-0024"];
+    let mut want = the_article_ids();
+    want.retain(|id| !poisoned.contains(&id.as_str()));
+    assert_eq!(sorted_ids(&e.db()), want);
     assert_eq!(versions(&e.db()), 1);
-    assert_eq!(e.calls(), 240);
+    assert_eq!(e.calls(), 237);
+    // The shards' dead letters, merged into the pipeline's failures file.
+    let mut dead: Vec<String> = dead_letters(&e.s3.root.join(LAKE).join("db-failures.jsonl"))
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    dead.sort();
+    assert_eq!(dead, poisoned);
     // The same vectors a single process makes.
     let single = e.pipeline_in(
         "single.toml",
@@ -233,7 +253,7 @@ fn four_shards_then_one_commit_write_every_source_row_once() {
         "mode = \"create\"",
     );
     let out = e.run(&["run", &single, "--json"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.code, 3, "the same three rows fail: {}", out.stderr);
     assert_eq!(
         table_vectors(&e.db(), "t", "vector"),
         table_vectors(&e.s3.root.join(LAKE).join("single"), "t", "vector")
@@ -243,8 +263,8 @@ fn four_shards_then_one_commit_write_every_source_row_once() {
     let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
     assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
     assert_eq!(runs[0]["run_id"], "embed-42");
-    assert_eq!(runs[0]["rows_written"], 240);
-    assert_eq!(runs[0]["calls"], 240);
+    assert_eq!(runs[0]["rows_written"], 237);
+    assert_eq!(runs[0]["rows_failed"], 3);
     // Committing again changes nothing.
     let again = json_summary(&e.commit(&p, "embed-42"));
     assert_eq!(again["committed_now"], false);
@@ -257,10 +277,32 @@ fn four_shards_then_one_commit_write_every_source_row_once() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(json_summary(&out)["version"], 1);
     assert_eq!(versions(&e.db()), 1);
-    assert_eq!(sorted_ids(&e.db()), the_article_ids());
+    assert_eq!(sorted_ids(&e.db()), want);
     let runs = e.run(&["runs", &p, "--json"]);
     let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
     assert_eq!(runs.as_array().unwrap().len(), 1, "recorded once: {runs}");
+    // Nothing staged or reported holds the credentials.
+    for f in walk_files(&e.db().join("_embedpipe")) {
+        let bytes = std::fs::read(&f).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(TEST_SECRET) && !text.contains(TEST_KEY),
+            "{}",
+            f.display()
+        );
+    }
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        match p.is_dir() {
+            true => out.extend(walk_files(&p)),
+            false => out.push(p),
+        }
+    }
+    out
 }
 
 #[test]
@@ -435,4 +477,87 @@ fn a_worker_with_another_shard_count_or_pipeline_is_refused() {
     let out = e.run(&["commit", &p, "--run", "never-started"]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("nothing staged"), "{}", out.stderr);
+}
+
+/// Writes `rows` (id, title) as the articles CSV's columns would be: header `id,title`.
+fn csv_of(rows: &[(String, String)]) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["id", "title"]).unwrap();
+    for (id, title) in rows {
+        w.write_record([id, title]).unwrap();
+    }
+    String::from_utf8(w.into_inner().unwrap()).unwrap()
+}
+
+#[test]
+fn a_sharded_append_adds_only_new_ids_each_once() {
+    let e = Env::new(Settings::default());
+    let first: Vec<(String, String)> = (0..40)
+        .map(|i| (format!("a{i:03}"), format!("first batch title {i}")))
+        .collect();
+    e.put_text("csv/in.csv", &csv_of(&first));
+    let source = "type = \"csv\"\npath = \"s3://data/csv/in.csv\"\nid_column = \"id\"";
+    let p = e.pipeline("p.toml", source, "mode = \"append\"");
+    let out = e.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    e.env.emu.reset();
+    // Ten ids the table has, thirty new ones, and one new id twice.
+    let mut second: Vec<(String, String)> = first[..10].to_vec();
+    second.extend((40..70).map(|i| (format!("a{i:03}"), format!("second batch title {i}"))));
+    second.push(("a050".into(), "a repeated id".into()));
+    e.put_text("csv/in.csv", &csv_of(&second));
+    let summaries = e.shards(&p, "more", 3);
+    let sum = |k: &str| -> u64 { summaries.iter().map(|s| s[k].as_u64().unwrap()).sum() };
+    // Ids the table has and the repeated one are dead-lettered as duplicates, as in one process.
+    assert_eq!(sum("rows_read"), 41, "{summaries:?}");
+    assert_eq!(sum("rows_written"), 30, "{summaries:?}");
+    assert_eq!(sum("rows_failed"), 11, "{summaries:?}");
+    let out = e.commit(&p, "more");
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let ids = sorted_ids(&e.db());
+    let mut want: Vec<String> = (0..70).map(|i| format!("a{i:03}")).collect();
+    want.sort();
+    assert_eq!(ids, want, "every id once");
+    assert_eq!(e.calls(), 30);
+}
+
+#[test]
+fn rows_hidden_by_a_broken_record_are_not_deleted_by_any_shard() {
+    let e = Env::new(Settings::default());
+    let rows: Vec<(String, String)> = (0..60)
+        .map(|i| (format!("d{i:03}"), format!("document title {i}")))
+        .collect();
+    e.put_text("csv/in.csv", &csv_of(&rows));
+    let source = "type = \"csv\"\npath = \"s3://data/csv/in.csv\"\nid_column = \"id\"";
+    let p = e.pipeline(
+        "p.toml",
+        source,
+        "mode = \"incremental\"\ncleanup = \"full\"",
+    );
+    e.shards(&p, "day-1", 3);
+    let out = e.commit(&p, "day-1");
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(sorted_ids(&e.db()).len(), 60);
+    // A quote left open at row 20 swallows every record after it: their ids are unknown, so
+    // no shard may delete them as gone from the source.
+    let mut text = csv_of(&rows);
+    text = text.replacen("d020,document title 20", "d020,\"document title 20", 1);
+    e.put_text("csv/in.csv", &text);
+    let summaries: Vec<serde_json::Value> = (0..3)
+        .map(|i| {
+            let shard = format!("{i}/3");
+            let out = e.run(&["run", &p, "--json", "--shard", &shard, "--run", "day-2"]);
+            assert!(out.code == 0, "{}", out.stderr);
+            json_summary(&out)
+        })
+        .collect();
+    let deleted: u64 = summaries
+        .iter()
+        .map(|s| s["rows_deleted"].as_u64().unwrap())
+        .sum();
+    assert_eq!(deleted, 0, "{summaries:?}");
+    let out = e.commit(&p, "day-2");
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(json_summary(&out)["rows_deleted"], 0);
+    assert_eq!(sorted_ids(&e.db()).len(), 60);
 }

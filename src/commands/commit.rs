@@ -99,17 +99,19 @@ pub async fn commit(
     };
     let stage = RunStage::new(&target, run_id, stores.as_ref());
     let refused = |e: anyhow::Error| CommitError::Refused(e);
+    // Reading the staging folder can fail for a while (network, throttling): worth retrying.
+    let unreadable = |e: anyhow::Error| CommitError::Failed(e);
     if let Some(done) = stage
         .get::<CommitOutcome>(COMMITTED)
         .await
-        .map_err(refused)?
+        .map_err(unreadable)?
     {
         return Ok(CommitOutcome {
             committed_now: false,
             ..done
         });
     }
-    let manifest: RunManifest = stage.get(MANIFEST).await.map_err(refused)?.ok_or_else(|| {
+    let manifest: RunManifest = stage.get(MANIFEST).await.map_err(unreadable)?.ok_or_else(|| {
         CommitError::Refused(anyhow!(
             "run `{run_id}` has nothing staged: no worker of it has started (looked in {}). Check the run id (the workers print it), and that this pipeline writes the same table",
             stage.location()
@@ -121,9 +123,7 @@ pub async fn commit(
             manifest.pipeline
         )));
     }
-    let reports = read_reports(&stage, &manifest, pipeline)
-        .await
-        .map_err(refused)?;
+    let reports = read_reports(&stage, &manifest, pipeline).await?;
     let mode = WriteMode::parse(&manifest.mode).ok_or_else(|| {
         refused(anyhow!(
             "run `{run_id}` has an unknown mode `{}`",
@@ -138,6 +138,19 @@ pub async fn commit(
         .collect();
     let table_rows: u64 = reports.iter().map(|r| r.table_rows).sum();
     let mut rows_deleted = 0;
+    if mode == WriteMode::Incremental {
+        if let Some(base) = manifest.base_version {
+            let replaced = staged::replaced_since(&target, base)
+                .await
+                .map_err(CommitError::Failed)?;
+            if replaced {
+                return Err(refused(anyhow!(
+                    "table `{}` was replaced or dropped after run `{run_id}` started (version {base}): its changes were computed against the old table. The table is unchanged; run every shard again under a new run id",
+                    target.table
+                )));
+            }
+        }
+    }
     let version = if mode == WriteMode::Incremental {
         let (version, deleted) = commit_rows(&stage, &conn, &settings, schema, &staged)
             .await
@@ -202,11 +215,20 @@ pub async fn commit(
         committed_at_micros: now_micros(),
         commit_secs: started.elapsed().as_secs_f64(),
     };
+    // Maintenance and the run log come before the run is marked committed: a commit killed in
+    // between is run again and redoes them (the run is recorded once).
+    after_commit(&settings, &manifest, &reports, &outcome).await;
     stage
         .put(COMMITTED, &outcome)
         .await
         .map_err(CommitError::Failed)?;
-    after_commit(&stage, &settings, &manifest, &reports, &outcome).await;
+    // Staged rows of incremental shards are no longer needed.
+    for shard in 0..manifest.shards {
+        let t = stage.staged_rows_target(shard);
+        if let Ok(conn) = table::connect(&t).await {
+            let _ = conn.drop_table(&t.table, &[]).await;
+        }
+    }
     Ok(outcome)
 }
 
@@ -215,14 +237,15 @@ async fn read_reports(
     stage: &RunStage,
     manifest: &RunManifest,
     pipeline: &Pipeline,
-) -> Result<Vec<ShardReport>> {
+) -> Result<Vec<ShardReport>, CommitError> {
     let mut reports = Vec::new();
     let mut problems = Vec::new();
     let mut redo = Vec::new();
     for shard in 0..manifest.shards {
         match stage
             .get::<ShardReport>(&RunStage::report_name(shard))
-            .await?
+            .await
+            .map_err(CommitError::Failed)?
         {
             Some(r) if r.done() => reports.push(r),
             Some(r) => {
@@ -236,7 +259,8 @@ async fn read_reports(
             None => {
                 let running = stage
                     .get::<serde_json::Value>(&RunStage::progress_name(shard))
-                    .await?
+                    .await
+                    .map_err(CommitError::Failed)?
                     .is_some();
                 problems.push(match running {
                     true => format!("shard {shard} has not finished (still running, or killed)"),
@@ -247,6 +271,7 @@ async fn read_reports(
         }
     }
     if problems.is_empty() {
+        check_age(&reports, manifest, pipeline)?;
         return Ok(reports);
     }
     let n = manifest.shards;
@@ -260,13 +285,37 @@ async fn read_reports(
             )
         })
         .collect();
-    bail!(
+    Err(CommitError::Refused(anyhow!(
         "run `{}` cannot be committed: {} of {n} shards are not done: {}. The table is unchanged.\n  help: run those shards again (once the first attempt has stopped), then commit again:\n    {}",
         manifest.run_id,
         redo.len(),
         problems.join("; "),
         commands.join("\n    ")
-    )
+    )))
+}
+
+/// Staged data files no version names are removed by any run's version cleanup once older
+/// than Lance's 7-day guard: a run staged longer ago than that may have lost some.
+const STAGED_MAX_AGE_MICROS: i64 = 6 * 86_400 * 1_000_000;
+
+fn check_age(
+    reports: &[ShardReport],
+    manifest: &RunManifest,
+    pipeline: &Pipeline,
+) -> Result<(), CommitError> {
+    if manifest.mode == WriteMode::Incremental.as_str() {
+        return Ok(()); // staged in tables of their own, which no cleanup touches
+    }
+    let oldest = reports.iter().map(|r| r.ended_at_micros).min().unwrap_or(0);
+    if now_micros() - oldest > STAGED_MAX_AGE_MICROS {
+        return Err(CommitError::Refused(anyhow!(
+            "run `{}` was staged more than 6 days ago: version cleanup removes staged data files after 7 days, so some may be gone. The table is unchanged; run the pipeline again as a new run (embedpipe run {} --shards {} --run NEW_ID ...)",
+            manifest.run_id,
+            pipeline.path.display(),
+            manifest.shards
+        )));
+    }
+    Ok(())
 }
 
 /// create / overwrite / append: every shard's data files become one table version.
@@ -296,9 +345,24 @@ async fn commit_fragments(
     }
     let exists = table::existing_schema(conn, &target.table)
         .await
-        .map_err(CommitError::Refused)?
+        .map_err(CommitError::Failed)?
         .is_some();
     let read_version = fragments.iter().map(|f| f.read_version).min().unwrap_or(0);
+    let operation = &fragments[0].operation;
+    if fragments.iter().any(|f| &f.operation != operation) {
+        return Err(CommitError::Refused(anyhow!(
+            "the shards of run `{}` staged different writes (some an addition, some a new table): the table was created or dropped while they ran. The table is unchanged; run every shard again under a new run id",
+            manifest.run_id
+        )));
+    }
+    // An append staged as a new table (there was none), while one was created since: committing
+    // would replace it.
+    if mode == WriteMode::Append && exists && operation == "overwrite" {
+        return Err(CommitError::Refused(anyhow!(
+            "table `{}` was created in {} after run `{}` started: its workers staged a new table, which would replace it. The table is unchanged; run every shard again under a new run id",
+            target.table, target.uri, manifest.run_id
+        )));
+    }
     if mode == WriteMode::Create && exists && read_version == 0 {
         return Err(CommitError::Refused(anyhow!(
             "table `{}` was created in {} after run `{}` started (mode = \"create\"): the run is not committed; start a new run with mode = \"overwrite\" or \"append\"",
@@ -388,10 +452,9 @@ async fn commit_rows(
     }
 }
 
-/// Maintenance, the run log and the staged rows' removal, once per run: their failures cost
-/// speed or history, never rows, so they are logged, not returned.
+/// Maintenance and the run log, once per run: their failures cost speed or history, never
+/// rows, so they are logged, not returned.
 async fn after_commit(
-    stage: &RunStage,
     settings: &Settings,
     manifest: &RunManifest,
     reports: &[ShardReport],
@@ -443,13 +506,6 @@ async fn after_commit(
     if !recorded {
         if let Err(e) = runlog::append(&settings.sink.target, &record).await {
             tracing::warn!("the run could not be recorded in the run log: {e:#}");
-        }
-    }
-    // Staged rows of incremental shards are no longer needed.
-    for shard in 0..manifest.shards {
-        let t = stage.staged_rows_target(shard);
-        if let Ok(conn) = table::connect(&t).await {
-            let _ = conn.drop_table(&t.table, &[]).await;
         }
     }
 }

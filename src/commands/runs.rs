@@ -74,7 +74,10 @@ pub async fn sharded(
         None => None,
     };
     let ids = match only {
-        Some(id) => vec![id.to_string()],
+        Some(id) => {
+            crate::resolve::sharding::check_run_id(id).map_err(|e| anyhow::anyhow!(e))?;
+            vec![id.to_string()]
+        }
         None => list_runs(&target, stores.as_ref()).await?,
     };
     let mut out = Vec::new();

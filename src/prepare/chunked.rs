@@ -137,6 +137,7 @@ impl Expanded {
             batch: self.batch,
             ids: self.ids,
             failures: Vec::new(),
+            hidden_elsewhere: sb.hidden_elsewhere,
         };
         (chunks, self.parent)
     }

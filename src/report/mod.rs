@@ -125,7 +125,7 @@ impl Summary {
         match (self.status.as_str(), &self.shard) {
             ("ok" | "rows_failed", Some(s)) => writeln!(
                 f,
-                "staged {} rows for table `{}` in {} as shard {} of run {} (mode {}) in {:.2}s ({:.0} rows/s); nothing is visible until `embedpipe commit --run {}` after every shard",
+                "staged {} rows for table `{}` in {} as shard {} of run {} (mode {}) in {:.2}s ({:.0} rows/s); nothing is visible until `embedpipe commit {} --run {}` after every shard",
                 self.rows_written,
                 self.table,
                 self.uri,
@@ -134,6 +134,7 @@ impl Summary {
                 self.mode,
                 self.wall_time.as_secs_f64(),
                 self.rows_per_second,
+                self.pipeline,
                 s.run,
             ),
             ("ok" | "rows_failed", None) => writeln!(

@@ -215,6 +215,56 @@ fn uuid_v4() -> String {
 /// The table version a transaction made, if it was committed after `intent.read_version`.
 pub async fn find_commit(target: &Target, intent: &CommitIntent) -> Result<Option<u64>> {
     let uri = table_uri(target);
+    let Some(ds) = open_dataset(target).await? else {
+        return Ok(None);
+    };
+    let latest = ds.version().version;
+    for v in (intent.read_version + 1)..=latest {
+        match ds.read_transaction_by_version(v).await {
+            Ok(Some(t)) if t.uuid == intent.uuid => return Ok(Some(v)),
+            Ok(_) => {}
+            // A version pruned since (retention keeps the newest, and ours would be among them).
+            Err(lance::Error::NotFound { .. } | lance::Error::VersionNotFound { .. }) => {}
+            // Anything else: we cannot tell, so we must not commit again.
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot read version {v} of {uri} to see whether this run was committed"
+                    )
+                })
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the table was replaced (an `Overwrite`: a new table, `--reindex`, an overwrite run)
+/// after `version`, or dropped: an incremental run's changes were computed against the old
+/// table and would leave the new one partial.
+pub async fn replaced_since(target: &Target, version: u64) -> Result<bool> {
+    let uri = table_uri(target);
+    let Some(ds) = open_dataset(target).await? else {
+        return Ok(true);
+    };
+    for v in (version + 1)..=ds.version().version {
+        match ds.read_transaction_by_version(v).await {
+            Ok(Some(t)) if matches!(t.operation, Operation::Overwrite { .. }) => return Ok(true),
+            Ok(_) => {}
+            Err(lance::Error::NotFound { .. } | lance::Error::VersionNotFound { .. }) => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read version {v} of {uri}")),
+        }
+    }
+    Ok(false)
+}
+
+/// The table's current version, if it exists.
+pub async fn current_version(target: &Target) -> Result<Option<u64>> {
+    Ok(open_dataset(target).await?.map(|ds| ds.version().version))
+}
+
+/// The table as Lance sees it, if it has a committed version.
+async fn open_dataset(target: &Target) -> Result<Option<lance::Dataset>> {
+    let uri = table_uri(target);
     let mut builder = lance::dataset::builder::DatasetBuilder::from_uri(&uri);
     if let Some(p) = store_params(target) {
         builder = builder.with_read_params(lance::dataset::ReadParams {
@@ -222,22 +272,11 @@ pub async fn find_commit(target: &Target, intent: &CommitIntent) -> Result<Optio
             ..Default::default()
         });
     }
-    let ds = match builder.load().await {
-        Ok(ds) => ds,
-        Err(lance::Error::DatasetNotFound { .. } | lance::Error::NotFound { .. }) => {
-            return Ok(None)
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot open {uri}")),
-    };
-    let latest = ds.version().version;
-    for v in (intent.read_version + 1)..=latest {
-        match ds.read_transaction_by_version(v).await {
-            Ok(Some(t)) if t.uuid == intent.uuid => return Ok(Some(v)),
-            // A version pruned since cannot be ours: ours is newer than anything pruned.
-            Ok(_) | Err(_) => {}
-        }
+    match builder.load().await {
+        Ok(ds) => Ok(Some(ds)),
+        Err(lance::Error::DatasetNotFound { .. } | lance::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot open {uri}")),
     }
-    Ok(None)
 }
 
 /// Commits every shard's fragments as one table version: one `Append`, or one `Overwrite`

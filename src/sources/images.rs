@@ -205,6 +205,7 @@ fn build(
         // Image rows are located by their path (the id), not a row number.
         rows: vec![0; images.len()],
         failures,
+        hidden_elsewhere: false,
     })
 }
 

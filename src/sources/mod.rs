@@ -40,6 +40,9 @@ pub struct SourceBatch {
     pub rows: Vec<u64>,
     /// Rows of this stretch of the file that could not be read.
     pub failures: Vec<ReadFailure>,
+    /// A read failure that belongs to another shard hides rows of this stretch: some ids of
+    /// this shard may be unknown (so it must not delete rows as gone from the source).
+    pub hidden_elsewhere: bool,
 }
 
 /// A row (or file) that could not be read.
@@ -230,7 +233,8 @@ pub fn open_for_run(
     Ok(Box::new(whole.filter_map(move |item| match item {
         Ok(sb) => {
             let sb = sb.keep_shard(shard);
-            (sb.batch.num_rows() > 0 || !sb.failures.is_empty()).then_some(Ok(sb))
+            let keep = sb.batch.num_rows() > 0 || !sb.failures.is_empty() || sb.hidden_elsewhere;
+            keep.then_some(Ok(sb))
         }
         Err(e) => Some(Err(e)),
     })))
@@ -258,20 +262,23 @@ impl SourceBatch {
             .zip(mask.values().iter())
             .filter_map(|(r, keep)| keep.then_some(*r))
             .collect();
-        let failures = self
-            .failures
-            .into_iter()
-            .filter(|f| match &f.id {
-                Some(id) => shard.owns(id),
-                None => shard.index == 0,
-            })
-            .collect();
+        let owned = |f: &ReadFailure| match &f.id {
+            Some(id) => shard.owns(id),
+            None => shard.index == 0,
+        };
+        let hidden_elsewhere = self.hidden_elsewhere
+            || self
+                .failures
+                .iter()
+                .any(|f| f.hides_later_rows && !owned(f));
+        let failures = self.failures.into_iter().filter(owned).collect();
         SourceBatch {
             file: self.file,
             batch,
             ids,
             rows,
             failures,
+            hidden_elsewhere,
         }
     }
 }

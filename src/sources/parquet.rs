@@ -406,6 +406,7 @@ pub(crate) fn finish(
         ids,
         rows,
         failures,
+        hidden_elsewhere: false,
     })
 }
 

@@ -55,7 +55,7 @@ impl BatchOutput {
     pub(super) fn new(sb: &SourceBatch, run_id: &str) -> Self {
         Self {
             read: sb.batch.num_rows() as u64 + sb.failures.len() as u64,
-            hides_rows: sb.failures.iter().any(|f| f.hides_later_rows),
+            hides_rows: sb.hidden_elsewhere || sb.failures.iter().any(|f| f.hides_later_rows),
             batch: None,
             dead: sb
                 .failures

@@ -27,6 +27,10 @@ pub struct RunManifest {
     /// The table's schema, as the workers write it (the commit writes it as the table's).
     pub schema: Schema,
     pub created_at_micros: i64,
+    /// The table's version when the first worker started (none: no table yet). An incremental
+    /// commit refuses when the table was replaced or dropped since.
+    #[serde(default)]
+    pub base_version: Option<u64>,
 }
 
 /// What a shard staged for the commit.
@@ -135,6 +139,7 @@ impl ShardContext {
             mode: mode.as_str().to_string(),
             schema: checked.layout.schema.as_ref().clone(),
             created_at_micros: now_micros(),
+            base_version: crate::sink::staged::current_version(&checked.target).await?,
         };
         self.stage.put_new(MANIFEST, &ours).await?;
         let theirs: RunManifest = self.stage.get(MANIFEST).await?.ok_or_else(|| {
@@ -194,7 +199,8 @@ impl ShardContext {
             shard: self.shard.index,
             shards: self.shard.count,
             status: summary.status.clone(),
-            error: summary.error.clone(),
+            // The report is shared (S3, `runs`, the commit's refusals): no key id in it.
+            error: summary.error.as_deref().map(crate::config::redact_key_ids),
             started_at_micros: self.started_micros,
             ended_at_micros: now_micros(),
             rows_read: summary.rows_read,

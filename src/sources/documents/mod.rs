@@ -363,6 +363,7 @@ fn build(
         // Document rows are located by their path (the id), not a row number.
         rows: vec![0; documents.len()],
         failures,
+        hidden_elsewhere: false,
     })
 }
 
