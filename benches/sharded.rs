@@ -210,6 +210,10 @@ mode = "create"
     .unwrap();
     let schema = layout.schema.clone();
     let t = Instant::now();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
     let stage = RunStage::new(&target, "bench", None);
     rt.block_on(async {
         stage
@@ -263,8 +267,8 @@ mode = "create"
                 shards: fragments,
                 status: "ok".into(),
                 error: None,
-                started_at_micros: 0,
-                ended_at_micros: 0,
+                started_at_micros: now,
+                ended_at_micros: now,
                 rows_read: 10,
                 rows_written: 10,
                 rows_skipped: 0,
