@@ -37,13 +37,7 @@ pub struct StagedFragments {
 
 /// The table's own location, as Lance names it (`<database>/<table>.lance`).
 pub fn table_uri(target: &Target) -> String {
-    let db = match &target.local_dir {
-        Some(dir) => std::path::absolute(dir)
-            .unwrap_or_else(|_| dir.clone())
-            .to_string_lossy()
-            .into_owned(),
-        None => target.uri.clone(),
-    };
+    let db = super::table::database_uri(target);
     format!("{}/{}.lance", db.trim_end_matches('/'), target.table)
 }
 

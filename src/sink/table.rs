@@ -78,15 +78,20 @@ pub async fn check_reachable_remote(target: &Target, stores: &Stores) -> Result<
     stores.delete(&probe).await
 }
 
-pub async fn connect(target: &Target) -> Result<Database> {
-    // An absolute path: lancedb reads a bare relative name like `db` as a LanceDB Cloud URI.
-    let uri = match &target.local_dir {
+/// The database as LanceDB and Lance are given it: an absolute path (lancedb reads a bare
+/// relative name like `db` as a LanceDB Cloud URI), or the S3 URI.
+pub fn database_uri(target: &Target) -> String {
+    match &target.local_dir {
         Some(dir) => std::path::absolute(dir)
             .unwrap_or_else(|_| dir.clone())
             .to_string_lossy()
             .into_owned(),
         None => target.uri.clone(),
-    };
+    }
+}
+
+pub async fn connect(target: &Target) -> Result<Database> {
+    let uri = database_uri(target);
     let mut builder = lancedb::connect(&uri);
     if target.remote.is_some() {
         builder = builder.storage_options(lance_options(&target.storage));
