@@ -39,6 +39,7 @@
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use embedpipe::config::Pipeline;
+use embedpipe::engines::catalogue::Variant;
 use embedpipe::engines::local::LocalModel;
 use std::sync::Arc;
 use std::time::Instant;
@@ -71,10 +72,7 @@ fn reset_peak_rss() -> (f64, &'static str) {
 }
 
 fn bench_model() {
-    if embedpipe::engines::minilm::locate(None).is_err() {
-        embedpipe::engines::minilm::fetch().expect("fetch model");
-    }
-    let model = LocalModel::load(None, false, true).unwrap();
+    let model = LocalModel::catalogue("all-MiniLM-L6-v2", Variant::Fp32, None).unwrap();
     let csv = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/sample_data/articles.csv"

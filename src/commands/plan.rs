@@ -290,10 +290,8 @@ fn chunk_stage(checked: &crate::commands::validate::Checked) -> Result<Option<Ch
     for &i in &chunk.models {
         let m = &settings.models[i];
         if m.spec.provider == crate::config::Provider::Local {
-            let counter = blocking(|| {
-                crate::engines::local::load_token_counter(m.local.path.as_deref(), m.local.download)
-            })
-            .with_context(|| format!("model `{}`: its tokenizer counts chunk sizes", m.name))?;
+            let counter = blocking(|| crate::engines::local::load_token_counter(m))
+                .with_context(|| format!("model `{}`: its tokenizer counts chunk sizes", m.name))?;
             counters.insert(i, counter);
         }
     }

@@ -67,6 +67,14 @@ impl Pipeline {
                 for (key, span) in [
                     ("path", cfg.path.as_ref().map(|s| s.span())),
                     ("download", cfg.download.as_ref().map(|s| s.span())),
+                    ("variant", cfg.variant.as_ref().map(|s| s.span())),
+                    ("pooling", cfg.pooling.as_ref().map(|s| s.span())),
+                    ("query_prefix", cfg.query_prefix.as_ref().map(|s| s.span())),
+                    (
+                        "document_prefix",
+                        cfg.document_prefix.as_ref().map(|s| s.span()),
+                    ),
+                    ("threads", cfg.threads.as_ref().map(|s| s.span())),
                 ] {
                     if let Some(span) = span {
                         return Err(
@@ -95,6 +103,7 @@ impl Pipeline {
         self.check_prices(cfg)?;
         if *cfg.provider.get_ref() == Provider::Local {
             self.check_no_bedrock_keys(cfg)?;
+            self.check_local_keys(cfg)?;
         }
         specs.inference_profile(self, cfg)
     }
@@ -242,6 +251,41 @@ impl Pipeline {
     }
 
     /// A local model takes none of the keys that only Bedrock calls use.
+    /// The local engine's own keys: known values only.
+    fn check_local_keys(&self, cfg: &ModelConfig) -> Result<(), ConfigError> {
+        for (key, value, allowed) in [
+            ("variant", &cfg.variant, &["fp32", "int8"][..]),
+            ("pooling", &cfg.pooling, &["mean", "cls"][..]),
+        ] {
+            if let Some(v) = value {
+                if !allowed.contains(&v.get_ref().to_ascii_lowercase().as_str()) {
+                    return Err(self.error(
+                        v.span(),
+                        format!("`{key}` is one of {}", allowed.join(", ")),
+                    ));
+                }
+            }
+        }
+        if let Some(t) = &cfg.threads {
+            if !(1..=512).contains(t.get_ref()) {
+                return Err(self.error(t.span(), "threads must be between 1 and 512"));
+            }
+        }
+        let custom = embedpipe_wire::resolve(cfg.id.get_ref())
+            .is_some_and(|r| r.spec.id == embedpipe_wire::families::local::CUSTOM.id);
+        if custom && cfg.path.is_none() {
+            return Err(self
+                .error(cfg.id.span(), "a custom local model needs `path`")
+                .with_help("point `path` at a folder with the ONNX export and tokenizer.json, and set `dimensions`"));
+        }
+        if custom && cfg.dimensions.is_none() {
+            return Err(self
+                .error(cfg.id.span(), "a custom local model needs `dimensions`")
+                .with_help("the size of the model's vectors, e.g. `dimensions = 768`; it is checked when the model loads"));
+        }
+        Ok(())
+    }
+
     fn check_no_bedrock_keys(&self, cfg: &ModelConfig) -> Result<(), ConfigError> {
         let bedrock_only = [
             ("region", cfg.region.as_ref().map(|s| s.span())),

@@ -142,6 +142,18 @@ pub struct ModelConfig {
     pub path: Option<Spanned<EnvString>>,
     /// Local provider: fetch the weights when they are not found (default true).
     pub download: Option<Spanned<bool>>,
+    /// Local provider: `fp32` (default) or `int8` (a quantized export: faster, a different
+    /// vector space).
+    pub variant: Option<Spanned<String>>,
+    /// Local provider: `mean` or `cls` (default: the catalogue's, or the model folder's
+    /// `1_Pooling/config.json`).
+    pub pooling: Option<Spanned<String>>,
+    /// Local provider: text put before search queries (default: the catalogue's).
+    pub query_prefix: Option<Spanned<String>>,
+    /// Local provider: text put before every indexed input (default: the catalogue's).
+    pub document_prefix: Option<Spanned<String>>,
+    /// Local provider: ONNX Runtime threads (default: the machine's cores).
+    pub threads: Option<Spanned<usize>>,
     /// Inputs per model call.
     pub batch_size: Option<Spanned<usize>>,
     /// Output dimension (models with a choice of dimensions).

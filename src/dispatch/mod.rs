@@ -133,11 +133,7 @@ impl ModelHandle {
             ..Default::default()
         }));
         let backend = match info.spec.provider {
-            Provider::Local => Backend::Local(LocalModel::load(
-                info.local.path.as_deref(),
-                info.local.download,
-                info.normalize,
-            )?),
+            Provider::Local => Backend::Local(LocalModel::load(&info)?),
             Provider::Bedrock => {
                 let conn = info.connection.clone();
                 let rt = tokio::runtime::Handle::current();

@@ -55,6 +55,14 @@ pub struct LocalFiles {
     pub path: Option<PathBuf>,
     /// Fetch the files when they are not found (`download`, unless `EMBEDPIPE_OFFLINE` is set).
     pub download: bool,
+    /// `fp32` or `int8` (validated).
+    pub variant: String,
+    /// `mean` / `cls` from the file (validated), over the catalogue's and the folder's.
+    pub pooling: Option<String>,
+    pub query_prefix: Option<String>,
+    pub document_prefix: Option<String>,
+    /// ONNX Runtime threads; `None`: the machine's cores.
+    pub threads: Option<usize>,
 }
 
 /// A model's async-invoke settings (video/audio), when it has `output_s3_uri`.
@@ -194,8 +202,8 @@ fn params(cfg: &ModelConfig, spec: &ModelSpec) -> Params {
 /// The vector space: base id (profiles serve the same model) and every parameter that changes
 /// vectors. Truncation and embedding types are included: they change what is embedded or
 /// stored.
-fn fingerprint(spec: &ModelSpec, params: &Params) -> String {
-    serde_json::json!({
+fn fingerprint(spec: &ModelSpec, params: &Params, cfg: &ModelConfig) -> String {
+    let mut space = serde_json::json!({
         "model": spec.id,
         "dimension": params.dimension,
         "normalize": params.normalize,
@@ -207,8 +215,39 @@ fn fingerprint(spec: &ModelSpec, params: &Params) -> String {
         "segment_seconds": params.segment_seconds,
         "segment_chars": params.segment_chars,
         "embedding_options": params.embedding_options,
-    })
-    .to_string()
+    });
+    // A local model's choices that change its vectors; absent when left at the catalogue's, so
+    // tables made before they existed keep their hashes.
+    let local = [
+        (
+            "variant",
+            cfg.variant
+                .as_ref()
+                .map(|v| v.get_ref().to_ascii_lowercase()),
+        ),
+        (
+            "pooling",
+            cfg.pooling
+                .as_ref()
+                .map(|v| v.get_ref().to_ascii_lowercase()),
+        ),
+        (
+            "document_prefix",
+            cfg.document_prefix.as_ref().map(|v| v.get_ref().clone()),
+        ),
+    ];
+    for (key, value) in local {
+        match value {
+            Some(v) if !(key == "variant" && v == "fp32") => space[key] = v.into(),
+            _ => {}
+        }
+    }
+    if spec.id == embedpipe_wire::families::local::CUSTOM.id {
+        if let Some(p) = &cfg.path {
+            space["path"] = p.get_ref().to_string().into();
+        }
+    }
+    space.to_string()
 }
 
 impl JobSettings {
@@ -278,7 +317,7 @@ impl ModelSettings {
             invoke_id: cfg.id.get_ref().clone(),
             dimension: params.dimension,
             normalize: params.normalize,
-            fingerprint: fingerprint(spec, &params),
+            fingerprint: fingerprint(spec, &params, cfg),
             params,
             batch_size: cfg
                 .batch_size
@@ -309,6 +348,17 @@ impl ModelSettings {
                 path: cfg.path.as_ref().map(|p| pipeline.resolve(p.get_ref())),
                 download: cfg.download.as_ref().is_none_or(|d| *d.get_ref())
                     && std::env::var_os("EMBEDPIPE_OFFLINE").is_none(),
+                variant: cfg
+                    .variant
+                    .as_ref()
+                    .map_or("fp32".into(), |v| v.get_ref().to_ascii_lowercase()),
+                pooling: cfg
+                    .pooling
+                    .as_ref()
+                    .map(|p| p.get_ref().to_ascii_lowercase()),
+                query_prefix: cfg.query_prefix.as_ref().map(|p| p.get_ref().clone()),
+                document_prefix: cfg.document_prefix.as_ref().map(|p| p.get_ref().clone()),
+                threads: cfg.threads.as_ref().map(|t| *t.get_ref()),
             },
         }
     }

@@ -18,9 +18,14 @@ pub fn sample(name: &str) -> PathBuf {
 pub fn ensure_model() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        if embedpipe::engines::minilm::locate(None).is_err() {
-            embedpipe::engines::minilm::fetch().expect("fetching the local model for tests");
-        }
+        use embedpipe::engines::{catalogue, files, runtime};
+        let wanted = files::Wanted {
+            spec: catalogue::CATALOGUE[0].spec,
+            variant: catalogue::Variant::Fp32,
+            path: None,
+        };
+        files::locate_or_fetch(&wanted, true).expect("fetching the local model for tests");
+        runtime::locate_or_fetch(true).expect("fetching ONNX Runtime for tests");
     });
 }
 

@@ -6,8 +6,12 @@ use crate::spec::ModelSpec;
 
 /// Every model embedpipe knows.
 pub fn registry() -> &'static [ModelSpec] {
-    static REGISTRY: [ModelSpec; 10] = [
+    static REGISTRY: [ModelSpec; 14] = [
         local::SPEC,
+        local::PARAPHRASE_MULTILINGUAL,
+        local::MULTILINGUAL_E5_SMALL,
+        local::BGE_SMALL_EN,
+        local::CUSTOM,
         titan_text::V1,
         titan_text::V2,
         titan_multimodal::SPEC,
