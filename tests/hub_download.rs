@@ -1,21 +1,20 @@
 //! The Hub downloader against a local server that answers as huggingface.co does: `resolve/`
 //! HEADs with ETags, the LFS file redirected to a CDN path, ranges, and faults on demand.
 
+mod common;
+
+use common::hub_server::{sha256_hex, Faults, HubServer, ServedFile, ServedRepo};
 use embedpipe::engines::hub::{cached_snapshot, Hub, HubFile};
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 const REPO: &str = "org/tiny-model";
 const REPO_FOLDER: &str = "models--org--tiny-model";
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const CONFIG: &[u8] = br#"{"hidden_size": 8, "num_layers": 1}"#;
-/// The git blob id the Hub sends as the ETag of a small (non-LFS) file.
-const CONFIG_ETAG: &str = "5f2a8e1c0b9d4e7f6a3b2c1d0e9f8a7b6c5d4e3f";
+/// The git blob id the Hub sends as the ETag of a small (non-LFS) file (the downloader checks it:
+/// SHA-1 of `blob <len>\0` and the content).
+const CONFIG_ETAG: &str = "1ffc7f3986d8a1c3578718febcf64a4f2ca52d7c";
 /// The git id of the LFS pointer: the Hub sends it as ETag, but the blob is named by the sha256.
 const POINTER_ETAG: &str = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d";
 const MODEL_PATH: &str = "onnx/model.onnx";
@@ -26,10 +25,6 @@ fn model_bytes() -> Vec<u8> {
     (0..MODEL_SIZE as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 fn both_files(model_sha256: Option<&str>) -> [HubFile<'_>; 2] {
@@ -45,207 +40,13 @@ fn both_files(model_sha256: Option<&str>) -> [HubFile<'_>; 2] {
     ]
 }
 
-#[derive(Default, Clone, Copy)]
-struct Faults {
-    /// The first GET of the LFS file stops after half its body (the connection is closed).
-    cut_first_model_get: bool,
-    /// The LFS file is served with one byte flipped; its headers still give the true sha256.
-    corrupt_model: bool,
-    /// Every request without `Authorization: Bearer <token>` is answered 401.
-    token: Option<&'static str>,
-}
-
-/// One request as the server saw it, with the body bytes it wrote back.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    range: Option<String>,
-    authorization: Option<String>,
-    body_bytes: usize,
-}
-
-struct Reply {
-    status: &'static str,
-    headers: Vec<(&'static str, String)>,
-    body: Vec<u8>,
-    /// Send only this much of the body (Content-Length still announces all of it), then close.
-    cut_at: Option<usize>,
-}
-
-impl Reply {
-    fn new(status: &'static str, body: Vec<u8>) -> Reply {
-        Reply {
-            status,
-            headers: Vec::new(),
-            body,
-            cut_at: None,
-        }
-    }
-
-    fn with(mut self, name: &'static str, value: String) -> Reply {
-        self.headers.push((name, value));
-        self
-    }
-
-    /// `bytes`, or the part a `Range: bytes=N-` asks for.
-    fn content(bytes: &[u8], range: Option<&str>) -> Reply {
-        let start = range.and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok());
-        let total = bytes.len();
-        match start {
-            None => Reply::new("200 OK", bytes.to_vec()),
-            Some(start) if start >= total => Reply::new("416 Range Not Satisfiable", Vec::new())
-                .with("Content-Range", format!("bytes */{total}")),
-            Some(start) => Reply::new("206 Partial Content", bytes[start..].to_vec()).with(
-                "Content-Range",
-                format!("bytes {start}-{}/{total}", total - 1),
-            ),
-        }
-    }
-}
-
-struct Shared {
-    faults: Faults,
-    model: Vec<u8>,
-    model_sha256: String,
-    cut_done: AtomicBool,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-struct Server {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Server {
-    /// HTTP/1.1 on 127.0.0.1, a thread per connection, `Connection: close` on every answer.
-    fn start(faults: Faults) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let model = model_bytes();
-        let shared = Arc::new(Shared {
-            faults,
-            model_sha256: sha256_hex(&model),
-            model,
-            cut_done: AtomicBool::new(false),
-            seen: Arc::clone(&seen),
-        });
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let shared = Arc::clone(&shared);
-                std::thread::spawn(move || shared.handle(stream));
-            }
-        });
-        Server { addr, seen }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn requests(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    fn model_gets(&self) -> Vec<Seen> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.method == "GET" && r.path.starts_with("/cdn/"))
-            .collect()
-    }
-}
-
-impl Shared {
-    fn handle(&self, mut stream: TcpStream) {
-        let Some((method, path, headers)) = read_request(&stream) else {
-            return;
-        };
-        let range = headers.get("range").cloned();
-        let authorization = headers.get("authorization").cloned();
-        let reply = self.route(&method, &path, range.as_deref(), authorization.as_deref());
-        let body = match method.as_str() {
-            "HEAD" => &[][..],
-            _ => &reply.body[..reply.cut_at.unwrap_or(reply.body.len())],
-        };
-        // Recorded before the answer is written, so the client never outruns the log.
-        self.seen.lock().unwrap().push(Seen {
-            method,
-            path,
-            range,
-            authorization,
-            body_bytes: body.len(),
-        });
-        let mut head = format!(
-            "HTTP/1.1 {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-            reply.status,
-            reply.body.len()
-        );
-        for (name, value) in &reply.headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(body);
-        let _ = stream.shutdown(Shutdown::Write);
-    }
-
-    fn route(&self, method: &str, path: &str, range: Option<&str>, auth: Option<&str>) -> Reply {
-        if let Some(token) = self.faults.token {
-            if auth != Some(format!("Bearer {token}").as_str()) {
-                return Reply::new("401 Unauthorized", b"Invalid credentials".to_vec());
-            }
-        }
-        let sha = &self.model_sha256;
-        let resolve = format!("/{REPO}/resolve/{COMMIT}/");
-        match path.strip_prefix(&resolve) {
-            Some("config.json") => Reply::content(CONFIG, range)
-                .with("ETag", format!("\"{CONFIG_ETAG}\""))
-                .with("X-Repo-Commit", COMMIT.to_owned()),
-            Some(MODEL_PATH) => Reply::new("302 Found", Vec::new())
-                .with("Location", format!("/cdn/{sha}"))
-                .with("ETag", format!("W/\"{POINTER_ETAG}\""))
-                .with("X-Linked-Etag", format!("\"{sha}\""))
-                .with("X-Linked-Size", MODEL_SIZE.to_string())
-                .with("X-Repo-Commit", COMMIT.to_owned()),
-            _ if path == format!("/cdn/{sha}") => {
-                let mut bytes = self.model.clone();
-                if self.faults.corrupt_model {
-                    bytes[MODEL_SIZE / 3] ^= 0xff;
-                }
-                let mut reply = Reply::content(&bytes, range);
-                let cut = method == "GET"
-                    && self.faults.cut_first_model_get
-                    && !self.cut_done.swap(true, Ordering::SeqCst);
-                if cut {
-                    reply.cut_at = Some(reply.body.len() / 2);
-                }
-                reply
-            }
-            _ => Reply::new("404 Not Found", b"Entry not found".to_vec()),
-        }
-    }
-}
-
-/// Request line and headers (names lowercased); these requests have no body.
-fn read_request(stream: &TcpStream) -> Option<(String, String, HashMap<String, String>)> {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_owned();
-    let path = parts.next()?.to_owned();
-    let mut headers = HashMap::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).ok()?;
-        // The blank line (or EOF) ends the headers.
-        let Some((name, value)) = line.trim_end().split_once(':') else {
-            break;
-        };
-        headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
-    }
-    Some((method, path, headers))
+/// The Hub stand-in serving [`REPO`] at [`COMMIT`]: `config.json` in git, the model in LFS.
+fn start(faults: Faults) -> HubServer {
+    let files = vec![
+        ServedFile::git("config.json", CONFIG).with_etag(CONFIG_ETAG),
+        ServedFile::lfs(MODEL_PATH, model_bytes()).with_etag(POINTER_ETAG),
+    ];
+    HubServer::start(vec![ServedRepo::new(REPO, COMMIT, files)], faults)
 }
 
 fn repo_dir(cache: &Path) -> PathBuf {
@@ -271,7 +72,7 @@ fn present(path: &Path) -> bool {
 
 #[tokio::test]
 async fn downloads_into_the_hf_layout_then_reuses_it_without_a_request() {
-    let server = Server::start(Faults::default());
+    let server = start(Faults::default());
     let cache = tempfile::tempdir().unwrap();
     let hub = Hub::new(&server.endpoint(), None, cache.path().to_owned()).unwrap();
     let model = model_bytes();
@@ -301,7 +102,7 @@ async fn downloads_into_the_hf_layout_then_reuses_it_without_a_request() {
         assert_eq!(config_link, Path::new("../../blobs").join(CONFIG_ETAG));
     }
     // The LFS bytes came from the redirect's target, once.
-    assert_eq!(server.model_gets().len(), 1);
+    assert_eq!(server.cdn_gets().len(), 1);
     assert_eq!(
         cached_snapshot(cache.path(), REPO, COMMIT, &names),
         Some(snapshot.clone())
@@ -324,8 +125,8 @@ async fn downloads_into_the_hf_layout_then_reuses_it_without_a_request() {
 
 #[tokio::test]
 async fn a_cut_download_resumes_with_a_range_request() {
-    let server = Server::start(Faults {
-        cut_first_model_get: true,
+    let server = start(Faults {
+        cut_first_lfs_get: true,
         ..Faults::default()
     });
     let cache = tempfile::tempdir().unwrap();
@@ -337,7 +138,7 @@ async fn a_cut_download_resumes_with_a_range_request() {
         std::fs::read(snapshot.join(MODEL_PATH)).unwrap(),
         model_bytes()
     );
-    let gets = server.model_gets();
+    let gets = server.cdn_gets();
     assert_eq!(gets.len(), 2, "{gets:?}");
     assert_eq!(gets[0].range, None);
     let resumed_at: Option<usize> = gets[1]
@@ -361,7 +162,7 @@ async fn a_cut_download_resumes_with_a_range_request() {
 
 #[tokio::test]
 async fn a_partial_file_from_an_earlier_run_is_resumed() {
-    let server = Server::start(Faults::default());
+    let server = start(Faults::default());
     let cache = tempfile::tempdir().unwrap();
     let model = model_bytes();
     let sha = sha256_hex(&model);
@@ -373,7 +174,7 @@ async fn a_partial_file_from_an_earlier_run_is_resumed() {
     let snapshot = hub.download(REPO, COMMIT, &both_files(None)).await.unwrap();
 
     assert_eq!(std::fs::read(snapshot.join(MODEL_PATH)).unwrap(), model);
-    let gets = server.model_gets();
+    let gets = server.cdn_gets();
     assert_eq!(gets.len(), 1, "{gets:?}");
     assert_eq!(gets[0].range.as_deref(), Some("bytes=100000-"));
     assert_eq!(gets[0].body_bytes, MODEL_SIZE - 100_000);
@@ -381,8 +182,8 @@ async fn a_partial_file_from_an_earlier_run_is_resumed() {
 
 #[tokio::test]
 async fn corrupt_content_is_refused_and_leaves_nothing_behind() {
-    let server = Server::start(Faults {
-        corrupt_model: true,
+    let server = start(Faults {
+        corrupt_lfs: true,
         ..Faults::default()
     });
     let cache = tempfile::tempdir().unwrap();
@@ -407,7 +208,7 @@ async fn corrupt_content_is_refused_and_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn a_private_repo_needs_the_token_which_never_shows() {
-    let server = Server::start(Faults {
+    let server = start(Faults {
         token: Some(TOKEN),
         ..Faults::default()
     });
@@ -441,7 +242,7 @@ async fn a_private_repo_needs_the_token_which_never_shows() {
         model_bytes()
     );
     let bearer = format!("Bearer {TOKEN}");
-    let gets = server.model_gets();
+    let gets = server.cdn_gets();
     assert!(gets
         .iter()
         .all(|r| r.authorization.as_deref() == Some(bearer.as_str())));
@@ -459,7 +260,7 @@ async fn a_private_repo_needs_the_token_which_never_shows() {
 
 #[tokio::test]
 async fn a_pinned_sha256_that_differs_is_an_error_and_nothing_enters_the_snapshot() {
-    let server = Server::start(Faults::default());
+    let server = start(Faults::default());
     let cache = tempfile::tempdir().unwrap();
     let hub = Hub::new(&server.endpoint(), None, cache.path().to_owned()).unwrap();
     let served = sha256_hex(&model_bytes());
@@ -501,7 +302,7 @@ async fn an_unreachable_hub_names_hf_endpoint() {
 
 #[tokio::test]
 async fn names_that_would_leave_the_cache_or_move_are_refused_before_any_request() {
-    let server = Server::start(Faults::default());
+    let server = start(Faults::default());
     let cache = tempfile::tempdir().unwrap();
     let hub = Hub::new(&server.endpoint(), None, cache.path().to_owned()).unwrap();
     let escaping = [HubFile {

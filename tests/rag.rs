@@ -636,7 +636,13 @@ mod property {
         static T: OnceLock<Arc<dyn embedpipe::util::tokens::TokenCounter>> = OnceLock::new();
         T.get_or_init(|| {
             super::ensure_model();
-            embedpipe::engines::local::load_token_counter(None, true).unwrap()
+            embedpipe::engines::local::LocalModel::catalogue(
+                "all-MiniLM-L6-v2",
+                embedpipe::engines::catalogue::Variant::Fp32,
+                Some(1),
+            )
+            .unwrap()
+            .token_counter()
         })
         .clone()
     }

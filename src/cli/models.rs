@@ -56,8 +56,12 @@ pub(super) fn models_command(action: ModelsAction) -> i32 {
                     return EXIT_INVALID;
                 }
             };
-            let fetched = files::locate_or_fetch(&wanted(entry, int8), true)
-                .and_then(|f| runtime::locate_or_fetch(true).map(|r| (f, r)));
+            // The runtime is loaded, not only found: a library that cannot run fails here.
+            let fetched = files::locate_or_fetch(&wanted(entry, int8), true).and_then(|f| {
+                let r = runtime::locate_or_fetch(true)?;
+                runtime::environment(true)?;
+                Ok((f, r))
+            });
             match fetched {
                 Ok((f, (lib, _))) => {
                     println!("{} is in {} ({})", entry.spec.id, f.dir.display(), f.origin);
@@ -111,10 +115,10 @@ pub(super) fn models_command(action: ModelsAction) -> i32 {
 fn print_catalogue() {
     println!("Local models (ONNX Runtime; `provider = \"local\"`, `id` or an alias):");
     for m in catalogue::CATALOGUE {
-        let found = |int8| files::locate(&wanted(m, int8)).is_ok();
-        let state = match (found(false), m.hub.int8.is_some() || m.pypi_int8.is_some()) {
-            (true, _) => "on disk",
-            (false, _) => "not fetched",
+        let state = if files::locate(&wanted(m, false)).is_ok() {
+            "on disk"
+        } else {
+            "not fetched"
         };
         println!(
             "  {:<60} dim {:<4} max tokens {:<4} pooling {:<4} int8 {:<3} {}",

@@ -402,3 +402,43 @@ fn endpoint_urls_are_checked_and_ranges_say_what_they_take() {
         "{e}"
     );
 }
+
+#[test]
+fn local_engine_keys_take_known_values_and_custom_models_need_path_and_dimensions() {
+    let local = "id = \"sentence-transformers/all-MiniLM-L6-v2\"";
+    let with = |extra: &str| GOOD.replace(local, &format!("{local}\n{extra}"));
+    assert!(parse(&with("variant = \"int8\"\npooling = \"cls\"\nthreads = 2")).is_ok());
+    let text = with("variant = \"int4\"");
+    let e = err(&text);
+    assert!(e.message.contains("`variant` is one of fp32, int8"), "{e}");
+    assert_eq!(e.line, Some(line_of(&text, "variant")));
+    let e = err(&with("pooling = \"max\""));
+    assert!(e.message.contains("`pooling` is one of mean, cls"), "{e}");
+    let e = err(&with("threads = 0"));
+    assert!(e.message.contains("threads"), "{e}");
+
+    let custom = GOOD.replace(local, "id = \"custom\"");
+    let e = err(&custom);
+    assert!(e.message.contains("needs `path`"), "{e}");
+    let e = err(&custom.replace("id = \"custom\"", "id = \"custom\"\npath = \"m\""));
+    assert!(e.message.contains("needs `dimensions`"), "{e}");
+    assert!(parse(&custom.replace(
+        "id = \"custom\"",
+        "id = \"custom\"\npath = \"m\"\ndimensions = 768"
+    ))
+    .is_ok());
+
+    // Local-only keys on a Bedrock model are refused by name.
+    let bedrock = GOOD
+        .replace("provider = \"local\"", "provider = \"bedrock\"")
+        .replace(
+            local,
+            "id = \"amazon.titan-embed-text-v2:0\"\nquery_prefix = \"q: \"",
+        );
+    let e = err(&bedrock);
+    assert!(
+        e.message
+            .contains("`query_prefix` applies only to local models"),
+        "{e}"
+    );
+}

