@@ -12,32 +12,33 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
+/// The numpy reference (tests/fixtures/minilm_reference.py): sentences, vectors, token counts.
+fn reference() -> serde_json::Value {
+    let path = common::repo().join("tests/fixtures/minilm_reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn sentences(fixture: &serde_json::Value) -> Vec<&str> {
+    let all = fixture["sentences"].as_array().unwrap();
+    all.iter().map(|s| s.as_str().unwrap()).collect()
+}
+
+fn vectors(fixture: &serde_json::Value) -> Vec<Vec<f32>> {
+    let all = fixture["vectors"].as_array().unwrap();
+    all.iter()
+        .map(|v| {
+            let v = v.as_array().unwrap();
+            v.iter().map(|x| x.as_f64().unwrap() as f32).collect()
+        })
+        .collect()
+}
+
 #[test]
 fn local_model_matches_reference() {
     common::ensure_model();
-    let fixture: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::repo().join("tests/fixtures/minilm_reference.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    let sentences: Vec<&str> = fixture["sentences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap())
-        .collect();
-    let expected: Vec<Vec<f32>> = fixture["vectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect();
+    let fixture = reference();
+    let sentences = sentences(&fixture);
+    let expected = vectors(&fixture);
     let model = LocalModel::catalogue("all-MiniLM-L6-v2", Variant::Fp32, None).unwrap();
     assert_eq!(model.dimension(), 384);
 
@@ -109,32 +110,17 @@ fn a_huge_field_is_cut_to_what_the_model_reads() {
 #[test]
 fn int8_variant_reads_the_same_tokens_and_stays_close_to_the_reference() {
     common::ensure_model();
-    let fixture: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::repo().join("tests/fixtures/minilm_reference.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    let sentences: Vec<&str> = fixture["sentences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap())
-        .collect();
+    let fixture = reference();
+    let sentences = sentences(&fixture);
     let int8 = LocalModel::catalogue("all-MiniLM-L6-v2", Variant::Int8, Some(2)).unwrap();
     let fp32 = LocalModel::catalogue("all-MiniLM-L6-v2", Variant::Fp32, Some(2)).unwrap();
     let a = int8.embed_blocking(&sentences).unwrap();
     let b = fp32.embed_blocking(&sentences).unwrap();
     assert_eq!(a.tokens, b.tokens);
     let mut exact = true;
-    for (i, want) in fixture["vectors"].as_array().unwrap().iter().enumerate() {
-        let want: Vec<f32> = want
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
+    for (i, want) in vectors(&fixture).iter().enumerate() {
         let got = &a.vectors[i * 384..(i + 1) * 384];
-        let c = cosine(got, &want);
+        let c = cosine(got, want);
         assert!(c >= 0.99, "sentence {i}: int8 cosine {c}");
         exact &= c > 0.999_999;
     }
