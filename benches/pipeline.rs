@@ -393,10 +393,10 @@ async fn bench_sink(rows: usize) {
     // The input, made before the measured part.
     let tmp = tempfile::tempdir().unwrap();
     write_parquet(&tmp.path().join("data.parquet"), rows);
-    let pipeline = bedrock_pipeline(
+    let pipeline = remote_pipeline(
         tmp.path(),
         "type = \"parquet\"\npath = \"data.parquet\"\nbatch_size = 8192",
-        "id = \"cohere.embed-english-v3\"\nconcurrency = 8",
+        "provider = \"bedrock\"\nid = \"cohere.embed-english-v3\"\nconcurrency = 8",
         "text = \"{title} ({topic})\"",
         // Ingest only, as in the end-to-end case.
         "vector_index = \"none\"",
@@ -561,9 +561,9 @@ fn bench_transform() {
     }
 }
 
-/// A pipeline file around one Bedrock `[[model]]` (the source is a tiny CSV; the dispatch bench
-/// feeds inputs itself).
-fn bedrock_pipeline(
+/// A pipeline file around one remote `[[model]]` (`model`: its table from `provider` on; the
+/// source is a tiny CSV, the dispatch bench feeds inputs itself).
+fn remote_pipeline(
     dir: &std::path::Path,
     source: &str,
     model: &str,
@@ -577,7 +577,6 @@ fn bedrock_pipeline(
 {source}
 [[model]]
 name = "m"
-provider = "bedrock"
 {model}
 [[embed]]
 model = "m"
@@ -594,6 +593,7 @@ mode = "overwrite"
 
 async fn bench_dispatch_case(
     model_id: &str,
+    openai: bool,
     concurrency: usize,
     latency_ms: f64,
     rpm: Option<u32>,
@@ -631,10 +631,17 @@ async fn bench_dispatch_case(
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let limit = rpm.map_or(String::new(), |r| format!("requests_per_minute = {r}\n"));
-    let pipeline = bedrock_pipeline(
+    // The same dispatch through either protocol: Bedrock's InvokeModel or OpenAI's
+    // /v1/embeddings (`--emulator` sends both to the emulator).
+    let model = if openai {
+        format!("provider = \"openai\"\nmodel = \"{model_id}\"\ndimensions = 256\nbase_url = \"http://127.0.0.1:1/v1\"")
+    } else {
+        format!("provider = \"bedrock\"\nid = \"{model_id}\"")
+    };
+    let pipeline = remote_pipeline(
         tmp.path(),
         "type = \"csv\"\npath = \"rows.csv\"",
-        &format!("id = \"{model_id}\"\nconcurrency = {concurrency}\n{limit}"),
+        &format!("{model}\nconcurrency = {concurrency}\n{limit}"),
         "column = \"text\"",
         "",
     );
@@ -683,26 +690,33 @@ async fn bench_dispatch_case(
     feed(requests * per_call).await;
     let secs = t.elapsed().as_secs_f64();
     let all = emu.stats();
-    let c = all.models[handle.info.spec.id].clone();
+    let (inputs, calls, errors) = if openai {
+        let c = &all.openai;
+        (c.inputs, c.requests, format!("{:?}", c.errors))
+    } else {
+        let c = &all.models[handle.info.spec.id];
+        (c.inputs, c.requests, format!("{:?}", c.errors))
+    };
     let emu_error_ms = all.timed_error_micros as f64 / all.timed_answers.max(1) as f64 / 1e3;
     drop(emu);
     emu_rt.shutdown_background();
-    assert_eq!(c.inputs as usize, requests * per_call, "{c:?}");
-    assert!(c.errors.is_empty(), "{c:?}");
+    assert_eq!(inputs as usize, requests * per_call);
+    assert_eq!(errors, "{}");
     // In full calls' worth of inputs (a call may leave part-filled when its linger ends).
-    let achieved = c.inputs as f64 / per_call as f64 / secs;
+    let achieved = inputs as f64 / per_call as f64 / secs;
     let by_concurrency = concurrency as f64 / (latency_ms / 1000.0);
     let ideal = rpm.map_or(by_concurrency, |r| by_concurrency.min(r as f64 / 60.0));
     let stats = handle.stats();
     // How busy dispatch kept its slots: calls/s against C ÷ the mean call latency the client saw
     // (which includes the machine's own overhead: loopback, wake-ups, the emulator's CPU).
     let mean_call = stats.latency_mean_ms / 1e3;
-    let slot_use = c.requests as f64 / secs / (concurrency as f64 / mean_call);
+    let slot_use = calls as f64 / secs / (concurrency as f64 / mean_call);
     println!(
-        "dispatch {model_id} ({per_call}/call){}, L = {latency_ms} ms, C = {concurrency}, R = {}: {} calls, {:.1} full calls/s ({:.0} inputs/s) vs ideal {:.1}: ratio {:.3}; p50 {:.1} ms, p95 {:.1} ms, mean {:.1} ms; slots busy {:.3}; emulator's answers off by {:+.2} ms on average",
+        "dispatch {}{model_id} ({per_call}/call){}, L = {latency_ms} ms, C = {concurrency}, R = {}: {} calls, {:.1} full calls/s ({:.0} inputs/s) vs ideal {:.1}: ratio {:.3}; p50 {:.1} ms, p95 {:.1} ms, mean {:.1} ms; slots busy {:.3}; emulator's answers off by {:+.2} ms on average",
+        if openai { "openai:" } else { "" },
         if replay { ", emulator replaying" } else { "" },
         rpm.map_or("none".to_string(), |r| format!("{r}/min")),
-        c.requests,
+        calls,
         achieved,
         achieved * per_call as f64,
         ideal,
@@ -746,10 +760,16 @@ async fn bench_dispatch() {
     ];
     for (name, id, c, c_quota, rpm) in cases {
         if only.is_empty() || only == name {
-            bench_dispatch_case(id, c, l, None, false).await;
-            bench_dispatch_case(id, c, l, None, true).await;
-            bench_dispatch_case(id, c_quota, l, Some(rpm), false).await;
+            bench_dispatch_case(id, false, c, l, None, false).await;
+            bench_dispatch_case(id, false, c, l, None, true).await;
+            bench_dispatch_case(id, false, c_quota, l, Some(rpm), false).await;
         }
+    }
+    // An OpenAI-compatible server (32 inputs per call): bound by concurrency, then by a quota.
+    if only.is_empty() || only == "openai" {
+        let id = "text-embedding-3-small";
+        bench_dispatch_case(id, true, c.unwrap_or(8), l, None, false).await;
+        bench_dispatch_case(id, true, 8, l, Some(6_000), false).await;
     }
 }
 
@@ -800,10 +820,10 @@ async fn bench_e2e(rows: usize, replay: bool, note: &str) {
     let (endpoint, mut emulator) = emulator_process(if replay { &["--replay"] } else { &[] });
     let tmp = tempfile::tempdir().unwrap();
     write_parquet(&tmp.path().join("data.parquet"), rows);
-    let pipeline = bedrock_pipeline(
+    let pipeline = remote_pipeline(
         tmp.path(),
         "type = \"parquet\"\npath = \"data.parquet\"",
-        "id = \"cohere.embed-english-v3\"\nconcurrency = 8",
+        "provider = \"bedrock\"\nid = \"cohere.embed-english-v3\"\nconcurrency = 8",
         "text = \"{title} ({topic})\"",
         // Ingest only: building the vector index a large table gets after a run is not counted.
         "vector_index = \"none\"",

@@ -268,13 +268,14 @@ fn every_shipped_pipeline_validates() {
     // Every pipeline in pipelines/, by name: one missing, renamed or added without being
     // listed here fails, as does one that does not validate. (table, embed steps, rows the
     // source reports: Parquet sources know theirs from the footers.)
-    let expected: [(&str, &str, usize, Option<u64>); 11] = [
+    let expected: [(&str, &str, usize, Option<u64>); 12] = [
         ("bedrock_cohere_v4.toml", "images_cohere", 2, None),
         ("bedrock_nova_images.toml", "images_nova", 1, None),
         ("bedrock_titan_multimodal.toml", "images_titan_mm", 1, None),
         ("bedrock_titan_text.toml", "articles_titan", 1, Some(240)),
         ("images_folder.toml", "images", 1, None),
         ("media.toml", "media_nova", 1, None),
+        ("openai_compatible.toml", "articles_openai", 1, Some(240)),
         ("quickstart.toml", "articles", 1, Some(240)),
         ("quickstart_csv.toml", "articles_csv", 2, None),
         ("rag_docs.toml", "docs", 1, None),

@@ -52,7 +52,7 @@ pub(super) async fn overrides(
     match start(&buckets, &seeds).await {
         Ok((emu, s3)) => {
             tracing::info!(
-                "Bedrock calls go to the in-process emulator at {}",
+                "Bedrock and OpenAI-compatible calls go to the in-process emulator at {}",
                 emu.endpoint()
             );
             let overrides = Overrides {

@@ -188,10 +188,12 @@ enum Command {
         #[command(flatten)]
         emu: EmulatorFlags,
     },
-    /// Serve a Bedrock Runtime emulator on loopback (no AWS account needed).
+    /// Serve a Bedrock Runtime emulator on loopback (no AWS account needed), with an
+    /// OpenAI-compatible `POST /v1/embeddings` beside it.
     ///
     /// Point pipelines at it with `endpoint_url = "http://127.0.0.1:PORT"` in [[model]] or
-    /// AWS_ENDPOINT_URL_BEDROCK_RUNTIME; it accepts any well-formed SigV4 credentials.
+    /// AWS_ENDPOINT_URL_BEDROCK_RUNTIME (it accepts any well-formed SigV4 credentials), and
+    /// OpenAI-compatible models with `base_url = "http://127.0.0.1:PORT/v1"`.
     Emulator(EmulatorArgs),
     /// Manage local model weights.
     Models {
@@ -203,8 +205,8 @@ enum Command {
 /// `--emulator` and what it serves.
 #[derive(clap::Args, Debug, Clone, Default)]
 struct EmulatorFlags {
-    /// Send Bedrock calls to an in-process Bedrock emulator, and the pipeline's S3 requests to a
-    /// local S3 server (a folder in the temp directory): no AWS account needed.
+    /// Send Bedrock and OpenAI-compatible calls to an in-process emulator, and the pipeline's S3
+    /// requests to a local S3 server (a folder in the temp directory): no AWS account needed.
     #[arg(long)]
     emulator: bool,
     /// With --emulator: serve a local folder as an S3 bucket, NAME=FOLDER (repeatable), e.g.

@@ -105,8 +105,10 @@ pub(super) fn models_command(action: ModelsAction) -> i32 {
             super::render::print_models(
                 embedpipe_wire::registry()
                     .iter()
-                    .filter(|s| s.provider != embedpipe_wire::ProviderKind::Local),
+                    .filter(|s| s.provider == embedpipe_wire::ProviderKind::Bedrock),
             );
+            println!();
+            println!("OpenAI-compatible servers (LiteLLM, TEI, vLLM, Ollama, OpenAI): `provider = \"openai\"` with `base_url`, the server's `model` name and its `dimensions`; text only");
             EXIT_OK
         }
     }

@@ -70,7 +70,7 @@ fn validate_steps_json(p: &Pipeline, c: &Checked) -> Vec<Value> {
                 "step": s.name,
                 "vector": s.vector,
                 "model": m.name,
-                "model_id": m.spec.id,
+                "model_id": m.model_id(),
                 "dimension": m.dimension,
             })
         })
@@ -119,7 +119,7 @@ pub(super) fn print_validate(file: &Path, p: &Pipeline, c: &Checked) {
             s.name,
             describe_input(&s.input),
             s.vector,
-            m.spec.id,
+            m.model_id(),
             m.dimension
         );
     }

@@ -4,6 +4,8 @@
 //! It knows HTTP and the SDK, not model JSON: bodies go in and out as bytes. Errors are
 //! classified from the SDK's error types so dispatch can decide what to retry.
 
+use super::chain;
+pub use super::CallError;
 pub use crate::resolve::Connection;
 use crate::util::ErrorClass;
 use anyhow::{bail, Result};
@@ -27,21 +29,6 @@ use std::time::Duration;
 /// The emulators' dummy credentials (not secrets: they open nothing but local test servers).
 pub const EMULATOR_ACCESS_KEY: &str = "EMULATOR";
 pub const EMULATOR_SECRET_KEY: &str = "emulator-secret";
-
-/// A failed call.
-#[derive(Debug, Clone)]
-pub struct CallError {
-    pub class: ErrorClass,
-    pub message: String,
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.message, self.class.as_str())
-    }
-}
-
-impl std::error::Error for CallError {}
 
 /// A connected Bedrock Runtime client.
 #[derive(Clone)]
@@ -204,10 +191,7 @@ impl Bedrock {
         let out_cfg = AsyncInvokeS3OutputDataConfig::builder()
             .s3_uri(output_s3_uri)
             .build()
-            .map_err(|e| CallError {
-                class: ErrorClass::Validation,
-                message: e.to_string(),
-            })?;
+            .map_err(|e| CallError::new(ErrorClass::Validation, e.to_string()))?;
         let out = self
             .client
             .start_async_invoke()
@@ -244,6 +228,16 @@ impl Bedrock {
             failure_message: out.failure_message,
             output_s3_uri,
         })
+    }
+}
+
+/// Help for an error no row can get past (the run stops on it).
+pub(crate) fn fatal_help(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::AccessDenied => "\n  help: grant bedrock:InvokeModel on this model to your role, and enable the model in the Bedrock console (Model access) for this region",
+        ErrorClass::Credentials => "\n  help: embedpipe uses the AWS default credential chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE (incl. SSO: `aws sso login`), or an instance/task role",
+        ErrorClass::NotFound => "\n  help: check the model id and that the model is offered in this region (`region` in [[model]])",
+        _ => "",
     }
 }
 
@@ -339,21 +333,7 @@ where
         }
         _ => (ErrorClass::Other, chain(&e)),
     };
-    CallError { class, message }
-}
-
-/// The error and its sources, `: `-separated (without Debug dumps).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !parts.last().is_some_and(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
+    CallError::new(class, message)
 }
 
 #[cfg(test)]

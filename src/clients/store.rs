@@ -68,6 +68,7 @@ impl Stores {
             endpoint_url: None,
             timeout: DEFAULT_S3_TIMEOUT,
             emulator_credentials: settings.emulator_credentials,
+            ..Default::default()
         };
         let cfg = load_sdk_config(&conn, None).await;
         let region = match (cfg.region(), &settings.endpoint) {

@@ -201,7 +201,7 @@ fn empty_estimate(
             .iter()
             .map(|m| ModelEstimate {
                 model: m.name.clone(),
-                model_id: m.spec.id.to_string(),
+                model_id: m.model_id().to_string(),
                 calls_exact: m.batch_size == 1,
                 ..Default::default()
             })
@@ -502,7 +502,7 @@ fn count_step(
 /// Counts one input of a row to embed: its tokens (or query) and image; `true` when the run would
 /// refuse it before sending (cut texts are still sent).
 fn count_input(info: &ModelSettings, m: &mut ModelEstimate, input: Input<'_>) -> bool {
-    if info.spec.provider == crate::config::Provider::Bedrock
+    if info.spec.provider != crate::config::Provider::Local
         && embedpipe_wire::preflight(info.spec, &info.params, &input, check_image).is_err()
     {
         return true;

@@ -155,8 +155,8 @@ pub async fn search(pipeline: Arc<Pipeline>, opts: SearchOptions) -> Result<Vec<
         .metadata()
         .get(crate::sink::FIELD_MODEL_ID)
     {
-        if their != model.info.spec.id {
-            bail!("column `{}` holds vectors from {their}, but the pipeline's model is {}; re-run the pipeline", step.vector, model.info.spec.id);
+        if their != model.info.model_id() {
+            bail!("column `{}` holds vectors from {their}, but the pipeline's model is {}; re-run the pipeline", step.vector, model.info.model_id());
         }
     }
     let out = model

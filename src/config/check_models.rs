@@ -7,6 +7,7 @@
 
 use super::{did_you_mean, ConfigError, ModelConfig, Pipeline, Provider, SpecChecks};
 use std::collections::HashSet;
+use std::ops::Range;
 use toml::Spanned;
 
 impl Pipeline {
@@ -63,17 +64,13 @@ impl Pipeline {
             // Id, dimensions and batch size; from here the provider is the spec's.
             specs.model_id(self, cfg)?;
             self.check_model_params(cfg, specs)?;
-            if *cfg.provider.get_ref() != Provider::Local {
+            let provider = *cfg.provider.get_ref();
+            if provider != Provider::Local {
                 for (key, span) in [
                     ("path", cfg.path.as_ref().map(|s| s.span())),
                     ("download", cfg.download.as_ref().map(|s| s.span())),
                     ("variant", cfg.variant.as_ref().map(|s| s.span())),
                     ("pooling", cfg.pooling.as_ref().map(|s| s.span())),
-                    ("query_prefix", cfg.query_prefix.as_ref().map(|s| s.span())),
-                    (
-                        "document_prefix",
-                        cfg.document_prefix.as_ref().map(|s| s.span()),
-                    ),
                     ("threads", cfg.threads.as_ref().map(|s| s.span())),
                 ] {
                     if let Some(span) = span {
@@ -83,6 +80,132 @@ impl Pipeline {
                     }
                 }
             }
+            if provider == Provider::Bedrock {
+                for (key, span) in [
+                    ("query_prefix", cfg.query_prefix.as_ref().map(|s| s.span())),
+                    (
+                        "document_prefix",
+                        cfg.document_prefix.as_ref().map(|s| s.span()),
+                    ),
+                ] {
+                    if let Some(span) = span {
+                        return Err(self
+                            .error(span, format!("`{key}` applies only to local and OpenAI-compatible models"))
+                            .with_help("Bedrock models take `input_type` / `purpose` for queries and documents"));
+                    }
+                }
+            }
+            if provider != Provider::OpenAi {
+                if let Some((key, span)) = openai_only_keys(cfg).next() {
+                    return Err(self
+                        .error(
+                            span,
+                            format!("`{key}` applies only to OpenAI-compatible models"),
+                        )
+                        .with_help(
+                            "set provider = \"openai\" for a server speaking POST /v1/embeddings",
+                        ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An OpenAI-compatible model: where the server is, its key and headers from the
+    /// environment, the vector size, the encoding and the limits; no Bedrock-only or S3 keys.
+    fn check_openai_keys(&self, cfg: &ModelConfig) -> Result<(), ConfigError> {
+        let Some(url) = &cfg.base_url else {
+            return Err(self
+                .error(cfg.provider.span(), "an OpenAI-compatible model needs `base_url`")
+                .with_help("the server's URL up to /v1, e.g. base_url = \"http://localhost:4000/v1\" (a LiteLLM proxy), \"http://localhost:8080/v1\" (TEI), \"http://localhost:11434/v1\" (Ollama), \"https://api.openai.com/v1\""));
+        };
+        if let Err(why) = check_base_url(&url.get_ref().to_string()) {
+            return Err(self
+                .error(url.span(), format!("`base_url` {why}"))
+                .with_help("give the URL up to /v1, e.g. \"http://localhost:4000/v1\"; embedpipe adds /embeddings"));
+        }
+        match &cfg.dimensions {
+            None => {
+                return Err(self
+                    .error(cfg.id.span(), "an OpenAI-compatible model needs `dimensions`")
+                    .with_help("the size of the server's vectors, e.g. dimensions = 1536 (text-embedding-3-small), 768 (nomic-embed-text), 384 (bge-small); every answer is checked against it"))
+            }
+            Some(d) if !(1..=65_536).contains(d.get_ref()) => {
+                return Err(self.error(d.span(), "dimensions must be between 1 and 65536"))
+            }
+            Some(_) => {}
+        }
+        if let Some(f) = &cfg.encoding_format {
+            if !["float", "base64"].contains(&f.get_ref().as_str()) {
+                return Err(self
+                    .error(f.span(), format!("unknown encoding_format `{}`", f.get_ref()))
+                    .with_help("`float` (the default) or `base64` (smaller answers; OpenAI, TEI, vLLM and Ollama honour it)"));
+            }
+        }
+        if let Some(k) = &cfg.api_key_env {
+            let name = k.get_ref();
+            if name.starts_with("sk-") || name.len() > 40 || !is_env_name(name) {
+                return Err(self
+                    .error(k.span(), "`api_key_env` names an environment variable; this is not a variable name")
+                    .with_help("never put the key itself in the file: export OPENAI_API_KEY=... and write api_key_env = \"OPENAI_API_KEY\""));
+            }
+        }
+        if let Some(h) = &cfg.headers_env {
+            for (header, var) in h.get_ref() {
+                if header.is_empty()
+                    || !header
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(
+                        self.error(h.span(), format!("`{header}` is not an HTTP header name"))
+                    );
+                }
+                if header.eq_ignore_ascii_case("authorization") && cfg.api_key_env.is_some() {
+                    return Err(
+                        self.error(h.span(), "`Authorization` is set by `api_key_env` already")
+                    );
+                }
+                if !is_env_name(var) {
+                    return Err(self
+                        .error(h.span(), format!("header `{header}`: `{var}` is not an environment variable name"))
+                        .with_help("headers_env maps a header name to the environment variable holding its value: { \"x-litellm-api-key\" = \"LITELLM_KEY\" }"));
+                }
+            }
+        }
+        if let Some(b) = &cfg.batch_size {
+            if !(1..=2048).contains(b.get_ref()) {
+                return Err(self.error(
+                    b.span(),
+                    "batch_size must be between 1 and 2048 (OpenAI's most inputs per request)",
+                ));
+            }
+        }
+        if let Some(t) = &cfg.max_input_tokens {
+            if *t.get_ref() == 0 {
+                return Err(self.error(t.span(), "max_input_tokens must be at least 1"));
+            }
+        }
+        if let Some(t) = &cfg.max_request_tokens {
+            if *t.get_ref() == 0 {
+                return Err(self.error(t.span(), "max_request_tokens must be at least 1"));
+            }
+        }
+        let bedrock_only = [
+            ("region", cfg.region.as_ref().map(|s| s.span())),
+            ("endpoint_url", cfg.endpoint_url.as_ref().map(|s| s.span())),
+        ]
+        .into_iter()
+        .chain(async_route_keys(cfg));
+        if let Some((key, Some(span))) = bedrock_only.into_iter().find(|(_, s)| s.is_some()) {
+            let help = if key == "endpoint_url" {
+                "an OpenAI-compatible server is reached at `base_url`"
+            } else {
+                "OpenAI-compatible servers take text through POST /v1/embeddings only"
+            };
+            return Err(self
+                .error(span, format!("`{key}` applies only to Bedrock models"))
+                .with_help(help));
         }
         Ok(())
     }
@@ -101,9 +224,13 @@ impl Pipeline {
         self.check_connection_keys(cfg)?;
         self.check_quota_reference(cfg)?;
         self.check_prices(cfg)?;
-        if *cfg.provider.get_ref() == Provider::Local {
-            self.check_no_bedrock_keys(cfg)?;
-            self.check_local_keys(cfg)?;
+        match *cfg.provider.get_ref() {
+            Provider::Local => {
+                self.check_no_bedrock_keys(cfg)?;
+                self.check_local_keys(cfg)?;
+            }
+            Provider::OpenAi => self.check_openai_keys(cfg)?,
+            Provider::Bedrock => {}
         }
         specs.inference_profile(self, cfg)
     }
@@ -308,34 +435,62 @@ impl Pipeline {
                 cfg.tokens_per_minute.as_ref().map(|s| s.span()),
             ),
             ("prices", cfg.prices.as_ref().map(|s| s.span())),
-            (
-                "output_s3_uri",
-                cfg.output_s3_uri.as_ref().map(|s| s.span()),
-            ),
-            (
-                "staging_s3_uri",
-                cfg.staging_s3_uri.as_ref().map(|s| s.span()),
-            ),
-            (
-                "s3_endpoint_url",
-                cfg.s3_endpoint_url.as_ref().map(|s| s.span()),
-            ),
-            ("max_jobs", cfg.max_jobs.as_ref().map(|s| s.span())),
-            (
-                "job_timeout_secs",
-                cfg.job_timeout_secs.as_ref().map(|s| s.span()),
-            ),
-            ("poll_secs", cfg.poll_secs.as_ref().map(|s| s.span())),
-            (
-                "segment_seconds",
-                cfg.segment_seconds.as_ref().map(|s| s.span()),
-            ),
         ];
-        if let Some((key, Some(span))) = bedrock_only.into_iter().find(|(_, s)| s.is_some()) {
+        let mut bedrock_only = bedrock_only.into_iter().chain(async_route_keys(cfg));
+        if let Some((key, Some(span))) = bedrock_only.find(|(_, s)| s.is_some()) {
             return Err(self.error(span, format!("`{key}` applies only to Bedrock models")));
         }
         Ok(())
     }
+}
+
+/// `[("key", its span when set), ...]` for the named `ModelConfig` fields.
+macro_rules! key_spans {
+    ($cfg:expr; $($key:ident),+ $(,)?) => {
+        [$((stringify!($key), $cfg.$key.as_ref().map(|s| s.span()))),+]
+    };
+}
+
+/// The keys of Bedrock's async route (media jobs in S3), with their places when set.
+fn async_route_keys(cfg: &ModelConfig) -> [(&'static str, Option<Range<usize>>); 7] {
+    key_spans!(cfg; output_s3_uri, staging_s3_uri, s3_endpoint_url, max_jobs, job_timeout_secs,
+        poll_secs, segment_seconds)
+}
+
+/// The keys only OpenAI-compatible models take, those set in `cfg`.
+fn openai_only_keys(cfg: &ModelConfig) -> impl Iterator<Item = (&'static str, Range<usize>)> + '_ {
+    key_spans!(cfg; base_url, api_key_env, headers_env, encoding_format, send_dimensions,
+        max_input_tokens, max_request_tokens)
+    .into_iter()
+    .filter_map(|(k, s)| s.map(|s| (k, s)))
+}
+
+/// An environment variable name: letters, digits and `_`, not starting with a digit.
+fn is_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// An OpenAI-compatible base URL: `http(s)://host[:port][/path]`, no query; `/embeddings` is
+/// added to it.
+pub(super) fn check_base_url(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return Err(format!("uses `{other}://`; only http:// and https:// work")),
+        None => return Err(format!("`{url}` has no scheme (http:// or https://)")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{url}` has a query"));
+    }
+    if uri.path().trim_end_matches('/').ends_with("/embeddings") {
+        return Err(format!("`{url}` ends in /embeddings; embedpipe adds it"));
+    }
+    Ok(())
 }
 
 /// An endpoint override must be a plain `http(s)://host[:port]` URL: anything else fails every

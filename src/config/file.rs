@@ -136,8 +136,29 @@ pub struct ModelConfig {
     /// The name embed steps use to refer to this model.
     pub name: Spanned<String>,
     pub provider: Spanned<Provider>,
-    /// The provider's model id, e.g. `sentence-transformers/all-MiniLM-L6-v2`.
+    /// The provider's model id, e.g. `sentence-transformers/all-MiniLM-L6-v2`; for
+    /// `provider = "openai"` the model name as the server knows it (written `model = ...`).
+    #[serde(alias = "model")]
     pub id: Spanned<String>,
+    /// OpenAI-compatible: the server's base URL, e.g. `http://localhost:4000/v1`
+    /// (`/embeddings` is added).
+    pub base_url: Option<Spanned<EnvString>>,
+    /// OpenAI-compatible: the name of the environment variable holding the API key (sent as
+    /// `Authorization: Bearer`); never the key itself.
+    pub api_key_env: Option<Spanned<String>>,
+    /// OpenAI-compatible: extra request headers, each from an environment variable
+    /// (`{ "x-litellm-api-key" = "LITELLM_KEY" }`: header name = variable name).
+    pub headers_env: Option<Spanned<BTreeMap<String, String>>>,
+    /// OpenAI-compatible: `float` (default) or `base64`.
+    pub encoding_format: Option<Spanned<String>>,
+    /// OpenAI-compatible: send `dimensions` in each request (default true); `false` for servers
+    /// that refuse it for fixed-size models (vLLM, OpenAI's ada-002).
+    pub send_dimensions: Option<Spanned<bool>>,
+    /// OpenAI-compatible: the model's tokens per input, when known (longer inputs are
+    /// dead-lettered before sending; chunk sizes default to it).
+    pub max_input_tokens: Option<Spanned<usize>>,
+    /// OpenAI-compatible: the most tokens one request may carry (OpenAI: 300,000).
+    pub max_request_tokens: Option<Spanned<u64>>,
     /// Local provider: folder holding the model files.
     pub path: Option<Spanned<EnvString>>,
     /// Local provider: fetch the weights when they are not found (default true).

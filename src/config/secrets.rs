@@ -17,7 +17,24 @@ const SECRET_KEYS: &[&str] = &[
     "secret_key",
     "secret",
     "password",
+    "api_key",
+    "apikey",
+    "openai_api_key",
+    "authorization",
+    "bearer_token",
 ];
+
+/// Keys of API keys (OpenAI-compatible servers), whose help names `api_key_env`.
+const API_KEY_KEYS: &[&str] = &[
+    "api_key",
+    "apikey",
+    "openai_api_key",
+    "authorization",
+    "bearer_token",
+];
+
+const API_KEY_HELP: &str = "put the key in an environment variable and name the variable: \
+api_key_env = \"OPENAI_API_KEY\" (headers_env for other headers)";
 
 const CREDENTIAL_HELP: &str = "remove it: embedpipe takes AWS credentials only from the AWS credential chain \
 (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables, AWS_PROFILE with ~/.aws/credentials or SSO, \
@@ -33,6 +50,18 @@ fn aws_key_id_starts(s: &str) -> impl Iterator<Item = usize> + '_ {
             && (i == 0 || !b[i - 1].is_ascii_alphanumeric())
             && b[i..i + 20].iter().all(|&c| key_char(c))
             && b.get(i + 20).is_none_or(|c| !c.is_ascii_alphanumeric())
+    })
+}
+
+/// Whether `s` holds what looks like an OpenAI-style secret key (`sk-` and 20 or more key
+/// characters, as a word of its own), e.g. `sk-proj-...`.
+fn contains_api_key(s: &str) -> bool {
+    let b = s.as_bytes();
+    let key_char = |c: &u8| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_';
+    (0..b.len()).any(|i| {
+        b[i..].starts_with(b"sk-")
+            && (i == 0 || !key_char(&b[i - 1]))
+            && b[i + 3..].iter().take_while(|c| key_char(c)).count() >= 20
     })
 }
 
@@ -76,7 +105,11 @@ pub(super) fn check_no_secrets(
                     key.get_ref()
                 ),
             )
-            .with_help(CREDENTIAL_HELP));
+            .with_help(if API_KEY_KEYS.contains(&k.as_str()) {
+                API_KEY_HELP
+            } else {
+                CREDENTIAL_HELP
+            }));
         }
         check_value(path, text, value)?;
     }
@@ -97,6 +130,13 @@ fn check_value(
             "this value looks like a literal AWS access key id; pipeline files must not contain credentials",
         )
         .with_help(CREDENTIAL_HELP)),
+        DeValue::String(s) if contains_api_key(s) => Err(ConfigError::at(
+            path,
+            text,
+            Some(value.span()),
+            "this value looks like a literal API key (sk-...); pipeline files must not contain credentials",
+        )
+        .with_help(API_KEY_HELP)),
         DeValue::Table(t) => check_no_secrets(path, text, t),
         DeValue::Array(items) => items.iter().try_for_each(|v| check_value(path, text, v)),
         _ => Ok(()),

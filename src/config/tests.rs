@@ -438,7 +438,7 @@ fn local_engine_keys_take_known_values_and_custom_models_need_path_and_dimension
     let e = err(&bedrock);
     assert!(
         e.message
-            .contains("`query_prefix` applies only to local models"),
+            .contains("`query_prefix` applies only to local and OpenAI-compatible models"),
         "{e}"
     );
 }

@@ -1,4 +1,4 @@
-//! The per-model batcher and the Bedrock call machinery.
+//! The per-model batcher and the call machinery of remote models (Bedrock, OpenAI-compatible).
 //!
 //! Every step that uses a model (in every source batch in flight) hands its inputs to the model's
 //! queue. One batcher task per model takes a free slot under the adaptive concurrency cap, fills a
@@ -9,13 +9,14 @@
 
 use super::concurrency::{AdaptiveLimit, Permit};
 use super::limits::{Grant, RateLimits};
+use super::pacer::Pacer;
 use super::telemetry::Telemetry;
 use super::ModelStats;
-use crate::clients::bedrock::{Bedrock, CallError};
+use crate::clients::{CallError, Remote};
 use crate::prepare::image_check::pixel_count;
 use crate::resolve::ModelSettings;
 use crate::util::{Attempts, ErrorClass, FailureKind, RetryPolicy};
-use embedpipe_wire::{Image, ImageFormat, Input, Parsed};
+use embedpipe_wire::{Image, ImageFormat, Input, ParseError, Parsed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -103,7 +104,7 @@ impl Item {
 /// What calls need, shared by the batcher and its call tasks.
 pub(crate) struct Caller {
     pub info: ModelSettings,
-    pub client: Bedrock,
+    pub client: Remote,
     pub retry: RetryPolicy,
     /// The model's own limits, then its quota group's.
     pub limits: Vec<Arc<RateLimits>>,
@@ -111,6 +112,8 @@ pub(crate) struct Caller {
     pub linger: Duration,
     pub stats: Arc<Mutex<ModelStats>>,
     pub telemetry: Arc<Mutex<Telemetry>>,
+    /// Slows the sender by the server's own budget reports (OpenAI-compatible servers).
+    pub pacer: Pacer,
 }
 
 /// Starts the batcher of one model; inputs sent to the returned queue get their outcome back
@@ -193,17 +196,11 @@ async fn run_call(caller: Arc<Caller>, items: Vec<Item>, permit: Permit) {
 fn fatal(class: ErrorClass) -> bool {
     matches!(
         class,
-        ErrorClass::AccessDenied | ErrorClass::Credentials | ErrorClass::NotFound
+        ErrorClass::AccessDenied
+            | ErrorClass::Credentials
+            | ErrorClass::NotFound
+            | ErrorClass::Mismatch
     )
-}
-
-fn fatal_help(class: ErrorClass) -> &'static str {
-    match class {
-        ErrorClass::AccessDenied => "\n  help: grant bedrock:InvokeModel on this model to your role, and enable the model in the Bedrock console (Model access) for this region",
-        ErrorClass::Credentials => "\n  help: embedpipe uses the AWS default credential chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE (incl. SSO: `aws sso login`), or an instance/task role",
-        ErrorClass::NotFound => "\n  help: check the model id and that the model is offered in this region (`region` in [[model]])",
-        _ => "",
-    }
 }
 
 type CallInputs = Vec<(usize, Owned, u64)>;
@@ -238,13 +235,18 @@ impl Caller {
                     work.push(a);
                 }
                 Err(e) if fatal(e.class) => {
+                    let what = if e.class == ErrorClass::Mismatch {
+                        "answers with vectors the pipeline cannot store"
+                    } else {
+                        "cannot be called"
+                    };
                     return Err(format!(
-                        "model `{}` ({}) cannot be called: {}{}",
+                        "model `{}` ({}) {what}: {}{}",
                         self.info.name,
                         self.info.invoke_id,
                         e.message,
-                        fatal_help(e.class)
-                    ))
+                        self.client.fatal_help(e.class)
+                    ));
                 }
                 Err(e) => {
                     let kind = FailureKind::Call(e.class);
@@ -312,19 +314,16 @@ impl Caller {
         let (body, inputs_owned) = if body_bytes <= INLINE_BYTES {
             build()
         } else {
-            crate::util::cpu(build).await.map_err(|e| CallError {
-                class: ErrorClass::Other,
-                message: e.to_string(),
-            })?
+            crate::util::cpu(build)
+                .await
+                .map_err(|e| CallError::new(ErrorClass::Other, e.to_string()))?
         };
-        let body = body.map_err(|e| CallError {
-            class: ErrorClass::Validation,
-            message: e.0,
-        })?;
+        let body = body.map_err(|e| CallError::new(ErrorClass::Validation, e.0))?;
         Ok((body, inputs_owned))
     }
 
-    /// One attempt: waits for the rate limits, sends, frees the slot on the answer, records it.
+    /// One attempt: waits for the rate limits (and the server's own budget), sends, frees the
+    /// slot on the answer, records it.
     async fn send(
         &self,
         mut slot: Permit,
@@ -336,6 +335,7 @@ impl Caller {
         for l in &self.limits {
             grants.push(l.acquire(est_tokens).await);
         }
+        self.pacer.ready(est_tokens).await;
         slot.sent_now();
         let sent = Instant::now();
         // The slot is freed as soon as the service answers, while the body is still read.
@@ -353,6 +353,12 @@ impl Caller {
             .invoke(&self.info.invoke_id, body.to_vec(), on_answer)
             .await;
         let slot = slot.lock().expect("slot lock").take().expect("the slot");
+        let budget = match &result {
+            Ok(r) => r.budget,
+            Err(e) => e.budget.as_deref().copied(),
+        };
+        self.pacer.done(est_tokens, budget);
+        let result = result.map(|r| r.body);
         // The call is off the wire: free its slot before parsing (local CPU work), and tell
         // the adaptive cap how it went.
         match &result {
@@ -381,11 +387,20 @@ impl Caller {
         } else {
             crate::util::cpu(move || embedpipe_wire::parse_response(spec, &params, &resp, n))
                 .await
-                .unwrap_or_else(|e| Err(embedpipe_wire::WireError(e.to_string())))
+                .unwrap_or_else(|e| {
+                    Err(ParseError::Unusable(embedpipe_wire::WireError(
+                        e.to_string(),
+                    )))
+                })
         };
-        parsed.map_err(|e| CallError {
-            class: ErrorClass::ServerError,
-            message: format!("unusable response: {e}"),
+        parsed.map_err(|e| match e {
+            ParseError::Unusable(e) => {
+                CallError::new(ErrorClass::ServerError, format!("unusable response: {e}"))
+            }
+            ParseError::Mismatch(m) => CallError::new(
+                ErrorClass::Mismatch,
+                format!("{m}; set `dimensions` to the size the server gives"),
+            ),
         })
     }
 
@@ -436,7 +451,16 @@ impl Caller {
         first_attempt: Instant,
         elapsed: Duration,
     ) -> Result<Duration, CallError> {
-        let wait = self.retry.next(attempts, e.class, first_attempt.elapsed());
+        let wait = self
+            .retry
+            .next(attempts, e.class, first_attempt.elapsed())
+            .map(|backoff| match e.retry_after {
+                // The server said how long: wait that (plus a little jitter, so calls refused
+                // together do not return together), not the backoff.
+                Some(ra) => ra + ra.mul_f64(0.1 * fastrand::f64()),
+                None => backoff,
+            })
+            .filter(|w| first_attempt.elapsed() + *w <= self.retry.deadline);
         {
             let mut stats = self.stats.lock().expect("stats lock");
             stats.busy += elapsed;
@@ -464,11 +488,13 @@ impl Caller {
         Ok(wait)
     }
 
-    /// The most tokens one call may hold: what the tightest per-minute token quota allows.
+    /// The most tokens one call may hold: what the tightest per-minute token quota allows,
+    /// and the server's `max_request_tokens`.
     pub(crate) fn max_call_tokens(&self) -> u64 {
         self.limits
             .iter()
             .filter_map(|l| l.max_call_tokens())
+            .chain(self.info.max_request_tokens)
             .min()
             .unwrap_or(u64::MAX)
     }

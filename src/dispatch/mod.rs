@@ -2,7 +2,7 @@
 //! statistics.
 //!
 //! It checks inputs before sending (pre-flight) and hands them to the model: the local model
-//! embeds length-sorted calls on rayon; a Bedrock model's batcher fills calls across steps and
+//! embeds length-sorted calls on rayon; a remote model's (Bedrock, OpenAI-compatible) batcher fills calls across steps and
 //! source batches, under per-model (and quota-group) rate limits and an adaptive cap on calls in
 //! flight, retries with backoff, and splits invalid calls until the bad input is isolated.
 //! Results are joined back to their inputs whatever order calls finish in.
@@ -10,9 +10,10 @@
 mod batcher;
 mod concurrency;
 mod limits;
+mod pacer;
 mod telemetry;
 
-use crate::clients::bedrock::Bedrock;
+use crate::clients::Remote;
 use crate::engines::local::LocalModel;
 use crate::prepare::image_check::check_image;
 use crate::prepare::Inputs;
@@ -71,6 +72,22 @@ pub struct ModelStats {
     /// Configured cap on calls in flight, and the lowest the adaptive cap went.
     pub concurrency: usize,
     pub concurrency_lowest: usize,
+    /// The server's own rate-limit budget as last reported (`x-ratelimit-*`; OpenAI-compatible
+    /// servers that send them), and how often and long sends waited for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_budget: Option<ServerBudgetStats>,
+}
+
+/// The last `x-ratelimit-*` report of a server, and the pauses it caused.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ServerBudgetStats {
+    pub limit_requests: Option<u64>,
+    pub remaining_requests: Option<u64>,
+    pub limit_tokens: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    pub pauses: u64,
+    #[serde(serialize_with = "crate::util::ser_secs")]
+    pub paused: Duration,
 }
 
 /// A model ready to take calls.
@@ -87,7 +104,7 @@ pub struct StepOutput {
     pub failed: Vec<(usize, FailureKind, String)>,
 }
 
-/// What became of one input of a Bedrock step: embedded (its vector is in place already),
+/// What became of one input of a remote model's step: embedded (its vector is in place already),
 /// refused or failed (why, reason), or `None` while it is still under way.
 type InputOutcome = Option<Result<(), (FailureKind, String)>>;
 
@@ -97,7 +114,8 @@ type Check = Option<Result<Option<String>, Rejection>>;
 
 enum Backend {
     Local(LocalModel),
-    Bedrock {
+    /// Bedrock or an OpenAI-compatible server: the same batcher, limits and retries.
+    Remote {
         caller: Arc<Caller>,
         queue: mpsc::UnboundedSender<Item>,
     },
@@ -108,7 +126,7 @@ impl ModelHandle {
     pub fn token_counter(&self) -> Option<Arc<dyn crate::util::tokens::TokenCounter>> {
         match &self.backend {
             Backend::Local(m) => Some(m.token_counter()),
-            Backend::Bedrock { .. } => None,
+            Backend::Remote { .. } => None,
         }
     }
 
@@ -134,12 +152,11 @@ impl ModelHandle {
         }));
         let backend = match info.spec.provider {
             Provider::Local => Backend::Local(LocalModel::load(&info)?),
-            Provider::Bedrock => {
-                let conn = info.connection.clone();
+            Provider::Bedrock | Provider::OpenAi => {
                 let rt = tokio::runtime::Handle::current();
                 let client = rt
-                    .block_on(async move { Bedrock::connect(&conn).await })
-                    .map_err(|e| anyhow!("model `{}` ({}): {e:#}", info.name, info.spec.id))?;
+                    .block_on(Remote::connect(&info))
+                    .map_err(|e| anyhow!("model `{}` ({}): {e:#}", info.name, info.invoke_id))?;
                 let caller = Arc::new(Caller {
                     info: info.clone(),
                     client,
@@ -149,12 +166,13 @@ impl ModelHandle {
                     linger: info.linger,
                     stats: stats.clone(),
                     telemetry: Arc::new(Mutex::new(Telemetry::default())),
+                    pacer: Default::default(),
                 });
                 let queue = {
                     let _guard = rt.enter();
                     batcher::spawn(caller.clone())
                 };
-                Backend::Bedrock { caller, queue }
+                Backend::Remote { caller, queue }
             }
         };
         Ok(Self {
@@ -167,7 +185,7 @@ impl ModelHandle {
     /// Counters so far, with latency percentiles and achieved rates.
     pub fn stats(&self) -> ModelStats {
         let mut s = self.stats.lock().expect("stats lock").clone();
-        if let Backend::Bedrock { caller, .. } = &self.backend {
+        if let Backend::Remote { caller, .. } = &self.backend {
             let r = caller.telemetry.lock().expect("telemetry lock").rates();
             let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
             s.latency_p50_ms = ms(r.latency_p50);
@@ -176,14 +194,25 @@ impl ModelHandle {
             s.requests_per_minute = r.requests_per_minute.round();
             s.tokens_per_minute = r.tokens_per_minute.round();
             s.concurrency_lowest = caller.concurrency.lowest();
+            let p = caller.pacer.stats();
+            if let Some(b) = p.last {
+                s.server_budget = Some(ServerBudgetStats {
+                    limit_requests: b.limit_requests,
+                    remaining_requests: b.remaining_requests,
+                    limit_tokens: b.limit_tokens,
+                    remaining_tokens: b.remaining_tokens,
+                    pauses: p.pauses,
+                    paused: p.paused,
+                });
+            }
         }
         s
     }
 
-    /// Calls in flight allowed right now (Bedrock: the adaptive cap).
+    /// Calls in flight allowed right now (remote models: the adaptive cap).
     pub fn concurrency_now(&self) -> usize {
         match &self.backend {
-            Backend::Bedrock { caller, .. } => caller.concurrency.current(),
+            Backend::Remote { caller, .. } => caller.concurrency.current(),
             Backend::Local(_) => 1,
         }
     }
@@ -200,7 +229,7 @@ impl ModelHandle {
     ) -> Result<StepOutput> {
         match &self.backend {
             Backend::Local(m) => self.embed_local(m, inputs, on_call).await,
-            Backend::Bedrock { queue, .. } => self.embed_bedrock(queue, inputs, on_call).await,
+            Backend::Remote { queue, .. } => self.embed_remote(queue, inputs, on_call).await,
         }
     }
 
@@ -255,7 +284,7 @@ impl ModelHandle {
     }
 
     /// Embeds a step through the model's batcher: pre-flight, queue, join vectors to inputs.
-    async fn embed_bedrock(
+    async fn embed_remote(
         &self,
         queue: &mpsc::UnboundedSender<Item>,
         inputs: &Inputs,
@@ -390,10 +419,19 @@ impl ModelHandle {
                 .as_input()
                 .text()
                 .map_or(0, embedpipe_wire::estimate_tokens);
+            if let Some(limit) = self.info.max_input_tokens {
+                if tokens > limit as u64 {
+                    slots[i] = Some(Err((
+                        FailureKind::InputTooLong,
+                        format!("the text is ~{tokens} tokens, over max_input_tokens = {limit} of model `{}`; chunk the text (`[chunk]`) or raise the limit if the server reads more", self.info.name),
+                    )));
+                    continue;
+                }
+            }
             if tokens > max_tokens {
                 slots[i] = Some(Err((
                     FailureKind::InputTooLong,
-                    format!("the text is ~{tokens} tokens, more than tokens_per_minute = {max_tokens} lets through in a minute, so it could never be sent within the quota; raise the quota or cut the text (`truncate`)"),
+                    format!("the text is ~{tokens} tokens, more than one call may carry ({max_tokens} tokens: what tokens_per_minute lets through in a minute, or max_request_tokens), so it could never be sent; raise the limit or cut the text (`truncate`, `[chunk]`)"),
                 )));
                 continue;
             }
@@ -432,7 +470,7 @@ impl ModelHandle {
     /// The largest call, in tokens, the model's rate limits let through: no input may be larger.
     fn max_call_tokens(&self) -> u64 {
         match &self.backend {
-            Backend::Bedrock { caller, .. } => caller.max_call_tokens(),
+            Backend::Remote { caller, .. } => caller.max_call_tokens(),
             _ => u64::MAX,
         }
     }

@@ -371,5 +371,34 @@ fn rates(m: &ModelStats) -> String {
             m.concurrency, m.concurrency_lowest
         ));
     }
+    if let Some(b) = &m.server_budget {
+        rates.push_str(&format!("; {}", server_budget(b)));
+    }
     rates
+}
+
+/// The server's last `x-ratelimit-*` report and the waits it caused.
+pub fn server_budget(b: &crate::dispatch::ServerBudgetStats) -> String {
+    let part = |left: Option<u64>, limit: Option<u64>, what: &str| {
+        left.map(|l| match limit {
+            Some(n) => format!("{l} of {n} {what}"),
+            None => format!("{l} {what}"),
+        })
+    };
+    let left: Vec<String> = [
+        part(b.remaining_requests, b.limit_requests, "requests"),
+        part(b.remaining_tokens, b.limit_tokens, "tokens"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut s = format!("server budget left {}", left.join(", "));
+    if b.pauses > 0 {
+        s.push_str(&format!(
+            " ({} sends waited {:.1} s for it)",
+            b.pauses,
+            b.paused.as_secs_f64()
+        ));
+    }
+    s
 }

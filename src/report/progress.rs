@@ -103,6 +103,9 @@ impl Progress {
                     m.retries, m.throttled
                 ));
             }
+            if let Some(b) = &m.server_budget {
+                s.push_str(&format!(", {}", super::server_budget(b)));
+            }
             s
         };
         if !self.model_bars.is_empty() {

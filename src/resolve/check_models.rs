@@ -10,13 +10,15 @@ use toml::Spanned;
 
 /// The spec of a model whose id [`model_id`] has accepted.
 fn checked_spec(cfg: &ModelConfig) -> &'static ModelSpec {
-    embedpipe_wire::lookup(cfg.id.get_ref()).expect("model ids are checked first")
+    super::registry::spec_for(cfg).expect("model ids are checked first")
 }
 
 /// The model's id is one of its provider's, with dimensions and a batch size it offers.
 pub(super) fn model_id(p: &Pipeline, cfg: &ModelConfig) -> Result<(), ConfigError> {
     let spec = check_model_id(p, cfg)?;
-    if let Some(d) = &cfg.dimensions {
+    // (An OpenAI-compatible model's dimension is the server's: any size, checked on answers.)
+    let free_dimension = spec.provider == embedpipe_wire::ProviderKind::OpenAi;
+    if let Some(d) = cfg.dimensions.as_ref().filter(|_| !free_dimension) {
         if !spec.dimensions.contains(d.get_ref()) {
             let allowed: Vec<String> = spec.dimensions.iter().map(|d| d.to_string()).collect();
             return Err(p
@@ -47,38 +49,37 @@ pub(super) fn model_id(p: &Pipeline, cfg: &ModelConfig) -> Result<(), ConfigErro
 
 /// The registry entry of the model's id, which must be a model of its provider.
 fn check_model_id(p: &Pipeline, cfg: &ModelConfig) -> Result<&'static ModelSpec, ConfigError> {
+    if let Some(spec) = super::registry::spec_for(cfg) {
+        return Ok(spec);
+    }
+    if let Some(other) = embedpipe_wire::lookup(cfg.id.get_ref()) {
+        return Err(p
+            .error(
+                cfg.provider.span(),
+                format!("`{}` is a {} model", other.id, other.provider.as_str()),
+            )
+            .with_help(format!("set provider = \"{}\"", other.provider.as_str())));
+    }
     let known: Vec<&str> = embedpipe_wire::registry()
         .iter()
         .filter(|s| s.provider == *cfg.provider.get_ref())
         .map(|s| s.id)
         .collect();
-    let Some(spec) =
-        embedpipe_wire::lookup(cfg.id.get_ref()).filter(|s| s.provider == *cfg.provider.get_ref())
-    else {
-        if let Some(other) = embedpipe_wire::lookup(cfg.id.get_ref()) {
-            return Err(p
-                .error(
-                    cfg.provider.span(),
-                    format!("`{}` is a {} model", other.id, other.provider.as_str()),
-                )
-                .with_help(format!("set provider = \"{}\"", other.provider.as_str())));
-        }
-        let mut help = String::new();
-        if let Some(best) = did_you_mean(cfg.id.get_ref(), known.iter().copied()) {
-            help.push_str(&format!("did you mean `{best}`? "));
-        }
-        help.push_str(&format!(
-            "known model ids for this provider: {}",
-            known.join(", ")
-        ));
-        return Err(p
-            .error(
-                cfg.id.span(),
-                format!("unknown model id `{}`", cfg.id.get_ref()),
-            )
-            .with_help(help));
-    };
-    Ok(spec)
+    let mut help = String::new();
+    if let Some(best) = did_you_mean(cfg.id.get_ref(), known.iter().copied()) {
+        help.push_str(&format!("did you mean `{best}`? "));
+    }
+    help.push_str(&format!(
+        "known model ids for this provider: {}; a model behind an OpenAI-compatible server \
+         (LiteLLM, TEI, vLLM, Ollama, OpenAI) takes provider = \"openai\" and base_url",
+        known.join(", ")
+    ));
+    Err(p
+        .error(
+            cfg.id.span(),
+            format!("unknown model id `{}`", cfg.id.get_ref()),
+        )
+        .with_help(help))
 }
 
 /// Segment lengths, then family parameters, against the model's spec.

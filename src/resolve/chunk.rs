@@ -41,7 +41,7 @@ impl ChunkSettings {
         used.dedup();
         let smallest = used
             .iter()
-            .map(|&i| (i, models[i].spec.max_input_tokens))
+            .map(|&i| (i, models[i].input_token_limit()))
             .min_by_key(|&(_, n)| n);
         let max_tokens = match (c.max_tokens, smallest) {
             (Some(m), Some((i, limit))) if m > limit => {
@@ -51,7 +51,7 @@ impl ChunkSettings {
                         span,
                         format!(
                             "max_tokens = {m} is more than model `{}` ({}) reads: {limit} tokens",
-                            models[i].name, models[i].spec.id
+                            models[i].name, models[i].invoke_id
                         ),
                     )
                     .with_help(format!("set max_tokens to {limit} or less")));

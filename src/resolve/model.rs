@@ -46,6 +46,12 @@ pub struct Connection {
     pub timeout: Duration,
     /// Sign with the emulator's dummy credentials instead of the AWS chain.
     pub emulator_credentials: bool,
+    /// OpenAI-compatible: the server's URL up to `/v1` (`/embeddings` is added).
+    pub base_url: Option<String>,
+    /// OpenAI-compatible: the environment variable holding the API key (its name only).
+    pub api_key_env: Option<String>,
+    /// OpenAI-compatible: extra headers, (header name, environment variable holding its value).
+    pub headers_env: Vec<(String, String)>,
 }
 
 /// Where the local engine finds its files.
@@ -152,6 +158,11 @@ pub struct ModelSettings {
     /// The `[[quota]]` group the model shares, if any.
     pub quota: Option<String>,
     pub local: LocalFiles,
+    /// Tokens one input may hold (OpenAI-compatible `max_input_tokens`): longer inputs are
+    /// dead-lettered before sending.
+    pub max_input_tokens: Option<usize>,
+    /// Tokens one call may hold (OpenAI-compatible `max_request_tokens`).
+    pub max_request_tokens: Option<u64>,
 }
 
 fn env(s: &Spanned<EnvString>) -> String {
@@ -195,6 +206,13 @@ fn params(cfg: &ModelConfig, spec: &ModelSpec) -> Params {
     params.bucket_owner = cfg.bucket_owner.as_ref().map(|d| d.get_ref().clone());
     if let Some(o) = &cfg.embedding_options {
         params.embedding_options = o.get_ref().clone();
+    }
+    if spec.provider == embedpipe_wire::ProviderKind::OpenAi {
+        params.model = Some(cfg.id.get_ref().clone());
+        params.encoding_format = cfg.encoding_format.as_ref().map(|f| f.get_ref().clone());
+        params.send_dimensions = cfg.send_dimensions.as_ref().is_none_or(|s| *s.get_ref());
+        params.query_prefix = cfg.query_prefix.as_ref().map(|p| p.get_ref().clone());
+        params.document_prefix = cfg.document_prefix.as_ref().map(|p| p.get_ref().clone());
     }
     params
 }
@@ -246,6 +264,10 @@ fn fingerprint(spec: &ModelSpec, params: &Params, cfg: &ModelConfig) -> String {
         if let Some(p) = &cfg.path {
             space["path"] = p.get_ref().to_string().into();
         }
+    }
+    // The server's model is the space; which server (gateway, URL) serves it is not.
+    if let Some(m) = &params.model {
+        space["server_model"] = m.clone().into();
     }
     space.to_string()
 }
@@ -302,6 +324,22 @@ impl ModelSettings {
                 .as_ref()
                 .map_or(DEFAULT_TIMEOUT, |t| Duration::from_secs_f64(*t.get_ref())),
             emulator_credentials: overrides.emulator_credentials,
+            // `--emulator` serves /v1/embeddings too.
+            base_url: match (&overrides.endpoint_url, overrides.emulator_credentials) {
+                (Some(e), true) => Some(format!("{}/v1", e.trim_end_matches('/'))),
+                _ => cfg.base_url.as_ref().map(env),
+            },
+            api_key_env: cfg.api_key_env.as_ref().map(|k| k.get_ref().clone()),
+            headers_env: cfg
+                .headers_env
+                .as_ref()
+                .map(|h| {
+                    h.get_ref()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         let retry = RetryPolicy::new(
             cfg.max_attempts
@@ -360,7 +398,24 @@ impl ModelSettings {
                 document_prefix: cfg.document_prefix.as_ref().map(|p| p.get_ref().clone()),
                 threads: cfg.threads.as_ref().map(|t| *t.get_ref()),
             },
+            max_input_tokens: cfg.max_input_tokens.as_ref().map(|t| *t.get_ref()),
+            max_request_tokens: cfg.max_request_tokens.as_ref().map(|t| *t.get_ref()),
         }
+    }
+
+    /// The model's id as reports and table metadata show it: the registry's base id, or for
+    /// an OpenAI-compatible model the server's model name.
+    pub fn model_id(&self) -> &str {
+        if self.spec.provider == embedpipe_wire::ProviderKind::OpenAi {
+            &self.invoke_id
+        } else {
+            self.spec.id
+        }
+    }
+
+    /// Tokens one input may hold: the file's `max_input_tokens`, else the model's.
+    pub fn input_token_limit(&self) -> usize {
+        self.max_input_tokens.unwrap_or(self.spec.max_input_tokens)
     }
 
     /// Settings of every `[[model]]`, indexed like the file.

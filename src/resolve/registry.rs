@@ -25,8 +25,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Pipeline, ConfigError> {
 
 /// The registry entry of model `index` of a pipeline [`load`]ed (or [`parse`]d) here.
 pub fn spec_of(pipeline: &Pipeline, index: usize) -> &'static ModelSpec {
-    let m = pipeline.model(index);
-    embedpipe_wire::lookup(m.id.get_ref()).expect("model ids are checked at load")
+    spec_for(pipeline.model(index)).expect("model ids are checked at load")
+}
+
+/// The registry entry a `[[model]]` table names: its id among its provider's models; every
+/// OpenAI-compatible model (named as its server knows it) has the one spec of that protocol.
+pub(super) fn spec_for(cfg: &ModelConfig) -> Option<&'static ModelSpec> {
+    let provider = *cfg.provider.get_ref();
+    if provider == embedpipe_wire::ProviderKind::OpenAi {
+        return Some(&embedpipe_wire::families::openai::SPEC);
+    }
+    embedpipe_wire::lookup(cfg.id.get_ref()).filter(|s| s.provider == provider)
 }
 
 /// The checks against the registry's model specs, as config runs them.

@@ -156,3 +156,132 @@ fn storage_keys_are_checked_where_they_are_written() {
     let e = with("secret = \"x\"", "uri = \"db\"").unwrap_err();
     assert!(e.message.contains("secret"), "{e}");
 }
+
+/// `GOOD` with its model served by an OpenAI-compatible server; `extra` lines are added to the
+/// `[[model]]` table.
+fn openai(extra: &str) -> String {
+    GOOD.replace(
+        "provider = \"local\"\nid = \"sentence-transformers/all-MiniLM-L6-v2\"",
+        &format!(
+            "provider = \"openai\"\nmodel = \"text-embedding-3-small\"\nbase_url = \"http://localhost:4000/v1\"\n{extra}"
+        ),
+    )
+}
+
+#[test]
+fn openai_models_resolve_with_the_servers_name() {
+    let p = parse(&openai(
+        "dimensions = 512\napi_key_env = \"OPENAI_API_KEY\"\nencoding_format = \"base64\"\nheaders_env = { \"x-litellm-api-key\" = \"LITELLM_KEY\" }\ndocument_prefix = \"passage: \"",
+    ))
+    .unwrap();
+    let m = super::ModelSettings::resolve(&p, 0, &Default::default());
+    assert_eq!(m.spec.id, "openai-compatible");
+    assert_eq!(m.model_id(), "text-embedding-3-small");
+    assert_eq!(m.dimension, 512);
+    assert_eq!(m.params.model.as_deref(), Some("text-embedding-3-small"));
+    assert_eq!(m.params.encoding_format.as_deref(), Some("base64"));
+    assert_eq!(m.params.document_prefix.as_deref(), Some("passage: "));
+    assert!(m.params.send_dimensions);
+    assert_eq!(m.batch_size, 32);
+    assert_eq!(
+        m.connection.base_url.as_deref(),
+        Some("http://localhost:4000/v1")
+    );
+    assert_eq!(m.connection.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+    assert_eq!(
+        m.connection.headers_env,
+        vec![("x-litellm-api-key".to_string(), "LITELLM_KEY".to_string())]
+    );
+    assert!(
+        m.fingerprint.contains("text-embedding-3-small"),
+        "{}",
+        m.fingerprint
+    );
+    // `--emulator` sends the calls to its /v1.
+    let emu = super::Overrides {
+        endpoint_url: Some("http://127.0.0.1:4566".into()),
+        emulator_credentials: true,
+        s3_endpoint_url: None,
+    };
+    let m = super::ModelSettings::resolve(&p, 0, &emu);
+    assert_eq!(
+        m.connection.base_url.as_deref(),
+        Some("http://127.0.0.1:4566/v1")
+    );
+}
+
+#[test]
+fn openai_config_errors_name_the_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("", "needs `dimensions`", "model = "),
+        (
+            "dimensions = 512\nencoding_format = \"binary\"",
+            "unknown encoding_format",
+            "encoding_format",
+        ),
+        (
+            "dimensions = 512\napi_key_env = \"sk-abcdefghijklmnopqrstuvwx\"",
+            "looks like a literal API key",
+            "api_key_env",
+        ),
+        (
+            "dimensions = 512\napi_key_env = \"MY KEY\"",
+            "not a variable name",
+            "api_key_env",
+        ),
+        (
+            "dimensions = 512\napi_key = \"abc\"",
+            "literal secret",
+            "api_key =",
+        ),
+        (
+            "dimensions = 512\nregion = \"us-east-1\"",
+            "only to Bedrock",
+            "region",
+        ),
+        (
+            "dimensions = 512\nvariant = \"int8\"",
+            "only to local models",
+            "variant",
+        ),
+        (
+            "dimensions = 512\nbatch_size = 4096",
+            "between 1 and 2048",
+            "batch_size",
+        ),
+        ("dimensions = 0", "between 1 and 65536", "dimensions = 0"),
+        (
+            "dimensions = 512\ninput_type = \"search_query\"",
+            "not a parameter",
+            "input_type",
+        ),
+        (
+            "dimensions = 512\nheaders_env = { \"x-key\" = \"not a var\" }",
+            "not an environment variable name",
+            "headers_env",
+        ),
+    ];
+    for (extra, message, at) in cases {
+        let text = openai(extra);
+        let e = err(&text);
+        assert!(e.message.contains(message), "{extra}: {e}");
+        assert_eq!(e.line, Some(line_of(&text, at)), "{extra}: {e}");
+        if let Some(h) = &e.help {
+            assert!(!h.contains("sk-abcdefghijklmnopqrstuvwx"), "{h}");
+        }
+    }
+    let text = openai("dimensions = 512").replace("base_url = \"http://localhost:4000/v1\"\n", "");
+    assert!(err(&text).message.contains("needs `base_url`"));
+    let text = openai("dimensions = 512").replace("/v1\"", "/v1/embeddings\"");
+    assert!(err(&text).message.contains("ends in /embeddings"));
+    // OpenAI-only keys on other providers.
+    let text = GOOD.replace(
+        "provider = \"local\"",
+        "provider = \"local\"\nencoding_format = \"float\"",
+    );
+    let e = err(&text);
+    assert!(
+        e.message.contains("only to OpenAI-compatible models"),
+        "{e}"
+    );
+}

@@ -95,7 +95,7 @@ impl OutputLayout {
                 .unwrap_or_else(|_| serde_json::json!({ "normalize": h.normalize }));
             let field_meta = HashMap::from([
                 (FIELD_MODEL.to_string(), h.name.clone()),
-                (FIELD_MODEL_ID.to_string(), h.spec.id.to_string()),
+                (FIELD_MODEL_ID.to_string(), h.model_id().to_string()),
                 (FIELD_DIMENSION.to_string(), h.dimension.to_string()),
                 (FIELD_PARAMS.to_string(), params.to_string()),
             ]);
@@ -114,7 +114,7 @@ impl OutputLayout {
             fields.push(Field::new(vm, DataType::Utf8, false));
             fields.push(Field::new(vh, DataType::Utf8, false));
             steps_meta.push(serde_json::json!({
-                "step": step.name, "vector": step.vector, "model": h.name, "model_id": h.spec.id,
+                "step": step.name, "vector": step.vector, "model": h.name, "model_id": h.model_id(),
                 "dimension": h.dimension, "params": params, "fingerprint": h.fingerprint,
             }));
             layout_steps.push((step.clone(), h.dimension, h.name.clone()));

@@ -107,6 +107,7 @@ impl FailureKind {
         Self::Call(ErrorClass::NotFound),
         Self::Call(ErrorClass::QuotaExceeded),
         Self::Call(ErrorClass::ModelError),
+        Self::Call(ErrorClass::Mismatch),
         Self::Call(ErrorClass::Other),
         Self::BadMediaUri,
         Self::MediaUnreadable,

@@ -36,6 +36,9 @@ pub enum ErrorClass {
     QuotaExceeded,
     /// ModelErrorException (424).
     ModelError,
+    /// Well-formed answers that can never fit the pipeline (another dimension, binary vectors
+    /// when floats were asked): a setting is wrong; the run stops.
+    Mismatch,
     Other,
 }
 
@@ -76,6 +79,7 @@ impl ErrorClass {
             Self::NotFound => "not_found",
             Self::QuotaExceeded => "quota_exceeded",
             Self::ModelError => "model_error",
+            Self::Mismatch => "mismatch",
             Self::Other => "other",
         }
     }

@@ -179,7 +179,7 @@ fn record_arrival(state: &State, base: &str) {
 }
 
 /// One independent draw at rate `p` (no draw at all when `p` is zero).
-fn draw(p: f64) -> bool {
+pub(crate) fn draw(p: f64) -> bool {
     p > 0.0 && fastrand::f64() < p
 }
 

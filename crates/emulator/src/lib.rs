@@ -10,6 +10,12 @@
 //! Configurable latency, quotas (requests and tokens per minute per model → 429
 //! `ThrottlingException`) and fault injection; counts what it received (`GET /_emulator/stats`).
 //!
+//! It also serves an OpenAI-compatible embeddings endpoint (`POST /v1/embeddings`,
+//! `GET /v1/models`, bearer auth) for a handful of models with the limits and quirks of the
+//! servers that speak that protocol (OpenAI, Ollama, vLLM, TEI, a LiteLLM route), with the same
+//! latency, fault and quota settings in OpenAI's wire form, so the client's OpenAI-compatible
+//! provider can be tested without any of them.
+//!
 //! Control endpoints: `GET /_emulator/stats`, `POST /_emulator/reset` (zero the counters),
 //! `PUT /_emulator/config` (JSON, any subset of [`Settings`]).
 
@@ -20,6 +26,7 @@ mod control;
 mod families;
 mod invoke;
 mod json;
+mod openai;
 pub mod s3;
 mod s3_client;
 mod server;
@@ -31,7 +38,7 @@ pub mod wire;
 
 pub use server::Emulator;
 pub use settings::{Faults, Latency, Quota, Settings};
-pub use stats::{ModelCounters, Stats};
+pub use stats::{ModelCounters, OpenAiCounters, Stats};
 
 /// The dummy credentials the emulator's S3 side accepts and its async jobs sign with (not
 /// secrets: they open nothing but local test servers). Clients keep their own copies.

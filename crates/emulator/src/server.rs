@@ -8,7 +8,7 @@ use crate::invoke::{self, Answer};
 use crate::settings::Settings;
 use crate::stats::{all_arrivals, Arrivals, Stats, Window};
 use crate::wire::{api, ApiError};
-use crate::{control, timer};
+use crate::{control, openai, timer};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -185,7 +185,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, std::
     result
 }
 
-/// Routes a request to its operation; InvokeModel sets the latency to hold its answer for.
+/// Routes a request to its operation; InvokeModel and OpenAI embeddings set the latency to hold
+/// their answer for.
 async fn answer(
     state: Arc<State>,
     req: Request<Incoming>,
@@ -197,6 +198,16 @@ async fn answer(
         return Ok(control::control(&state, ctl, req).await);
     }
     state.stats.lock().expect("stats").requests += 1;
+    // The OpenAI-compatible endpoint (bearer auth, not SigV4).
+    if path == "/v1" || path.starts_with("/v1/") {
+        return match (req.method(), path.as_str()) {
+            (&hyper::Method::POST, "/v1/embeddings") => {
+                openai::embeddings(&state, req, latency).await
+            }
+            (&hyper::Method::GET, "/v1/models") => Ok(openai::list_models(&state, &req)),
+            (method, _) => Ok(openai::no_route(method, &path)),
+        };
+    }
     if let Some(rest) = path
         .strip_prefix("/async-invoke")
         .filter(|r| r.is_empty() || r.starts_with('/'))

@@ -1,5 +1,5 @@
 //! What can be configured, at start or at runtime (`PUT /_emulator/config`): latency, faults,
-//! quotas, access, async jobs and replay. Kept apart from the server so the CLI and the tests
+//! quotas, access, async jobs, replay, and the OpenAI-compatible side's own knobs. Kept apart from the server so the CLI and the tests
 //! can build and parse settings without reading the server's code.
 
 use anyhow::{bail, Context, Result};
@@ -81,7 +81,9 @@ impl Latency {
     }
 }
 
-/// Fault injection rates (0..1), drawn independently per request in this order.
+/// Fault injection rates (0..1), drawn independently per request in this order. The OpenAI-compatible
+/// endpoint draws the same rates and answers in its own wire form (429 `rate_limit_exceeded`,
+/// 500/503, 504, TEI's 503 `Overloaded`, a cut body, a dropped connection).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
@@ -99,7 +101,8 @@ pub struct Faults {
     pub reset: f64,
 }
 
-/// Per-model quotas (per minute, sliding window).
+/// Per-model quotas (per minute, sliding window; the OpenAI-compatible side measures them over
+/// [`Settings::quota_window_ms`] instead, so tests need not wait a minute).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Quota {
@@ -108,7 +111,7 @@ pub struct Quota {
 }
 
 /// Everything configurable, changeable at runtime through `PUT /_emulator/config`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub latency: Latency,
@@ -121,7 +124,8 @@ pub struct Settings {
     pub access_key_id: Option<String>,
     /// Models the caller has no access to (403 AccessDeniedException).
     pub denied_models: Vec<String>,
-    /// Text inputs containing this string are refused with ValidationException.
+    /// Text inputs containing this string are refused with ValidationException (OpenAI side: the
+    /// whole request is refused with a 400 naming the input).
     pub poison: Option<String>,
     /// How long an async-invoke job runs before its results are written (ms).
     pub async_job_ms: u64,
@@ -134,6 +138,47 @@ pub struct Settings {
     /// repeats are neither validated nor embedded again. A nearly free service, for measuring
     /// the client's own speed; never for checking what the client sends.
     pub replay: bool,
+    /// OpenAI side: only `Authorization: Bearer <this>` is accepted (default: no key needed).
+    pub openai_api_key: Option<String>,
+    /// OpenAI side: bodies above this many bytes are refused with 413 (TEI's payload limit).
+    pub openai_max_body_bytes: u64,
+    /// OpenAI side: the `Retry-After` (seconds) sent with 429 and 503 answers (default: none).
+    pub openai_retry_after_secs: Option<f64>,
+    /// OpenAI side: the value of this request header is kept in the counters (lets a test check
+    /// that a header the client took from its environment arrived).
+    pub openai_echo_header: Option<String>,
+    /// OpenAI side: `data` comes back in reverse index order, so clients must sort by `index`.
+    pub openai_shuffle: bool,
+    /// OpenAI side: the span of the quota window in ms (default 60,000: a minute); short windows
+    /// keep quota tests fast. Bedrock's window stays a minute.
+    pub quota_window_ms: Option<u64>,
+}
+
+/// The OpenAI side's default body limit: TEI's default payload limit.
+const OPENAI_MAX_BODY_BYTES: u64 = 2_000_000;
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            latency: Latency::default(),
+            faults: Faults::default(),
+            quota: Quota::default(),
+            model_quotas: BTreeMap::new(),
+            access_key_id: None,
+            denied_models: Vec::new(),
+            poison: None,
+            async_job_ms: 0,
+            async_failure_rate: 0.0,
+            s3_endpoint: None,
+            replay: false,
+            openai_api_key: None,
+            openai_max_body_bytes: OPENAI_MAX_BODY_BYTES,
+            openai_retry_after_secs: None,
+            openai_echo_header: None,
+            openai_shuffle: false,
+            quota_window_ms: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use crate::async_invoke::AsyncCounters;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,75 @@ pub struct Stats {
     pub models: BTreeMap<String, ModelCounters>,
     /// StartAsyncInvoke / GetAsyncInvoke / ListAsyncInvokes.
     pub async_invoke: AsyncCounters,
+    /// The OpenAI-compatible endpoint (`POST /v1/embeddings`).
+    #[serde(default)]
+    pub openai: OpenAiCounters,
+}
+
+/// What the OpenAI-compatible endpoint received: enough for tests to check what a client sends
+/// (batch sizes, formats, dimensions, headers) and how it retries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OpenAiCounters {
+    /// `POST /v1/embeddings` requests received (refused ones too).
+    pub requests: u64,
+    pub ok: u64,
+    /// Inputs and tokens of answered requests.
+    pub inputs: u64,
+    pub tokens: u64,
+    /// Refusals by short code: `rate_limit_exceeded`, `server_busy`, `server_error`, `timeout`,
+    /// `overloaded`, `malformed`, `reset`, `invalid_request`, `payload_too_large`, `batch_too_large`,
+    /// `model_not_found`, `invalid_api_key`.
+    pub errors: BTreeMap<String, u64>,
+    /// The largest number of inputs in one well-formed request.
+    pub max_inputs_per_request: u64,
+    /// Well-formed requests by their number of inputs.
+    pub inputs_per_request: BTreeMap<u64, u64>,
+    /// Well-formed requests by `encoding_format` (`float` when absent).
+    pub encoding_formats: BTreeMap<String, u64>,
+    /// Well-formed requests by `dimensions` (`none` when absent).
+    pub dimensions_sent: BTreeMap<String, u64>,
+    /// Every header name seen on `/v1/...` requests (lowercase).
+    pub header_names: BTreeSet<String>,
+    /// Values of the header named by `openai_echo_header` (the first 100).
+    pub echoed_header_values: Vec<String>,
+    /// Most requests one model accepted in any trailing quota window (`quota_window_ms`).
+    pub max_requests_per_window: u64,
+    /// For each resend of a refused body (429, 5xx, 504, dropped connection): the ms since that
+    /// refusal, i.e. the client's backoff (the first 10,000).
+    pub retry_gaps_ms: Vec<u64>,
+    /// Refusals that carried `Retry-After`.
+    pub retry_after_sent: u64,
+    /// Answered requests by model name.
+    pub models: BTreeMap<String, u64>,
+    /// The refused bodies a resend is looked up in (not reported).
+    #[serde(skip)]
+    pub(crate) refused: RefusedBodies,
+}
+
+/// Refused request bodies (blake3) and when they were refused, so that a resend of the same
+/// body is recognised as a retry and its gap measured.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RefusedBodies(HashMap<[u8; 32], Instant>);
+
+impl RefusedBodies {
+    /// Most refusals remembered; when full, the oldest is forgotten.
+    const MAX: usize = 10_000;
+
+    pub(crate) fn remember(&mut self, body: [u8; 32], at: Instant) {
+        if self.0.len() >= Self::MAX && !self.0.contains_key(&body) {
+            let oldest = self.0.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.0.remove(&k);
+            }
+        }
+        self.0.insert(body, at);
+    }
+
+    /// The refusal of this body, forgotten as it is taken.
+    pub(crate) fn take(&mut self, body: &[u8; 32]) -> Option<Instant> {
+        self.0.remove(body)
+    }
 }
 
 /// Arrival times within a trailing window.
@@ -93,8 +162,13 @@ pub(crate) struct Window {
 
 impl Window {
     pub(crate) fn prune(&mut self, now: Instant) {
+        self.prune_within(now, Duration::from_secs(60));
+    }
+
+    /// Drops the events older than `span` (the OpenAI side's window is configurable).
+    pub(crate) fn prune_within(&mut self, now: Instant, span: Duration) {
         while let Some(&(t, k)) = self.events.front() {
-            if now.duration_since(t) >= Duration::from_secs(60) {
+            if now.duration_since(t) >= span {
                 self.events.pop_front();
                 self.tokens -= k;
             } else {

@@ -4,8 +4,8 @@
 
 use crate::spec::ModelSpec;
 use crate::vocab::{
-    wire_err, Image, Input, MediaRef, Modality, Parsed, Rejection, Segment, Truncate, Usage,
-    WireError,
+    wire_err, Image, Input, MediaRef, Modality, ParseError, Parsed, Rejection, Segment, Truncate,
+    Usage, WireError,
 };
 use crate::Params;
 use serde_json::Value;
@@ -30,6 +30,13 @@ pub trait Codec: Send + Sync + std::fmt::Debug {
         params: &Params,
         body: &[u8],
     ) -> Result<Parsed, WireError>;
+
+    /// Checks a parsed answer against what was asked, beyond count and dimension (which
+    /// [`parse_response`] checks for every family). Default: nothing more.
+    fn check_answer(&self, params: &Params, parsed: &Parsed) -> Result<(), ParseError> {
+        let _ = (params, parsed);
+        Ok(())
+    }
 
     /// The `modelInput` of StartAsyncInvoke for one media file.
     fn build_async(
@@ -114,30 +121,33 @@ pub fn build_request(
     spec.codec.build_request(spec, params, inputs)
 }
 
-/// Parses an InvokeModel response body for a call of `n` inputs.
+/// Parses a response body for a call of `n` inputs. A body that is not the format is
+/// [`ParseError::Unusable`]; vectors of another dimension (or what the family's
+/// [`Codec::check_answer`] refuses) are [`ParseError::Mismatch`].
 pub fn parse_response(
     spec: &ModelSpec,
     params: &Params,
     body: &[u8],
     n: usize,
-) -> Result<Parsed, WireError> {
+) -> Result<Parsed, ParseError> {
     let parsed = spec.codec.parse_response(spec, params, body)?;
     if parsed.vectors.len() != n {
-        return wire_err(format!(
+        return Err(ParseError::Unusable(WireError(format!(
             "{} returned {} vectors for {} inputs",
             spec.id,
             parsed.vectors.len(),
             n
-        ));
+        ))));
     }
     if let Some(v) = parsed.vectors.iter().find(|v| v.len() != params.dimension) {
-        return wire_err(format!(
-            "{} returned a {}-dimensional vector, expected {}",
+        return Err(ParseError::Mismatch(format!(
+            "{} returned {}-dimensional vectors, the pipeline expects {}",
             spec.id,
             v.len(),
             params.dimension
-        ));
+        )));
     }
+    spec.codec.check_answer(params, &parsed)?;
     Ok(parsed)
 }
 

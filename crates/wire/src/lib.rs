@@ -28,6 +28,6 @@ pub use spec::{
     DEFAULT_MAX_IMAGE_SIDE, EMBEDDING_TYPES, MAX_BODY_BYTES,
 };
 pub use vocab::{
-    Image, ImageFormat, Input, MediaRef, Modality, Parsed, Prices, ProviderKind, Rejection,
-    Segment, Truncate, Usage, WireError,
+    Image, ImageFormat, Input, MediaRef, Modality, ParseError, Parsed, Prices, ProviderKind,
+    Rejection, Segment, Truncate, Usage, WireError,
 };

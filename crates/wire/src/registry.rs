@@ -1,12 +1,12 @@
 //! The model registry: every model embedpipe knows, and resolving the ids pipeline files write
 //! (aliases, cross-region inference profiles) to their spec. One line per model.
 
-use crate::families::{cohere, local, marengo, nova, titan_multimodal, titan_text};
+use crate::families::{cohere, local, marengo, nova, openai, titan_multimodal, titan_text};
 use crate::spec::ModelSpec;
 
 /// Every model embedpipe knows.
 pub fn registry() -> &'static [ModelSpec] {
-    static REGISTRY: [ModelSpec; 14] = [
+    static REGISTRY: [ModelSpec; 15] = [
         local::SPEC,
         local::PARAPHRASE_MULTILINGUAL,
         local::MULTILINGUAL_E5_SMALL,
@@ -21,6 +21,7 @@ pub fn registry() -> &'static [ModelSpec] {
         nova::SPEC,
         marengo::V2_7,
         marengo::V3_0,
+        openai::SPEC,
     ];
     &REGISTRY
 }

@@ -192,6 +192,16 @@ pub struct Params {
     pub segment_chars: Option<u32>,
     /// Marengo `bucketOwner` for S3 media.
     pub bucket_owner: Option<String>,
+    /// OpenAI-compatible: the model name the body carries (servers route on it).
+    pub model: Option<String>,
+    /// OpenAI-compatible `encoding_format` (`float`, `base64`).
+    pub encoding_format: Option<String>,
+    /// OpenAI-compatible: send `dimensions` (servers of fixed-size models may refuse it).
+    pub send_dimensions: bool,
+    /// OpenAI-compatible: text put before queries (`input_type = "query"`) and before every
+    /// other input.
+    pub query_prefix: Option<String>,
+    pub document_prefix: Option<String>,
 }
 
 impl Params {
@@ -211,6 +221,11 @@ impl Params {
             segment_seconds: None,
             segment_chars: None,
             bucket_owner: None,
+            model: None,
+            encoding_format: None,
+            send_dimensions: true,
+            query_prefix: None,
+            document_prefix: None,
         }
     }
 

@@ -24,13 +24,17 @@ impl Modality {
     }
 }
 
-/// Where a model runs: in-process or on Amazon Bedrock. Spelled as the pipeline file's
-/// `provider` (`local`, `bedrock`); the pipeline's config re-exports it as `Provider`.
+/// Where a model runs: in-process, on Amazon Bedrock, or on a server speaking OpenAI's
+/// `POST /v1/embeddings` (a LiteLLM proxy, TEI, vLLM, Ollama, OpenAI). Spelled as the pipeline
+/// file's `provider` (`local`, `bedrock`, `openai`); the pipeline's config re-exports it as
+/// `Provider`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename = "Provider", rename_all = "lowercase")]
 pub enum ProviderKind {
     Local,
     Bedrock,
+    #[serde(rename = "openai")]
+    OpenAi,
 }
 
 impl ProviderKind {
@@ -38,6 +42,7 @@ impl ProviderKind {
         match self {
             ProviderKind::Local => "local",
             ProviderKind::Bedrock => "bedrock",
+            ProviderKind::OpenAi => "openai",
         }
     }
 }
@@ -206,6 +211,34 @@ pub struct Parsed {
     pub other_types: Vec<(String, Vec<Vec<i64>>)>,
     /// Input tokens, when the service reports them.
     pub input_tokens: Option<u64>,
+}
+
+/// Why an answer cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not the response format (cut, garbled, an error page): the call may go better again.
+    Unusable(WireError),
+    /// A well-formed answer that can never be what the pipeline asked for (vectors of another
+    /// dimension, binary vectors when floats were asked): a setting is wrong, and every call
+    /// will answer the same.
+    Mismatch(String),
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParseError::Unusable(e) => e.fmt(f),
+            ParseError::Mismatch(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+impl From<WireError> for ParseError {
+    fn from(e: WireError) -> Self {
+        ParseError::Unusable(e)
+    }
 }
 
 /// A request could not be built or a response not understood.

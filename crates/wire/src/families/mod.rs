@@ -6,5 +6,6 @@ pub mod cohere;
 pub mod local;
 pub mod marengo;
 pub mod nova;
+pub mod openai;
 pub mod titan_multimodal;
 pub mod titan_text;

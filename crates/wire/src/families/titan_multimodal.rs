@@ -162,6 +162,6 @@ mod tests {
         assert_eq!(r.vectors, vec![vec![1.0, 0.0]]);
         assert_eq!(r.input_tokens, Some(3));
         let e = parse_response(&SPEC, &p, br#"{"message":"bad image"}"#, 1).unwrap_err();
-        assert!(e.0.contains("bad image"));
+        assert!(e.to_string().contains("bad image"));
     }
 }
