@@ -268,15 +268,16 @@ fn vectors_of_another_size_stop_the_run_before_anything_is_written() {
     );
     assert!(out.stderr.contains("set `dimensions`"), "{}", out.stderr);
     assert!(!env.db().join("t.lance").exists(), "nothing is committed");
-    // Sending `dimensions` to a server that refuses it for this model: the 400 names it.
+    // Sending `dimensions` to a server that refuses it for this model: one error that says what
+    // to set, not every row dead-lettered.
     let out = run_openai(&env, "model = \"nomic-embed-text\"\ndimensions = 512");
-    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
-    let dead = dead_letters(&env.db().join("t_failures.jsonl"));
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
     assert!(
-        dead[0]["message"].as_str().unwrap().contains("matryoshka"),
-        "{:?}",
-        dead[0]
+        out.stderr.contains("matryoshka") && out.stderr.contains("send_dimensions = false"),
+        "{}",
+        out.stderr
     );
+    assert!(!env.db().join("t.lance").exists(), "nothing is committed");
 }
 
 #[test]
@@ -325,9 +326,10 @@ fn the_servers_rate_limit_headers_slow_the_sender_before_it_is_refused() {
         .get("rate_limit_exceeded")
         .copied()
         .unwrap_or(0);
-    // 60 calls through 20 a window: without pacing, most windows end in a run of 429s.
+    // 60 calls through 20 a window: without pacing ~200 calls are refused (measured); paced,
+    // none or a few where a window turns.
     assert_eq!(stats.ok, 60, "{stats:?}");
-    assert!(refused <= 2, "{refused} calls were refused: {stats:?}");
+    assert!(refused <= 6, "{refused} calls were refused: {stats:?}");
     let s = json_summary(&out);
     let budget = &s["models"][0]["server_budget"];
     assert!(budget["pauses"].as_u64().unwrap() > 0, "{s}");

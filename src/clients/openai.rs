@@ -47,6 +47,10 @@ impl OpenAi {
             match std::env::var(var) {
                 Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
                 _ if conn.emulator_credentials => Ok(None),
+                // (A name that does not look like one may be a key pasted in its place: not shown.)
+                _ if !looks_like_a_variable(var) => bail!(
+                    "the environment variable named by {what} is not set, and its name does not look like a variable's (A-Z, 0-9, _)\n  help: write the variable's name there, never the key itself, and export it before the run"
+                ),
                 _ => bail!(
                     "the environment variable {var} ({what}) is not set\n  help: export {var}=... before the run; embedpipe never reads keys from the pipeline file"
                 ),
@@ -121,9 +125,10 @@ impl OpenAi {
             });
         }
         let retry_after = retry_after(resp.headers());
-        let body = read_bounded(resp).await;
-        let message = self.scrub(&error_message(status.as_u16(), &body));
-        let mut e = CallError::new(classify(status.as_u16(), &body), message);
+        // Scrubbed whole, before any of it is cut for the message.
+        let body = self.scrub(&String::from_utf8_lossy(&read_bounded(resp).await));
+        let message = error_message(status.as_u16(), body.as_bytes());
+        let mut e = CallError::new(classify(status.as_u16(), body.as_bytes()), message);
         e.retry_after = retry_after;
         e.budget = budget.map(Box::new);
         Err(e)
@@ -166,10 +171,39 @@ pub(crate) fn fatal_help(class: ErrorClass) -> &'static str {
     }
 }
 
-/// The class of an HTTP error status. 503 is a busy server (Ollama's "server busy", TEI's
-/// overload): a reason to slow down like 429, not a failure of the input.
+/// Whether `name` looks like an environment variable's name as people write them.
+fn looks_like_a_variable(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_uppercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The class of an HTTP error status. 503 is a busy server (Ollama's "server busy"): a reason
+/// to slow down like 429, not a failure of the input. A 400 about the request's settings
+/// rather than an input (`dimensions` the model refuses, a model name the gateway does not
+/// know) would fail every row alike: the run stops instead.
 fn classify(status: u16, body: &[u8]) -> ErrorClass {
+    let text = String::from_utf8_lossy(body);
+    let about = |param: &str| {
+        serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/error/param")
+                    .or_else(|| v.get("param"))
+                    .and_then(|p| p.as_str().map(|p| p == param))
+            })
+            .unwrap_or(false)
+    };
     match status {
+        400 | 422
+            if about("dimensions")
+                || text.contains("matryoshka")
+                || text.contains("does not support specifying dimensions") =>
+        {
+            ErrorClass::Mismatch
+        }
+        400 if about("model") || text.contains("Invalid model name") => ErrorClass::NotFound,
         400 | 413 | 422 => ErrorClass::Validation,
         401 => ErrorClass::Credentials,
         403 => ErrorClass::AccessDenied,
@@ -210,6 +244,9 @@ fn error_message(status: u16, body: &[u8]) -> String {
     if status == 413 {
         msg.push_str(" (the request is larger than the server takes; it is split)");
     }
+    if classify(status, body) == ErrorClass::Mismatch {
+        msg.push_str("; the server refuses `dimensions` for this model: set send_dimensions = false (and `dimensions` to the model's own size)");
+    }
     msg
 }
 
@@ -240,11 +277,12 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
                 .unwrap_or_default(),
         )
     };
+    // (A server asking for more than an hour is not believed.)
+    let secs = |s: f64| Duration::from_secs_f64(s.min(3600.0));
     num("retry-after-ms")
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| num("retry-after").map(Duration::from_secs_f64))
+        .map(|ms| secs(ms / 1000.0))
+        .or_else(|| num("retry-after").map(secs))
         .or_else(date)
-        // (A server asking for more than an hour is not believed.)
         .map(|d| d.min(Duration::from_secs(3600)))
 }
 
@@ -265,8 +303,10 @@ fn budget(h: &HeaderMap) -> ServerBudget {
 
 /// OpenAI's reset durations (`1s`, `6m0s`, `250ms`, `1h2m3.5s`), or plain seconds (`12`).
 fn parse_reset(s: &str) -> Option<Duration> {
+    // (Capped at a day: a reset further off is not believed, and a huge number must not panic.)
+    const DAY: f64 = 86_400.0;
     if let Ok(secs) = s.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(DAY)));
     }
     let mut total = 0.0;
     let mut rest = s;
@@ -291,7 +331,9 @@ fn parse_reset(s: &str) -> Option<Duration> {
         total += n * scale;
         rest = &rest[unit_end..];
     }
-    Some(Duration::from_secs_f64(total))
+    total
+        .is_finite()
+        .then(|| Duration::from_secs_f64(total.min(DAY)))
 }
 
 #[cfg(test)]
@@ -308,6 +350,8 @@ mod tests {
         assert_eq!(d("1h2m3.5s"), Some(3_723_500));
         assert_eq!(d("12"), Some(12_000));
         assert_eq!(d("soon"), None);
+        assert_eq!(d("1e30"), Some(86_400_000), "capped, not a panic");
+        assert_eq!(d("100000000000000000000000s"), Some(86_400_000));
         assert_eq!(d("5x"), None);
     }
 
@@ -323,6 +367,13 @@ mod tests {
         assert_eq!(classify(503, b""), ErrorClass::Throttled);
         assert_eq!(classify(502, b""), ErrorClass::ServerError);
         assert_eq!(classify(401, b""), ErrorClass::Credentials);
+        let vllm = br#"{"object":"error","message":"Model \"m\" does not support matryoshka representation, changing output dimensions will lead to poor results.","type":"BadRequestError","param":null,"code":400}"#;
+        assert_eq!(classify(400, vllm), ErrorClass::Mismatch);
+        let openai = br#"{"error":{"message":"This model does not support specifying dimensions.","type":"invalid_request_error","param":"dimensions","code":null}}"#;
+        assert_eq!(classify(400, openai), ErrorClass::Mismatch);
+        assert!(error_message(400, openai).contains("send_dimensions = false"));
+        let litellm = br#"{"error":{"message":"Invalid model name passed in model=titan","type":"invalid_request_error","param":"model","code":"400"}}"#;
+        assert_eq!(classify(400, litellm), ErrorClass::NotFound);
         let m = |b: &str| error_message(400, b.as_bytes());
         assert_eq!(
             m(r#"{"error":{"message":"bad input"}}"#),

@@ -144,7 +144,7 @@ impl Pipeline {
         }
         if let Some(k) = &cfg.api_key_env {
             let name = k.get_ref();
-            if name.starts_with("sk-") || name.len() > 40 || !is_env_name(name) {
+            if name.starts_with("sk-") || name.len() > 128 || !is_env_name(name) {
                 return Err(self
                     .error(k.span(), "`api_key_env` names an environment variable; this is not a variable name")
                     .with_help("never put the key itself in the file: export OPENAI_API_KEY=... and write api_key_env = \"OPENAI_API_KEY\""));
@@ -472,23 +472,27 @@ fn is_env_name(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// An OpenAI-compatible base URL: `http(s)://host[:port][/path]`, no query; `/embeddings` is
-/// added to it.
+/// An OpenAI-compatible base URL: `http(s)://host[:port][/path]`, no query and no credentials;
+/// `/embeddings` is added to it. (The messages do not repeat the URL: `${VAR}`s in it are
+/// expanded, and may hold a secret.)
 pub(super) fn check_base_url(url: &str) -> Result<(), String> {
-    let uri: hyper::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    let uri: hyper::Uri = url.parse().map_err(|_| "is not a URL".to_string())?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
         Some(other) => return Err(format!("uses `{other}://`; only http:// and https:// work")),
-        None => return Err(format!("`{url}` has no scheme (http:// or https://)")),
+        None => return Err("has no scheme (http:// or https://)".into()),
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err("holds credentials (user:password@); give the key through api_key_env".into());
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("`{url}` has no host"));
+        return Err("has no host".into());
     }
     if uri.query().is_some() {
-        return Err(format!("`{url}` has a query"));
+        return Err("has a query (?...); keys go in api_key_env or headers_env".into());
     }
     if uri.path().trim_end_matches('/').ends_with("/embeddings") {
-        return Err(format!("`{url}` ends in /embeddings; embedpipe adds it"));
+        return Err("ends in /embeddings; embedpipe adds it".into());
     }
     Ok(())
 }

@@ -95,6 +95,16 @@ pub(super) fn check_no_secrets(
 ) -> Result<(), ConfigError> {
     for (key, value) in table.iter() {
         let k = key.get_ref().to_ascii_lowercase();
+        // Header names map to the variables holding their values (`Authorization = "GW_KEY"`):
+        // only the values can give a secret away.
+        if k == "headers_env" {
+            if let toml::de::DeValue::Table(headers) = value.get_ref() {
+                for (_, v) in headers.iter() {
+                    check_value(path, text, v)?;
+                }
+                continue;
+            }
+        }
         if SECRET_KEYS.contains(&k.as_str()) {
             return Err(ConfigError::at(
                 path,

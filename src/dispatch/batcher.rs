@@ -236,7 +236,7 @@ impl Caller {
                 }
                 Err(e) if fatal(e.class) => {
                     let what = if e.class == ErrorClass::Mismatch {
-                        "answers with vectors the pipeline cannot store"
+                        "does not fit the pipeline's settings"
                     } else {
                         "cannot be called"
                     };
@@ -335,7 +335,7 @@ impl Caller {
         for l in &self.limits {
             grants.push(l.acquire(est_tokens).await);
         }
-        self.pacer.ready(est_tokens).await;
+        let ticket = self.pacer.ready(est_tokens).await;
         slot.sent_now();
         let sent = Instant::now();
         // The slot is freed as soon as the service answers, while the body is still read.
@@ -357,7 +357,7 @@ impl Caller {
             Ok(r) => r.budget,
             Err(e) => e.budget.as_deref().copied(),
         };
-        self.pacer.done(est_tokens, budget);
+        self.pacer.done(ticket, budget);
         let result = result.map(|r| r.body);
         // The call is off the wire: free its slot before parsing (local CPU work), and tell
         // the adaptive cap how it went.
@@ -455,9 +455,9 @@ impl Caller {
             .retry
             .next(attempts, e.class, first_attempt.elapsed())
             .map(|backoff| match e.retry_after {
-                // The server said how long: wait that (plus a little jitter, so calls refused
-                // together do not return together), not the backoff.
-                Some(ra) => ra + ra.mul_f64(0.1 * fastrand::f64()),
+                // The server said how long: wait at least that (plus a little jitter, so calls
+                // refused together do not return together; a `Retry-After: 0` still backs off).
+                Some(ra) => (ra + ra.mul_f64(0.1 * fastrand::f64())).max(backoff),
                 None => backoff,
             })
             .filter(|w| first_attempt.elapsed() + *w <= self.retry.deadline);

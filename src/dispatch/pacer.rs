@@ -2,11 +2,13 @@
 //! answers), so the sender slows before the server starts refusing, even when the pipeline file
 //! sets no rate limits.
 //!
-//! The last report is believed minus what was sent since (counting the calls in flight when it
-//! came, which the server may not have seen yet). When it says nothing is left, sends wait for
-//! its reset time; then one call goes alone, and its answer's report lets the others go.
+//! Every send takes a ticket. The report in force is the one answering the latest-sent call
+//! (answers overtake each other: an older report arriving late is ignored), believed minus what
+//! was sent after that call. When it leaves nothing, sends wait for its reset time; then one
+//! call goes alone, and its answer's report lets the others go.
 
 use crate::clients::ServerBudget;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -14,19 +16,36 @@ use tokio::time::Instant;
 /// How often a waiting sender looks for a newer report.
 const RECHECK: Duration = Duration::from_millis(50);
 
+/// A lone call sent after a reset whose answer has not come in this long no longer holds the
+/// others back (it may have been lost).
+const PROBE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// A send's place in the order of sends.
+pub(crate) type Ticket = u64;
+
 #[derive(Default)]
 struct State {
-    /// The last report and when it came.
-    last: Option<(ServerBudget, Instant)>,
-    /// Requests and tokens sent since the last report (plus those in flight when it came).
+    /// Sends so far, and their tokens.
     sent_requests: u64,
     sent_tokens: u64,
-    in_flight_requests: u64,
-    in_flight_tokens: u64,
-    /// A lone call is out after the reset time, its answer awaited.
-    probing: bool,
+    /// Calls out: their ticket → (sends, tokens) counted up to and including them, and their
+    /// own tokens.
+    out: HashMap<Ticket, (u64, u64, u64)>,
+    /// The report in force: it, when it came, its call's ticket and counts at its send.
+    last: Option<Report>,
+    /// A lone call out after a reset: its ticket and when it went.
+    probe: Option<(Ticket, Instant)>,
     pauses: u64,
     paused: Duration,
+}
+
+#[derive(Clone, Copy)]
+struct Report {
+    budget: ServerBudget,
+    at: Instant,
+    ticket: Ticket,
+    requests_then: u64,
+    tokens_then: u64,
 }
 
 /// What the pacer has seen, for telemetry.
@@ -44,9 +63,9 @@ pub(crate) struct Pacer {
 }
 
 impl Pacer {
-    /// Waits until the server's last report leaves room for a call of `tokens`, then counts
-    /// the call as sent.
-    pub(crate) async fn ready(&self, tokens: u64) {
+    /// Waits until the server's report in force leaves room for a call of `tokens`, then counts
+    /// the call as sent; its ticket goes back with [`Pacer::done`].
+    pub(crate) async fn ready(&self, tokens: u64) -> Ticket {
         let mut waited: Option<Instant> = None;
         loop {
             let until = {
@@ -55,13 +74,17 @@ impl Pacer {
                     None => {
                         s.sent_requests += 1;
                         s.sent_tokens += tokens;
-                        s.in_flight_requests += 1;
-                        s.in_flight_tokens += tokens;
+                        let ticket = s.sent_requests;
+                        let counts = (s.sent_requests, s.sent_tokens, tokens);
+                        s.out.insert(ticket, counts);
+                        if s.probe.is_some_and(|(t, _)| t == 0) {
+                            s.probe = Some((ticket, Instant::now()));
+                        }
                         if let Some(start) = waited {
                             s.pauses += 1;
                             s.paused += start.elapsed();
                         }
-                        return;
+                        return ticket;
                     }
                     Some(t) => t,
                 }
@@ -71,31 +94,39 @@ impl Pacer {
         }
     }
 
-    /// A call of `tokens` came back, with the server's report if it sent one.
-    pub(crate) fn done(&self, tokens: u64, budget: Option<ServerBudget>) {
+    /// The call of `ticket` came back, with the server's report if it sent one.
+    pub(crate) fn done(&self, ticket: Ticket, budget: Option<ServerBudget>) {
         let mut s = self.state.lock().expect("pacer lock");
-        s.in_flight_requests = s.in_flight_requests.saturating_sub(1);
-        s.in_flight_tokens = s.in_flight_tokens.saturating_sub(tokens);
-        s.probing = false;
-        match budget {
-            // Answers overtake each other: a report older than the one in force may leave more
-            // room than is left. Until the one in force resets, the tighter of the two holds.
-            Some(b) if s.tighter_than(&b) => {}
-            Some(b) => {
-                s.last = Some((b, Instant::now()));
-                s.sent_requests = s.in_flight_requests;
-                s.sent_tokens = s.in_flight_tokens;
-            }
-            // (Silence after a pause: the old report is stale; send unpaced.)
-            None if s.last.is_some_and(|(_, at)| s.is_stale(at)) => s.last = None,
-            None => {}
+        let counts = s.out.remove(&ticket);
+        if s.probe.is_some_and(|(t, _)| t == ticket) {
+            s.probe = None;
         }
+        let (Some(budget), Some((mut requests_then, mut tokens_then, _))) = (budget, counts) else {
+            return;
+        };
+        // Only a report about a call sent after the one in force is newer news.
+        if s.last.is_some_and(|r| r.ticket > ticket) {
+            return;
+        }
+        // Calls sent before this one and still out may have reached the server after it (they
+        // travel on other connections): count them as not in the report.
+        for (_, _, tokens) in s.out.iter().filter(|(t, _)| **t < ticket).map(|(_, c)| c) {
+            requests_then -= 1;
+            tokens_then -= tokens;
+        }
+        s.last = Some(Report {
+            budget,
+            at: Instant::now(),
+            ticket,
+            requests_then,
+            tokens_then,
+        });
     }
 
     pub(crate) fn stats(&self) -> PacerStats {
         let s = self.state.lock().expect("pacer lock");
         PacerStats {
-            last: s.last.map(|(b, _)| b),
+            last: s.last.map(|r| r.budget),
             pauses: s.pauses,
             paused: s.paused,
         }
@@ -105,15 +136,19 @@ impl Pacer {
 impl State {
     /// When a call of `tokens` may go (`None`: now).
     fn blocked_until(&mut self, tokens: u64, now: Instant) -> Option<Instant> {
-        let (b, at) = self.last?;
+        let r = self.last?;
+        let b = r.budget;
+        let sent_requests = self.sent_requests - r.requests_then;
+        let sent_tokens = self.sent_tokens - r.tokens_then;
         let out_of_requests = b
             .remaining_requests
-            .is_some_and(|r| self.sent_requests >= r);
+            .is_some_and(|left| sent_requests >= left);
         let out_of_tokens = b
             .remaining_tokens
-            .is_some_and(|r| self.sent_tokens + tokens > r && self.sent_tokens > 0);
+            .is_some_and(|left| left == 0 || sent_tokens + tokens > left);
+        // Each budget waits for its own reset.
         let reset = |exhausted: bool, after: Option<Duration>| {
-            exhausted.then(|| at + after.unwrap_or(Duration::from_secs(1)))
+            exhausted.then(|| r.at + after.unwrap_or(Duration::from_secs(1)))
         };
         let until = [
             reset(out_of_requests, b.reset_requests),
@@ -125,40 +160,20 @@ impl State {
         if now < until {
             return Some(until);
         }
+        // Long past the reset with no newer report (the server stopped sending them): forget it.
+        if now.duration_since(until) > PROBE_PATIENCE {
+            self.last = None;
+            return None;
+        }
         // Past the reset: one call goes alone; its answer brings a new report.
-        if self.probing {
-            return Some(now + RECHECK);
+        match self.probe {
+            Some((_, went)) if now.duration_since(went) < PROBE_PATIENCE => Some(now + RECHECK),
+            _ => {
+                // (Ticket 0: the caller fills in the probe's own.)
+                self.probe = Some((0, now));
+                None
+            }
         }
-        self.probing = true;
-        None
-    }
-
-    /// Whether the report in force, not yet reset, leaves less room than `b` would.
-    fn tighter_than(&self, b: &ServerBudget) -> bool {
-        let Some((old, at)) = self.last else {
-            return false;
-        };
-        let resets = [old.reset_requests, old.reset_tokens]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(Duration::from_secs(1));
-        if Instant::now() >= at + resets {
-            return false;
-        }
-        let less = |a: Option<u64>, b: Option<u64>| matches!((a, b), (Some(a), Some(b)) if a < b);
-        let left = |r: Option<u64>, sent: u64| r.map(|r| r.saturating_sub(sent));
-        less(
-            left(old.remaining_requests, self.sent_requests),
-            left(b.remaining_requests, self.in_flight_requests),
-        ) || less(
-            left(old.remaining_tokens, self.sent_tokens),
-            left(b.remaining_tokens, self.in_flight_tokens),
-        )
-    }
-
-    fn is_stale(&self, at: Instant) -> bool {
-        at.elapsed() > Duration::from_secs(60)
     }
 }
 
@@ -178,9 +193,9 @@ mod tests {
     async fn waits_for_the_reset_when_the_budget_is_spent() {
         let p = Pacer::default();
         // No report: nothing waits.
-        p.ready(1).await;
+        let first = p.ready(1).await;
         let t0 = Instant::now();
-        p.done(1, Some(budget(2, 300)));
+        p.done(first, Some(budget(2, 300)));
         p.ready(1).await;
         p.ready(1).await;
         assert!(
@@ -188,7 +203,7 @@ mod tests {
             "two left: both go at once"
         );
         // The third waits for the reset, then goes alone.
-        p.ready(1).await;
+        let probe = p.ready(1).await;
         assert!(
             t0.elapsed() >= Duration::from_millis(300),
             "{:?}",
@@ -199,21 +214,21 @@ mod tests {
         let fourth = tokio::time::timeout(Duration::from_millis(200), p.ready(1)).await;
         assert!(fourth.is_err(), "only one call goes after the reset");
         // ...which reports room again.
-        p.done(1, Some(budget(5, 10_000)));
+        p.done(probe, Some(budget(5, 10_000)));
         let t1 = Instant::now();
         p.ready(1).await;
         assert!(t1.elapsed() < Duration::from_secs(5));
     }
 
     #[tokio::test]
-    async fn calls_in_flight_count_against_a_new_report() {
+    async fn calls_sent_after_the_reported_one_count_against_it() {
         let p = Pacer::default();
+        let a = p.ready(1).await;
         p.ready(1).await;
         p.ready(1).await;
-        p.ready(1).await;
-        // One answer says 2 are left, while two calls are still out: none may go.
+        // The first call's answer says 2 are left; two calls went after it: none may go.
         let t0 = Instant::now();
-        p.done(1, Some(budget(2, 500)));
+        p.done(a, Some(budget(2, 500)));
         p.ready(1).await;
         assert!(t0.elapsed() >= Duration::from_millis(500));
     }
@@ -221,15 +236,13 @@ mod tests {
     #[tokio::test]
     async fn an_older_report_arriving_late_does_not_loosen_the_budget() {
         let p = Pacer::default();
-        for _ in 0..3 {
-            p.ready(1).await;
-        }
-        // The newest report: 1 left.
+        let older = p.ready(1).await;
+        let newer = p.ready(1).await;
+        // The newest call's report: nothing left.
         let t0 = Instant::now();
-        p.done(1, Some(budget(1, 400)));
-        // An answer computed earlier, arriving later: 10 left.
-        p.done(1, Some(budget(10, 400)));
-        // The 1 left may be the call still out: the next waits for the reset.
+        p.done(newer, Some(budget(0, 400)));
+        // The older call's report, arriving later: 10 left.
+        p.done(older, Some(budget(10, 400)));
         p.ready(1).await;
         assert!(
             t0.elapsed() >= Duration::from_millis(400),
@@ -239,12 +252,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_newer_report_replaces_one_with_a_longer_reset() {
+        let p = Pacer::default();
+        let a = p.ready(1).await;
+        // Requests reset in 200 ms, tokens in 30 s: the requests are spent.
+        p.done(
+            a,
+            Some(ServerBudget {
+                remaining_requests: Some(0),
+                reset_requests: Some(Duration::from_millis(200)),
+                remaining_tokens: Some(1000),
+                reset_tokens: Some(Duration::from_secs(30)),
+                ..Default::default()
+            }),
+        );
+        let probe = p.ready(1).await;
+        // The probe's answer: 5 requests left; they go at once, not one at a time.
+        p.done(probe, Some(budget(5, 200)));
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            p.ready(1).await;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_millis(150),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
+    #[tokio::test]
     async fn tokens_pace_too() {
         let p = Pacer::default();
-        p.ready(100).await;
+        let a = p.ready(100).await;
         let t0 = Instant::now();
         p.done(
-            100,
+            a,
             Some(ServerBudget {
                 remaining_tokens: Some(150),
                 reset_tokens: Some(Duration::from_millis(300)),
@@ -254,6 +296,23 @@ mod tests {
         p.ready(100).await;
         assert!(t0.elapsed() < Duration::from_millis(250));
         p.ready(100).await;
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn a_spent_token_budget_holds_even_with_nothing_out() {
+        let p = Pacer::default();
+        let a = p.ready(10).await;
+        let t0 = Instant::now();
+        p.done(
+            a,
+            Some(ServerBudget {
+                remaining_tokens: Some(0),
+                reset_tokens: Some(Duration::from_millis(300)),
+                ..Default::default()
+            }),
+        );
+        p.ready(10).await;
         assert!(t0.elapsed() >= Duration::from_millis(300));
     }
 }

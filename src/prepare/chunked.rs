@@ -73,8 +73,7 @@ pub fn limits(
     let mut exact = Vec::new();
     let mut estimated: Vec<Limit> = Vec::new();
     for &i in &settings.models {
-        let spec = models[i].spec;
-        let max = settings.max_tokens.min(spec.max_input_tokens);
+        let max = settings.max_tokens.min(models[i].input_token_limit());
         match counter_of(i) {
             Some(counter) => {
                 let max = counter.max_tokens().map_or(max, |m| max.min(m));
@@ -92,7 +91,7 @@ pub fn limits(
                 }
             }
         }
-        if let Some(chars) = spec.limits.max_chars {
+        if let Some(chars) = models[i].spec.limits.max_chars {
             estimated.push(Limit {
                 counter: Arc::new(CharCounter),
                 max: chars,

@@ -274,6 +274,15 @@ fn openai_config_errors_name_the_key() {
     assert!(err(&text).message.contains("needs `base_url`"));
     let text = openai("dimensions = 512").replace("/v1\"", "/v1/embeddings\"");
     assert!(err(&text).message.contains("ends in /embeddings"));
+    let text = openai("dimensions = 512").replace("http://localhost", "http://me:pw@localhost");
+    let e = err(&text);
+    assert!(
+        e.message.contains("holds credentials") && !e.message.contains("pw"),
+        "{e}"
+    );
+    // Header names that look like secrets are fine in headers_env: its values are names.
+    let text = openai("dimensions = 512\nheaders_env = { Authorization = \"GATEWAY_TOKEN\" }");
+    parse(&text).unwrap();
     // OpenAI-only keys on other providers.
     let text = GOOD.replace(
         "provider = \"local\"",

@@ -130,11 +130,17 @@ impl Codec for OpenAi {
         })
     }
 
-    /// Floats were asked; a vector of only 0s and 1s is a binary embedding (a LiteLLM proxy in
+    /// Floats were asked; vectors of only 0s and 1s are binary embeddings (a LiteLLM proxy in
     /// front of Titan Text v2 answers `encoding_format = "base64"` so), never to be stored.
+    /// (Every vector of the call: one odd vector is no setting's fault.)
     fn check_answer(&self, params: &Params, parsed: &Parsed) -> Result<(), ParseError> {
-        let binary = |v: &Vec<f32>| v.len() >= 8 && v.iter().all(|&x| x == 0.0 || x == 1.0);
-        if parsed.vectors.iter().any(binary) {
+        let binary = |v: &Vec<f32>| {
+            v.len() >= 8
+                && v.iter().all(|&x| x == 0.0 || x == 1.0)
+                && v.contains(&0.0)
+                && v.contains(&1.0)
+        };
+        if !parsed.vectors.is_empty() && parsed.vectors.iter().all(binary) {
             let format = params.encoding_format.as_deref().unwrap_or("float");
             return Err(ParseError::Mismatch(format!(
                 "the server answered with binary vectors (every value 0 or 1) where \
@@ -294,8 +300,10 @@ mod tests {
             m.contains("binary") && m.contains("encoding_format = \"float\""),
             "{m}"
         );
-        // Floats that happen to hold a 0 or a 1 are fine.
+        // Floats that happen to hold a 0 or a 1 are fine, and so is an all-zero vector.
         let ok = br#"{"data":[{"index":0,"embedding":[1,0,0.5,1,1,1,0,1]}]}"#;
         assert!(parse_response(&SPEC, &p, ok, 1).is_ok());
+        let zeros = br#"{"data":[{"index":0,"embedding":[0,0,0,0,0,0,0,0]}]}"#;
+        assert!(parse_response(&SPEC, &p, zeros, 1).is_ok());
     }
 }
