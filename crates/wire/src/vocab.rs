@@ -170,6 +170,17 @@ pub struct Prices {
     pub per_audio_second: f64,
 }
 
+impl Prices {
+    /// Nothing per unit: in-process and self-hosted models.
+    pub const FREE: Prices = Prices {
+        per_1k_tokens: 0.0,
+        per_image: 0.0,
+        per_query: 0.0,
+        per_video_second: 0.0,
+        per_audio_second: 0.0,
+    };
+}
+
 /// Billable units of one call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Usage {

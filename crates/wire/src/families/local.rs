@@ -79,13 +79,7 @@ pub const SPEC: ModelSpec = ModelSpec {
         sync_needs_profile: false,
     },
     async_limits: AsyncLimits::NONE,
-    prices: Prices {
-        per_1k_tokens: 0.0,
-        per_image: 0.0,
-        per_query: 0.0,
-        per_video_second: 0.0,
-        per_audio_second: 0.0,
-    },
+    prices: Prices::FREE,
     params: &[],
     deprecation: None,
 };

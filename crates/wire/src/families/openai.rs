@@ -50,13 +50,7 @@ pub const SPEC: ModelSpec = ModelSpec {
     },
     async_limits: AsyncLimits::NONE,
     // Self-hosted servers cost nothing per token; `[model.prices]` for OpenAI's list prices.
-    prices: Prices {
-        per_1k_tokens: 0.0,
-        per_image: 0.0,
-        per_query: 0.0,
-        per_video_second: 0.0,
-        per_audio_second: 0.0,
-    },
+    prices: Prices::FREE,
     params: &[],
     deprecation: None,
 };
