@@ -33,6 +33,8 @@ pub struct Model {
     pub invoke: Invoke,
     /// StartAsyncInvoke takes it, by its base id only (a profile id is refused).
     pub asynchronous: bool,
+    /// CreateModelInvocationJob takes it (batch inference), by its base id.
+    pub batch: bool,
     /// Output dimensions, the default first.
     pub dimensions: &'static [usize],
     /// Image encodings accepted inline (names as the emulator detects them from the bytes).
@@ -186,5 +188,14 @@ mod tests {
         for m in models() {
             assert_eq!(m.asynchronous, m.service.async_route.is_some(), "{}", m.id);
         }
+        // Batch inference: Titan Text v2 and Nova 2 only.
+        let batch: Vec<&str> = models().filter(|m| m.batch).map(|m| m.id).collect();
+        assert_eq!(
+            batch,
+            [
+                "amazon.titan-embed-text-v2:0",
+                "amazon.nova-2-multimodal-embeddings-v1:0"
+            ]
+        );
     }
 }

@@ -16,11 +16,19 @@
 //! latency, fault and quota settings in OpenAI's wire form, so the client's OpenAI-compatible
 //! provider can be tested without any of them.
 //!
+//! Batch inference, on Bedrock's control-plane paths (signed for `bedrock` like the rest):
+//! `POST /model-invocation-job` (CreateModelInvocationJob), `GET /model-invocation-job/{id}`,
+//! `GET /model-invocation-jobs` and `POST /model-invocation-job/{id}/stop`, for Titan Text v2
+//! and Nova 2. Jobs read JSONL records from the local S3 server and write `<file>.out` lines
+//! (shuffled) and `manifest.json.out`, each record answered as InvokeModel would; the `batch_*`
+//! settings hold jobs in progress, fail or expire them, and set the record limits ([`batch`]).
+//!
 //! Control endpoints: `GET /_emulator/stats`, `POST /_emulator/reset` (zero the counters),
 //! `PUT /_emulator/config` (JSON, any subset of [`Settings`]).
 
 pub mod async_invoke;
 mod auth;
+pub mod batch;
 pub mod catalog;
 mod control;
 mod families;
@@ -36,6 +44,7 @@ mod timer;
 pub mod vectors;
 pub mod wire;
 
+pub use batch::BatchCounters;
 pub use server::Emulator;
 pub use settings::{Faults, Latency, Quota, Settings};
 pub use stats::{ModelCounters, OpenAiCounters, Stats};

@@ -1,4 +1,5 @@
-//! The emulator's own small S3 client, for async jobs: read an input object, write result files.
+//! The emulator's own small S3 client, for async and batch jobs: list and read inputs, write
+//! result files.
 //! Path-style requests to the configured S3-compatible server, signed with the emulator's dummy
 //! credentials ([`crate::ACCESS_KEY`]). Its own code, not the pipeline's client: the emulator
 //! stands alone.
@@ -111,6 +112,34 @@ impl S3Client {
             .await
             .with_context(|| format!("reading {uri} was cut off"))?;
         Ok(bytes.into_bytes().to_vec())
+    }
+
+    /// The keys of every object whose key starts with `uri`'s key, in key order.
+    pub(crate) async fn list(&self, uri: &S3Uri) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&uri.bucket)
+                .prefix(&uri.key)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| explain(e, "list", uri))?;
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(String::from)),
+            );
+            token = out.next_continuation_token().map(String::from);
+            if token.is_none() || out.is_truncated() != Some(true) {
+                break;
+            }
+        }
+        keys.sort();
+        Ok(keys)
     }
 
     pub(crate) async fn put_bytes(&self, uri: &S3Uri, bytes: Vec<u8>) -> Result<()> {

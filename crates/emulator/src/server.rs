@@ -1,9 +1,10 @@
 //! The HTTP side: the listener, the shared state, routing a request to its operation (control
-//! plane, async invoke, InvokeModel), holding each answer for the simulated latency, and the
-//! restJson responses every operation sends.
+//! plane, async invoke, batch inference, InvokeModel), holding each answer for the simulated
+//! latency, and the restJson responses every operation sends.
 
 use crate::async_invoke::{self, Jobs};
 use crate::auth::authenticate;
+use crate::batch::{self, Batch};
 use crate::invoke::{self, Answer};
 use crate::settings::Settings;
 use crate::stats::{all_arrivals, Arrivals, Stats, Window};
@@ -30,6 +31,8 @@ pub(crate) struct State {
     /// Requests to any model in the last minute and the last second.
     pub(crate) arrivals: Mutex<(Arrivals, Arrivals)>,
     pub(crate) jobs: Arc<Jobs>,
+    /// Batch inference jobs.
+    pub(crate) batch: Batch,
     /// Answers by request shape, when `replay` is on.
     pub(crate) replayed: Mutex<HashMap<String, Answer>>,
     /// How much earlier than due to ask the timer for an answer.
@@ -40,6 +43,7 @@ impl State {
     pub(crate) fn stats(&self) -> Stats {
         let mut s = self.stats.lock().expect("stats").clone();
         s.async_invoke = self.jobs.counters.lock().expect("counters").clone();
+        s.batch = self.batch.counters();
         s
     }
 
@@ -48,6 +52,7 @@ impl State {
         self.windows.lock().expect("windows").clear();
         *self.arrivals.lock().expect("arrivals") = all_arrivals().into_inner().expect("new");
         self.jobs.reset_counters();
+        self.batch.reset_counters();
     }
 }
 
@@ -71,6 +76,7 @@ impl Emulator {
             windows: Mutex::new(HashMap::new()),
             arrivals: all_arrivals(),
             jobs: Arc::default(),
+            batch: Batch::default(),
             replayed: Mutex::default(),
             lead: timer::Lead::default(),
         });
@@ -214,6 +220,13 @@ async fn answer(
     {
         return async_route(&state, req, rest.trim_start_matches('/').to_string()).await;
     }
+    // Batch inference (the control plane's paths: none starts with `/model/`).
+    if path == "/model-invocation-jobs"
+        || path == "/model-invocation-job"
+        || path.starts_with("/model-invocation-job/")
+    {
+        return batch_route(&state, req, &path).await;
+    }
     let Some(model_id) = path
         .strip_prefix("/model/")
         .and_then(|p| p.strip_suffix("/invoke"))
@@ -265,6 +278,32 @@ async fn async_route(
         )
         .await
         {
+            Ok(v) => json_response(200, serde_json::to_vec(&v).expect("json")),
+            Err(e) => error_response(&e),
+        },
+    )
+}
+
+/// CreateModelInvocationJob, GetModelInvocationJob, ListModelInvocationJobs,
+/// StopModelInvocationJob (signed like every operation).
+async fn batch_route(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    path: &str,
+) -> Result<Resp, std::io::Error> {
+    let settings = state.settings.read().expect("settings").clone();
+    let region = match authenticate(state, &req, &settings) {
+        Ok(region) => region,
+        Err(refusal) => return Ok(error_response(&refusal)),
+    };
+    let method = req.method().clone();
+    let query = req.uri().query().map(String::from);
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Err(std::io::Error::other(e)),
+    };
+    Ok(
+        match batch::handle(state, &method, path, query.as_deref(), &body, &region) {
             Ok(v) => json_response(200, serde_json::to_vec(&v).expect("json")),
             Err(e) => error_response(&e),
         },

@@ -1,6 +1,7 @@
 //! What can be configured, at start or at runtime (`PUT /_emulator/config`): latency, faults,
-//! quotas, access, async jobs, replay, and the OpenAI-compatible side's own knobs. Kept apart from the server so the CLI and the tests
-//! can build and parse settings without reading the server's code.
+//! quotas, access, async jobs, batch inference jobs, replay, and the OpenAI-compatible side's own
+//! knobs. Kept apart from the server so the CLI and the tests can build and parse settings
+//! without reading the server's code.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -131,8 +132,30 @@ pub struct Settings {
     pub async_job_ms: u64,
     /// Share (0..1) of async-invoke jobs that end `Failed` (drawn per job).
     pub async_failure_rate: f64,
-    /// The S3-compatible server async jobs read inputs from and write results to.
+    /// The S3-compatible server async and batch jobs read inputs from and write results to.
     pub s3_endpoint: Option<String>,
+    /// How long after its submission a batch inference job finishes (ms). Jobs read the current
+    /// value while they wait, so a test can hold them in progress with a large value and release
+    /// them by lowering it.
+    pub batch_job_ms: u64,
+    /// Fewest records a batch job may have: fewer and it ends `Failed` at validation (AWS's
+    /// quota varies by model; 100 is the smallest quoted).
+    pub batch_min_records: u64,
+    /// Most records a batch job may have: more and it ends `Failed` at validation.
+    pub batch_max_records: u64,
+    /// Batch jobs per model that may be unfinished at once: one more create is refused with
+    /// `ServiceQuotaExceededException`.
+    pub batch_max_jobs_in_progress: u64,
+    /// Share (0..1) of batch records answered with an error line (500), drawn per record.
+    pub batch_record_failure: f64,
+    /// The next this many batch jobs created end `Failed` (counted down as jobs take them):
+    /// a deterministic job failure for tests.
+    pub batch_fail_jobs: u32,
+    /// Share (0..1) of batch jobs that end `Failed` (drawn per job).
+    pub batch_job_failure: f64,
+    /// While set, every unfinished batch job ends `Expired` (no output), as a job does that
+    /// outlives its timeout.
+    pub batch_expire: bool,
     /// Answer each request with the answer of the first request of its shape (model, number of
     /// inputs, parameters): inputs are read and vectors and JSON made only once per shape, and
     /// repeats are neither validated nor embedded again. A nearly free service, for measuring
@@ -170,6 +193,14 @@ impl Default for Settings {
             async_job_ms: 0,
             async_failure_rate: 0.0,
             s3_endpoint: None,
+            batch_job_ms: 300,
+            batch_min_records: 100,
+            batch_max_records: 50_000,
+            batch_max_jobs_in_progress: 10,
+            batch_record_failure: 0.0,
+            batch_fail_jobs: 0,
+            batch_job_failure: 0.0,
+            batch_expire: false,
             replay: false,
             openai_api_key: None,
             openai_max_body_bytes: OPENAI_MAX_BODY_BYTES,

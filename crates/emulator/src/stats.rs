@@ -2,6 +2,7 @@
 //! trailing windows quotas and the `max_*` counters are measured over.
 
 use crate::async_invoke::AsyncCounters;
+use crate::batch::BatchCounters;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -49,6 +50,9 @@ pub struct Stats {
     pub models: BTreeMap<String, ModelCounters>,
     /// StartAsyncInvoke / GetAsyncInvoke / ListAsyncInvokes.
     pub async_invoke: AsyncCounters,
+    /// CreateModelInvocationJob / Get… / List… / StopModelInvocationJob and the jobs' records.
+    #[serde(default)]
+    pub batch: BatchCounters,
     /// The OpenAI-compatible endpoint (`POST /v1/embeddings`).
     #[serde(default)]
     pub openai: OpenAiCounters,

@@ -317,8 +317,8 @@ fn spawn(jobs: Arc<Jobs>, settings: Settings, job: Job, task: Task) {
     });
 }
 
-/// JSON with object keys sorted at every level.
-fn canonical(v: &Value) -> String {
+/// JSON with object keys sorted at every level (idempotency hashes: batch jobs use it too).
+pub(crate) fn canonical(v: &Value) -> String {
     match v {
         Value::Object(o) => {
             let mut keys: Vec<&String> = o.keys().collect();

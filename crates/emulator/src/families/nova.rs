@@ -47,6 +47,7 @@ pub(crate) const MODELS: &[Model] = &[Model {
     profiles: &[],
     invoke: Invoke::BaseOrProfile,
     asynchronous: true,
+    batch: true,
     dimensions: &[3072, 1024, 384, 256],
     image_formats: &["png", "jpeg", "gif", "webp"],
     service: &SERVICE,

@@ -23,6 +23,7 @@ pub(crate) const MODELS: &[Model] = &[Model {
     profiles: &[],
     invoke: Invoke::BaseOrProfile,
     asynchronous: false,
+    batch: false,
     dimensions: &[1024, 384, 256],
     // None listed on its page; PNG and JPEG are what every family takes.
     image_formats: &["png", "jpeg"],
