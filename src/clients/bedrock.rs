@@ -263,7 +263,7 @@ fn to_document(v: &serde_json::Value) -> Document {
 }
 
 /// Classifies any Bedrock Runtime operation's error by its code and HTTP status.
-fn classify<E>(e: SdkError<E, HttpResponse>) -> CallError
+pub(crate) fn classify<E>(e: SdkError<E, HttpResponse>) -> CallError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {

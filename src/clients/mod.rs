@@ -7,6 +7,7 @@
 //! [`CallError`]s, so dispatch schedules every provider the same way.
 
 pub mod bedrock;
+pub mod bedrock_batch;
 pub mod openai;
 pub mod s3;
 pub mod store;

@@ -196,7 +196,8 @@ impl Pipeline {
             ("endpoint_url", cfg.endpoint_url.as_ref().map(|s| s.span())),
         ]
         .into_iter()
-        .chain(async_route_keys(cfg));
+        .chain(async_route_keys(cfg))
+        .chain(batch_keys(cfg));
         if let Some((key, Some(span))) = bedrock_only.into_iter().find(|(_, s)| s.is_some()) {
             let help = if key == "endpoint_url" {
                 "an OpenAI-compatible server is reached at `base_url`"
@@ -230,7 +231,7 @@ impl Pipeline {
                 self.check_local_keys(cfg)?;
             }
             Provider::OpenAi => self.check_openai_keys(cfg)?,
-            Provider::Bedrock => {}
+            Provider::Bedrock => self.check_batch_keys(cfg)?,
         }
         specs.inference_profile(self, cfg)
     }
@@ -359,6 +360,66 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Batch inference: a role and an S3 prefix, record counts within the service's limits; the
+    /// batch keys only with `invoke = "batch"`.
+    fn check_batch_keys(&self, cfg: &ModelConfig) -> Result<(), ConfigError> {
+        let batch = cfg
+            .invoke
+            .as_ref()
+            .is_some_and(|i| *i.get_ref() == super::Invoke::Batch);
+        if !batch {
+            if let Some((key, Some(span))) = batch_keys(cfg)
+                .into_iter()
+                .find(|(k, s)| *k != "invoke" && s.is_some())
+            {
+                return Err(self
+                    .error(span, format!("`{key}` applies only to batch inference"))
+                    .with_help("set invoke = \"batch\" in this [[model]] table to send its inputs as batch jobs"));
+            }
+            return Ok(());
+        }
+        let Some(role) = &cfg.role_arn else {
+            return Err(self
+                .error(cfg.invoke.as_ref().map_or(cfg.name.span(), |i| i.span()), "batch inference needs `role_arn`")
+                .with_help("the service role Bedrock assumes to read the records and write the results, e.g. role_arn = \"arn:aws:iam::123456789012:role/embedpipe-batch\" (see the README's batch section for its policy)"));
+        };
+        let role_text = role.get_ref().to_string();
+        if !is_role_arn(&role_text) {
+            return Err(self
+                .error(role.span(), "`role_arn` is not an IAM role ARN")
+                .with_help("write it as arn:aws:iam::<12-digit account>:role/<name>"));
+        }
+        let Some(uri) = &cfg.batch_s3_uri else {
+            return Err(self
+                .error(cfg.invoke.as_ref().map_or(cfg.name.span(), |i| i.span()), "batch inference needs `batch_s3_uri`")
+                .with_help("the S3 prefix for the JSONL records and the jobs' results, e.g. batch_s3_uri = \"s3://my-bucket/embedpipe-batch/\""));
+        };
+        if let Err(e) = crate::util::S3Uri::parse(&uri.get_ref().to_string()) {
+            return Err(self
+                .error(uri.span(), format!("`batch_s3_uri`: {e}"))
+                .with_help("write it as s3://<bucket>/<prefix>"));
+        }
+        if let Some(n) = &cfg.records_per_job {
+            if !(1..=50_000).contains(n.get_ref()) {
+                return Err(self.error(n.span(), "records_per_job must be between 1 and 50000 (Bedrock's default records per job)"));
+            }
+        }
+        if let Some(n) = &cfg.min_records_per_job {
+            if *n.get_ref() == 0 {
+                return Err(self.error(n.span(), "min_records_per_job must be at least 1"));
+            }
+        }
+        if let Some(h) = &cfg.job_timeout_hours {
+            if !(*h.get_ref() > 0.0 && *h.get_ref() <= 24.0 * 14.0) {
+                return Err(self.error(
+                    h.span(),
+                    "job_timeout_hours must be above 0 and at most 336 (two weeks)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Price overrides are zero or positive numbers.
     fn check_prices(&self, cfg: &ModelConfig) -> Result<(), ConfigError> {
         if let Some(p) = &cfg.prices {
@@ -369,6 +430,8 @@ impl Pipeline {
                 o.per_query,
                 o.per_video_second,
                 o.per_audio_second,
+                o.batch_per_1k_tokens,
+                o.batch_per_image,
             ];
             if all.iter().flatten().any(|x| !x.is_finite() || *x < 0.0) {
                 return Err(self.error(p.span(), "prices must be zero or positive numbers"));
@@ -436,7 +499,10 @@ impl Pipeline {
             ),
             ("prices", cfg.prices.as_ref().map(|s| s.span())),
         ];
-        let mut bedrock_only = bedrock_only.into_iter().chain(async_route_keys(cfg));
+        let mut bedrock_only = bedrock_only
+            .into_iter()
+            .chain(async_route_keys(cfg))
+            .chain(batch_keys(cfg));
         if let Some((key, Some(span))) = bedrock_only.find(|(_, s)| s.is_some()) {
             return Err(self.error(span, format!("`{key}` applies only to Bedrock models")));
         }
@@ -455,6 +521,33 @@ macro_rules! key_spans {
 fn async_route_keys(cfg: &ModelConfig) -> [(&'static str, Option<Range<usize>>); 7] {
     key_spans!(cfg; output_s3_uri, staging_s3_uri, s3_endpoint_url, max_jobs, job_timeout_secs,
         poll_secs, segment_seconds)
+}
+
+/// The keys of Bedrock batch inference, with their places when set.
+fn batch_keys(cfg: &ModelConfig) -> [(&'static str, Option<Range<usize>>); 6] {
+    key_spans!(cfg; invoke, role_arn, batch_s3_uri, records_per_job, min_records_per_job,
+        job_timeout_hours)
+}
+
+/// `arn:aws[-partition]:iam::<12 digits>:role/<name>`.
+fn is_role_arn(s: &str) -> bool {
+    let mut parts = s.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    partition.starts_with("aws")
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && resource
+            .strip_prefix("role/")
+            .is_some_and(|r| !r.is_empty())
 }
 
 /// The keys only OpenAI-compatible models take, those set in `cfg`.

@@ -47,6 +47,18 @@ pub struct QuotaConfig {
     pub quota_scope: Option<Spanned<QuotaScope>>,
 }
 
+/// How a model's inputs are sent.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Invoke {
+    /// InvokeModel per call (the default).
+    #[default]
+    OnDemand,
+    /// Bedrock batch inference: records in JSONL files in S3, jobs outside the on-demand
+    /// quotas, billed at the batch price.
+    Batch,
+}
+
 /// What a rate limit covers in a sharded run.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -128,6 +140,9 @@ pub struct PriceOverride {
     pub per_query: Option<f64>,
     pub per_video_second: Option<f64>,
     pub per_audio_second: Option<f64>,
+    /// Batch inference prices (default: half the on-demand ones).
+    pub batch_per_1k_tokens: Option<f64>,
+    pub batch_per_image: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +235,19 @@ pub struct ModelConfig {
     pub detail_level: Option<Spanned<String>>,
     /// Price table overrides (USD).
     pub prices: Option<Spanned<PriceOverride>>,
+    /// `on_demand` (default) or `batch` (Bedrock batch inference).
+    pub invoke: Option<Spanned<Invoke>>,
+    /// Batch: the service role Bedrock assumes to read the records and write the results.
+    pub role_arn: Option<Spanned<EnvString>>,
+    /// Batch: where the JSONL records go and the jobs write their results, `s3://bucket/prefix`.
+    pub batch_s3_uri: Option<Spanned<EnvString>>,
+    /// Batch: records per job (default 10,000; AWS allows up to 50,000 by default).
+    pub records_per_job: Option<Spanned<usize>>,
+    /// Batch: the service's minimum records per job (default 100); a smaller rest goes on-demand.
+    pub min_records_per_job: Option<Spanned<usize>>,
+    /// Batch: a job still running after this long is dead-lettered (default 24 h); it is
+    /// picked up by the next run if it completes later.
+    pub job_timeout_hours: Option<Spanned<f64>>,
     /// Async invoke (video/audio): where jobs write their results, `s3://bucket/prefix`.
     pub output_s3_uri: Option<Spanned<EnvString>>,
     /// Where local media files are uploaded (default `<output_s3_uri>/inputs/`).

@@ -31,9 +31,9 @@ pub use chunk::{ChunkConfig, ChunkStrategy};
 pub use env::{expand, is_credential_variable, EnvString};
 pub use error::{did_you_mean, ConfigError, ConfigErrorDetail};
 pub use file::{
-    Cleanup, ColumnType, EmbedConfig, KeepVersions, ModelConfig, PipelineFile, PriceOverride,
-    Provider, QuotaConfig, QuotaScope, SinkConfig, SinkKind, SourceConfig, SourceKind,
-    StorageConfig, VectorIndex, WriteMode,
+    Cleanup, ColumnType, EmbedConfig, Invoke, KeepVersions, ModelConfig, PipelineFile,
+    PriceOverride, Provider, QuotaConfig, QuotaScope, SinkConfig, SinkKind, SourceConfig,
+    SourceKind, StorageConfig, VectorIndex, WriteMode,
 };
 pub use origin::Origin;
 pub use secrets::redact_key_ids;

@@ -8,6 +8,7 @@
 //! `<output_s3_uri>/<invocation id>/`. A run started again finds its jobs in the ledger and
 //! resumes polling them; a job that failed is submitted again under a new token.
 
+pub mod batch;
 pub mod ledger;
 pub mod media;
 

@@ -47,6 +47,9 @@ pub struct Summary {
     pub chunks_written: u64,
     /// The async route's counters (media pipelines).
     pub jobs: Option<crate::jobs::JobStats>,
+    /// The batch inference routes' counters (models with `invoke = "batch"`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub batch: Vec<crate::jobs::batch::BatchStats>,
     /// Compaction and indexes after the run.
     pub maintenance: Option<crate::sink::maintain::Maintenance>,
     #[serde(serialize_with = "crate::util::ser_secs")]
@@ -111,6 +114,7 @@ impl fmt::Display for Summary {
         self.write_rows(f)?;
         self.write_table(f)?;
         self.write_jobs(f)?;
+        self.write_batch(f)?;
         for m in &self.models {
             write_model(f, m)?;
         }
@@ -243,9 +247,34 @@ impl Summary {
         )
     }
 
-    /// The run's total cost at list prices, when it cost anything.
+    /// Each batch route's jobs and records.
+    fn write_batch(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.batch {
+            writeln!(
+                f,
+                "  batch `{}`: {} records in jobs ({} submitted, {} resumed, {} completed, {} failed, {} timed out); {} inputs from results, {} record errors, {} below the minimum sent on-demand; {} tokens billed at the batch price (${:.6})",
+                b.model,
+                b.records,
+                b.jobs_submitted,
+                b.jobs_resumed,
+                b.jobs_completed,
+                b.jobs_failed,
+                b.jobs_timed_out,
+                b.results_used,
+                b.record_errors,
+                b.records_below_minimum,
+                b.input_tokens,
+                b.cost_usd
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The run's total cost at list prices (batch jobs at the batch price), when it cost
+    /// anything.
     fn write_cost(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let cost: f64 = self.models.iter().map(|m| m.cost_usd).sum();
+        let cost: f64 = self.models.iter().map(|m| m.cost_usd).sum::<f64>()
+            + self.batch.iter().map(|b| b.cost_usd).sum::<f64>();
         if cost > 0.0 {
             writeln!(
                 f,

@@ -86,7 +86,18 @@ fn check_model_id(p: &Pipeline, cfg: &ModelConfig) -> Result<&'static ModelSpec,
 pub(super) fn model_params(p: &Pipeline, cfg: &ModelConfig) -> Result<(), ConfigError> {
     let spec = checked_spec(cfg);
     check_segment_keys(p, cfg, spec)?;
+    check_batch_route(p, cfg, spec)?;
     check_family_params(p, cfg, spec)
+}
+
+/// `invoke = "batch"` only for the models on AWS's batch inference list.
+fn check_batch_route(p: &Pipeline, cfg: &ModelConfig, spec: &ModelSpec) -> Result<(), ConfigError> {
+    match &cfg.invoke {
+        Some(i) if *i.get_ref() == crate::config::Invoke::Batch && !spec.routes.batch => Err(p
+            .error(i.span(), format!("{} has no batch inference route", spec.id))
+            .with_help("batch inference takes amazon.titan-embed-text-v2:0 and amazon.nova-2-multimodal-embeddings-v1:0 (AWS's batch list as read for this release); use the on-demand default for this model")),
+        _ => Ok(()),
+    }
 }
 
 /// Segment lengths, within the family's async limits.

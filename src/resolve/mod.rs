@@ -19,7 +19,8 @@ pub use registry::{load, parse, spec_of};
 
 pub use chunk::ChunkSettings;
 pub use model::{
-    Connection, JobSettings, LocalFiles, ModelSettings, Overrides, QuotaSettings, RateSettings,
+    BatchSettings, Connection, JobSettings, LocalFiles, ModelSettings, Overrides, QuotaSettings,
+    RateSettings,
 };
 pub use sink::{Retention, SinkSettings, Target};
 pub use source::{CsvSettings, ImageSettings, SourcePath, SourceSettings};

@@ -84,6 +84,91 @@ pub struct JobSettings {
     pub retry: RetryPolicy,
 }
 
+/// Default records per batch job: a tenth of AWS's default maximum (50,000), so a job's
+/// results (read back one job at a time) stay small.
+pub const DEFAULT_RECORDS_PER_JOB: usize = 10_000;
+/// The minimum records per batch job assumed when the file does not say (AWS's quota is
+/// per account and model; 100 is the smallest value seen documented).
+pub const DEFAULT_MIN_RECORDS_PER_JOB: usize = 100;
+/// Batch jobs in flight at once (AWS's default "jobs in progress" quota is in this order).
+pub const DEFAULT_MAX_BATCH_JOBS: usize = 10;
+pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// First wait between GetModelInvocationJob polls (jobs take minutes to hours).
+pub const DEFAULT_BATCH_POLL: Duration = Duration::from_secs(30);
+
+/// Batch inference (`invoke = "batch"`).
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    pub role_arn: String,
+    /// Records go to `<prefix>/inputs/`, jobs write under `<prefix>/outputs/`.
+    pub prefix: S3Uri,
+    pub s3_endpoint: Option<String>,
+    pub records_per_job: usize,
+    pub min_records_per_job: usize,
+    pub max_jobs: usize,
+    pub timeout: Duration,
+    pub poll: Duration,
+    /// Batch prices (half the on-demand ones unless the file says).
+    pub prices: Prices,
+    pub retry: RetryPolicy,
+}
+
+impl BatchSettings {
+    /// `None` unless `invoke = "batch"` (validation has checked the keys).
+    fn resolve(cfg: &ModelConfig, spec: &ModelSpec, overrides: &Overrides) -> Option<Self> {
+        if cfg.invoke.as_ref().map(|i| *i.get_ref()) != Some(crate::config::Invoke::Batch) {
+            return None;
+        }
+        let prefix = S3Uri::parse(&env(cfg.batch_s3_uri.as_ref()?))
+            .ok()?
+            .folder();
+        let on_demand = apply_prices(spec.prices, cfg.prices.as_ref().map(|p| p.get_ref()));
+        let o = cfg.prices.as_ref().map(|p| p.get_ref());
+        let prices = Prices {
+            per_1k_tokens: o
+                .and_then(|o| o.batch_per_1k_tokens)
+                .unwrap_or(on_demand.per_1k_tokens / 2.0),
+            per_image: o
+                .and_then(|o| o.batch_per_image)
+                .unwrap_or(on_demand.per_image / 2.0),
+            per_query: on_demand.per_query / 2.0,
+            per_video_second: on_demand.per_video_second / 2.0,
+            per_audio_second: on_demand.per_audio_second / 2.0,
+        };
+        Some(Self {
+            role_arn: env(cfg.role_arn.as_ref()?),
+            prefix,
+            s3_endpoint: overrides
+                .s3_endpoint_url
+                .clone()
+                .or_else(|| cfg.s3_endpoint_url.as_ref().map(env)),
+            records_per_job: cfg
+                .records_per_job
+                .as_ref()
+                .map_or(DEFAULT_RECORDS_PER_JOB, |n| *n.get_ref()),
+            min_records_per_job: cfg
+                .min_records_per_job
+                .as_ref()
+                .map_or(DEFAULT_MIN_RECORDS_PER_JOB, |n| *n.get_ref()),
+            max_jobs: cfg
+                .max_jobs
+                .as_ref()
+                .map_or(DEFAULT_MAX_BATCH_JOBS, |m| *m.get_ref()),
+            timeout: cfg
+                .job_timeout_hours
+                .as_ref()
+                .map_or(DEFAULT_BATCH_TIMEOUT, |h| {
+                    Duration::from_secs_f64(*h.get_ref() * 3600.0)
+                }),
+            poll: cfg.poll_secs.as_ref().map_or(DEFAULT_BATCH_POLL, |t| {
+                Duration::from_secs_f64(*t.get_ref())
+            }),
+            prices,
+            retry: RetryPolicy::new(DEFAULT_MAX_ATTEMPTS, DEFAULT_DEADLINE),
+        })
+    }
+}
+
 /// Rate limits of a `[[quota]]` group or of one model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RateSettings {
@@ -151,6 +236,8 @@ pub struct ModelSettings {
     pub fingerprint: String,
     /// Async-invoke settings (video/audio), when the model has `output_s3_uri`.
     pub jobs: Option<JobSettings>,
+    /// Batch inference settings, when the model has `invoke = "batch"`.
+    pub batch: Option<BatchSettings>,
     pub retry: RetryPolicy,
     pub linger: Duration,
     /// The model's own limits (its quota group's come on top).
@@ -367,6 +454,7 @@ impl ModelSettings {
                 .map_or(DEFAULT_CONCURRENCY, |c| *c.get_ref()),
             prices: apply_prices(spec.prices, cfg.prices.as_ref().map(|p| p.get_ref())),
             jobs: JobSettings::resolve(cfg, overrides),
+            batch: BatchSettings::resolve(cfg, spec, overrides),
             connection,
             retry,
             linger: cfg

@@ -70,6 +70,8 @@ pub enum FailureKind {
     JobTimeout,
     /// A finished job's result files could not be read or parsed.
     JobResults,
+    /// A record of a batch inference job that the service answered with an error.
+    BatchRecord,
 
     /// A pre-flight rejection code of the wire crate that this enum does not name: the wire
     /// crate hands codes over as `&'static str` and cannot depend on this one, so a code it adds
@@ -119,6 +121,7 @@ impl FailureKind {
         Self::JobFailed,
         Self::JobTimeout,
         Self::JobResults,
+        Self::BatchRecord,
     ];
 
     /// The kind's text in dead letters and summaries.
@@ -150,6 +153,7 @@ impl FailureKind {
             Self::JobFailed => "job_failed",
             Self::JobTimeout => "job_timeout",
             Self::JobResults => "job_results",
+            Self::BatchRecord => "batch_record",
             Self::UnknownRejection(code) => code,
         }
     }

@@ -61,6 +61,9 @@ pub struct Routes {
     pub asynchronous: bool,
     /// InvokeModel needs a cross-region inference profile id (`us.`/`eu.`), not the base id.
     pub sync_needs_profile: bool,
+    /// Batch inference (CreateModelInvocationJob: JSONL records in S3, half price); only the
+    /// models on AWS's batch list.
+    pub batch: bool,
 }
 
 /// The `segment_seconds` a family's async route accepts.

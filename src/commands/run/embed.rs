@@ -132,13 +132,15 @@ pub(super) async fn call_steps(
         embedded.fetch_add(k as u64, Ordering::Relaxed);
         progress.inputs_done(k);
     };
-    let outputs = futures::future::try_join_all(
-        pipeline
-            .steps
-            .iter()
-            .zip(&prepared)
-            .map(|(step, p)| models.get(step.model_index).embed(&p.inputs, &on_call)),
-    )
+    let outputs = futures::future::try_join_all(pipeline.steps.iter().zip(&prepared).map(
+        |(step, p)| async {
+            let model = models.get(step.model_index);
+            match ctx.batch.get(&step.model_index) {
+                Some(route) => route.embed(model, &p.inputs, &p.hashes, &on_call).await,
+                None => model.embed(&p.inputs, &on_call).await,
+            }
+        },
+    ))
     .await?;
     let mut per_step: Vec<(Prepared, Vec<f32>)> = Vec::with_capacity(pipeline.steps.len());
     for (((step, p), step_out), reused) in

@@ -101,6 +101,40 @@ pub(super) async fn open_outputs(
     Ok((media, output, existing))
 }
 
+/// The batch inference routes of the models with `invoke = "batch"`, with the job ledger next
+/// to the table.
+pub(super) async fn open_batch_routes(
+    pipeline: &Pipeline,
+    checked: &Checked,
+    models: &Models,
+) -> Result<BTreeMap<usize, BatchRoute>> {
+    let mut routes = BTreeMap::new();
+    let mut ledger = None;
+    for step in &pipeline.steps {
+        let info = &models.get(step.model_index).info;
+        if info.batch.is_none() || routes.contains_key(&step.model_index) {
+            continue;
+        }
+        if pipeline.chunk.is_some() {
+            bail!("model `{}` has invoke = \"batch\", which does not take [chunk] pipelines yet\n  help: remove invoke = \"batch\" (on-demand) or the [chunk] table", info.name);
+        }
+        if ledger.is_none() {
+            let l = crate::jobs::ledger::Ledger::open(
+                &checked.target.jobs_location(),
+                checked.stores.as_ref(),
+            )
+            .await?;
+            ledger = Some(Arc::new(l));
+        }
+        let l = ledger.clone().expect("opened");
+        routes.insert(
+            step.model_index,
+            BatchRoute::connect(info.clone(), l).await?,
+        );
+    }
+    Ok(routes)
+}
+
 /// What committing the run's output did.
 pub(super) struct Committed {
     pub(super) result: Result<(), Stop>,
@@ -341,6 +375,7 @@ pub(super) async fn pump_with_progress(
     checked: &Checked,
     models: &Models,
     media: Option<&AsyncRoute>,
+    batch: &BTreeMap<usize, BatchRoute>,
     existing: Option<&Existing>,
     chunks: Option<&Arc<ChunkStage>>,
     mode: WriteMode,
@@ -397,6 +432,7 @@ pub(super) async fn pump_with_progress(
         checked,
         models,
         media,
+        batch,
         existing,
         chunks,
         mode,

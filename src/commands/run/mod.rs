@@ -10,6 +10,7 @@
 //! nothing about the data: once more than `max_service_failures` rows failed so, the run stops
 //! without committing (an outage must never empty a table).
 
+mod batch;
 mod chunked;
 mod embed;
 mod finish;
@@ -22,6 +23,7 @@ use finish::*;
 use crate::commands::validate::{self, Checked};
 use crate::config::{Cleanup, Pipeline, WriteMode};
 use crate::dispatch::Models;
+use crate::jobs::batch::BatchRoute;
 use crate::jobs::AsyncRoute;
 use crate::prepare::chunked::ChunkStage;
 use crate::prepare::{self, Prepared};
@@ -334,6 +336,9 @@ async fn run_inner(
     )
     .await
     .map_err(RunError::Setup)?;
+    let batch = open_batch_routes(&pipeline, &checked, &models)
+        .await
+        .map_err(RunError::Setup)?;
     let chunks = chunk_stage(&settings, &checked, &models).map_err(RunError::Setup)?;
     let (outcome, counters) = pump_with_progress(
         &pipeline,
@@ -341,6 +346,7 @@ async fn run_inner(
         &checked,
         &models,
         media.as_ref(),
+        &batch,
         existing.as_ref(),
         chunks.as_ref(),
         mode,
@@ -424,6 +430,7 @@ async fn run_inner(
         },
         maintenance,
         jobs: media.as_ref().map(|m| m.stats()),
+        batch: batch.values().map(|b| b.stats()).collect(),
         wall_time: wall,
         rows_per_second: counters.written as f64 / wall.as_secs_f64().max(1e-9),
         shard: shard.as_ref().map(|s| crate::report::ShardOf {

@@ -97,6 +97,8 @@ pub(super) struct RunContext<'a> {
     pub(super) checked: &'a Checked,
     pub(super) models: &'a Models,
     pub(super) media: Option<&'a AsyncRoute>,
+    /// Batch inference routes (`invoke = "batch"`), by model index.
+    pub(super) batch: &'a BTreeMap<usize, BatchRoute>,
     /// The table as the run found it: stored hashes (incremental) or ids (append).
     pub(super) existing: Option<&'a Existing>,
     /// `[chunk]`: rows are split into chunk rows before the steps.
@@ -118,6 +120,13 @@ pub(super) async fn pump(
     counters: &mut Counters,
 ) -> Result<(), Stop> {
     let mut signal = std::pin::pin!(stop_signal());
+    if !ctx.batch.is_empty() {
+        tokio::select! {
+            biased;
+            sig = signal.as_mut() => return Err(Stop::Signal(sig)),
+            r = super::batch::submit_and_wait(ctx) => r?,
+        }
+    }
     // Ids seen so far are checked as each batch is taken, before it is embedded (in source
     // order, though batches are embedded several at once): a repeated id is never paid for.
     let seen = std::sync::Mutex::new(counters.seen.take());

@@ -59,6 +59,7 @@ const SYNC: Routes = Routes {
     sync: true,
     asynchronous: false,
     sync_needs_profile: false,
+    batch: false,
 };
 
 pub const V3_ENGLISH: ModelSpec = ModelSpec {

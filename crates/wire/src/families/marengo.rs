@@ -50,6 +50,7 @@ pub const V2_7: ModelSpec = ModelSpec {
         sync: true,
         asynchronous: true,
         sync_needs_profile: true,
+        batch: false,
     },
     async_limits: AsyncLimits {
         segment_seconds: Some(SegmentSeconds {
@@ -98,6 +99,7 @@ pub const V3_0: ModelSpec = ModelSpec {
         sync: true,
         asynchronous: true,
         sync_needs_profile: false,
+        batch: false,
     },
     async_limits: AsyncLimits {
         segment_seconds: Some(SegmentSeconds {

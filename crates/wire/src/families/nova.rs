@@ -58,6 +58,7 @@ pub const SPEC: ModelSpec = ModelSpec {
         sync: true,
         asynchronous: true,
         sync_needs_profile: false,
+        batch: true,
     },
     async_limits: AsyncLimits {
         segment_seconds: Some(SegmentSeconds {

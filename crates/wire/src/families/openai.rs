@@ -47,6 +47,7 @@ pub const SPEC: ModelSpec = ModelSpec {
         sync: true,
         asynchronous: false,
         sync_needs_profile: false,
+        batch: false,
     },
     async_limits: AsyncLimits::NONE,
     // Self-hosted servers cost nothing per token; `[model.prices]` for OpenAI's list prices.

@@ -39,6 +39,7 @@ pub const SPEC: ModelSpec = ModelSpec {
         sync: true,
         asynchronous: false,
         sync_needs_profile: false,
+        batch: false,
     },
     async_limits: AsyncLimits::NONE,
     prices: Prices {

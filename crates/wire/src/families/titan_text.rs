@@ -14,6 +14,13 @@ const ROUTES: Routes = Routes {
     sync: true,
     asynchronous: false,
     sync_needs_profile: false,
+    batch: false,
+};
+
+/// V2 is on AWS's batch inference list; V1 is not.
+const ROUTES_V2: Routes = Routes {
+    batch: true,
+    ..ROUTES
 };
 
 const NO_IMAGES: &[ImageFormat] = &[];
@@ -74,7 +81,7 @@ pub const V2: ModelSpec = ModelSpec {
     // `normalize` is a request parameter: the service normalises.
     service_normalizes: true,
     limits: V1.limits,
-    routes: ROUTES,
+    routes: ROUTES_V2,
     async_limits: AsyncLimits::NONE,
     prices: Prices {
         per_1k_tokens: 0.00002,

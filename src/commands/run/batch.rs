@@ -1,0 +1,79 @@
+//! The first pass of a run with batch models (`invoke = "batch"`): the source is read and
+//! prepared as the run will (the same skips of unchanged rows and stored ids), each batch
+//! model's new inputs become records of its jobs, and the run waits for the jobs before its
+//! second, normal pass writes the table from their results.
+
+use super::embed::*;
+use super::pump::*;
+use super::*;
+
+pub(super) async fn submit_and_wait(ctx: &RunContext<'_>) -> Result<(), Stop> {
+    let checked = ctx.checked;
+    let iter = sources::open_for_run(
+        &ctx.settings.source,
+        &checked.source,
+        &checked.read_columns,
+        checked.id_column.clone(),
+        checked.stores.as_ref(),
+        ctx.shard.map_or(crate::util::Shard::WHOLE, |s| s.shard),
+        matches!(ctx.mode, WriteMode::Incremental | WriteMode::Append),
+    )?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<SourceBatch>>(2);
+    let reader = tokio::task::spawn_blocking(move || {
+        for item in iter {
+            let stop = item.is_err();
+            if tx.blocking_send(item).is_err() || stop {
+                break;
+            }
+        }
+    });
+    while let Some(item) = rx.recv().await {
+        let sb = item?;
+        collect_records(ctx, &sb).await?;
+    }
+    reader.await.context("source reader panicked")?;
+    for route in ctx.batch.values() {
+        route.finish().await?;
+    }
+    let started = Instant::now();
+    futures::future::try_join_all(ctx.batch.values().map(|r| r.wait())).await?;
+    tracing::info!(
+        "batch jobs ended after {:.1} s of waiting",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// One source batch's records: the inputs the second pass would send to each batch model.
+async fn collect_records(ctx: &RunContext<'_>, sb: &SourceBatch) -> Result<()> {
+    let n = sb.batch.num_rows();
+    if n == 0 {
+        return Ok(());
+    }
+    let mut state: Vec<RowState> = vec![RowState::Ok; n];
+    let mut prepared = prepare_steps(ctx, sb, &mut state).await?;
+    if let (WriteMode::Append, Some(existing)) = (ctx.mode, ctx.existing) {
+        refuse_stored_ids(
+            existing,
+            sb,
+            &ctx.checked.target.table,
+            &mut state,
+            &mut prepared,
+        )
+        .await?;
+    }
+    let incremental = ctx.existing.filter(|_| ctx.mode == WriteMode::Incremental);
+    if let (Some(existing), Some(first)) = (incremental, prepared.first()) {
+        let hashes: Vec<&[String]> = prepared.iter().map(|p| p.hashes.as_slice()).collect();
+        let unchanged = unchanged_rows(existing, &sb.ids, &first.rows, &hashes, n).await?;
+        for p in &mut prepared {
+            retain_rows(p, |row| !unchanged[row]);
+        }
+    }
+    for (step, p) in ctx.pipeline.steps.iter().zip(&prepared) {
+        if let Some(route) = ctx.batch.get(&step.model_index) {
+            route.add(&p.inputs, &p.hashes).await?;
+        }
+    }
+    Ok(())
+}

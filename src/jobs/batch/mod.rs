@@ -1,0 +1,647 @@
+//! Bedrock batch inference for one model (`invoke = "batch"`): the run's inputs become JSONL
+//! records in S3, grouped into jobs that run outside the on-demand quotas at the batch price,
+//! and the run writes the table from their results.
+//!
+//! A run with a batch model goes through its source twice. The first pass ([`BatchRoute::add`])
+//! prepares every row as usual (incremental runs skip unchanged rows, appends refuse stored
+//! ids) and writes one record per new input, `{"recordId": <content hash>, "modelInput": <the
+//! on-demand body>}`, into the open job; a full job is uploaded (content-addressed:
+//! `<batch_s3_uri>/inputs/<key>.jsonl`), recorded in the job ledger *before* it is submitted
+//! under a `clientRequestToken` derived from its content, and recorded again with its ARN. A
+//! job whose key the ledger knows (a run killed while its jobs ran, started again on the same
+//! data) is followed, not submitted again; a job that failed is submitted under the next token.
+//! [`BatchRoute::wait`] polls the jobs to their end or `job_timeout_hours`. The second pass is
+//! the normal run: [`BatchRoute::embed`] answers each input from the results (joined by
+//! `recordId`: output order is not guaranteed) and sends what no job holds on-demand — the rest
+//! below the service's minimum records per job, inputs the pre-flight refused, images.
+//!
+//! Memory stays bounded: one open job's records in the first pass; in the second, the results
+//! of at most [`WINDOW`] jobs, read in the order the first pass made them (both passes see the
+//! rows in source order).
+
+use super::ledger::{self, JobRecord, Ledger, Status};
+use crate::clients::bedrock_batch::{BatchState, BedrockBatch, JobRequest};
+use crate::clients::s3::S3;
+use crate::dispatch::{ModelHandle, StepOutput};
+use crate::prepare::Inputs;
+use crate::resolve::{BatchSettings, ModelSettings};
+use crate::util::{Attempts, FailureKind, S3Uri};
+use anyhow::{anyhow, Context, Result};
+use embedpipe_wire::Input;
+use results::{parse_output, select, Manifest};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod results;
+
+/// Jobs whose results are held at once in the second pass.
+pub const WINDOW: usize = 3;
+
+/// Polls slow down to this.
+const MAX_POLL: Duration = Duration::from_secs(120);
+
+/// Counters of the batch route, for the summary and `--json`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BatchStats {
+    pub model: String,
+    /// Records written into jobs by this run.
+    pub records: u64,
+    /// Jobs submitted by this run, and jobs found in the ledger and followed instead.
+    pub jobs_submitted: u64,
+    pub jobs_resumed: u64,
+    pub jobs_completed: u64,
+    /// Jobs that ended without results (Failed, Stopped, Expired): their rows are
+    /// dead-lettered and the next run submits them again.
+    pub jobs_failed: u64,
+    /// Jobs still running at `job_timeout_hours`: their rows are dead-lettered; the next run
+    /// picks their results up if they complete.
+    pub jobs_timed_out: u64,
+    /// Records of the last, short job below `min_records_per_job`, sent on-demand.
+    pub records_below_minimum: u64,
+    /// Inputs answered from job results, and records the service answered with an error.
+    pub results_used: u64,
+    pub record_errors: u64,
+    /// Input tokens of the jobs that completed during this run (what they bill), and their cost
+    /// at the batch price.
+    pub input_tokens: u64,
+    pub cost_usd: f64,
+    pub polls: u64,
+}
+
+/// What became of one record in a job's results.
+type RecordOutcome = Result<Vec<f32>, (FailureKind, String)>;
+
+/// One job of this run, in the order the first pass made them.
+struct RunJob {
+    input: S3Uri,
+    /// `None`: too few records to be a job; they go on-demand.
+    ledger: Option<JobRecord>,
+    end: Option<JobEnd>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum JobEnd {
+    Done,
+    Ended(String),
+    TimedOut,
+}
+
+/// The records of the job being filled.
+#[derive(Default)]
+struct OpenJob {
+    lines: Vec<u8>,
+    ids: HashSet<String>,
+}
+
+/// Loaded results: per job (its index), each record's outcome and whether it was taken.
+#[derive(Default)]
+struct Window {
+    next: usize,
+    loaded: VecDeque<Loaded>,
+}
+
+struct Loaded {
+    records: HashMap<String, (RecordOutcome, bool)>,
+    taken: usize,
+}
+
+/// A model's batch route.
+pub struct BatchRoute {
+    info: ModelSettings,
+    cfg: BatchSettings,
+    client: BedrockBatch,
+    s3: S3,
+    ledger: Arc<Ledger>,
+    open: Mutex<OpenJob>,
+    jobs: Mutex<Vec<RunJob>>,
+    window: tokio::sync::Mutex<Window>,
+    stats: Mutex<BatchStats>,
+}
+
+impl BatchRoute {
+    pub async fn connect(info: ModelSettings, ledger: Arc<Ledger>) -> Result<Self> {
+        let cfg = info
+            .batch
+            .clone()
+            .ok_or_else(|| anyhow!("model `{}` has no batch settings", info.name))?;
+        let client = BedrockBatch::connect(&info.connection).await?;
+        let s3 = S3::connect(&info.connection, cfg.s3_endpoint.as_deref()).await?;
+        Ok(Self {
+            stats: Mutex::new(BatchStats {
+                model: info.name.clone(),
+                ..Default::default()
+            }),
+            info,
+            cfg,
+            client,
+            s3,
+            ledger,
+            open: Mutex::new(OpenJob::default()),
+            jobs: Mutex::new(Vec::new()),
+            window: tokio::sync::Mutex::new(Window::default()),
+        })
+    }
+
+    pub fn model_name(&self) -> &str {
+        &self.info.name
+    }
+
+    pub fn stats(&self) -> BatchStats {
+        self.stats.lock().expect("batch stats").clone()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut BatchStats)) {
+        f(&mut self.stats.lock().expect("batch stats"));
+    }
+
+    /// First pass: a step's inputs (`hashes[i]` is input i's content hash) become records of
+    /// the open job; a full job is uploaded and submitted. Inputs the pre-flight refuses and
+    /// images are left to the on-demand route of the second pass.
+    pub async fn add(&self, inputs: &Inputs, hashes: &[String]) -> Result<()> {
+        let Inputs::Text(texts) = inputs else {
+            return Ok(());
+        };
+        for (text, hash) in texts.iter().zip(hashes) {
+            let full = {
+                let mut open = self.open.lock().expect("open job");
+                if open.ids.contains(hash) {
+                    continue;
+                }
+                let Some(line) = self.record_line(text, hash) else {
+                    continue;
+                };
+                open.ids.insert(hash.clone());
+                open.lines.extend_from_slice(&line);
+                open.lines.push(b'\n');
+                (open.ids.len() >= self.cfg.records_per_job).then(|| std::mem::take(&mut *open))
+            };
+            if let Some(job) = full {
+                self.close(job).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The record of one text: the on-demand body of the model's family, or `None` when the
+    /// pre-flight refuses the text (the second pass dead-letters it as on-demand would).
+    fn record_line(&self, text: &str, hash: &str) -> Option<Vec<u8>> {
+        let (spec, params) = (self.info.spec, &self.info.params);
+        let cut =
+            embedpipe_wire::preflight(spec, params, &Input::Text(text), |_, _| Ok(())).ok()?;
+        let text = cut.as_deref().unwrap_or(text);
+        let body = embedpipe_wire::build_request(spec, params, &[Input::Text(text)]).ok()?;
+        serde_json::to_vec(&serde_json::json!({"recordId": hash, "modelInput": body})).ok()
+    }
+
+    /// End of the first pass: the last job is closed (on-demand if below the minimum).
+    pub async fn finish(&self) -> Result<()> {
+        let job = std::mem::take(&mut *self.open.lock().expect("open job"));
+        self.close(job).await
+    }
+
+    /// Closes a job: below the minimum its records go on-demand; otherwise it is followed if
+    /// the ledger knows it, else uploaded, recorded and submitted.
+    async fn close(&self, job: OpenJob) -> Result<()> {
+        let n = job.ids.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let key = crate::util::content_hash(&self.info.fingerprint, &job.lines);
+        let input = self.cfg.prefix.join(&format!("inputs/{key}.jsonl"));
+        if n < self.cfg.min_records_per_job {
+            tracing::info!(
+                model = %self.info.name,
+                "{n} records are below the batch minimum of {} records per job (min_records_per_job): they go on-demand",
+                self.cfg.min_records_per_job
+            );
+            self.count(|s| s.records_below_minimum += n as u64);
+            self.push(RunJob {
+                input,
+                ledger: None,
+                end: None,
+            });
+            return Ok(());
+        }
+        self.count(|s| s.records += n as u64);
+        let record = match self.ledger.get(&key) {
+            Some(r) if r.arn.is_some() && r.status != Status::Failed => {
+                self.count(|s| s.jobs_resumed += 1);
+                r
+            }
+            previous => {
+                self.s3
+                    .put_bytes(&input, job.lines)
+                    .await
+                    .with_context(|| format!("cannot upload the batch records to {input}"))?;
+                // A failed job goes again under the next token; one recorded but never
+                // answered (the run died around its submit) under the same token, which the
+                // service answers with the same job.
+                let attempt = match previous {
+                    Some(r) if r.status == Status::Failed => r.attempt + 1,
+                    Some(r) => r.attempt,
+                    None => 0,
+                };
+                self.wait_for_slot().await?;
+                self.submit(&key, attempt, n, &input).await?
+            }
+        };
+        self.push(RunJob {
+            input,
+            ledger: Some(record),
+            end: None,
+        });
+        Ok(())
+    }
+
+    fn push(&self, job: RunJob) {
+        self.jobs.lock().expect("jobs").push(job);
+    }
+
+    /// Records the job, submits it, records its ARN; follows another writer's job instead.
+    async fn submit(&self, key: &str, attempt: u32, n: usize, input: &S3Uri) -> Result<JobRecord> {
+        let now = ledger::now();
+        let token = if attempt == 0 {
+            format!("embedpipe-batch-{key}")
+        } else {
+            format!("embedpipe-batch-{key}-{attempt}")
+        };
+        let mut record = JobRecord {
+            token,
+            key: key.to_string(),
+            attempt,
+            model: self.info.name.clone(),
+            model_id: self.info.invoke_id.clone(),
+            input: format!("{n} records"),
+            input_uri: input.to_string(),
+            modality: "batch".into(),
+            arn: None,
+            status: Status::Submitting,
+            failure: None,
+            submitted_at: now,
+            updated_at: now,
+        };
+        let followed = self.ledger.record_new(&record).await?;
+        let resumed = followed.is_some();
+        if let Some(there) = followed {
+            if there.arn.is_some() {
+                self.count(|s| s.jobs_resumed += 1);
+                return Ok(there);
+            }
+            record = there;
+        }
+        let name = format!("embedpipe-{}-{}", &key[..key.len().min(40)], attempt);
+        let output = self.cfg.prefix.join("outputs/").to_string();
+        let request = JobRequest {
+            name: &name,
+            model_id: &self.info.invoke_id,
+            role_arn: &self.cfg.role_arn,
+            input_uri: &record.input_uri,
+            output_uri: &output,
+            token: &record.token,
+            timeout_hours: (self.cfg.timeout.as_secs_f64() / 3600.0)
+                .ceil()
+                .clamp(24.0, 168.0) as i32,
+        };
+        let arn = self.with_retries(|| self.client.create(&request)).await?;
+        record.arn = Some(arn);
+        record.status = Status::InProgress;
+        record.updated_at = ledger::now();
+        self.ledger.record(&record).await?;
+        self.count(|s| match resumed {
+            true => s.jobs_resumed += 1,
+            false => s.jobs_submitted += 1,
+        });
+        Ok(record)
+    }
+
+    /// A control-plane call retried on throttling, 5xx and network errors; other errors stop
+    /// the run with the service's message.
+    async fn with_retries<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::clients::CallError>>,
+    {
+        let mut attempts = Attempts::default();
+        let started = Instant::now();
+        loop {
+            match call().await {
+                Ok(v) => return Ok(v),
+                Err(e) => match self
+                    .cfg
+                    .retry
+                    .next(&mut attempts, e.class, started.elapsed())
+                {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => {
+                        return Err(anyhow!(
+                            "batch inference for model `{}`: {}{}",
+                            self.info.name,
+                            e.message,
+                            crate::clients::bedrock::fatal_help(e.class)
+                        ))
+                    }
+                },
+            }
+        }
+    }
+
+    /// Holds a submit while `max_jobs` of this run's jobs are running.
+    async fn wait_for_slot(&self) -> Result<()> {
+        let mut wait = self.cfg.poll;
+        while self.running().len() >= self.cfg.max_jobs {
+            self.poll_running().await?;
+            if self.running().len() < self.cfg.max_jobs {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            wait = wait.mul_f64(1.5).min(MAX_POLL.max(self.cfg.poll));
+        }
+        Ok(())
+    }
+
+    /// Indexes of the jobs submitted and not yet ended.
+    fn running(&self) -> Vec<usize> {
+        let jobs = self.jobs.lock().expect("jobs");
+        (0..jobs.len())
+            .filter(|&i| jobs[i].ledger.is_some() && jobs[i].end.is_none())
+            .collect()
+    }
+
+    /// Asks the service about every running job once, settling those that ended.
+    async fn poll_running(&self) -> Result<()> {
+        for i in self.running() {
+            let record = self.jobs.lock().expect("jobs")[i]
+                .ledger
+                .clone()
+                .expect("submitted");
+            let arn = record.arn.clone().expect("submitted jobs have an ARN");
+            self.count(|s| s.polls += 1);
+            let job = self.with_retries(|| self.client.get(&arn)).await?;
+            let end = match job.state {
+                BatchState::Done => Some(JobEnd::Done),
+                BatchState::Ended => Some(JobEnd::Ended(format!(
+                    "batch job {arn} ended {}: {}",
+                    job.status,
+                    job.message.as_deref().unwrap_or("(no message)")
+                ))),
+                BatchState::Running
+                    if ledger::now() - record.submitted_at > self.cfg.timeout.as_secs_f64() =>
+                {
+                    Some(JobEnd::TimedOut)
+                }
+                BatchState::Running => None,
+            };
+            if let Some(end) = end {
+                self.settle(i, record, end).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records how a job ended (in the ledger and the counters); a job completed now is billed.
+    async fn settle(&self, i: usize, mut record: JobRecord, end: JobEnd) {
+        let billed_before = record.status == Status::Completed;
+        match &end {
+            JobEnd::Done => {
+                self.count(|s| s.jobs_completed += 1);
+                if !billed_before {
+                    if let Some(tokens) = self.manifest_tokens(&record).await {
+                        let cost = tokens as f64 / 1000.0 * self.cfg.prices.per_1k_tokens;
+                        self.count(|s| {
+                            s.input_tokens += tokens;
+                            s.cost_usd += cost;
+                        });
+                    }
+                }
+                record.status = Status::Completed;
+            }
+            JobEnd::Ended(msg) => {
+                self.count(|s| s.jobs_failed += 1);
+                record.status = Status::Failed;
+                record.failure = Some(msg.clone());
+            }
+            JobEnd::TimedOut => self.count(|s| s.jobs_timed_out += 1),
+        }
+        if end != JobEnd::TimedOut && !billed_before {
+            record.updated_at = ledger::now();
+            // Losing this record costs a repeated poll in the next run, nothing else.
+            if let Err(e) = self.ledger.record(&record).await {
+                tracing::warn!("{e:#}");
+            }
+        }
+        let mut jobs = self.jobs.lock().expect("jobs");
+        jobs[i].ledger = Some(record);
+        jobs[i].end = Some(end);
+    }
+
+    /// The input tokens a finished job's manifest reports.
+    async fn manifest_tokens(&self, record: &JobRecord) -> Option<u64> {
+        let folder = self.output_folder(record)?;
+        let body = self.s3.get(&folder.join("manifest.json.out")).await.ok()?;
+        serde_json::from_slice::<Manifest>(&body)
+            .ok()?
+            .input_token_count
+    }
+
+    /// `<batch_s3_uri>/outputs/<job id>/`.
+    fn output_folder(&self, record: &JobRecord) -> Option<S3Uri> {
+        let arn = record.arn.as_deref()?;
+        let id = arn.rsplit('/').next()?;
+        Some(self.cfg.prefix.join("outputs/").join(&format!("{id}/")))
+    }
+
+    /// Between the passes: polls every job of the run until it ends or its timeout passes.
+    pub async fn wait(&self) -> Result<()> {
+        let mut wait = self.cfg.poll;
+        loop {
+            self.poll_running().await?;
+            if self.running().is_empty() {
+                return Ok(());
+            }
+            // Full jitter on a growing interval.
+            tokio::time::sleep(wait.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
+            wait = wait.mul_f64(1.5).min(MAX_POLL.max(self.cfg.poll));
+        }
+    }
+
+    /// Second pass: each input's vector from the job results, the rest (no job holds it)
+    /// on-demand through `model`.
+    pub async fn embed(
+        &self,
+        model: &ModelHandle,
+        inputs: &Inputs,
+        hashes: &[String],
+        on_call: &(dyn Fn(usize) + Sync),
+    ) -> Result<StepOutput> {
+        let dim = self.info.dimension;
+        let mut found: Vec<Option<RecordOutcome>> = Vec::with_capacity(hashes.len());
+        for h in hashes {
+            found.push(self.take(h).await?);
+        }
+        let misses: Vec<usize> = (0..hashes.len()).filter(|&i| found[i].is_none()).collect();
+        let mut vectors = vec![0f32; hashes.len() * dim];
+        let mut failed = Vec::new();
+        if !misses.is_empty() {
+            let sub = select(inputs, &misses);
+            let out = model.embed(&sub, on_call).await?;
+            for (k, &i) in misses.iter().enumerate() {
+                vectors[i * dim..(i + 1) * dim]
+                    .copy_from_slice(&out.vectors[k * dim..(k + 1) * dim]);
+            }
+            failed.extend(
+                out.failed
+                    .into_iter()
+                    .map(|(k, kind, m)| (misses[k], kind, m)),
+            );
+        }
+        let mut used = 0;
+        for (i, f) in found.into_iter().enumerate() {
+            match f {
+                Some(Ok(v)) => {
+                    vectors[i * dim..(i + 1) * dim].copy_from_slice(&v);
+                    used += 1;
+                }
+                Some(Err((kind, msg))) => failed.push((i, kind, msg)),
+                None => {}
+            }
+        }
+        on_call(used);
+        self.count(|s| s.results_used += used as u64);
+        failed.sort_by_key(|f| f.0);
+        Ok(StepOutput { vectors, failed })
+    }
+
+    /// The outcome of record `id` from the jobs' results (loading them in order as the second
+    /// pass moves on), or `None` when no job holds it.
+    async fn take(&self, id: &str) -> Result<Option<RecordOutcome>> {
+        let mut w = self.window.lock().await;
+        loop {
+            if let Some(l) = w.loaded.iter_mut().find(|l| l.records.contains_key(id)) {
+                let (outcome, taken) = l.records.get_mut(id).expect("found");
+                if !*taken {
+                    *taken = true;
+                    l.taken += 1;
+                }
+                let outcome = outcome.clone();
+                // A job whose every record was taken is done with.
+                w.loaded.retain(|l| l.taken < l.records.len());
+                return Ok(Some(outcome));
+            }
+            let full = w.loaded.len() >= WINDOW;
+            // The window is full of jobs not yet used up: the oldest is let go only once the
+            // newest is in use (the pass has moved past it); else the record is no job's.
+            if full && w.loaded.back().is_some_and(|l| l.taken > 0) {
+                w.loaded.pop_front();
+            } else if full {
+                return Ok(None);
+            }
+            let Some(next) = self.next_job(&mut w.next) else {
+                return Ok(None);
+            };
+            let loaded = self.load(next).await?;
+            w.loaded.push_back(loaded);
+        }
+    }
+
+    /// The next job of the run with results (or failures) to give, from index `*next` on.
+    fn next_job(&self, next: &mut usize) -> Option<(S3Uri, Option<JobRecord>, JobEnd)> {
+        let jobs = self.jobs.lock().expect("jobs");
+        while *next < jobs.len() {
+            let j = &jobs[*next];
+            *next += 1;
+            if let (Some(record), Some(end)) = (&j.ledger, &j.end) {
+                return Some((j.input.clone(), Some(record.clone()), end.clone()));
+            }
+        }
+        None
+    }
+
+    /// A job's records: their vectors or errors (done), or its failure for each (ended, timed
+    /// out).
+    async fn load(
+        &self,
+        (input, record, end): (S3Uri, Option<JobRecord>, JobEnd),
+    ) -> Result<Loaded> {
+        let record = record.expect("jobs with an end were submitted");
+        let arn = record.arn.clone().unwrap_or_default();
+        let records = match end {
+            JobEnd::Done => self.read_results(&record).await?,
+            JobEnd::Ended(msg) => {
+                self.failed_records(&input, FailureKind::JobFailed, &msg)
+                    .await?
+            }
+            JobEnd::TimedOut => {
+                let msg = format!(
+                    "batch job {arn} was still running after {:.1} h (job_timeout_hours); it keeps running and the next run picks its results up",
+                    self.cfg.timeout.as_secs_f64() / 3600.0
+                );
+                self.failed_records(&input, FailureKind::JobTimeout, &msg)
+                    .await?
+            }
+        };
+        Ok(Loaded {
+            records: records.into_iter().map(|(k, v)| (k, (v, false))).collect(),
+            taken: 0,
+        })
+    }
+
+    /// Every record of a job's input file, failed with `msg`.
+    async fn failed_records(
+        &self,
+        input: &S3Uri,
+        kind: FailureKind,
+        msg: &str,
+    ) -> Result<Vec<(String, RecordOutcome)>> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Id {
+            record_id: String,
+        }
+        let body = self.s3.get(input).await?;
+        body.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let id: Id = serde_json::from_slice(l)
+                    .with_context(|| format!("a record of {input} is not JSON"))?;
+                Ok((id.record_id, Err((kind, msg.to_string()))))
+            })
+            .collect()
+    }
+
+    /// A finished job's output files, parsed with the family's response reader.
+    async fn read_results(&self, record: &JobRecord) -> Result<Vec<(String, RecordOutcome)>> {
+        let folder = self
+            .output_folder(record)
+            .ok_or_else(|| anyhow!("the ledger's job {} has no ARN", record.key))?;
+        let keys = self.s3.list(&folder).await?;
+        let mut all = Vec::new();
+        for key in keys
+            .iter()
+            .filter(|k| k.ends_with(".out") && !k.ends_with("manifest.json.out"))
+        {
+            let uri = S3Uri {
+                bucket: folder.bucket.clone(),
+                key: key.clone(),
+            };
+            let body = self.s3.get(&uri).await?;
+            let (spec, params) = (self.info.spec, self.info.params.clone());
+            // As the on-demand route does: the client normalises unless the service did.
+            let normalize = self.info.normalize && !spec.service_normalizes;
+            let parsed =
+                crate::util::cpu(move || parse_output(spec, &params, normalize, &body)).await?;
+            let parsed = parsed.with_context(|| format!("cannot read the batch results {uri}"))?;
+            let errors = parsed.iter().filter(|(_, r)| r.is_err()).count() as u64;
+            self.count(|s| s.record_errors += errors);
+            all.extend(parsed);
+        }
+        if all.is_empty() {
+            anyhow::bail!(
+                "batch job {} left no results in {folder}",
+                record.arn.as_deref().unwrap_or("?")
+            );
+        }
+        Ok(all)
+    }
+}

@@ -1,0 +1,94 @@
+//! Reading a batch job's output: its result lines (joined back by `recordId`) and manifest.
+
+use crate::prepare::Inputs;
+use crate::util::FailureKind;
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use super::RecordOutcome;
+
+/// One line of a job's output file.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct OutputLine {
+    record_id: String,
+    model_output: Option<serde_json::Value>,
+    error: Option<RecordError>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RecordError {
+    error_code: Option<serde_json::Value>,
+    error_message: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Manifest {
+    pub(super) input_token_count: Option<u64>,
+}
+
+/// The lines of one output file: each record's vector, or the service's error for it.
+pub(super) fn parse_output(
+    spec: &'static embedpipe_wire::ModelSpec,
+    params: &embedpipe_wire::Params,
+    normalize: bool,
+    body: &[u8],
+) -> Result<Vec<(String, RecordOutcome)>> {
+    let mut out = Vec::new();
+    for (n, line) in body.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let l: OutputLine = serde_json::from_slice(line)
+            .with_context(|| format!("line {} is not a result record", n + 1))?;
+        let outcome = match (l.model_output, l.error) {
+            (Some(body), None) => {
+                let body = serde_json::to_vec(&body)?;
+                match embedpipe_wire::parse_response(spec, params, &body, 1) {
+                    Ok(mut p) => {
+                        let mut v = p.vectors.swap_remove(0);
+                        if normalize {
+                            embedpipe_wire::l2_normalize(&mut v);
+                        }
+                        Ok(v)
+                    }
+                    Err(e) => Err((
+                        FailureKind::JobResults,
+                        format!("record {}: {e}", l.record_id),
+                    )),
+                }
+            }
+            (_, Some(e)) => {
+                let code = e.error_code.map(|c| c.to_string()).unwrap_or_default();
+                Err((
+                    FailureKind::BatchRecord,
+                    format!(
+                        "the batch job answered this record with error {}: {}",
+                        code.trim_matches('"'),
+                        e.error_message.as_deref().unwrap_or("(no message)")
+                    ),
+                ))
+            }
+            (None, None) => Err((
+                FailureKind::JobResults,
+                format!("record {} has neither modelOutput nor error", l.record_id),
+            )),
+        };
+        out.push((l.record_id, outcome));
+    }
+    Ok(out)
+}
+
+/// The inputs at `positions`, as a step's inputs.
+pub(super) fn select(inputs: &Inputs, positions: &[usize]) -> Inputs {
+    match inputs {
+        Inputs::Text(t) => Inputs::Text(positions.iter().map(|&i| t[i].clone()).collect()),
+        Inputs::Image(t) => Inputs::Image(positions.iter().map(|&i| t[i].clone()).collect()),
+        Inputs::TextImage(t) => {
+            Inputs::TextImage(positions.iter().map(|&i| t[i].clone()).collect())
+        }
+        Inputs::Media(t) => Inputs::Media(positions.iter().map(|&i| t[i].clone()).collect()),
+    }
+}

@@ -1,0 +1,328 @@
+//! Bedrock batch inference (`invoke = "batch"`): the real CLI and the real AWS SDKs (Bedrock
+//! control plane and runtime, S3) against the emulator and a real S3-compatible server
+//! (s3s-fs), both started by each test on loopback.
+
+mod common;
+
+use common::*;
+use embedpipe_emulator::batch::BatchCounters;
+use embedpipe_emulator::s3::LocalS3;
+use embedpipe_emulator::{Emulator, Settings};
+use std::path::{Path, PathBuf};
+
+const BUCKET: &str = "batch-bucket";
+
+struct Env {
+    _rt: tokio::runtime::Runtime,
+    emu: Emulator,
+    s3: LocalS3,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(tune: impl Fn(&mut Settings)) -> Self {
+        let rt = test_runtime();
+        let dir = tempfile::tempdir().unwrap();
+        let s3 = rt
+            .block_on(LocalS3::start(
+                ([127, 0, 0, 1], 0).into(),
+                &dir.path().join("s3"),
+                &[BUCKET],
+                &[
+                    (TEST_KEY, TEST_SECRET),
+                    (
+                        embedpipe_emulator::ACCESS_KEY,
+                        embedpipe_emulator::SECRET_KEY,
+                    ),
+                ],
+            ))
+            .unwrap();
+        let emu = rt
+            .block_on(Emulator::start(
+                ([127, 0, 0, 1], 0).into(),
+                Self::settings(&s3, &tune),
+            ))
+            .unwrap();
+        Env {
+            _rt: rt,
+            emu,
+            s3,
+            dir,
+        }
+    }
+
+    fn settings(s3: &LocalS3, tune: &dyn Fn(&mut Settings)) -> Settings {
+        let mut s = Settings {
+            s3_endpoint: Some(s3.endpoint()),
+            batch_job_ms: 50,
+            ..Default::default()
+        };
+        tune(&mut s);
+        s
+    }
+
+    /// Changes the emulator's settings (the S3 server stays).
+    fn tune(&self, tune: impl Fn(&mut Settings)) {
+        self.emu.set(Self::settings(&self.s3, &tune));
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        output(aws_cli(self.dir.path(), &self.emu.endpoint(), args))
+    }
+
+    /// `rows.csv` with `n` rows (`text(i)` each) and `p.toml` (a Titan v2 model at 256
+    /// dimensions with `model` keys, table `table`, mode `mode`).
+    fn pipeline(
+        &self,
+        n: usize,
+        text: impl Fn(usize) -> String,
+        model: &str,
+        table: &str,
+        mode: &str,
+    ) -> String {
+        let mut csv = String::from("id,text\n");
+        for i in 0..n {
+            csv.push_str(&format!("r{i:05},\"{}\"\n", text(i)));
+        }
+        std::fs::write(self.path("rows.csv"), csv).unwrap();
+        write_pipeline(
+            self.dir.path(),
+            "p.toml",
+            &format!(
+                r#"
+[source]
+type = "csv"
+path = "rows.csv"
+id_column = "id"
+
+[[model]]
+name = "m"
+provider = "bedrock"
+id = "amazon.titan-embed-text-v2:0"
+dimensions = 256
+endpoint_url = "{emu}"
+s3_endpoint_url = "{s3}"
+poll_secs = 0.05
+{model}
+
+[[embed]]
+model = "m"
+text = "{{text}}"
+
+[sink]
+uri = "db"
+table = "{table}"
+mode = "{mode}"
+"#,
+                emu = self.emu.endpoint(),
+                s3 = self.s3.endpoint(),
+            ),
+        )
+    }
+
+    fn batch(&self) -> BatchCounters {
+        self.emu.stats().batch
+    }
+
+    fn ok_calls(&self) -> u64 {
+        self.emu
+            .stats()
+            .models
+            .get("amazon.titan-embed-text-v2:0")
+            .map_or(0, |c| c.ok)
+    }
+}
+
+fn batch_keys(records_per_job: usize) -> String {
+    format!(
+        "invoke = \"batch\"\nrole_arn = \"arn:aws:iam::123456789012:role/embedpipe-batch\"\nbatch_s3_uri = \"s3://{BUCKET}/jobs\"\nrecords_per_job = {records_per_job}"
+    )
+}
+
+fn article(i: usize) -> String {
+    format!(
+        "article {i} about the {} of {}",
+        ["sea", "city", "forest", "sky"][i % 4],
+        i * 7
+    )
+}
+
+fn summary(out: &Output) -> serde_json::Value {
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    json_summary(out)
+}
+
+fn db(env: &Env) -> PathBuf {
+    env.path("db")
+}
+
+fn letters(dir: &Path) -> Vec<serde_json::Value> {
+    dead_letters(&dir.join("db").join("t_failures.jsonl"))
+}
+
+#[test]
+fn a_backfill_through_batch_gives_the_vectors_of_on_demand_at_the_batch_price() {
+    let env = Env::new(|_| {});
+    let p = env.pipeline(1000, article, &batch_keys(400), "t", "overwrite");
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_written"], 1000, "{s}");
+    let b = env.batch();
+    // 400 + 400 + 200 records, none on-demand.
+    assert_eq!(b.jobs, 3, "{b:?}");
+    assert_eq!(b.records, 1000);
+    assert_eq!(env.ok_calls(), 0);
+    let batch = &s["batch"][0];
+    assert_eq!(batch["records"], 1000);
+    assert_eq!(batch["jobs_submitted"], 3);
+    assert_eq!(batch["results_used"], 1000);
+    assert!(batch["input_tokens"].as_u64().unwrap() > 1000, "{batch}");
+    let via_batch = table_vectors(&db(&env), "t", "vector");
+
+    let p = env.pipeline(1000, article, "", "on_demand", "overwrite");
+    summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(env.ok_calls(), 1000);
+    let via_calls = table_vectors(&db(&env), "on_demand", "vector");
+    assert_eq!(via_batch.len(), 1000);
+    assert_eq!(via_batch, via_calls, "batch and on-demand vectors differ");
+    // Billed at half the on-demand price: the batch run's tokens cost half per token.
+    let tokens = batch["input_tokens"].as_f64().unwrap();
+    let cost = batch["cost_usd"].as_f64().unwrap();
+    assert!(
+        (cost - tokens / 1000.0 * 0.00002 / 2.0).abs() < 1e-12,
+        "{batch}"
+    );
+}
+
+#[test]
+fn failed_records_are_dead_lettered_with_the_services_error() {
+    let env = Env::new(|_| {});
+    let text = |i: usize| {
+        if i % 50 == 7 {
+            format!("poison {i}")
+        } else {
+            article(i)
+        }
+    };
+    let p = env.pipeline(300, text, &batch_keys(1000), "t", "overwrite");
+    let out = env.run(&["run", &p, "--json"]);
+    let s = json_summary(&out);
+    assert_eq!(s["rows_written"], 294, "{s}");
+    assert_eq!(s["rows_failed"], 6);
+    let dead = letters(env.dir.path());
+    assert_eq!(dead.len(), 6);
+    for d in &dead {
+        assert_eq!(d["kind"], "batch_record", "{d}");
+        assert!(d["message"].as_str().unwrap().contains("error 400"), "{d}");
+    }
+    assert_eq!(
+        env.ok_calls(),
+        0,
+        "failed records are not sent again on-demand"
+    );
+}
+
+#[test]
+fn records_below_the_minimum_go_on_demand() {
+    let env = Env::new(|_| {});
+    // 500 + 500 in jobs, the last 50 below the minimum of 100.
+    let p = env.pipeline(1050, article, &batch_keys(500), "t", "overwrite");
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_written"], 1050, "{s}");
+    assert_eq!(env.batch().jobs, 2);
+    assert_eq!(env.batch().records, 1000);
+    assert_eq!(env.ok_calls(), 50);
+    assert_eq!(s["batch"][0]["records_below_minimum"], 50);
+
+    // A pipeline smaller than one job: everything on-demand, no job.
+    let env = Env::new(|_| {});
+    let p = env.pipeline(60, article, &batch_keys(500), "t", "overwrite");
+    summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(env.batch().creates, 0);
+    assert_eq!(env.ok_calls(), 60);
+}
+
+#[test]
+fn a_run_killed_while_its_jobs_run_resumes_them_without_submitting_again() {
+    let env = Env::new(|s| s.batch_job_ms = 600_000);
+    let p = env.pipeline(600, article, &batch_keys(200), "t", "overwrite");
+    let mut child = aws_cli(env.dir.path(), &env.emu.endpoint(), &["run", &p, "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(60, "three jobs submitted", || env.batch().jobs == 3);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    env.tune(|s| s.batch_job_ms = 50);
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_written"], 600, "{s}");
+    let b = env.batch();
+    assert_eq!(b.jobs, 3, "a job was submitted twice: {b:?}");
+    assert_eq!(s["batch"][0]["jobs_resumed"], 3);
+    assert_eq!(s["batch"][0]["jobs_submitted"], 0);
+    assert_eq!(env.ok_calls(), 0);
+}
+
+#[test]
+fn a_job_that_failed_is_submitted_again_by_the_next_run_under_a_new_token() {
+    let env = Env::new(|s| s.batch_fail_jobs = 1);
+    let p = env.pipeline(400, article, &batch_keys(200), "t", "incremental");
+    let out = env.run(&["run", &p, "--json"]);
+    let s = json_summary(&out);
+    assert_eq!(s["rows_written"], 200, "{s}");
+    assert_eq!(s["rows_failed"], 200);
+    assert!(letters(env.dir.path())
+        .iter()
+        .all(|d| d["kind"] == "job_failed"));
+    assert_eq!(env.batch().jobs, 2);
+
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_written"], 200, "{s}");
+    assert_eq!(s["rows_skipped"], 200);
+    let b = env.batch();
+    assert_eq!(b.jobs, 3, "{b:?}");
+    assert_eq!(
+        b.tokens.len(),
+        3,
+        "the failed job's records went again under a new token: {:?}",
+        b.tokens
+    );
+    assert_eq!(
+        b.tokens.keys().filter(|t| t.ends_with("-1")).count(),
+        1,
+        "{:?}",
+        b.tokens
+    );
+    assert_eq!(table_vectors(&db(&env), "t", "vector").len(), 400);
+}
+
+#[test]
+fn an_incremental_batch_run_submits_only_the_changed_rows() {
+    let env = Env::new(|_| {});
+    let p = env.pipeline(500, article, &batch_keys(1000), "t", "incremental");
+    summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(env.batch().records, 500);
+    // 150 rows change.
+    let changed = |i: usize| {
+        if i < 150 {
+            format!("{} (revised)", article(i))
+        } else {
+            article(i)
+        }
+    };
+    let p = env.pipeline(500, changed, &batch_keys(1000), "t", "incremental");
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_written"], 150, "{s}");
+    assert_eq!(s["rows_skipped"], 350);
+    let b = env.batch();
+    assert_eq!(b.jobs, 2, "{b:?}");
+    assert_eq!(
+        b.records, 650,
+        "only the changed rows went into the second job"
+    );
+    assert_eq!(env.ok_calls(), 0);
+}
