@@ -326,3 +326,115 @@ fn an_incremental_batch_run_submits_only_the_changed_rows() {
     );
     assert_eq!(env.ok_calls(), 0);
 }
+
+#[test]
+fn plan_shows_the_jobs_and_the_batch_price_and_jobs_lists_them_with_their_counts() {
+    let env = Env::new(|s| s.batch_record_failure = 0.0);
+    let text = |i: usize| {
+        if i == 3 {
+            "poison".to_string()
+        } else {
+            article(i)
+        }
+    };
+    let p = env.pipeline(1050, text, &batch_keys(500), "t", "overwrite");
+    let plan = env.run(&["plan", &p, "--json"]);
+    let plan = summary(&plan);
+    let m = &plan["models"][0];
+    assert_eq!(m["batch"]["jobs"], 2, "{m}");
+    assert_eq!(m["batch"]["records_in_jobs"], 1000);
+    assert_eq!(m["batch"]["records_on_demand"], 50);
+    let (cost, on_demand) = (
+        m["cost_usd"].as_f64().unwrap(),
+        m["batch"]["on_demand_cost_usd"].as_f64().unwrap(),
+    );
+    // 1000 of 1050 inputs at half price.
+    let expected = on_demand * (1000.0 / 1050.0 * 0.5 + 50.0 / 1050.0);
+    assert!((cost - expected).abs() < 1e-12, "{cost} vs {expected}");
+    assert_eq!(env.batch().creates, 0, "plan submits nothing");
+    let text_out = env.run(&["plan", &p]);
+    assert!(
+        text_out
+            .stdout
+            .contains("batch inference: 2 jobs holding 1000 records, 50 below the minimum"),
+        "{}",
+        text_out.stdout
+    );
+
+    json_summary(&env.run(&["run", &p, "--json"]));
+    let jobs = env.run(&["jobs", &p, "--json"]);
+    assert_eq!(jobs.code, 0, "{}", jobs.stderr);
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&jobs.stdout).unwrap();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert!(
+        jobs.iter()
+            .all(|j| j["status"] == "completed" && j["modality"] == "batch"),
+        "{jobs:?}"
+    );
+    let counts: Vec<(u64, u64)> = jobs
+        .iter()
+        .map(|j| {
+            let c = &j["counts"];
+            (
+                c["totalRecordCount"].as_u64().unwrap(),
+                c["errorRecordCount"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(counts, vec![(500, 1), (500, 0)]);
+    let listing = env.run(&["jobs", &p]);
+    assert!(
+        listing
+            .stdout
+            .contains("batch: 500 records, 500 processed, 1 failed"),
+        "{}",
+        listing.stdout
+    );
+}
+
+#[test]
+fn a_job_still_running_at_its_timeout_is_dead_lettered_and_picked_up_by_the_next_run() {
+    let env = Env::new(|s| s.batch_job_ms = 600_000);
+    let keys = format!("{}\njob_timeout_hours = 0.0005", batch_keys(1000));
+    let p = env.pipeline(200, article, &keys, "t", "incremental");
+    let s = json_summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_failed"], 200, "{s}");
+    assert_eq!(s["batch"][0]["jobs_timed_out"], 1);
+    let dead = letters(env.dir.path());
+    assert!(dead.iter().all(|d| d["kind"] == "job_timeout"), "{dead:?}");
+    assert!(dead[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("next run picks its results up"));
+    // The job completes later; the next run reads its results instead of submitting again.
+    env.tune(|s| s.batch_job_ms = 50);
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_written"], 200, "{s}");
+    assert_eq!(s["batch"][0]["jobs_resumed"], 1);
+    assert_eq!(env.batch().jobs, 1);
+}
+
+#[test]
+fn the_shipped_batch_pipeline_runs_with_the_emulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = aws_cli(dir.path(), "http://127.0.0.1:1", &[]);
+    cmd.args([
+        "run",
+        repo()
+            .join("pipelines/bedrock_batch_backfill.toml")
+            .to_str()
+            .unwrap(),
+        "--emulator",
+        "--json",
+    ])
+    .current_dir(dir.path())
+    .env("EMBEDPIPE_DB", dir.path().join("db"))
+    .env_remove("EMBEDPIPE_BATCH_ROLE")
+    .env_remove("EMBEDPIPE_BATCH_S3");
+    let s = summary(&output(cmd));
+    assert_eq!(s["rows_written"], 240, "{s}");
+    let b = &s["batch"][0];
+    assert_eq!(b["jobs_completed"], 2, "{b}");
+    // The rest after two jobs of 100 records is below the minimum: on-demand.
+    assert!(b["records_below_minimum"].as_u64().unwrap() > 0, "{b}");
+}

@@ -268,7 +268,13 @@ fn every_shipped_pipeline_validates() {
     // Every pipeline in pipelines/, by name: one missing, renamed or added without being
     // listed here fails, as does one that does not validate. (table, embed steps, rows the
     // source reports: Parquet sources know theirs from the footers.)
-    let expected: [(&str, &str, usize, Option<u64>); 12] = [
+    let expected: [(&str, &str, usize, Option<u64>); 13] = [
+        (
+            "bedrock_batch_backfill.toml",
+            "articles_batch",
+            1,
+            Some(240),
+        ),
         ("bedrock_cohere_v4.toml", "images_cohere", 2, None),
         ("bedrock_nova_images.toml", "images_nova", 1, None),
         ("bedrock_titan_multimodal.toml", "images_titan_mm", 1, None),

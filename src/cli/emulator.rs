@@ -71,13 +71,16 @@ pub(super) async fn overrides(
     }
 }
 
-/// The S3 buckets the pipeline names: its source, sink and failures file, and those its async
-/// jobs write to and stage in.
+/// The S3 buckets the pipeline names: its source, sink and failures file, those its async
+/// jobs write to and stage in, and its batch jobs' prefix.
 fn pipeline_buckets(p: &Pipeline) -> Vec<String> {
     let jobs = ModelSettings::all(p, &Default::default())
         .into_iter()
-        .filter_map(|m| m.jobs)
-        .flat_map(|j| [j.output.bucket, j.staging.bucket]);
+        .flat_map(|m| {
+            let jobs = m.jobs.map(|j| [j.output.bucket, j.staging.bucket]);
+            let batch = m.batch.map(|b| b.prefix.bucket);
+            jobs.into_iter().flatten().chain(batch)
+        });
     let sink = p.sink();
     let named = p
         .source_paths()

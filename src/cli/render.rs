@@ -330,6 +330,20 @@ pub(super) fn print_plan(e: &Estimate) {
             time,
             m.cost_usd
         );
+        if let Some(b) = &m.batch {
+            println!(
+                "    batch inference: {} jobs holding {} records{}; ~${:.6} at the batch price vs ~${:.6} on-demand",
+                b.jobs,
+                b.records_in_jobs,
+                if b.records_on_demand > 0 {
+                    format!(", {} below the minimum records per job sent on-demand", b.records_on_demand)
+                } else {
+                    String::new()
+                },
+                m.cost_usd,
+                b.on_demand_cost_usd
+            );
+        }
     }
     println!(
         "  estimated cost: ~${:.6} (list prices; tokens estimated at ~4 characters each)",
@@ -457,7 +471,7 @@ fn print_run(r: &RunRecord) {
 
 pub(super) fn print_jobs(listing: &Listing) {
     if listing.jobs.is_empty() {
-        println!("no async jobs recorded in {}", listing.location);
+        println!("no jobs recorded in {}", listing.location);
         return;
     }
     println!(
@@ -470,12 +484,24 @@ pub(super) fn print_jobs(listing: &Listing) {
             j.status.as_str(),
             short_age(listing.age_seconds(j)),
             j.model,
-            j.input,
+            job_input(j),
             j.arn.as_deref().unwrap_or("-")
         );
         if let Some(f) = &j.failure {
             println!("{:<12} {:>8}  {f}", "", "");
         }
+    }
+}
+
+/// An async job's input; a batch job's records, and (finished) its manifest's counts.
+fn job_input(j: &crate::jobs::ledger::JobRecord) -> String {
+    match &j.counts {
+        Some(c) => format!(
+            "batch: {} records, {} processed, {} failed",
+            c.total_record_count, c.processed_record_count, c.error_record_count
+        ),
+        None if j.modality == "batch" => format!("batch: {}", j.input),
+        None => j.input.clone(),
     }
 }
 

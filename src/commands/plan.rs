@@ -74,7 +74,21 @@ pub struct ModelEstimate {
     pub calls_exact: bool,
     /// Minutes the calls take at the configured requests/tokens per minute, if any are set.
     pub minutes_at_quota: Option<f64>,
+    /// At the batch price for a batch model (`invoke = "batch"`), else on-demand.
     pub cost_usd: f64,
+    /// A batch model's jobs, and what the same inputs cost on-demand.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchEstimate>,
+}
+
+/// How a batch model's inputs split into jobs (`records_per_job`; a rest below
+/// `min_records_per_job` goes on-demand).
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct BatchEstimate {
+    pub jobs: u64,
+    pub records_in_jobs: u64,
+    pub records_on_demand: u64,
+    pub on_demand_cost_usd: f64,
 }
 
 /// Plans a run of `pipeline` (`reindex`: every row is embedded again).
@@ -226,10 +240,40 @@ fn finish_model(m: &mut ModelEstimate, info: &ModelSettings) {
                 .max(t.map_or(0.0, |t| m.input_tokens as f64 / t)),
         ),
     };
-    let p = info.prices;
-    m.cost_usd = m.input_tokens as f64 / 1000.0 * p.per_1k_tokens
-        + m.images as f64 * p.per_image
-        + m.queries as f64 * p.per_query;
+    let cost = |p: &embedpipe_wire::Prices| {
+        m.input_tokens as f64 / 1000.0 * p.per_1k_tokens
+            + m.images as f64 * p.per_image
+            + m.queries as f64 * p.per_query
+    };
+    m.cost_usd = cost(&info.prices);
+    if let Some(b) = &info.batch {
+        let (jobs, in_jobs) = split_into_jobs(m.inputs, b.records_per_job, b.min_records_per_job);
+        let share = if m.inputs == 0 {
+            0.0
+        } else {
+            in_jobs as f64 / m.inputs as f64
+        };
+        m.batch = Some(BatchEstimate {
+            jobs,
+            records_in_jobs: in_jobs,
+            records_on_demand: m.inputs - in_jobs,
+            on_demand_cost_usd: m.cost_usd,
+        });
+        // The inputs' cost split as their records are (tokens spread evenly).
+        m.cost_usd = share * cost(&b.prices) + (1.0 - share) * m.cost_usd;
+    }
+}
+
+/// Jobs of at most `per_job` records, and the records they hold: the rest after the full jobs
+/// is a job of its own unless it is below `min` (then it goes on-demand).
+fn split_into_jobs(inputs: u64, per_job: usize, min: usize) -> (u64, u64) {
+    let (per_job, min) = (per_job.max(1) as u64, min as u64);
+    let (full, rest) = (inputs / per_job, inputs % per_job);
+    if rest >= min.max(1) {
+        (full + 1, inputs)
+    } else {
+        (full, inputs - rest)
+    }
 }
 
 /// Runs CPU-heavy work on the current thread, telling a multi-threaded runtime so (its other
@@ -523,4 +567,17 @@ fn count_input(info: &ModelSettings, m: &mut ModelEstimate, input: Input<'_>) ->
         m.images += 1;
     }
     false
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::split_into_jobs;
+
+    #[test]
+    fn a_rest_below_the_minimum_is_no_job() {
+        assert_eq!(split_into_jobs(1050, 500, 100), (2, 1000));
+        assert_eq!(split_into_jobs(1000, 400, 100), (3, 1000));
+        assert_eq!(split_into_jobs(60, 500, 100), (0, 0));
+        assert_eq!(split_into_jobs(0, 500, 100), (0, 0));
+    }
 }

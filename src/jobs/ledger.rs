@@ -63,6 +63,25 @@ pub struct JobRecord {
     /// Unix seconds.
     pub submitted_at: f64,
     pub updated_at: f64,
+    /// Batch jobs: the record counts of the finished job's manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<RecordCounts>,
+}
+
+/// What a batch job's manifest (`manifest.json.out`) reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordCounts {
+    #[serde(default)]
+    pub total_record_count: u64,
+    #[serde(default)]
+    pub processed_record_count: u64,
+    #[serde(default)]
+    pub success_record_count: u64,
+    #[serde(default)]
+    pub error_record_count: u64,
+    #[serde(default)]
+    pub input_token_count: u64,
 }
 
 pub fn now() -> f64 {
@@ -366,6 +385,7 @@ mod tests {
             failure: None,
             submitted_at: 1.0,
             updated_at: 1.0,
+            counts: None,
         }
     }
 

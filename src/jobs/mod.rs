@@ -220,6 +220,7 @@ impl AsyncRoute {
                     failure: None,
                     submitted_at: now,
                     updated_at: now,
+                    counts: None,
                 }
             }
         }

@@ -294,3 +294,65 @@ fn openai_config_errors_name_the_key() {
         "{e}"
     );
 }
+
+/// `GOOD` with its model on Bedrock; `extra` lines are added to the `[[model]]` table.
+fn bedrock(id: &str, extra: &str) -> String {
+    GOOD.replace(
+        "provider = \"local\"\nid = \"sentence-transformers/all-MiniLM-L6-v2\"",
+        &format!("provider = \"bedrock\"\nid = \"{id}\"\nregion = \"us-east-1\"\n{extra}"),
+    )
+}
+
+const BATCH: &str = "invoke = \"batch\"\nrole_arn = \"arn:aws:iam::123456789012:role/batch\"\nbatch_s3_uri = \"s3://bucket/batch\"";
+
+#[test]
+fn batch_models_resolve_with_half_prices_and_their_limits() {
+    let p = parse(&bedrock(
+        "amazon.titan-embed-text-v2:0",
+        &format!("{BATCH}\nrecords_per_job = 2000\njob_timeout_hours = 48"),
+    ))
+    .unwrap();
+    let m = super::ModelSettings::resolve(&p, 0, &Default::default());
+    let b = m.batch.expect("batch settings");
+    assert_eq!(b.records_per_job, 2000);
+    assert_eq!(b.min_records_per_job, 100);
+    assert_eq!(b.timeout, std::time::Duration::from_secs(48 * 3600));
+    assert_eq!(b.prefix.to_string(), "s3://bucket/batch/");
+    assert_eq!(b.prices.per_1k_tokens, m.prices.per_1k_tokens / 2.0);
+    // The same vectors either way: the route is not part of the fingerprint.
+    let on_demand = parse(&bedrock("amazon.titan-embed-text-v2:0", "")).unwrap();
+    let o = super::ModelSettings::resolve(&on_demand, 0, &Default::default());
+    assert_eq!(o.fingerprint, m.fingerprint);
+    assert!(o.batch.is_none());
+}
+
+#[test]
+fn batch_settings_are_checked_where_they_are_written() {
+    let text = bedrock("cohere.embed-english-v3", BATCH);
+    let e = err(&text);
+    assert!(e.message.contains("no batch inference route"), "{e}");
+    assert_eq!(e.line, Some(line_of(&text, "invoke =")));
+    let text = bedrock(
+        "amazon.titan-embed-text-v2:0",
+        "invoke = \"batch\"\nbatch_s3_uri = \"s3://bucket/batch\"",
+    );
+    let e = err(&text);
+    assert!(e.message.contains("needs `role_arn`"), "{e}");
+    let text = bedrock(
+        "amazon.titan-embed-text-v2:0",
+        &BATCH.replace("arn:aws:iam::123456789012:role/batch", "my-role"),
+    );
+    let e = err(&text);
+    assert!(e.message.contains("not an IAM role ARN"), "{e}");
+    assert_eq!(e.line, Some(line_of(&text, "role_arn")));
+    let text = bedrock(
+        "amazon.titan-embed-text-v2:0",
+        &format!("{BATCH}\nrecords_per_job = 60000"),
+    );
+    assert!(err(&text).message.contains("records_per_job"), "{text}");
+    let text = bedrock("amazon.titan-embed-text-v2:0", "records_per_job = 500");
+    let e = err(&text);
+    assert!(e.message.contains("only to batch inference"), "{e}");
+    let e = err(&openai(&format!("dimensions = 512\n{BATCH}")));
+    assert!(e.message.contains("no batch inference route"), "{e}");
+}

@@ -28,7 +28,7 @@ use crate::resolve::{BatchSettings, ModelSettings};
 use crate::util::{Attempts, FailureKind, S3Uri};
 use anyhow::{anyhow, Context, Result};
 use embedpipe_wire::Input;
-use results::{parse_output, select, Manifest};
+use results::{parse_output, select};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,10 @@ mod results;
 
 /// Jobs whose results are held at once in the second pass.
 pub const WINDOW: usize = 3;
+
+/// A job's records file is closed at this size whatever `records_per_job` says: well under the
+/// service's per-file limit (1 GB as quoted), and the first pass's memory.
+const MAX_JOB_BYTES: usize = 256 << 20;
 
 /// Polls slow down to this.
 const MAX_POLL: Duration = Duration::from_secs(120);
@@ -175,7 +179,9 @@ impl BatchRoute {
                 open.ids.insert(hash.clone());
                 open.lines.extend_from_slice(&line);
                 open.lines.push(b'\n');
-                (open.ids.len() >= self.cfg.records_per_job).then(|| std::mem::take(&mut *open))
+                let full =
+                    open.ids.len() >= self.cfg.records_per_job || open.lines.len() >= MAX_JOB_BYTES;
+                full.then(|| std::mem::take(&mut *open))
             };
             if let Some(job) = full {
                 self.close(job).await?;
@@ -281,6 +287,7 @@ impl BatchRoute {
             failure: None,
             submitted_at: now,
             updated_at: now,
+            counts: None,
         };
         let followed = self.ledger.record_new(&record).await?;
         let resumed = followed.is_some();
@@ -407,7 +414,9 @@ impl BatchRoute {
             JobEnd::Done => {
                 self.count(|s| s.jobs_completed += 1);
                 if !billed_before {
-                    if let Some(tokens) = self.manifest_tokens(&record).await {
+                    record.counts = self.manifest(&record).await;
+                    if let Some(c) = &record.counts {
+                        let tokens = c.input_token_count;
                         let cost = tokens as f64 / 1000.0 * self.cfg.prices.per_1k_tokens;
                         self.count(|s| {
                             s.input_tokens += tokens;
@@ -436,13 +445,11 @@ impl BatchRoute {
         jobs[i].end = Some(end);
     }
 
-    /// The input tokens a finished job's manifest reports.
-    async fn manifest_tokens(&self, record: &JobRecord) -> Option<u64> {
+    /// What a finished job's manifest reports (its records and tokens).
+    async fn manifest(&self, record: &JobRecord) -> Option<ledger::RecordCounts> {
         let folder = self.output_folder(record)?;
         let body = self.s3.get(&folder.join("manifest.json.out")).await.ok()?;
-        serde_json::from_slice::<Manifest>(&body)
-            .ok()?
-            .input_token_count
+        serde_json::from_slice(&body).ok()
     }
 
     /// `<batch_s3_uri>/outputs/<job id>/`.

@@ -23,12 +23,6 @@ struct RecordError {
     error_message: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct Manifest {
-    pub(super) input_token_count: Option<u64>,
-}
-
 /// The lines of one output file: each record's vector, or the service's error for it.
 pub(super) fn parse_output(
     spec: &'static embedpipe_wire::ModelSpec,
