@@ -462,10 +462,28 @@ impl BatchRoute {
     /// Between the passes: polls every job of the run until it ends or its timeout passes.
     pub async fn wait(&self) -> Result<()> {
         let mut wait = self.cfg.poll;
+        let mut last_running = usize::MAX;
         loop {
             self.poll_running().await?;
-            if self.running().is_empty() {
+            let running = self.running().len();
+            if running == 0 {
                 return Ok(());
+            }
+            // A line whenever a job ends: jobs run for hours, and a silent wait looks hung.
+            if running != last_running {
+                let total = self
+                    .jobs
+                    .lock()
+                    .expect("jobs")
+                    .iter()
+                    .filter(|j| j.ledger.is_some())
+                    .count();
+                tracing::info!(
+                    model = %self.info.name,
+                    "batch inference: {running} of {total} jobs still running (polling every {:.0} s or less)",
+                    MAX_POLL.max(self.cfg.poll).as_secs_f64()
+                );
+                last_running = running;
             }
             // Full jitter on a growing interval.
             tokio::time::sleep(wait.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
