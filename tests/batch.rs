@@ -268,35 +268,38 @@ fn a_run_killed_while_its_jobs_run_resumes_them_without_submitting_again() {
 }
 
 #[test]
-fn a_job_that_failed_is_submitted_again_by_the_next_run_under_a_new_token() {
+fn a_job_that_failed_stops_the_run_and_the_next_run_submits_it_again_under_a_new_token() {
     let env = Env::new(|s| s.batch_fail_jobs = 1);
-    let p = env.pipeline(400, article, &batch_keys(200), "t", "incremental");
+    let p = env.pipeline(400, article, &batch_keys(200), "t", "overwrite");
     let out = env.run(&["run", &p, "--json"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     let s = json_summary(&out);
-    assert_eq!(s["rows_written"], 200, "{s}");
-    assert_eq!(s["rows_failed"], 200);
-    assert!(letters(env.dir.path())
-        .iter()
-        .all(|d| d["kind"] == "job_failed"));
+    assert_eq!(s["status"], "failed", "{s}");
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap()
+            .contains("batch_job_failed: 200"),
+        "{s}"
+    );
+    // Nothing committed: an overwrite never replaces a table with part of its rows.
+    assert!(!env.path("db").join("t.lance").exists());
     assert_eq!(env.batch().jobs, 2);
 
     let s = summary(&env.run(&["run", &p, "--json"]));
-    assert_eq!(s["rows_written"], 200, "{s}");
-    assert_eq!(s["rows_skipped"], 200);
+    assert_eq!(s["rows_written"], 400, "{s}");
     let b = env.batch();
+    // The completed job's results are read again; only the failed one goes again.
     assert_eq!(b.jobs, 3, "{b:?}");
-    assert_eq!(
-        b.tokens.len(),
-        3,
-        "the failed job's records went again under a new token: {:?}",
-        b.tokens
-    );
+    assert_eq!(b.tokens.len(), 3, "{:?}", b.tokens);
     assert_eq!(
         b.tokens.keys().filter(|t| t.ends_with("-1")).count(),
         1,
         "{:?}",
         b.tokens
     );
+    assert_eq!(s["batch"][0]["jobs_resumed"], 1, "{s}");
+    assert_eq!(s["batch"][0]["jobs_submitted"], 1);
     assert_eq!(table_vectors(&db(&env), "t", "vector").len(), 400);
 }
 
@@ -437,4 +440,66 @@ fn the_shipped_batch_pipeline_runs_with_the_emulator() {
     assert_eq!(b["jobs_completed"], 2, "{b}");
     // The rest after two jobs of 100 records is below the minimum: on-demand.
     assert!(b["records_below_minimum"].as_u64().unwrap() > 0, "{b}");
+}
+
+#[test]
+fn a_rerun_finds_its_records_in_the_killed_runs_jobs_even_when_they_group_differently() {
+    let env = Env::new(|s| s.batch_job_ms = 600_000);
+    let p = env.pipeline(600, article, &batch_keys(200), "t", "incremental");
+    let mut child = aws_cli(env.dir.path(), &env.emu.endpoint(), &["run", &p, "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(60, "three jobs submitted", || env.batch().jobs == 3);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The first 50 rows are gone from the source: the rest would make other jobs of 200.
+    let p = env.pipeline(
+        550,
+        |i| article(i + 50),
+        &batch_keys(200),
+        "t",
+        "incremental",
+    );
+    env.tune(|s| s.batch_job_ms = 50);
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_written"], 550, "{s}");
+    assert_eq!(
+        env.batch().jobs,
+        3,
+        "records were paid for twice: {:?}",
+        env.batch()
+    );
+    assert_eq!(s["batch"][0]["jobs_resumed"], 3, "{s}");
+    assert_eq!(s["batch"][0]["jobs_submitted"], 0);
+    assert_eq!(env.ok_calls(), 0);
+    // Committed: the next run with new rows does not look in those jobs any more, and a
+    // rerun of the same rows pays for nothing.
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_skipped"], 550, "{s}");
+    assert_eq!(env.batch().jobs, 3);
+    let jobs = env.run(&["jobs", &p, "--json"]);
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&jobs.stdout).unwrap();
+    assert!(jobs.iter().all(|j| j["used"] == true), "{jobs:?}");
+}
+
+#[test]
+fn small_jobs_under_big_source_batches_are_all_read_back_with_no_call_paid_twice() {
+    // 2,500 rows in source batches of 1,024 (several embedded at once) over 25 jobs of 100:
+    // every input must come from the jobs, none on-demand.
+    let env = Env::new(|s| s.batch_max_jobs_in_progress = 100);
+    let keys = format!("{}\nmax_jobs = 30", batch_keys(100));
+    let p = env.pipeline(
+        2500,
+        |i| format!("{} #{i}", article(i)),
+        &keys,
+        "t",
+        "overwrite",
+    );
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_written"], 2500, "{s}");
+    assert_eq!(env.batch().jobs, 25);
+    assert_eq!(s["batch"][0]["results_used"], 2500, "{s}");
+    assert_eq!(env.ok_calls(), 0);
 }

@@ -409,6 +409,24 @@ impl Pipeline {
                 return Err(self.error(n.span(), "min_records_per_job must be at least 1"));
             }
         }
+        let per_job = cfg
+            .records_per_job
+            .as_ref()
+            .map_or(10_000, |n| *n.get_ref());
+        let min = cfg
+            .min_records_per_job
+            .as_ref()
+            .map_or(100, |n| *n.get_ref());
+        if per_job < min {
+            let span = cfg
+                .records_per_job
+                .as_ref()
+                .or(cfg.min_records_per_job.as_ref())
+                .map_or(cfg.name.span(), |n| n.span());
+            return Err(self
+                .error(span, format!("records_per_job ({per_job}) is below min_records_per_job ({min}): no job could be submitted"))
+                .with_help("raise records_per_job (up to 50000) or, if your account's quota allows smaller jobs, lower min_records_per_job"));
+        }
         if let Some(h) = &cfg.job_timeout_hours {
             if !(*h.get_ref() > 0.0 && *h.get_ref() <= 24.0 * 14.0) {
                 return Err(self.error(

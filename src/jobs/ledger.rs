@@ -66,6 +66,10 @@ pub struct JobRecord {
     /// Batch jobs: the record counts of the finished job's manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts: Option<RecordCounts>,
+    /// Batch jobs: a run that used the job's results committed them (a later run does not
+    /// look for its records in it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub used: bool,
 }
 
 /// What a batch job's manifest (`manifest.json.out`) reports.
@@ -144,6 +148,13 @@ impl Ledger {
 
     pub fn get(&self, key: &str) -> Option<JobRecord> {
         self.lock().get(key).cloned()
+    }
+
+    /// Every job's latest record, oldest submit first.
+    pub fn all(&self) -> Vec<JobRecord> {
+        let mut jobs: Vec<JobRecord> = self.lock().values().cloned().collect();
+        jobs.sort_by(|a, b| a.submitted_at.total_cmp(&b.submitted_at));
+        jobs
     }
 
     /// Records `r` over the job's earlier records, durably (fsync, or a completed PUT) before
@@ -386,6 +397,7 @@ mod tests {
             submitted_at: 1.0,
             updated_at: 1.0,
             counts: None,
+            used: false,
         }
     }
 

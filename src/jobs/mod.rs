@@ -221,6 +221,7 @@ impl AsyncRoute {
                     submitted_at: now,
                     updated_at: now,
                     counts: None,
+                    used: false,
                 }
             }
         }

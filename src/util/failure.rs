@@ -72,6 +72,10 @@ pub enum FailureKind {
     JobResults,
     /// A record of a batch inference job that the service answered with an error.
     BatchRecord,
+    /// A batch inference job that ended without results (Failed, Stopped, Expired): the
+    /// service's or the account's trouble (role, bucket, quota), so it stops an overwrite from
+    /// committing a table without its rows; the next run submits them again.
+    BatchJobFailed,
 
     /// A pre-flight rejection code of the wire crate that this enum does not name: the wire
     /// crate hands codes over as `&'static str` and cannot depend on this one, so a code it adds
@@ -122,6 +126,7 @@ impl FailureKind {
         Self::JobTimeout,
         Self::JobResults,
         Self::BatchRecord,
+        Self::BatchJobFailed,
     ];
 
     /// The kind's text in dead letters and summaries.
@@ -154,6 +159,7 @@ impl FailureKind {
             Self::JobTimeout => "job_timeout",
             Self::JobResults => "job_results",
             Self::BatchRecord => "batch_record",
+            Self::BatchJobFailed => "batch_job_failed",
             Self::UnknownRejection(code) => code,
         }
     }
@@ -183,7 +189,7 @@ impl FailureKind {
                         ErrorClass::AccessDenied | ErrorClass::Credentials | ErrorClass::NotFound
                     )
             }
-            Self::StagingFailed | Self::Ledger => true,
+            Self::StagingFailed | Self::Ledger | Self::BatchJobFailed => true,
             _ => false,
         }
     }
@@ -287,7 +293,8 @@ mod tests {
                 "quota_exceeded",
                 "other",
                 "staging_failed",
-                "ledger"
+                "ledger",
+                "batch_job_failed"
             ]
         );
     }

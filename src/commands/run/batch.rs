@@ -27,13 +27,29 @@ pub(super) async fn submit_and_wait(ctx: &RunContext<'_>) -> Result<(), Stop> {
             }
         }
     });
+    // Rows whose id came earlier are dead-lettered by the second pass: never paid for here.
+    let seen = std::sync::Mutex::new(
+        matches!(ctx.mode, WriteMode::Incremental | WriteMode::Append).then(HashSet::new),
+    );
     while let Some(item) = rx.recv().await {
         let sb = item?;
-        collect_records(ctx, &sb).await?;
+        let repeated = repeated_ids(&sb, &seen);
+        collect_records(ctx, &sb, &repeated).await?;
     }
     reader.await.context("source reader panicked")?;
     for route in ctx.batch.values() {
         route.finish().await?;
+    }
+    // The second pass works on this many rows at once.
+    let rows = batches_in_flight(ctx.settings, ctx.models) * ctx.settings.source.batch_rows;
+    for (&model, route) in ctx.batch {
+        let steps = ctx
+            .pipeline
+            .steps
+            .iter()
+            .filter(|s| s.model_index == model)
+            .count();
+        route.set_rows_in_flight(rows, steps);
     }
     let started = Instant::now();
     futures::future::try_join_all(ctx.batch.values().map(|r| r.wait())).await?;
@@ -45,12 +61,15 @@ pub(super) async fn submit_and_wait(ctx: &RunContext<'_>) -> Result<(), Stop> {
 }
 
 /// One source batch's records: the inputs the second pass would send to each batch model.
-async fn collect_records(ctx: &RunContext<'_>, sb: &SourceBatch) -> Result<()> {
+async fn collect_records(ctx: &RunContext<'_>, sb: &SourceBatch, repeated: &[usize]) -> Result<()> {
     let n = sb.batch.num_rows();
     if n == 0 {
         return Ok(());
     }
     let mut state: Vec<RowState> = vec![RowState::Ok; n];
+    for &row in repeated {
+        state[row] = RowState::Failed(repeated_id(sb, row));
+    }
     let mut prepared = prepare_steps(ctx, sb, &mut state).await?;
     if let (WriteMode::Append, Some(existing)) = (ctx.mode, ctx.existing) {
         refuse_stored_ids(

@@ -377,6 +377,13 @@ async fn run_inner(
         rows_committed,
         staged,
     } = committed;
+    // The batch jobs' results are in the table: later runs need not look in them. (A shard's
+    // rows wait for `embedpipe commit`; its jobs stay open to the next run until then.)
+    if committed.is_ok() && shard.is_none() {
+        for route in batch.values() {
+            route.mark_used().await;
+        }
+    }
     // A shard committed nothing: the commit maintains the table once for the whole run.
     let maintenance = match shard {
         Some(_) => None,

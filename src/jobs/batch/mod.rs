@@ -25,19 +25,24 @@ use crate::clients::s3::S3;
 use crate::dispatch::{ModelHandle, StepOutput};
 use crate::prepare::Inputs;
 use crate::resolve::{BatchSettings, ModelSettings};
-use crate::util::{Attempts, FailureKind, S3Uri};
+use crate::util::{Attempts, ErrorClass, FailureKind, RetryPolicy, S3Uri};
 use anyhow::{anyhow, Context, Result};
 use embedpipe_wire::Input;
-use results::{parse_output, select};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod results;
+mod second_pass;
 
-/// Jobs whose results are held at once in the second pass.
+use second_pass::Window;
+
+/// Earlier runs' jobs whose record ids the first pass holds at once.
 pub const WINDOW: usize = 3;
+
+/// Jobs the second pass loads ahead of those it takes records from.
+const LOOKAHEAD: usize = 2;
 
 /// A job's records file is closed at this size whatever `records_per_job` says: well under the
 /// service's per-file limit (1 GB as quoted), and the first pass's memory.
@@ -99,16 +104,21 @@ struct OpenJob {
     ids: HashSet<String>,
 }
 
-/// Loaded results: per job (its index), each record's outcome and whether it was taken.
+/// Jobs of earlier runs whose results no run has committed yet (a run killed while they ran,
+/// or while it wrote their rows), oldest first, and the record ids of at most [`WINDOW`] of
+/// them: the first pass finds its records in them, in order, instead of paying for them again.
 #[derive(Default)]
-struct Window {
-    next: usize,
-    loaded: VecDeque<Loaded>,
+struct Prior {
+    candidates: VecDeque<JobRecord>,
+    loaded: VecDeque<PriorJob>,
 }
 
-struct Loaded {
-    records: HashMap<String, (RecordOutcome, bool)>,
-    taken: usize,
+struct PriorJob {
+    record: JobRecord,
+    input: S3Uri,
+    ids: HashSet<String>,
+    /// Some record was found in it (it joined this run's jobs).
+    used: bool,
 }
 
 /// A model's batch route.
@@ -119,8 +129,13 @@ pub struct BatchRoute {
     s3: S3,
     ledger: Arc<Ledger>,
     open: Mutex<OpenJob>,
+    prior: tokio::sync::Mutex<Prior>,
+    /// The keys of the earlier runs' jobs this run started with (see [`Prior`]).
+    earlier: Vec<String>,
     jobs: Mutex<Vec<RunJob>>,
     window: tokio::sync::Mutex<Window>,
+    /// Jobs behind the newest in use that the second pass may still take records from.
+    reach: std::sync::atomic::AtomicUsize,
     stats: Mutex<BatchStats>,
 }
 
@@ -132,7 +147,20 @@ impl BatchRoute {
             .ok_or_else(|| anyhow!("model `{}` has no batch settings", info.name))?;
         let client = BedrockBatch::connect(&info.connection).await?;
         let s3 = S3::connect(&info.connection, cfg.s3_endpoint.as_deref()).await?;
+        let candidates: VecDeque<JobRecord> = ledger
+            .all()
+            .into_iter()
+            .filter(|r| {
+                r.modality == "batch"
+                    && r.model_id == info.invoke_id
+                    && r.arn.is_some()
+                    && !r.used
+                    && matches!(r.status, Status::InProgress | Status::Completed)
+            })
+            .collect();
+        let earlier = candidates.iter().map(|r| r.key.clone()).collect();
         Ok(Self {
+            earlier,
             stats: Mutex::new(BatchStats {
                 model: info.name.clone(),
                 ..Default::default()
@@ -143,8 +171,13 @@ impl BatchRoute {
             s3,
             ledger,
             open: Mutex::new(OpenJob::default()),
+            prior: tokio::sync::Mutex::new(Prior {
+                candidates,
+                loaded: VecDeque::new(),
+            }),
             jobs: Mutex::new(Vec::new()),
             window: tokio::sync::Mutex::new(Window::default()),
+            reach: std::sync::atomic::AtomicUsize::new(2),
         })
     }
 
@@ -168,6 +201,9 @@ impl BatchRoute {
             return Ok(());
         };
         for (text, hash) in texts.iter().zip(hashes) {
+            if self.in_prior_job(hash).await? {
+                continue;
+            }
             let full = {
                 let mut open = self.open.lock().expect("open job");
                 if open.ids.contains(hash) {
@@ -188,6 +224,93 @@ impl BatchRoute {
             }
         }
         Ok(())
+    }
+
+    /// Whether an earlier run's uncommitted job holds record `id` (that job then joins this
+    /// run's jobs). Jobs are looked at in the order they were made, as the records come.
+    async fn in_prior_job(&self, id: &str) -> Result<bool> {
+        let mut prior = self.prior.lock().await;
+        if prior.candidates.is_empty() && prior.loaded.is_empty() {
+            return Ok(false);
+        }
+        loop {
+            if let Some(p) = prior.loaded.iter_mut().find(|p| p.ids.contains(id)) {
+                if !p.used && !self.has_job(&p.record.key) {
+                    self.count(|s| s.jobs_resumed += 1);
+                    self.count(|s| s.records += p.ids.len() as u64);
+                    self.push(RunJob {
+                        input: p.input.clone(),
+                        ledger: Some(p.record.clone()),
+                        end: None,
+                    });
+                }
+                p.used = true;
+                return Ok(true);
+            }
+            let full = prior.loaded.len() >= WINDOW;
+            if full && prior.loaded.back().is_some_and(|p| p.used) {
+                prior.loaded.pop_front();
+            } else if full {
+                return Ok(false);
+            }
+            let Some(record) = prior.candidates.pop_front() else {
+                return Ok(false);
+            };
+            let input = S3Uri::parse(&record.input_uri)?;
+            let ids = match self.s3.get(&input).await {
+                Ok(body) => results::record_ids(&body)
+                    .with_context(|| format!("cannot read the batch records {input}"))?,
+                // Its records are gone (a lifecycle rule): nothing to find in it.
+                Err(e) => {
+                    tracing::warn!("{e:#}");
+                    HashSet::new()
+                }
+            };
+            prior.loaded.push_back(PriorJob {
+                record,
+                input,
+                ids,
+                used: false,
+            });
+        }
+    }
+
+    /// After the run committed: its jobs' results are in the table, and later runs do not
+    /// look for records in them; nor in the earlier runs' jobs it started with, which a run
+    /// that committed all it needed did not need (so they never clog [`Prior`]'s window).
+    /// Losing these records costs a few reads, nothing else.
+    pub async fn mark_used(&self) {
+        let mut records: Vec<JobRecord> = self
+            .jobs
+            .lock()
+            .expect("jobs")
+            .iter()
+            .filter(|j| j.end == Some(JobEnd::Done))
+            .filter_map(|j| j.ledger.clone())
+            .collect();
+        let done: HashSet<String> = records.iter().map(|r| r.key.clone()).collect();
+        let running: HashSet<String> = self
+            .jobs
+            .lock()
+            .expect("jobs")
+            .iter()
+            .filter(|j| j.end != Some(JobEnd::Done))
+            .filter_map(|j| j.ledger.as_ref().map(|r| r.key.clone()))
+            .collect();
+        records.extend(
+            self.earlier
+                .iter()
+                .filter(|k| !done.contains(*k) && !running.contains(*k))
+                .filter_map(|k| self.ledger.get(k))
+                .filter(|r| !r.used),
+        );
+        for mut r in records {
+            r.used = true;
+            r.updated_at = ledger::now();
+            if let Err(e) = self.ledger.record(&r).await {
+                tracing::warn!("{e:#}");
+            }
+        }
     }
 
     /// The record of one text: the on-demand body of the model's family, or `None` when the
@@ -230,9 +353,11 @@ impl BatchRoute {
             });
             return Ok(());
         }
-        self.count(|s| s.records += n as u64);
         let record = match self.ledger.get(&key) {
-            Some(r) if r.arn.is_some() && r.status != Status::Failed => {
+            Some(r) if r.arn.is_some() && r.status != Status::Failed && !r.used => {
+                if self.has_job(&key) {
+                    return Ok(());
+                }
                 self.count(|s| s.jobs_resumed += 1);
                 r
             }
@@ -244,8 +369,10 @@ impl BatchRoute {
                 // A failed job goes again under the next token; one recorded but never
                 // answered (the run died around its submit) under the same token, which the
                 // service answers with the same job.
+                // A job whose results a run committed is not used again (its output may be
+                // gone): the same records go as a new job.
                 let attempt = match previous {
-                    Some(r) if r.status == Status::Failed => r.attempt + 1,
+                    Some(r) if r.status == Status::Failed || r.used => r.attempt + 1,
                     Some(r) => r.attempt,
                     None => 0,
                 };
@@ -253,12 +380,22 @@ impl BatchRoute {
                 self.submit(&key, attempt, n, &input).await?
             }
         };
+        self.count(|s| s.records += n as u64);
         self.push(RunJob {
             input,
             ledger: Some(record),
             end: None,
         });
         Ok(())
+    }
+
+    /// Whether the job with ledger key `key` is one of this run's already.
+    fn has_job(&self, key: &str) -> bool {
+        self.jobs
+            .lock()
+            .expect("jobs")
+            .iter()
+            .any(|j| j.ledger.as_ref().is_some_and(|r| r.key == key))
     }
 
     fn push(&self, job: RunJob) {
@@ -288,6 +425,7 @@ impl BatchRoute {
             submitted_at: now,
             updated_at: now,
             counts: None,
+            used: false,
         };
         let followed = self.ledger.record_new(&record).await?;
         let resumed = followed.is_some();
@@ -311,7 +449,7 @@ impl BatchRoute {
                 .ceil()
                 .clamp(24.0, 168.0) as i32,
         };
-        let arn = self.with_retries(|| self.client.create(&request)).await?;
+        let arn = self.create(&request).await?;
         record.arn = Some(arn);
         record.status = Status::InProgress;
         record.updated_at = ledger::now();
@@ -325,7 +463,7 @@ impl BatchRoute {
 
     /// A control-plane call retried on throttling, 5xx and network errors; other errors stop
     /// the run with the service's message.
-    async fn with_retries<T, F, Fut>(&self, call: F) -> Result<T>
+    async fn with_retries<T, F, Fut>(&self, policy: &RetryPolicy, call: F) -> Result<T>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, crate::clients::CallError>>,
@@ -335,11 +473,7 @@ impl BatchRoute {
         loop {
             match call().await {
                 Ok(v) => return Ok(v),
-                Err(e) => match self
-                    .cfg
-                    .retry
-                    .next(&mut attempts, e.class, started.elapsed())
-                {
+                Err(e) => match policy.next(&mut attempts, e.class, started.elapsed()) {
                     Some(d) => tokio::time::sleep(d).await,
                     None => {
                         return Err(anyhow!(
@@ -350,6 +484,42 @@ impl BatchRoute {
                         ))
                     }
                 },
+            }
+        }
+    }
+
+    /// CreateModelInvocationJob, retried; while the account's jobs-in-progress quota is full
+    /// (other jobs of the account, or this run's timed-out ones) it waits for a job to end.
+    async fn create(&self, request: &JobRequest<'_>) -> Result<String> {
+        let started = Instant::now();
+        let mut wait = self.cfg.poll;
+        let mut attempts = Attempts::default();
+        loop {
+            let e = match self.client.create(request).await {
+                Ok(arn) => return Ok(arn),
+                Err(e) => e,
+            };
+            if e.class == ErrorClass::QuotaExceeded && started.elapsed() < self.cfg.timeout {
+                tracing::info!(model = %self.info.name, "batch inference: the jobs-in-progress quota is full ({}); waiting for a job to end", e.message);
+                self.poll_running().await?;
+                tokio::time::sleep(wait).await;
+                wait = wait.mul_f64(1.5).min(MAX_POLL.max(self.cfg.poll));
+                continue;
+            }
+            match self
+                .cfg
+                .retry
+                .next(&mut attempts, e.class, started.elapsed())
+            {
+                Some(d) => tokio::time::sleep(d).await,
+                None => {
+                    return Err(anyhow!(
+                        "batch inference for model `{}`: {}{}",
+                        self.info.name,
+                        e.message,
+                        crate::clients::bedrock::fatal_help(e.class)
+                    ))
+                }
             }
         }
     }
@@ -385,7 +555,9 @@ impl BatchRoute {
                 .expect("submitted");
             let arn = record.arn.clone().expect("submitted jobs have an ARN");
             self.count(|s| s.polls += 1);
-            let job = self.with_retries(|| self.client.get(&arn)).await?;
+            // Polls ride out outages and expiring sessions for as long as the jobs may run.
+            let policy = RetryPolicy::new(u32::MAX, self.cfg.timeout);
+            let job = self.with_retries(&policy, || self.client.get(&arn)).await?;
             let end = match job.state {
                 BatchState::Done => Some(JobEnd::Done),
                 BatchState::Ended => Some(JobEnd::Ended(format!(
@@ -489,184 +661,5 @@ impl BatchRoute {
             tokio::time::sleep(wait.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
             wait = wait.mul_f64(1.5).min(MAX_POLL.max(self.cfg.poll));
         }
-    }
-
-    /// Second pass: each input's vector from the job results, the rest (no job holds it)
-    /// on-demand through `model`.
-    pub async fn embed(
-        &self,
-        model: &ModelHandle,
-        inputs: &Inputs,
-        hashes: &[String],
-        on_call: &(dyn Fn(usize) + Sync),
-    ) -> Result<StepOutput> {
-        let dim = self.info.dimension;
-        let mut found: Vec<Option<RecordOutcome>> = Vec::with_capacity(hashes.len());
-        for h in hashes {
-            found.push(self.take(h).await?);
-        }
-        let misses: Vec<usize> = (0..hashes.len()).filter(|&i| found[i].is_none()).collect();
-        let mut vectors = vec![0f32; hashes.len() * dim];
-        let mut failed = Vec::new();
-        if !misses.is_empty() {
-            let sub = select(inputs, &misses);
-            let out = model.embed(&sub, on_call).await?;
-            for (k, &i) in misses.iter().enumerate() {
-                vectors[i * dim..(i + 1) * dim]
-                    .copy_from_slice(&out.vectors[k * dim..(k + 1) * dim]);
-            }
-            failed.extend(
-                out.failed
-                    .into_iter()
-                    .map(|(k, kind, m)| (misses[k], kind, m)),
-            );
-        }
-        let mut used = 0;
-        for (i, f) in found.into_iter().enumerate() {
-            match f {
-                Some(Ok(v)) => {
-                    vectors[i * dim..(i + 1) * dim].copy_from_slice(&v);
-                    used += 1;
-                }
-                Some(Err((kind, msg))) => failed.push((i, kind, msg)),
-                None => {}
-            }
-        }
-        on_call(used);
-        self.count(|s| s.results_used += used as u64);
-        failed.sort_by_key(|f| f.0);
-        Ok(StepOutput { vectors, failed })
-    }
-
-    /// The outcome of record `id` from the jobs' results (loading them in order as the second
-    /// pass moves on), or `None` when no job holds it.
-    async fn take(&self, id: &str) -> Result<Option<RecordOutcome>> {
-        let mut w = self.window.lock().await;
-        loop {
-            if let Some(l) = w.loaded.iter_mut().find(|l| l.records.contains_key(id)) {
-                let (outcome, taken) = l.records.get_mut(id).expect("found");
-                if !*taken {
-                    *taken = true;
-                    l.taken += 1;
-                }
-                let outcome = outcome.clone();
-                // A job whose every record was taken is done with.
-                w.loaded.retain(|l| l.taken < l.records.len());
-                return Ok(Some(outcome));
-            }
-            let full = w.loaded.len() >= WINDOW;
-            // The window is full of jobs not yet used up: the oldest is let go only once the
-            // newest is in use (the pass has moved past it); else the record is no job's.
-            if full && w.loaded.back().is_some_and(|l| l.taken > 0) {
-                w.loaded.pop_front();
-            } else if full {
-                return Ok(None);
-            }
-            let Some(next) = self.next_job(&mut w.next) else {
-                return Ok(None);
-            };
-            let loaded = self.load(next).await?;
-            w.loaded.push_back(loaded);
-        }
-    }
-
-    /// The next job of the run with results (or failures) to give, from index `*next` on.
-    fn next_job(&self, next: &mut usize) -> Option<(S3Uri, Option<JobRecord>, JobEnd)> {
-        let jobs = self.jobs.lock().expect("jobs");
-        while *next < jobs.len() {
-            let j = &jobs[*next];
-            *next += 1;
-            if let (Some(record), Some(end)) = (&j.ledger, &j.end) {
-                return Some((j.input.clone(), Some(record.clone()), end.clone()));
-            }
-        }
-        None
-    }
-
-    /// A job's records: their vectors or errors (done), or its failure for each (ended, timed
-    /// out).
-    async fn load(
-        &self,
-        (input, record, end): (S3Uri, Option<JobRecord>, JobEnd),
-    ) -> Result<Loaded> {
-        let record = record.expect("jobs with an end were submitted");
-        let arn = record.arn.clone().unwrap_or_default();
-        let records = match end {
-            JobEnd::Done => self.read_results(&record).await?,
-            JobEnd::Ended(msg) => {
-                self.failed_records(&input, FailureKind::JobFailed, &msg)
-                    .await?
-            }
-            JobEnd::TimedOut => {
-                let msg = format!(
-                    "batch job {arn} was still running after {:.1} h (job_timeout_hours); it keeps running and the next run picks its results up",
-                    self.cfg.timeout.as_secs_f64() / 3600.0
-                );
-                self.failed_records(&input, FailureKind::JobTimeout, &msg)
-                    .await?
-            }
-        };
-        Ok(Loaded {
-            records: records.into_iter().map(|(k, v)| (k, (v, false))).collect(),
-            taken: 0,
-        })
-    }
-
-    /// Every record of a job's input file, failed with `msg`.
-    async fn failed_records(
-        &self,
-        input: &S3Uri,
-        kind: FailureKind,
-        msg: &str,
-    ) -> Result<Vec<(String, RecordOutcome)>> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Id {
-            record_id: String,
-        }
-        let body = self.s3.get(input).await?;
-        body.split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let id: Id = serde_json::from_slice(l)
-                    .with_context(|| format!("a record of {input} is not JSON"))?;
-                Ok((id.record_id, Err((kind, msg.to_string()))))
-            })
-            .collect()
-    }
-
-    /// A finished job's output files, parsed with the family's response reader.
-    async fn read_results(&self, record: &JobRecord) -> Result<Vec<(String, RecordOutcome)>> {
-        let folder = self
-            .output_folder(record)
-            .ok_or_else(|| anyhow!("the ledger's job {} has no ARN", record.key))?;
-        let keys = self.s3.list(&folder).await?;
-        let mut all = Vec::new();
-        for key in keys
-            .iter()
-            .filter(|k| k.ends_with(".out") && !k.ends_with("manifest.json.out"))
-        {
-            let uri = S3Uri {
-                bucket: folder.bucket.clone(),
-                key: key.clone(),
-            };
-            let body = self.s3.get(&uri).await?;
-            let (spec, params) = (self.info.spec, self.info.params.clone());
-            // As the on-demand route does: the client normalises unless the service did.
-            let normalize = self.info.normalize && !spec.service_normalizes;
-            let parsed =
-                crate::util::cpu(move || parse_output(spec, &params, normalize, &body)).await?;
-            let parsed = parsed.with_context(|| format!("cannot read the batch results {uri}"))?;
-            let errors = parsed.iter().filter(|(_, r)| r.is_err()).count() as u64;
-            self.count(|s| s.record_errors += errors);
-            all.extend(parsed);
-        }
-        if all.is_empty() {
-            anyhow::bail!(
-                "batch job {} left no results in {folder}",
-                record.arn.as_deref().unwrap_or("?")
-            );
-        }
-        Ok(all)
     }
 }

@@ -56,11 +56,19 @@ pub(super) fn parse_output(
             }
             (_, Some(e)) => {
                 let code = e.error_code.map(|c| c.to_string()).unwrap_or_default();
+                let code = code.trim_matches('"').to_string();
+                // The service's own trouble (5xx, throttling) says nothing about the input: it
+                // counts towards `max_service_failures` like an on-demand call's.
+                let kind = match code.parse::<u16>() {
+                    Ok(429) => FailureKind::Call(crate::util::ErrorClass::Throttled),
+                    Ok(500..=599) => FailureKind::Call(crate::util::ErrorClass::ServerError),
+                    _ => FailureKind::BatchRecord,
+                };
                 Err((
-                    FailureKind::BatchRecord,
+                    kind,
                     format!(
                         "the batch job answered this record with error {}: {}",
-                        code.trim_matches('"'),
+                        code,
                         e.error_message.as_deref().unwrap_or("(no message)")
                     ),
                 ))
@@ -73,6 +81,24 @@ pub(super) fn parse_output(
         out.push((l.record_id, outcome));
     }
     Ok(out)
+}
+
+/// The `recordId`s of a job's input file.
+pub(super) fn record_ids(body: &[u8]) -> Result<std::collections::HashSet<String>> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Id {
+        record_id: String,
+    }
+    body.split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .enumerate()
+        .map(|(n, l)| {
+            serde_json::from_slice::<Id>(l)
+                .map(|id| id.record_id)
+                .with_context(|| format!("record {} is not JSON with a recordId", n + 1))
+        })
+        .collect()
 }
 
 /// The inputs at `positions`, as a step's inputs.
