@@ -8,25 +8,7 @@ use super::pump::*;
 use super::*;
 
 pub(super) async fn submit_and_wait(ctx: &RunContext<'_>) -> Result<(), Stop> {
-    let checked = ctx.checked;
-    let iter = sources::open_for_run(
-        &ctx.settings.source,
-        &checked.source,
-        &checked.read_columns,
-        checked.id_column.clone(),
-        checked.stores.as_ref(),
-        ctx.shard.map_or(crate::util::Shard::WHOLE, |s| s.shard),
-        matches!(ctx.mode, WriteMode::Incremental | WriteMode::Append),
-    )?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<SourceBatch>>(2);
-    let reader = tokio::task::spawn_blocking(move || {
-        for item in iter {
-            let stop = item.is_err();
-            if tx.blocking_send(item).is_err() || stop {
-                break;
-            }
-        }
-    });
+    let (mut rx, reader) = read_source(ctx)?;
     // Rows whose id came earlier are dead-lettered by the second pass: never paid for here.
     let seen = std::sync::Mutex::new(
         matches!(ctx.mode, WriteMode::Incremental | WriteMode::Append).then(HashSet::new),

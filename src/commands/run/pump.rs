@@ -149,14 +149,14 @@ pub(super) fn repeated_ids(
         .collect()
 }
 
-pub(super) async fn pump_until(
+/// Opens the run's source (this shard's part) and reads it on a blocking thread: its batches
+/// arrive on the receiver (two ahead at most); the reader ends at the first error.
+pub(super) fn read_source(
     ctx: &RunContext<'_>,
-    output: &mut Output,
-    failures: &mut FailureWriter,
-    counters: &mut Counters,
-    seen: &std::sync::Mutex<Option<HashSet<String>>>,
-    signal: &mut std::pin::Pin<&mut impl std::future::Future<Output = Signal>>,
-) -> Result<(), Stop> {
+) -> Result<(
+    tokio::sync::mpsc::Receiver<Result<SourceBatch>>,
+    tokio::task::JoinHandle<()>,
+)> {
     let checked = ctx.checked;
     // Incremental and append runs split by id: the duplicate-id check and cleanup stay
     // within one shard.
@@ -178,6 +178,18 @@ pub(super) async fn pump_until(
             }
         }
     });
+    Ok((rx, reader))
+}
+
+pub(super) async fn pump_until(
+    ctx: &RunContext<'_>,
+    output: &mut Output,
+    failures: &mut FailureWriter,
+    counters: &mut Counters,
+    seen: &std::sync::Mutex<Option<HashSet<String>>>,
+    signal: &mut std::pin::Pin<&mut impl std::future::Future<Output = Signal>>,
+) -> Result<(), Stop> {
+    let (rx, reader) = read_source(ctx)?;
     let batches = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
