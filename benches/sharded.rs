@@ -281,6 +281,7 @@ mode = "create"
                 cost_usd: 0.0,
                 failures_by_kind: Default::default(),
                 staged: Some(Staged::Fragments(staged)),
+                batch_jobs: Vec::new(),
             };
             stage
                 .put(&RunStage::report_name(shard), &report)

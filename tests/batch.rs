@@ -503,3 +503,329 @@ fn small_jobs_under_big_source_batches_are_all_read_back_with_no_call_paid_twice
     assert_eq!(s["batch"][0]["results_used"], 2500, "{s}");
     assert_eq!(env.ok_calls(), 0);
 }
+
+/// `n` distinct small PNGs in `imgs/`, and a pipeline embedding them with Nova 2 (256
+/// dimensions) into `table`, with `model` keys.
+fn image_pipeline(env: &Env, n: usize, model: &str, table: &str) -> String {
+    let imgs = env.path("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for i in 0..n {
+        let px = image::Rgb([(i % 251) as u8, (i / 251) as u8, 77]);
+        let img = image::RgbImage::from_pixel(8, 8, px);
+        img.save(imgs.join(format!("img{i:04}.png"))).unwrap();
+    }
+    write_pipeline(
+        env.dir.path(),
+        "images.toml",
+        &format!(
+            r#"
+[source]
+type = "images"
+path = "imgs"
+
+[[model]]
+name = "m"
+provider = "bedrock"
+id = "amazon.nova-2-multimodal-embeddings-v1:0"
+dimensions = 256
+endpoint_url = "{emu}"
+s3_endpoint_url = "{s3}"
+poll_secs = 0.05
+{model}
+
+[[embed]]
+model = "m"
+image = "bytes"
+
+[sink]
+uri = "db"
+table = "{table}"
+mode = "overwrite"
+"#,
+            emu = env.emu.endpoint(),
+            s3 = env.s3.endpoint(),
+        ),
+    )
+}
+
+#[test]
+fn nova_images_go_into_batch_records_and_give_the_vectors_of_on_demand() {
+    let env = Env::new(|s| s.batch_min_records = 10);
+    let keys = format!("{}\nmin_records_per_job = 10", batch_keys(100));
+    let p = image_pipeline(&env, 130, &keys, "t");
+    // Cut short: the pre-flight refuses it, so it goes into no job and is dead-lettered as
+    // on-demand would.
+    let good = std::fs::read(env.path("imgs/img0000.png")).unwrap();
+    std::fs::write(env.path("imgs/cut.png"), &good[..good.len() / 2]).unwrap();
+    let out = env.run(&["run", &p, "--json"]);
+    let s = json_summary(&out);
+    assert_eq!(s["rows_written"], 130, "{s}\n{}", out.stderr);
+    assert_eq!(s["rows_failed"], 1);
+    assert_eq!(letters(env.dir.path())[0]["kind"], "unreadable_image");
+    let b = env.batch();
+    // 100 + 30 records, every one an image.
+    assert_eq!((b.jobs, b.records), (2, 130), "{b:?}");
+    let nova = "amazon.nova-2-multimodal-embeddings-v1:0";
+    let calls = |env: &Env| env.emu.stats().models.get(nova).map_or(0, |c| c.ok);
+    assert_eq!(calls(&env), 0, "no image was sent on-demand");
+    let batch = &s["batch"][0];
+    assert_eq!(batch["results_used"], 130, "{batch}");
+    assert_eq!(batch["images"], 130, "{batch}");
+    // Images billed at half the on-demand $0.00006 each, beside any tokens.
+    let tokens = batch["input_tokens"].as_f64().unwrap();
+    let cost = batch["cost_usd"].as_f64().unwrap();
+    let expected = 130.0 * 0.00003 + tokens / 1000.0 * 0.000135 / 2.0;
+    assert!((cost - expected).abs() < 1e-12, "{batch}");
+    let via_batch = table_vectors(&db(&env), "t", "vector");
+
+    std::fs::remove_file(env.path("imgs/cut.png")).unwrap();
+    let p = image_pipeline(&env, 130, "", "on_demand");
+    summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(calls(&env), 130);
+    let via_calls = table_vectors(&db(&env), "on_demand", "vector");
+    assert_eq!(via_batch.len(), 130);
+    assert_eq!(via_batch, via_calls, "batch and on-demand vectors differ");
+}
+
+#[test]
+fn each_shard_submits_its_own_records_and_the_commit_marks_their_jobs_used() {
+    let env = Env::new(|_| {});
+    let p = env.pipeline(0, article, &batch_keys(100), "t", "overwrite");
+    // Two files of 300 rows: CSV shards read whole files.
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("path = \"rows.csv\"", "path = \"parts/*.csv\"");
+    std::fs::write(&p, text).unwrap();
+    std::fs::create_dir_all(env.path("parts")).unwrap();
+    for (f, range) in [("a.csv", 0..300), ("b.csv", 300..600)] {
+        let mut csv = String::from("id,text\n");
+        for i in range {
+            csv.push_str(&format!("r{i:05},\"{}\"\n", article(i)));
+        }
+        std::fs::write(env.path("parts").join(f), csv).unwrap();
+    }
+    let workers: Vec<_> = ["0/2", "1/2"]
+        .into_iter()
+        .map(|shard| {
+            aws_cli(
+                env.dir.path(),
+                &env.emu.endpoint(),
+                &["run", &p, "--json", "--shard", shard, "--run", "r1"],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let mut batch_cost = 0.0;
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(s["batch"][0]["results_used"], 300, "{s}");
+        assert_eq!(s["batch"][0]["jobs_submitted"], 3, "{s}");
+        batch_cost += s["batch"][0]["cost_usd"].as_f64().unwrap();
+    }
+    let b = env.batch();
+    assert_eq!((b.jobs, b.records), (6, 600), "{b:?}");
+    assert_eq!(env.ok_calls(), 0);
+    let jobs = |env: &Env| -> Vec<serde_json::Value> {
+        let out = env.run(&["jobs", &p, "--json"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    };
+    let before = jobs(&env);
+    assert_eq!(before.len(), 6);
+    // Staged, not committed: a rerun of a shard may still need them.
+    assert!(before.iter().all(|j| j.get("used").is_none()), "{before:?}");
+    let mut shards: Vec<&str> = before
+        .iter()
+        .map(|j| j["shard"].as_str().unwrap())
+        .collect();
+    shards.sort();
+    assert_eq!(shards, ["0/2", "0/2", "0/2", "1/2", "1/2", "1/2"]);
+
+    let commit = summary(&env.run(&["commit", &p, "--run", "r1", "--json"]));
+    assert_eq!(commit["rows_written"], 600, "{commit}");
+    // The shards' reports carry their batch cost.
+    let cost = commit["cost_usd"].as_f64().unwrap();
+    assert!(
+        batch_cost > 0.0 && (cost - batch_cost).abs() < 1e-12,
+        "{commit}"
+    );
+    assert!(jobs(&env).iter().all(|j| j["used"] == true));
+    assert_eq!(table_vectors(&db(&env), "t", "vector").len(), 600);
+}
+
+/// `docs.csv`: `n` documents of 8 paragraphs (`edit(i)` replaces document i's last one).
+fn documents(env: &Env, n: usize, edit: impl Fn(usize) -> Option<String>) {
+    let mut csv = String::from("id,body\n");
+    for i in 0..n {
+        let mut paragraphs: Vec<String> = (0..8)
+            .map(|p| {
+                format!(
+                    "Paragraph {p} of document {i} tells of the {} and the {} over {} long years of trade.",
+                    ["sea", "city", "forest", "sky"][(i + p) % 4],
+                    ["river", "harbour", "market", "road"][(i * 3 + p) % 4],
+                    i * 11 + p
+                )
+            })
+            .collect();
+        if let Some(last) = edit(i) {
+            *paragraphs.last_mut().unwrap() = last;
+        }
+        csv.push_str(&format!("d{i:03},\"{}\"\n", paragraphs.join("\n\n")));
+    }
+    std::fs::write(env.path("docs.csv"), csv).unwrap();
+}
+
+/// A `[chunk]` pipeline over `docs.csv` into `table`.
+fn chunked_pipeline(env: &Env, model: &str, table: &str) -> String {
+    let p = env.pipeline(0, article, model, table, "incremental");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace(
+            "path = \"rows.csv\"\nid_column = \"id\"",
+            "path = \"docs.csv\"\nid_column = \"id\"\n\n[chunk]\ninput = \"body\"\nmax_tokens = 24\noverlap_tokens = 0",
+        )
+        .replace("text = \"{text}\"", "column = \"text\"");
+    let path = env.path(&format!("{table}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn chunked_documents_go_into_batch_records_and_an_edit_submits_only_its_chunks() {
+    let env = Env::new(|s| s.batch_min_records = 2);
+    let keys = format!("{}\nmin_records_per_job = 2", batch_keys(100));
+    documents(&env, 40, |_| None);
+    let p = chunked_pipeline(&env, &keys, "t");
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    let chunks = s["chunks_written"].as_u64().unwrap();
+    assert_eq!(s["rows_written"], 40, "{s}");
+    assert!(chunks >= 200, "{s}");
+    let batch = &s["batch"][0];
+    // Every chunk comes from a record (the rest below the minimum, if any, on-demand); chunks
+    // of the same text share one.
+    let on_demand = batch["records_below_minimum"].as_u64().unwrap();
+    let records = batch["records"].as_u64().unwrap();
+    assert!(
+        records + on_demand <= chunks && records > chunks * 9 / 10,
+        "{batch}"
+    );
+    assert_eq!(batch["results_used"].as_u64().unwrap() + on_demand, chunks);
+    assert_eq!(env.ok_calls(), on_demand);
+    let via_batch = table_vectors(&db(&env), "t", "vector");
+
+    let od = chunked_pipeline(&env, "", "on_demand");
+    summary(&env.run(&["run", &od, "--json"]));
+    assert_eq!(env.ok_calls(), on_demand + chunks);
+    assert_eq!(
+        via_batch,
+        table_vectors(&db(&env), "on_demand", "vector"),
+        "batch and on-demand vectors differ"
+    );
+
+    // Four documents end differently: only their last chunks become records.
+    documents(&env, 40, |i| {
+        (i % 13 == 0).then(|| format!("Document {i} now closes with a new ending entirely."))
+    });
+    let plan = summary(&env.run(&["plan", &p, "--json"]));
+    let to_embed = plan["chunks"]["to_embed"].as_u64().unwrap();
+    assert!((4..=12).contains(&to_embed), "{plan}");
+    let before = env.batch().records;
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_written"], 4, "{s}");
+    assert_eq!(s["rows_skipped"], 36);
+    assert_eq!(env.batch().records - before, to_embed, "{s}");
+    assert_eq!(s["batch"][0]["results_used"], to_embed, "{s}");
+    assert_eq!(env.ok_calls(), on_demand + chunks, "nothing on-demand");
+}
+
+#[test]
+fn a_job_whose_create_answer_was_lost_is_found_by_name_and_not_paid_for_again() {
+    let env = Env::new(|s| s.batch_job_ms = 600_000);
+    let p = env.pipeline(600, article, &batch_keys(200), "t", "incremental");
+    let mut child = aws_cli(env.dir.path(), &env.emu.endpoint(), &["run", &p, "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(60, "three jobs recorded", || {
+        std::fs::read_to_string(env.path("db/t_jobs.jsonl"))
+            .is_ok_and(|l| l.matches("\"status\":\"in_progress\"").count() == 3)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // As if the run had died after each create and before recording its answer.
+    let ledger = env.path("db/t_jobs.jsonl");
+    let kept: String = std::fs::read_to_string(&ledger)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"arn\":null"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(kept.lines().count(), 3);
+    std::fs::write(&ledger, kept).unwrap();
+    // The records now group into other jobs: only the names lead to the jobs.
+    let p = env.pipeline(
+        550,
+        |i| article(i + 50),
+        &batch_keys(200),
+        "t",
+        "incremental",
+    );
+    env.tune(|s| s.batch_job_ms = 50);
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_written"], 550, "{s}");
+    let b = env.batch();
+    assert!(b.lists >= 3, "{b:?}");
+    assert_eq!(b.jobs, 3, "records were paid for twice: {b:?}");
+    assert_eq!(s["batch"][0]["jobs_resumed"], 3, "{s}");
+    assert_eq!(env.ok_calls(), 0);
+}
+
+#[test]
+fn jobs_stop_stops_the_running_batch_jobs_and_the_next_run_submits_them_again() {
+    let env = Env::new(|s| s.batch_job_ms = 600_000);
+    let p = env.pipeline(400, article, &batch_keys(200), "t", "overwrite");
+    let mut child = aws_cli(env.dir.path(), &env.emu.endpoint(), &["run", &p, "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(60, "two jobs recorded", || {
+        std::fs::read_to_string(env.path("db/t_jobs.jsonl"))
+            .is_ok_and(|l| l.matches("\"status\":\"in_progress\"").count() == 2)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = env.run(&["jobs", &p, "--stop", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let stopped: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(stopped.len(), 2, "{stopped:?}");
+    assert!(
+        stopped.iter().all(|s| s["status"] == "stopped"),
+        "{stopped:?}"
+    );
+    assert_eq!(env.batch().stops, 2);
+    let jobs = env.run(&["jobs", &p, "--json"]);
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&jobs.stdout).unwrap();
+    assert!(jobs.iter().all(|j| j["status"] == "failed"), "{jobs:?}");
+    // Nothing left to stop.
+    let again = env.run(&["jobs", &p, "--stop", "--json"]);
+    assert_eq!(again.stdout.trim(), "[]");
+
+    env.tune(|s| s.batch_job_ms = 50);
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_written"], 400, "{s}");
+    assert_eq!(s["batch"][0]["jobs_submitted"], 2, "{s}");
+    assert_eq!(env.batch().jobs, 4);
+    assert_eq!(env.ok_calls(), 0);
+}

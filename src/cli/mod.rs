@@ -185,6 +185,10 @@ enum Command {
         /// Print the jobs as JSON.
         #[arg(long)]
         json: bool,
+        /// Stop the batch inference jobs still running (a backfill given up): records not yet
+        /// processed are not billed, and the next run submits them again.
+        #[arg(long)]
+        stop: bool,
         #[command(flatten)]
         emu: EmulatorFlags,
     },
@@ -391,7 +395,12 @@ async fn dispatch(cli: Cli) -> i32 {
             run_id,
             emu,
         } => runs_command(&file, json, n, run_id.as_deref(), &emu).await,
-        Command::Jobs { file, json, emu } => jobs_command(&file, json, &emu).await,
+        Command::Jobs {
+            file,
+            json,
+            stop,
+            emu,
+        } => jobs_command(&file, json, stop, &emu).await,
     }
 }
 
@@ -564,7 +573,7 @@ async fn plan_command(
     }
 }
 
-async fn jobs_command(file: &Path, json: bool, emu: &EmulatorFlags) -> i32 {
+async fn jobs_command(file: &Path, json: bool, stop: bool, emu: &EmulatorFlags) -> i32 {
     let p = match load(file) {
         Ok(p) => p,
         Err(code) => return code,
@@ -573,6 +582,26 @@ async fn jobs_command(file: &Path, json: bool, emu: &EmulatorFlags) -> i32 {
         Ok(x) => x,
         Err(code) => return code,
     };
+    if stop {
+        return match crate::commands::jobs::stop_batch_jobs(&p, &overrides).await {
+            Ok(stopped) if json => {
+                render::print_json(&stopped);
+                EXIT_OK
+            }
+            Ok(stopped) => {
+                for s in &stopped {
+                    println!("{} {}: {}", s.model, s.arn, s.status);
+                }
+                let n = stopped.iter().filter(|s| s.status == "stopped").count();
+                println!("{n} batch jobs stopped");
+                EXIT_OK
+            }
+            Err(e) => {
+                report_error(&e);
+                EXIT_FAILED
+            }
+        };
+    }
     let listing = match crate::commands::jobs::list(&p, &overrides).await {
         Ok(l) => l,
         Err(e) => {

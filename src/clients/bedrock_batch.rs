@@ -1,5 +1,6 @@
 //! Bedrock's control plane for batch inference through the real `aws-sdk-bedrock` client:
-//! CreateModelInvocationJob, GetModelInvocationJob and StopModelInvocationJob. Same
+//! CreateModelInvocationJob, GetModelInvocationJob, ListModelInvocationJobs and
+//! StopModelInvocationJob. Same
 //! configuration (credentials chain, region, endpoint override, no SDK retries) and error
 //! classes as the runtime client.
 
@@ -124,5 +125,37 @@ impl BedrockBatch {
             processed_records: out.processed_record_count,
             error_records: out.error_record_count,
         })
+    }
+
+    /// The ARN of the job named `name` created with `token` (ListModelInvocationJobs by name):
+    /// finds a job whose create answer was lost (the run died before it recorded the ARN).
+    pub async fn find(&self, name: &str, token: &str) -> Result<Option<String>, CallError> {
+        let mut pages = self
+            .client
+            .list_model_invocation_jobs()
+            .name_contains(name)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(classify)?;
+            let found = page.invocation_job_summaries().iter().find(|j| {
+                j.job_name() == name && j.client_request_token().is_none_or(|t| t == token)
+            });
+            if let Some(j) = found {
+                return Ok(Some(j.job_arn().to_string()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// StopModelInvocationJob: records not yet processed are not billed.
+    pub async fn stop(&self, arn: &str) -> Result<(), CallError> {
+        self.client
+            .stop_model_invocation_job()
+            .job_identifier(arn)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
     }
 }

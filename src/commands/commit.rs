@@ -218,6 +218,7 @@ pub async fn commit(
     // Maintenance and the run log come before the run is marked committed: a commit killed in
     // between is run again and redoes them (the run is recorded once).
     after_commit(&settings, &manifest, &reports, &outcome).await;
+    mark_batch_jobs_used(&target, stores.as_ref(), &reports).await;
     stage
         .put(COMMITTED, &outcome)
         .await
@@ -449,6 +450,27 @@ async fn commit_rows(
             Ok((Some(t.version().await?), deleted))
         }
         None => Ok((None, 0)),
+    }
+}
+
+/// The shards' batch jobs are committed: later runs need not look for records in them.
+async fn mark_batch_jobs_used(
+    target: &crate::resolve::Target,
+    stores: Option<&Stores>,
+    reports: &[ShardReport],
+) {
+    let keys: Vec<String> = reports
+        .iter()
+        .flat_map(|r| r.batch_jobs.iter().cloned())
+        .collect();
+    if keys.is_empty() {
+        return;
+    }
+    match crate::jobs::ledger::Ledger::open(&target.jobs_location(), stores).await {
+        Ok(ledger) => crate::jobs::batch::mark_used(&ledger, &keys).await,
+        Err(e) => tracing::warn!(
+            "the batch jobs could not be marked used (the rows are committed): {e:#}"
+        ),
     }
 }
 

@@ -1,6 +1,7 @@
-//! Layer 8, commands: `jobs` — the async jobs (video/audio) of a pipeline's table, read from its
-//! job ledger (`<table>_jobs.jsonl` next to the table, or one object per job under
-//! `<table>_jobs/` when the table is in S3).
+//! Layer 8, commands: `jobs` — the async (video/audio) and batch inference jobs of a pipeline's
+//! table, read from its job ledger (`<table>_jobs.jsonl` next to the table, or one object per
+//! job under `<table>_jobs/` when the table is in S3); `jobs --stop` stops its running batch
+//! jobs.
 
 use crate::clients::store::Stores;
 use crate::config::Pipeline;
@@ -43,4 +44,70 @@ pub async fn list(pipeline: &Pipeline, overrides: &Overrides) -> Result<Listing>
         jobs,
         read_at: ledger::now(),
     })
+}
+
+/// What `jobs --stop` did with one batch job.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StopOutcome {
+    pub model: String,
+    pub arn: String,
+    /// `stopped`, or the status it had already ended with.
+    pub status: String,
+}
+
+/// `jobs --stop`: stops the pipeline's batch jobs still running (StopModelInvocationJob), so a
+/// backfill given up is not billed for records the service has not processed. They are
+/// recorded as failed: the next run submits their records again.
+pub async fn stop_batch_jobs(
+    pipeline: &Pipeline,
+    overrides: &Overrides,
+) -> Result<Vec<StopOutcome>> {
+    use crate::clients::bedrock_batch::{BatchState, BedrockBatch};
+    let settings = crate::resolve::Settings::resolve(pipeline, overrides)?;
+    let location = settings.sink.target.jobs_location();
+    let stores = match &location {
+        Location::S3(_) => Some(Stores::connect(&settings.storage).await?),
+        Location::Local(_) => None,
+    };
+    let ledger = ledger::Ledger::open(&location, stores.as_ref()).await?;
+    let mut outcomes = Vec::new();
+    for mut record in ledger.all() {
+        let (Some(arn), ledger::Status::InProgress, "batch") =
+            (record.arn.clone(), record.status, record.modality.as_str())
+        else {
+            continue;
+        };
+        let Some(info) = settings.models.iter().find(|m| m.name == record.model) else {
+            continue;
+        };
+        let client = BedrockBatch::connect(&info.connection).await?;
+        let fail = |e: crate::clients::CallError| anyhow::anyhow!("batch job {arn}: {}", e.message);
+        // A job that ended meanwhile cannot be stopped: its end is recorded instead.
+        let job = client.get(&arn).await.map_err(fail)?;
+        let status = match job.state {
+            BatchState::Running => {
+                client.stop(&arn).await.map_err(fail)?;
+                record.status = ledger::Status::Failed;
+                record.failure = Some("stopped by `embedpipe jobs --stop`".into());
+                "stopped".to_string()
+            }
+            BatchState::Ended => {
+                record.status = ledger::Status::Failed;
+                record.failure = Some(format!("batch job ended {}", job.status));
+                job.status
+            }
+            // Its results are there: the next run uses them.
+            BatchState::Done => job.status,
+        };
+        if record.status == ledger::Status::Failed {
+            record.updated_at = ledger::now();
+            ledger.record(&record).await?;
+        }
+        outcomes.push(StopOutcome {
+            model: record.model.clone(),
+            arn,
+            status,
+        });
+    }
+    Ok(outcomes)
 }

@@ -70,6 +70,17 @@ pub struct JobRecord {
     /// look for its records in it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub used: bool,
+    /// Batch jobs: records that hold an image (billed per image; the manifest counts tokens).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub images: u64,
+    /// Batch jobs of a sharded run: the shard (`i/n`) whose records it holds. A rerun looks
+    /// for its records only in its own shard's jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a batch job's manifest (`manifest.json.out`) reports.
@@ -398,6 +409,8 @@ mod tests {
             updated_at: 1.0,
             counts: None,
             used: false,
+            images: 0,
+            shard: None,
         }
     }
 

@@ -222,6 +222,8 @@ impl AsyncRoute {
                     updated_at: now,
                     counts: None,
                     used: false,
+                    images: 0,
+                    shard: None,
                 }
             }
         }

@@ -252,7 +252,7 @@ impl Summary {
         for b in &self.batch {
             writeln!(
                 f,
-                "  batch `{}`: {} records in jobs ({} submitted, {} resumed, {} completed, {} failed, {} timed out); {} inputs from results, {} record errors, {} below the minimum sent on-demand; {} tokens billed at the batch price (${:.6})",
+                "  batch `{}`: {} records in jobs ({} submitted, {} resumed, {} completed, {} failed, {} timed out); {} inputs from results, {} record errors, {} below the minimum sent on-demand; {} tokens{} billed at the batch price (${:.6})",
                 b.model,
                 b.records,
                 b.jobs_submitted,
@@ -264,6 +264,10 @@ impl Summary {
                 b.record_errors,
                 b.records_below_minimum,
                 b.input_tokens,
+                match b.images {
+                    0 => String::new(),
+                    n => format!(" and {n} images"),
+                },
                 b.cost_usd
             )?;
         }

@@ -75,7 +75,8 @@ pub fn shard_of(key: &str, count: u32) -> u32 {
 }
 
 /// Contiguous ranges of units (row groups, files) in their given order, balanced by `sizes`:
-/// the shard of each unit is where its first row falls among `count` equal spans of the total.
+/// the shard of each unit is where its middle row falls among `count` equal spans of the total
+/// (by its first row, two files of nearly equal size would both go to the first of two shards).
 /// A unit is never split; empty units go with their neighbours.
 pub fn balanced(sizes: &[u64], count: u32) -> Vec<u32> {
     let total: u128 = sizes.iter().map(|&s| s as u128).sum();
@@ -83,7 +84,10 @@ pub fn balanced(sizes: &[u64], count: u32) -> Vec<u32> {
     sizes
         .iter()
         .map(|&s| {
-            let shard = (start * count as u128).checked_div(total).unwrap_or(0) as u32;
+            let middle2 = 2 * start + s as u128;
+            let shard = (middle2 * count as u128)
+                .checked_div(2 * total)
+                .unwrap_or(0) as u32;
             start += s as u128;
             shard.min(count - 1)
         })
@@ -140,7 +144,9 @@ mod tests {
     fn balanced_ranges_are_contiguous_and_even() {
         assert_eq!(balanced(&[10, 10, 10, 10], 2), [0, 0, 1, 1]);
         assert_eq!(balanced(&[100, 1, 1, 1, 1], 2), [0, 1, 1, 1, 1]);
-        assert_eq!(balanced(&[5, 5, 5], 4), [0, 1, 2]);
+        assert_eq!(balanced(&[5, 5, 5], 4), [0, 2, 3]);
+        // The smaller first of two files still gets a shard of its own.
+        assert_eq!(balanced(&[99, 101], 2), [0, 1]);
         assert_eq!(balanced(&[0, 0], 3), [0, 0]);
         assert_eq!(balanced(&[], 3), Vec::<u32>::new());
         let sizes: Vec<u64> = (0..1000).map(|i| 1000 + (i * 37 % 200)).collect();

@@ -13,25 +13,24 @@ pub(super) async fn submit_and_wait(ctx: &RunContext<'_>) -> Result<(), Stop> {
     let seen = std::sync::Mutex::new(
         matches!(ctx.mode, WriteMode::Incremental | WriteMode::Append).then(HashSet::new),
     );
+    // The most inputs one source batch gave each batch model (chunks make many per row).
+    let mut most: BTreeMap<usize, usize> = BTreeMap::new();
     while let Some(item) = rx.recv().await {
         let sb = item?;
         let repeated = repeated_ids(&sb, &seen);
-        collect_records(ctx, &sb, &repeated).await?;
+        for (model, n) in collect_records(ctx, &sb, &repeated).await? {
+            let m = most.entry(model).or_default();
+            *m = (*m).max(n);
+        }
     }
     reader.await.context("source reader panicked")?;
     for route in ctx.batch.values() {
         route.finish().await?;
     }
-    // The second pass works on this many rows at once.
-    let rows = batches_in_flight(ctx.settings, ctx.models) * ctx.settings.source.batch_rows;
-    for (&model, route) in ctx.batch {
-        let steps = ctx
-            .pipeline
-            .steps
-            .iter()
-            .filter(|s| s.model_index == model)
-            .count();
-        route.set_rows_in_flight(rows, steps);
+    // The second pass works on this many source batches at once.
+    let in_flight = batches_in_flight(ctx.settings, ctx.models);
+    for (model, route) in ctx.batch {
+        route.set_records_in_flight(in_flight * most.get(model).copied().unwrap_or(0));
     }
     let started = Instant::now();
     futures::future::try_join_all(ctx.batch.values().map(|r| r.wait())).await?;
@@ -42,12 +41,43 @@ pub(super) async fn submit_and_wait(ctx: &RunContext<'_>) -> Result<(), Stop> {
     Ok(())
 }
 
-/// One source batch's records: the inputs the second pass would send to each batch model.
-async fn collect_records(ctx: &RunContext<'_>, sb: &SourceBatch, repeated: &[usize]) -> Result<()> {
-    let n = sb.batch.num_rows();
-    if n == 0 {
-        return Ok(());
+/// One source batch's records: the inputs the second pass would send to each batch model;
+/// how many each model got.
+async fn collect_records(
+    ctx: &RunContext<'_>,
+    sb: &SourceBatch,
+    repeated: &[usize],
+) -> Result<BTreeMap<usize, usize>> {
+    let mut added = BTreeMap::new();
+    if sb.batch.num_rows() == 0 {
+        return Ok(added);
     }
+    let prepared = match ctx.chunks {
+        // The inputs the normal pass would send: chunks of new and changed documents.
+        Some(stage) => {
+            super::chunked::chunk_rows(ctx, stage, sb, repeated)
+                .await?
+                .prepared
+        }
+        None => prepare_rows(ctx, sb, repeated).await?,
+    };
+    for (step, p) in ctx.pipeline.steps.iter().zip(&prepared) {
+        if let Some(route) = ctx.batch.get(&step.model_index) {
+            route.add(&p.inputs, &p.hashes).await?;
+            *added.entry(step.model_index).or_default() += p.inputs.len();
+        }
+    }
+    Ok(added)
+}
+
+/// A source batch's rows prepared as [`embed_batch`] prepares them: repeated ids, stored ids
+/// (append) and unchanged rows (incremental) taken out.
+async fn prepare_rows(
+    ctx: &RunContext<'_>,
+    sb: &SourceBatch,
+    repeated: &[usize],
+) -> Result<Vec<Prepared>> {
+    let n = sb.batch.num_rows();
     let mut state: Vec<RowState> = vec![RowState::Ok; n];
     for &row in repeated {
         state[row] = RowState::Failed(repeated_id(sb, row));
@@ -71,10 +101,5 @@ async fn collect_records(ctx: &RunContext<'_>, sb: &SourceBatch, repeated: &[usi
             retain_rows(p, |row| !unchanged[row]);
         }
     }
-    for (step, p) in ctx.pipeline.steps.iter().zip(&prepared) {
-        if let Some(route) = ctx.batch.get(&step.model_index) {
-            route.add(&p.inputs, &p.hashes).await?;
-        }
-    }
-    Ok(())
+    Ok(prepared)
 }

@@ -22,10 +22,90 @@ pub(super) async fn embed_chunked_batch(
     repeated: &[usize],
 ) -> Result<BatchOutput> {
     let run_id = ctx.run_id;
-    let mut out = BatchOutput::new(sb, run_id);
     if sb.batch.num_rows() == 0 {
-        return Ok(out);
+        return Ok(BatchOutput::new(sb, run_id));
     }
+    let ChunkedRows {
+        mut out,
+        csb,
+        parent,
+        dropped,
+        mut state,
+        prepared,
+        reused,
+        mut stale,
+    } = chunk_rows(ctx, stage, sb, repeated).await?;
+    let n = csb.batch.num_rows();
+    let per_step = call_steps(ctx, prepared, reused, &mut state, &mut out).await?;
+    // A document is written whole or not at all.
+    let docs = sb.batch.num_rows();
+    let mut failed: Vec<Vec<(usize, RowFailure)>> = vec![Vec::new(); docs];
+    let mut changed = vec![false; docs];
+    let mut chunks_of = vec![0usize; docs];
+    for (k, s) in state.iter().enumerate() {
+        let d = parent[k] as usize;
+        chunks_of[d] += 1;
+        match s {
+            RowState::Failed(f) if !dropped[d] => failed[d].push((k, f.clone())),
+            RowState::Ok => changed[d] = true,
+            _ => {}
+        }
+    }
+    for (d, fails) in failed.iter().enumerate() {
+        if let Some(failure) = document_failure(&csb, fails, chunks_of[d]) {
+            out.dead.push(dead_letter(sb, run_id, Some(d), failure));
+        }
+    }
+    let keep: Vec<u32> = (0..n as u32)
+        .filter(|&k| {
+            let d = parent[k as usize] as usize;
+            state[k as usize].is_ok() && failed[d].is_empty()
+        })
+        .collect();
+    for d in 0..docs {
+        if dropped[d] || !failed[d].is_empty() || chunks_of[d] == 0 {
+            continue;
+        }
+        let gone = stale.remove(&(d as u32)).unwrap_or_default();
+        if changed[d] || !gone.is_empty() {
+            out.rows_written += 1;
+        } else {
+            out.skipped += 1;
+        }
+        out.deletes.extend(gone);
+    }
+    out.batch = assemble_rows(ctx, &csb, per_step, keep).await?;
+    Ok(out)
+}
+
+/// A chunked source batch up to its calls: its documents split into chunk rows, prepared;
+/// chunks the table holds unchanged (incremental) marked so, reused vectors taken out of the
+/// calls, and the siblings of a failed chunk spared. The first pass of a batch run
+/// ([`super::batch`]) sends the inputs left to jobs, the normal pass to its calls.
+pub(super) struct ChunkedRows {
+    /// Dead letters so far (repeated ids, documents that failed to split).
+    pub(super) out: BatchOutput,
+    pub(super) csb: SourceBatch,
+    /// Each chunk row's document (its row in the source batch).
+    pub(super) parent: Vec<u32>,
+    /// Documents that make no chunks (repeated ids, failed splits).
+    pub(super) dropped: Vec<bool>,
+    pub(super) state: Vec<RowState>,
+    pub(super) prepared: Vec<Prepared>,
+    pub(super) reused: Vec<Vec<crate::prepare::chunked::Reused>>,
+    /// Chunks a changed document lost, per document.
+    pub(super) stale: HashMap<u32, Vec<String>>,
+}
+
+/// See [`ChunkedRows`]; `sb` holds at least one row.
+pub(super) async fn chunk_rows(
+    ctx: &RunContext<'_>,
+    stage: &Arc<ChunkStage>,
+    sb: &SourceBatch,
+    repeated: &[usize],
+) -> Result<ChunkedRows> {
+    let run_id = ctx.run_id;
+    let mut out = BatchOutput::new(sb, run_id);
     for &row in repeated {
         out.dead
             .push(dead_letter(sb, run_id, Some(row), repeated_id(sb, row)));
@@ -47,7 +127,6 @@ pub(super) async fn embed_chunked_batch(
         }
     }
     let (csb, parent) = expanded.into_rows(sb);
-    let n = csb.batch.num_rows();
     let mut state: Vec<RowState> = parent
         .iter()
         .map(|&p| match dropped[p as usize] {
@@ -121,46 +200,16 @@ pub(super) async fn embed_chunked_batch(
             r.retain(|x| spare(x.0));
         }
     }
-    let per_step = call_steps(ctx, prepared, reused, &mut state, &mut out).await?;
-    // A document is written whole or not at all.
-    let docs = sb.batch.num_rows();
-    let mut failed: Vec<Vec<(usize, RowFailure)>> = vec![Vec::new(); docs];
-    let mut changed = vec![false; docs];
-    let mut chunks_of = vec![0usize; docs];
-    for (k, s) in state.iter().enumerate() {
-        let d = parent[k] as usize;
-        chunks_of[d] += 1;
-        match s {
-            RowState::Failed(f) if !dropped[d] => failed[d].push((k, f.clone())),
-            RowState::Ok => changed[d] = true,
-            _ => {}
-        }
-    }
-    for (d, fails) in failed.iter().enumerate() {
-        if let Some(failure) = document_failure(&csb, fails, chunks_of[d]) {
-            out.dead.push(dead_letter(sb, run_id, Some(d), failure));
-        }
-    }
-    let keep: Vec<u32> = (0..n as u32)
-        .filter(|&k| {
-            let d = parent[k as usize] as usize;
-            state[k as usize].is_ok() && failed[d].is_empty()
-        })
-        .collect();
-    for d in 0..docs {
-        if dropped[d] || !failed[d].is_empty() || chunks_of[d] == 0 {
-            continue;
-        }
-        let gone = stale.remove(&(d as u32)).unwrap_or_default();
-        if changed[d] || !gone.is_empty() {
-            out.rows_written += 1;
-        } else {
-            out.skipped += 1;
-        }
-        out.deletes.extend(gone);
-    }
-    out.batch = assemble_rows(ctx, &csb, per_step, keep).await?;
-    Ok(out)
+    Ok(ChunkedRows {
+        out,
+        csb,
+        parent,
+        dropped,
+        state,
+        prepared,
+        reused,
+        stale,
+    })
 }
 
 /// One dead letter for a document whose chunks failed: the first failure's step and kind, and

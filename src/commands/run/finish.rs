@@ -107,6 +107,7 @@ pub(super) async fn open_batch_routes(
     pipeline: &Pipeline,
     checked: &Checked,
     models: &Models,
+    shard: Option<&super::shard::ShardContext>,
 ) -> Result<BTreeMap<usize, BatchRoute>> {
     let mut routes = BTreeMap::new();
     let mut ledger = None;
@@ -114,9 +115,6 @@ pub(super) async fn open_batch_routes(
         let info = &models.get(step.model_index).info;
         if info.batch.is_none() || routes.contains_key(&step.model_index) {
             continue;
-        }
-        if pipeline.chunk.is_some() {
-            bail!("model `{}` has invoke = \"batch\", which does not take [chunk] pipelines yet\n  help: remove invoke = \"batch\" (on-demand) or the [chunk] table", info.name);
         }
         if ledger.is_none() {
             let l = crate::jobs::ledger::Ledger::open(
@@ -129,7 +127,7 @@ pub(super) async fn open_batch_routes(
         let l = ledger.clone().expect("opened");
         routes.insert(
             step.model_index,
-            BatchRoute::connect(info.clone(), l).await?,
+            BatchRoute::connect(info.clone(), l, shard.map(|s| s.shard.to_string())).await?,
         );
     }
     Ok(routes)

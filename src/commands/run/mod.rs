@@ -336,7 +336,7 @@ async fn run_inner(
     )
     .await
     .map_err(RunError::Setup)?;
-    let batch = open_batch_routes(&pipeline, &checked, &models)
+    let batch = open_batch_routes(&pipeline, &checked, &models, shard.as_ref())
         .await
         .map_err(RunError::Setup)?;
     let chunks = chunk_stage(&settings, &checked, &models).map_err(RunError::Setup)?;
@@ -380,8 +380,9 @@ async fn run_inner(
     // The batch jobs' results are in the table: later runs need not look in them. (A shard's
     // rows wait for `embedpipe commit`; its jobs stay open to the next run until then.)
     if committed.is_ok() && shard.is_none() {
-        for route in batch.values() {
-            route.mark_used().await;
+        if let Some(route) = batch.values().next() {
+            let keys: Vec<String> = batch.values().flat_map(|r| r.used_keys()).collect();
+            crate::jobs::batch::mark_used(route.ledger(), &keys).await;
         }
     }
     // A shard committed nothing: the commit maintains the table once for the whole run.
@@ -446,7 +447,11 @@ async fn run_inner(
         }),
     };
     if let Some(s) = &shard {
-        if let Err(e) = s.report(&summary, staged).await {
+        let batch_jobs = match committed.is_ok() {
+            true => batch.values().flat_map(|r| r.used_keys()).collect(),
+            false => Vec::new(),
+        };
+        if let Err(e) = s.report(&summary, staged, batch_jobs).await {
             let e = e.context("the shard's report could not be written: run the shard again");
             return Err(RunError::Failed(e, Box::new(summary)));
         }

@@ -265,7 +265,7 @@ pub(super) async fn pump_until(
         }
         ctx.progress.batch_done(out.read, out.inputs);
         if let Some(shard) = ctx.shard {
-            shard.tick(counters, ctx.models).await;
+            shard.tick(counters, ctx.models, ctx.batch).await;
         }
     }
     reader.await.context("source reader panicked")?;

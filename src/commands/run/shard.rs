@@ -72,6 +72,10 @@ pub struct ShardReport {
     pub cost_usd: f64,
     pub failures_by_kind: BTreeMap<String, u64>,
     pub staged: Option<Staged>,
+    /// The batch jobs (ledger keys) whose results the shard staged: the commit marks them
+    /// used once the rows are in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch_jobs: Vec<String>,
 }
 
 impl ShardReport {
@@ -168,7 +172,12 @@ impl ShardContext {
     }
 
     /// Rewrites the progress file when it is due (errors only logged: progress is for people).
-    pub(super) async fn tick(&self, counters: &Counters, models: &Models) {
+    pub(super) async fn tick(
+        &self,
+        counters: &Counters,
+        models: &Models,
+        batch: &BTreeMap<usize, crate::jobs::batch::BatchRoute>,
+    ) {
         {
             let mut last = self.last_progress.lock().expect("progress lock");
             if last.elapsed() < PROGRESS_EVERY {
@@ -184,7 +193,8 @@ impl ShardContext {
             rows_read: counters.read,
             rows_written: counters.written,
             calls: stats.iter().map(|s| s.calls).sum(),
-            cost_usd: stats.iter().map(|s| s.cost_usd).sum(),
+            cost_usd: stats.iter().map(|s| s.cost_usd).sum::<f64>()
+                + batch.values().map(|b| b.stats().cost_usd).sum::<f64>(),
         };
         let name = RunStage::progress_name(self.shard.index);
         if let Err(e) = self.stage.put(&name, &p).await {
@@ -193,7 +203,16 @@ impl ShardContext {
     }
 
     /// Writes the shard's report: the last thing a worker does.
-    pub(super) async fn report(&self, summary: &Summary, staged: Option<Staged>) -> Result<()> {
+    /// `batch_jobs`: see [`ShardReport::batch_jobs`].
+    pub(super) async fn report(
+        &self,
+        summary: &Summary,
+        staged: Option<Staged>,
+        batch_jobs: Vec<String>,
+    ) -> Result<()> {
+        let batch = |f: fn(&crate::jobs::batch::BatchStats) -> u64| -> u64 {
+            summary.batch.iter().map(f).sum()
+        };
         let report = ShardReport {
             run_id: self.stage.run_id.clone(),
             shard: self.shard.index,
@@ -209,16 +228,24 @@ impl ShardContext {
             rows_failed: summary.rows_failed,
             table_rows: summary.segments_written + summary.chunks_written,
             calls: summary.models.iter().map(|m| m.calls).sum(),
-            input_tokens: summary.models.iter().map(|m| m.usage.input_tokens).sum(),
-            images: summary.models.iter().map(|m| m.usage.images).sum(),
+            input_tokens: summary
+                .models
+                .iter()
+                .map(|m| m.usage.input_tokens)
+                .sum::<u64>()
+                + batch(|b| b.input_tokens),
+            images: summary.models.iter().map(|m| m.usage.images).sum::<u64>()
+                + batch(|b| b.images),
             media_seconds: summary
                 .models
                 .iter()
                 .map(|m| m.usage.video_seconds + m.usage.audio_seconds)
                 .sum(),
-            cost_usd: summary.models.iter().map(|m| m.cost_usd).sum(),
+            cost_usd: summary.models.iter().map(|m| m.cost_usd).sum::<f64>()
+                + summary.batch.iter().map(|b| b.cost_usd).sum::<f64>(),
             failures_by_kind: summary.failures_by_kind.clone(),
             staged,
+            batch_jobs,
         };
         self.stage
             .put(&RunStage::report_name(self.shard.index), &report)

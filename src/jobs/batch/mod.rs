@@ -27,12 +27,13 @@ use crate::prepare::Inputs;
 use crate::resolve::{BatchSettings, ModelSettings};
 use crate::util::{Attempts, ErrorClass, FailureKind, RetryPolicy, S3Uri};
 use anyhow::{anyhow, Context, Result};
-use embedpipe_wire::Input;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod control;
+mod records;
 mod results;
 mod second_pass;
 
@@ -72,9 +73,10 @@ pub struct BatchStats {
     /// Inputs answered from job results, and records the service answered with an error.
     pub results_used: u64,
     pub record_errors: u64,
-    /// Input tokens of the jobs that completed during this run (what they bill), and their cost
-    /// at the batch price.
+    /// Input tokens and image records of the jobs that completed during this run (what they
+    /// bill), and their cost at the batch price.
     pub input_tokens: u64,
+    pub images: u64,
     pub cost_usd: f64,
     pub polls: u64,
 }
@@ -85,6 +87,8 @@ type RecordOutcome = Result<Vec<f32>, (FailureKind, String)>;
 /// One job of this run, in the order the first pass made them.
 struct RunJob {
     input: S3Uri,
+    /// Its records (fewer than `records_per_job` when it closed at [`MAX_JOB_BYTES`]).
+    records: usize,
     /// `None`: too few records to be a job; they go on-demand.
     ledger: Option<JobRecord>,
     end: Option<JobEnd>,
@@ -102,6 +106,8 @@ enum JobEnd {
 struct OpenJob {
     lines: Vec<u8>,
     ids: HashSet<String>,
+    /// Records that hold an image (billed per image).
+    images: u64,
 }
 
 /// Jobs of earlier runs whose results no run has committed yet (a run killed while they ran,
@@ -132,6 +138,8 @@ pub struct BatchRoute {
     prior: tokio::sync::Mutex<Prior>,
     /// The keys of the earlier runs' jobs this run started with (see [`Prior`]).
     earlier: Vec<String>,
+    /// A sharded run's shard (`i/n`): its jobs are recorded as that shard's.
+    shard: Option<String>,
     jobs: Mutex<Vec<RunJob>>,
     window: tokio::sync::Mutex<Window>,
     /// Jobs behind the newest in use that the second pass may still take records from.
@@ -140,13 +148,19 @@ pub struct BatchRoute {
 }
 
 impl BatchRoute {
-    pub async fn connect(info: ModelSettings, ledger: Arc<Ledger>) -> Result<Self> {
+    /// `shard`: the worker's shard (`i/n`) in a sharded run.
+    pub async fn connect(
+        info: ModelSettings,
+        ledger: Arc<Ledger>,
+        shard: Option<String>,
+    ) -> Result<Self> {
         let cfg = info
             .batch
             .clone()
             .ok_or_else(|| anyhow!("model `{}` has no batch settings", info.name))?;
         let client = BedrockBatch::connect(&info.connection).await?;
         let s3 = S3::connect(&info.connection, cfg.s3_endpoint.as_deref()).await?;
+        Self::recover_lost_creates(&client, &ledger, &info, &shard).await?;
         let candidates: VecDeque<JobRecord> = ledger
             .all()
             .into_iter()
@@ -155,12 +169,14 @@ impl BatchRoute {
                     && r.model_id == info.invoke_id
                     && r.arn.is_some()
                     && !r.used
+                    && r.shard == shard
                     && matches!(r.status, Status::InProgress | Status::Completed)
             })
             .collect();
         let earlier = candidates.iter().map(|r| r.key.clone()).collect();
         Ok(Self {
             earlier,
+            shard,
             stats: Mutex::new(BatchStats {
                 model: info.name.clone(),
                 ..Default::default()
@@ -181,6 +197,11 @@ impl BatchRoute {
         })
     }
 
+    /// The table's job ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
     pub fn model_name(&self) -> &str {
         &self.info.name
     }
@@ -194,26 +215,26 @@ impl BatchRoute {
     }
 
     /// First pass: a step's inputs (`hashes[i]` is input i's content hash) become records of
-    /// the open job; a full job is uploaded and submitted. Inputs the pre-flight refuses and
-    /// images are left to the on-demand route of the second pass.
+    /// the open job; a full job is uploaded and submitted. Inputs the pre-flight refuses are
+    /// left to the on-demand route of the second pass (which dead-letters them).
     pub async fn add(&self, inputs: &Inputs, hashes: &[String]) -> Result<()> {
-        let Inputs::Text(texts) = inputs else {
-            return Ok(());
-        };
-        for (text, hash) in texts.iter().zip(hashes) {
-            if self.in_prior_job(hash).await? {
-                continue;
+        let mut fresh = Vec::with_capacity(hashes.len());
+        for (i, hash) in hashes.iter().enumerate() {
+            if !self.in_prior_job(hash).await? {
+                fresh.push(i);
             }
+        }
+        let lines =
+            records::record_lines(self.info.spec, &self.info.params, inputs, hashes, fresh).await?;
+        for r in lines {
+            let hash = &hashes[r.pos];
             let full = {
                 let mut open = self.open.lock().expect("open job");
-                if open.ids.contains(hash) {
+                if !open.ids.insert(hash.clone()) {
                     continue;
                 }
-                let Some(line) = self.record_line(text, hash) else {
-                    continue;
-                };
-                open.ids.insert(hash.clone());
-                open.lines.extend_from_slice(&line);
+                open.images += r.image as u64;
+                open.lines.extend_from_slice(&r.line);
                 open.lines.push(b'\n');
                 let full =
                     open.ids.len() >= self.cfg.records_per_job || open.lines.len() >= MAX_JOB_BYTES;
@@ -240,6 +261,7 @@ impl BatchRoute {
                     self.count(|s| s.records += p.ids.len() as u64);
                     self.push(RunJob {
                         input: p.input.clone(),
+                        records: p.ids.len(),
                         ledger: Some(p.record.clone()),
                         end: None,
                     });
@@ -275,53 +297,22 @@ impl BatchRoute {
         }
     }
 
-    /// After the run committed: its jobs' results are in the table, and later runs do not
-    /// look for records in them; nor in the earlier runs' jobs it started with, which a run
-    /// that committed all it needed did not need (so they never clog [`Prior`]'s window).
-    /// Losing these records costs a few reads, nothing else.
-    pub async fn mark_used(&self) {
-        let mut records: Vec<JobRecord> = self
-            .jobs
-            .lock()
-            .expect("jobs")
+    /// The ledger keys of the jobs to mark used once the run's rows are committed: its jobs'
+    /// results are in the table, and later runs need not look for records in them; nor in
+    /// the earlier runs' jobs it started with, which a run that committed all it needed did
+    /// not need (so they never clog [`Prior`]'s window). A sharded run's commit marks them
+    /// for all its shards ([`mark_used`]).
+    pub fn used_keys(&self) -> Vec<String> {
+        let jobs = self.jobs.lock().expect("jobs");
+        let key = |j: &RunJob| j.ledger.as_ref().map(|r| r.key.clone());
+        let done: Vec<String> = jobs
             .iter()
             .filter(|j| j.end == Some(JobEnd::Done))
-            .filter_map(|j| j.ledger.clone())
+            .filter_map(key)
             .collect();
-        let done: HashSet<String> = records.iter().map(|r| r.key.clone()).collect();
-        let running: HashSet<String> = self
-            .jobs
-            .lock()
-            .expect("jobs")
-            .iter()
-            .filter(|j| j.end != Some(JobEnd::Done))
-            .filter_map(|j| j.ledger.as_ref().map(|r| r.key.clone()))
-            .collect();
-        records.extend(
-            self.earlier
-                .iter()
-                .filter(|k| !done.contains(*k) && !running.contains(*k))
-                .filter_map(|k| self.ledger.get(k))
-                .filter(|r| !r.used),
-        );
-        for mut r in records {
-            r.used = true;
-            r.updated_at = ledger::now();
-            if let Err(e) = self.ledger.record(&r).await {
-                tracing::warn!("{e:#}");
-            }
-        }
-    }
-
-    /// The record of one text: the on-demand body of the model's family, or `None` when the
-    /// pre-flight refuses the text (the second pass dead-letters it as on-demand would).
-    fn record_line(&self, text: &str, hash: &str) -> Option<Vec<u8>> {
-        let (spec, params) = (self.info.spec, &self.info.params);
-        let cut =
-            embedpipe_wire::preflight(spec, params, &Input::Text(text), |_, _| Ok(())).ok()?;
-        let text = cut.as_deref().unwrap_or(text);
-        let body = embedpipe_wire::build_request(spec, params, &[Input::Text(text)]).ok()?;
-        serde_json::to_vec(&serde_json::json!({"recordId": hash, "modelInput": body})).ok()
+        let ours: HashSet<String> = jobs.iter().filter_map(key).collect();
+        let stale = self.earlier.iter().filter(|k| !ours.contains(*k)).cloned();
+        done.iter().cloned().chain(stale).collect()
     }
 
     /// End of the first pass: the last job is closed (on-demand if below the minimum).
@@ -348,6 +339,7 @@ impl BatchRoute {
             self.count(|s| s.records_below_minimum += n as u64);
             self.push(RunJob {
                 input,
+                records: n,
                 ledger: None,
                 end: None,
             });
@@ -377,12 +369,13 @@ impl BatchRoute {
                     None => 0,
                 };
                 self.wait_for_slot().await?;
-                self.submit(&key, attempt, n, &input).await?
+                self.submit(&key, attempt, (n, job.images), &input).await?
             }
         };
         self.count(|s| s.records += n as u64);
         self.push(RunJob {
             input,
+            records: n,
             ledger: Some(record),
             end: None,
         });
@@ -401,265 +394,19 @@ impl BatchRoute {
     fn push(&self, job: RunJob) {
         self.jobs.lock().expect("jobs").push(job);
     }
+}
 
-    /// Records the job, submits it, records its ARN; follows another writer's job instead.
-    async fn submit(&self, key: &str, attempt: u32, n: usize, input: &S3Uri) -> Result<JobRecord> {
-        let now = ledger::now();
-        let token = if attempt == 0 {
-            format!("embedpipe-batch-{key}")
-        } else {
-            format!("embedpipe-batch-{key}-{attempt}")
+/// Marks the ledger's jobs `keys` used (see [`BatchRoute::used_keys`]). Losing these records
+/// costs a later run a few reads, nothing else: failures are logged.
+pub async fn mark_used(ledger: &Ledger, keys: &[String]) {
+    for key in keys {
+        let Some(mut r) = ledger.get(key).filter(|r| !r.used) else {
+            continue;
         };
-        let mut record = JobRecord {
-            token,
-            key: key.to_string(),
-            attempt,
-            model: self.info.name.clone(),
-            model_id: self.info.invoke_id.clone(),
-            input: format!("{n} records"),
-            input_uri: input.to_string(),
-            modality: "batch".into(),
-            arn: None,
-            status: Status::Submitting,
-            failure: None,
-            submitted_at: now,
-            updated_at: now,
-            counts: None,
-            used: false,
-        };
-        let followed = self.ledger.record_new(&record).await?;
-        let resumed = followed.is_some();
-        if let Some(there) = followed {
-            if there.arn.is_some() {
-                self.count(|s| s.jobs_resumed += 1);
-                return Ok(there);
-            }
-            record = there;
-        }
-        let name = format!("embedpipe-{}-{}", &key[..key.len().min(40)], attempt);
-        let output = self.cfg.prefix.join("outputs/").to_string();
-        let request = JobRequest {
-            name: &name,
-            model_id: &self.info.invoke_id,
-            role_arn: &self.cfg.role_arn,
-            input_uri: &record.input_uri,
-            output_uri: &output,
-            token: &record.token,
-            timeout_hours: (self.cfg.timeout.as_secs_f64() / 3600.0)
-                .ceil()
-                .clamp(24.0, 168.0) as i32,
-        };
-        let arn = self.create(&request).await?;
-        record.arn = Some(arn);
-        record.status = Status::InProgress;
-        record.updated_at = ledger::now();
-        self.ledger.record(&record).await?;
-        self.count(|s| match resumed {
-            true => s.jobs_resumed += 1,
-            false => s.jobs_submitted += 1,
-        });
-        Ok(record)
-    }
-
-    /// A control-plane call retried on throttling, 5xx and network errors; other errors stop
-    /// the run with the service's message.
-    async fn with_retries<T, F, Fut>(&self, policy: &RetryPolicy, call: F) -> Result<T>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T, crate::clients::CallError>>,
-    {
-        let mut attempts = Attempts::default();
-        let started = Instant::now();
-        loop {
-            match call().await {
-                Ok(v) => return Ok(v),
-                Err(e) => match policy.next(&mut attempts, e.class, started.elapsed()) {
-                    Some(d) => tokio::time::sleep(d).await,
-                    None => {
-                        return Err(anyhow!(
-                            "batch inference for model `{}`: {}{}",
-                            self.info.name,
-                            e.message,
-                            crate::clients::bedrock::fatal_help(e.class)
-                        ))
-                    }
-                },
-            }
-        }
-    }
-
-    /// CreateModelInvocationJob, retried; while the account's jobs-in-progress quota is full
-    /// (other jobs of the account, or this run's timed-out ones) it waits for a job to end.
-    async fn create(&self, request: &JobRequest<'_>) -> Result<String> {
-        let started = Instant::now();
-        let mut wait = self.cfg.poll;
-        let mut attempts = Attempts::default();
-        loop {
-            let e = match self.client.create(request).await {
-                Ok(arn) => return Ok(arn),
-                Err(e) => e,
-            };
-            if e.class == ErrorClass::QuotaExceeded && started.elapsed() < self.cfg.timeout {
-                tracing::info!(model = %self.info.name, "batch inference: the jobs-in-progress quota is full ({}); waiting for a job to end", e.message);
-                self.poll_running().await?;
-                tokio::time::sleep(wait).await;
-                wait = wait.mul_f64(1.5).min(MAX_POLL.max(self.cfg.poll));
-                continue;
-            }
-            match self
-                .cfg
-                .retry
-                .next(&mut attempts, e.class, started.elapsed())
-            {
-                Some(d) => tokio::time::sleep(d).await,
-                None => {
-                    return Err(anyhow!(
-                        "batch inference for model `{}`: {}{}",
-                        self.info.name,
-                        e.message,
-                        crate::clients::bedrock::fatal_help(e.class)
-                    ))
-                }
-            }
-        }
-    }
-
-    /// Holds a submit while `max_jobs` of this run's jobs are running.
-    async fn wait_for_slot(&self) -> Result<()> {
-        let mut wait = self.cfg.poll;
-        while self.running().len() >= self.cfg.max_jobs {
-            self.poll_running().await?;
-            if self.running().len() < self.cfg.max_jobs {
-                break;
-            }
-            tokio::time::sleep(wait).await;
-            wait = wait.mul_f64(1.5).min(MAX_POLL.max(self.cfg.poll));
-        }
-        Ok(())
-    }
-
-    /// Indexes of the jobs submitted and not yet ended.
-    fn running(&self) -> Vec<usize> {
-        let jobs = self.jobs.lock().expect("jobs");
-        (0..jobs.len())
-            .filter(|&i| jobs[i].ledger.is_some() && jobs[i].end.is_none())
-            .collect()
-    }
-
-    /// Asks the service about every running job once, settling those that ended.
-    async fn poll_running(&self) -> Result<()> {
-        for i in self.running() {
-            let record = self.jobs.lock().expect("jobs")[i]
-                .ledger
-                .clone()
-                .expect("submitted");
-            let arn = record.arn.clone().expect("submitted jobs have an ARN");
-            self.count(|s| s.polls += 1);
-            // Polls ride out outages and expiring sessions for as long as the jobs may run.
-            let policy = RetryPolicy::new(u32::MAX, self.cfg.timeout);
-            let job = self.with_retries(&policy, || self.client.get(&arn)).await?;
-            let end = match job.state {
-                BatchState::Done => Some(JobEnd::Done),
-                BatchState::Ended => Some(JobEnd::Ended(format!(
-                    "batch job {arn} ended {}: {}",
-                    job.status,
-                    job.message.as_deref().unwrap_or("(no message)")
-                ))),
-                BatchState::Running
-                    if ledger::now() - record.submitted_at > self.cfg.timeout.as_secs_f64() =>
-                {
-                    Some(JobEnd::TimedOut)
-                }
-                BatchState::Running => None,
-            };
-            if let Some(end) = end {
-                self.settle(i, record, end).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// Records how a job ended (in the ledger and the counters); a job completed now is billed.
-    async fn settle(&self, i: usize, mut record: JobRecord, end: JobEnd) {
-        let billed_before = record.status == Status::Completed;
-        match &end {
-            JobEnd::Done => {
-                self.count(|s| s.jobs_completed += 1);
-                if !billed_before {
-                    record.counts = self.manifest(&record).await;
-                    if let Some(c) = &record.counts {
-                        let tokens = c.input_token_count;
-                        let cost = tokens as f64 / 1000.0 * self.cfg.prices.per_1k_tokens;
-                        self.count(|s| {
-                            s.input_tokens += tokens;
-                            s.cost_usd += cost;
-                        });
-                    }
-                }
-                record.status = Status::Completed;
-            }
-            JobEnd::Ended(msg) => {
-                self.count(|s| s.jobs_failed += 1);
-                record.status = Status::Failed;
-                record.failure = Some(msg.clone());
-            }
-            JobEnd::TimedOut => self.count(|s| s.jobs_timed_out += 1),
-        }
-        if end != JobEnd::TimedOut && !billed_before {
-            record.updated_at = ledger::now();
-            // Losing this record costs a repeated poll in the next run, nothing else.
-            if let Err(e) = self.ledger.record(&record).await {
-                tracing::warn!("{e:#}");
-            }
-        }
-        let mut jobs = self.jobs.lock().expect("jobs");
-        jobs[i].ledger = Some(record);
-        jobs[i].end = Some(end);
-    }
-
-    /// What a finished job's manifest reports (its records and tokens).
-    async fn manifest(&self, record: &JobRecord) -> Option<ledger::RecordCounts> {
-        let folder = self.output_folder(record)?;
-        let body = self.s3.get(&folder.join("manifest.json.out")).await.ok()?;
-        serde_json::from_slice(&body).ok()
-    }
-
-    /// `<batch_s3_uri>/outputs/<job id>/`.
-    fn output_folder(&self, record: &JobRecord) -> Option<S3Uri> {
-        let arn = record.arn.as_deref()?;
-        let id = arn.rsplit('/').next()?;
-        Some(self.cfg.prefix.join("outputs/").join(&format!("{id}/")))
-    }
-
-    /// Between the passes: polls every job of the run until it ends or its timeout passes.
-    pub async fn wait(&self) -> Result<()> {
-        let mut wait = self.cfg.poll;
-        let mut last_running = usize::MAX;
-        loop {
-            self.poll_running().await?;
-            let running = self.running().len();
-            if running == 0 {
-                return Ok(());
-            }
-            // A line whenever a job ends: jobs run for hours, and a silent wait looks hung.
-            if running != last_running {
-                let total = self
-                    .jobs
-                    .lock()
-                    .expect("jobs")
-                    .iter()
-                    .filter(|j| j.ledger.is_some())
-                    .count();
-                tracing::info!(
-                    model = %self.info.name,
-                    "batch inference: {running} of {total} jobs still running (polling every {:.0} s or less)",
-                    MAX_POLL.max(self.cfg.poll).as_secs_f64()
-                );
-                last_running = running;
-            }
-            // Full jitter on a growing interval.
-            tokio::time::sleep(wait.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
-            wait = wait.mul_f64(1.5).min(MAX_POLL.max(self.cfg.poll));
+        r.used = true;
+        r.updated_at = ledger::now();
+        if let Err(e) = ledger.record(&r).await {
+            tracing::warn!("{e:#}");
         }
     }
 }

@@ -107,10 +107,27 @@ impl BatchRoute {
         }
     }
 
-    /// How many source rows the second pass works on at once (each of `steps` steps of this
-    /// model): how far back in the jobs they may still take records.
-    pub fn set_rows_in_flight(&self, rows: usize, steps: usize) {
-        let jobs = (rows * steps.max(1)).div_ceil(self.cfg.records_per_job.max(1));
+    /// How many of this model's inputs the second pass works on at once (at most): how far
+    /// back in the jobs they may still take records.
+    pub fn set_records_in_flight(&self, records: usize) {
+        // Jobs that closed at the size cap (images) hold fewer records: the reach is counted in
+        // the smallest (but the last, the rest).
+        let jobs = self.jobs.lock().expect("jobs");
+        let sizes: Vec<usize> = jobs
+            .iter()
+            .filter(|j| j.ledger.is_some())
+            .map(|j| j.records)
+            .collect();
+        drop(jobs);
+        let full = &sizes[..sizes.len().saturating_sub(1)];
+        let per_job = full
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(usize::MAX)
+            .min(self.cfg.records_per_job)
+            .max(1);
+        let jobs = records.div_ceil(per_job);
         self.reach
             .store(jobs + 1, std::sync::atomic::Ordering::Relaxed);
     }
