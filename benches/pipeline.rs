@@ -28,13 +28,16 @@
 //!    peak RSS of a 1M-row S3 run (`EMBEDPIPE_BENCH_S3_ROWS`, `EMBEDPIPE_BENCH_S3_RSS_ROWS`); and
 //!    500 images listed and read by the images source from S3 vs a local folder, files/s.
 //!
+//! 8. batch inference (`EMBEDPIPE_BENCH=batch`, only when asked for): peak RSS of runs of 20,000
+//!    and 100,000 rows (`EMBEDPIPE_BENCH_BATCH_ROWS`) through jobs of 10,000 records at 1024-d.
+//!
 //! `EMBEDPIPE_BENCH_REQUESTS` changes the 10,000 requests of the dispatch bench,
 //! `EMBEDPIPE_BENCH_LATENCY_MS` its emulator latency (default 50) and
 //! `EMBEDPIPE_BENCH_MODEL=titan|cohere` runs one model's cases, `EMBEDPIPE_BENCH_CONCURRENCY`
 //! sets the cap on calls in flight of the unlimited cases (default 64 for Titan, 8 for Cohere);
 //! `EMBEDPIPE_BENCH_ROWS` sets the rows of the generated Parquet file (default 500000; `e2e`
 //! default 1000000); `EMBEDPIPE_BENCH=sink|model|emulator|transform|dispatch|s3|e2e` runs one
-//! of them (`e2e` runs only when asked for).
+//! of them (`e2e` and `batch` run only when asked for).
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -262,6 +265,75 @@ async fn bench_s3(rows: usize, rss_rows: usize) {
     }
     let _ = emulator.kill();
     let _ = emulator.wait();
+}
+
+/// Batch inference: the peak RSS of runs of growing size through jobs of 10,000 records (Titan
+/// v2, 1024-d: each job's results are 40 MB of vectors, several times that as JSON), the
+/// emulator a process of its own reading and writing the jobs' files on the local S3 server in
+/// this process (which streams them to disk). Memory must depend on the job size, not the rows.
+async fn bench_batch(sizes: &[usize]) {
+    use embedpipe_emulator::s3::LocalS3;
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = LocalS3::start(([127, 0, 0, 1], 0).into(), &tmp.path().join("s3"), &["batch"], &[])
+        .await
+        .unwrap();
+    /// The emulator goes with the bench, even when a run fails.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let (endpoint, emulator) = emulator_process(&["--s3-endpoint", &s3.endpoint()]);
+    let _emulator = Stop(emulator);
+    for &rows in sizes {
+        let source = tmp.path().join(format!("in{rows}.parquet"));
+        write_parquet(&source, rows);
+        let text = format!(
+            r#"
+[source]
+type = "parquet"
+path = {source:?}
+[[model]]
+name = "m"
+provider = "bedrock"
+id = "amazon.titan-embed-text-v2:0"
+dimensions = 1024
+invoke = "batch"
+role_arn = "arn:aws:iam::123456789012:role/embedpipe-batch"
+batch_s3_uri = "s3://batch/b{rows}"
+s3_endpoint_url = "{s3}"
+records_per_job = 10000
+max_jobs = 100
+poll_secs = 0.2
+[[embed]]
+model = "m"
+{ARTICLE_TEXT}
+[sink]
+uri = "db"
+table = "b{rows}"
+mode = "overwrite"
+vector_index = "none"
+"#,
+            s3 = s3.endpoint()
+        );
+        let p = Arc::new(embedpipe::resolve::parse(&tmp.path().join("p.toml"), &text).unwrap());
+        let (rss_before, reset_note) = reset_peak_rss();
+        let t = Instant::now();
+        let summary = run_against(p, endpoint.clone()).await;
+        assert_eq!(summary.rows_written as usize, rows, "{summary:?}");
+        let b = &summary.batch[0];
+        assert_eq!(b.results_used as usize, rows, "{b:?}");
+        println!(
+            "batch inference, {rows} rows in {} jobs of 10,000 records (Titan v2, 1024-d): peak RSS {:.0} MB (RSS {:.0} MB at the start of the run){reset_note}, {:.1} s",
+            b.jobs_submitted,
+            peak_rss_mb(),
+            rss_before,
+            t.elapsed().as_secs_f64()
+        );
+        std::fs::remove_file(&source).unwrap();
+    }
 }
 
 /// Lists and reads every image of `path` with the images source: (images, seconds).
@@ -906,6 +978,15 @@ fn main() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(bench_s3(rows, rss_rows));
         rt.block_on(bench_images_s3(500));
+    }
+    if only == "batch" {
+        let sizes: Vec<usize> = std::env::var("EMBEDPIPE_BENCH_BATCH_ROWS")
+            .unwrap_or_else(|_| "20000,100000".into())
+            .split(',')
+            .map(|n| n.trim().parse().expect("EMBEDPIPE_BENCH_BATCH_ROWS: numbers"))
+            .collect();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(bench_batch(&sizes));
     }
     if only == "e2e" {
         let rows = std::env::var("EMBEDPIPE_BENCH_ROWS")

@@ -829,3 +829,65 @@ fn jobs_stop_stops_the_running_batch_jobs_and_the_next_run_submits_them_again() 
     assert_eq!(env.batch().jobs, 4);
     assert_eq!(env.ok_calls(), 0);
 }
+
+#[test]
+fn records_new_to_a_rerun_beside_the_killed_runs_jobs_are_read_back_not_paid_twice() {
+    let env = Env::new(|s| {
+        s.batch_job_ms = 600_000;
+        s.batch_min_records = 10;
+    });
+    let keys = format!("{}\nmin_records_per_job = 10", batch_keys(200));
+    // Small source batches: the second pass works on a few at once, so the jobs it needs
+    // change as it goes.
+    let small_batches = |p: String| {
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("id_column = \"id\"", "id_column = \"id\"\nbatch_size = 50");
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let p = small_batches(env.pipeline(600, article, &keys, "t", "incremental"));
+    let mut child = aws_cli(env.dir.path(), &env.emu.endpoint(), &["run", &p, "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(60, "three jobs submitted", || env.batch().jobs == 3);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Every tenth row changed: its records are new, spread over the whole source, in a job
+    // made after the killed run's three.
+    let edited = |i: usize| match i % 10 {
+        3 => format!("{} (edited)", article(i)),
+        _ => article(i),
+    };
+    let p = small_batches(env.pipeline(600, edited, &keys, "t", "incremental"));
+    env.tune(|s| {
+        s.batch_job_ms = 50;
+        s.batch_min_records = 10;
+    });
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_written"], 600, "{s}");
+    let batch = &s["batch"][0];
+    assert_eq!(batch["jobs_resumed"], 3, "{batch}");
+    assert_eq!(batch["jobs_submitted"], 1, "{batch}");
+    assert_eq!(batch["results_used"], 600, "{batch}");
+    assert_eq!(env.ok_calls(), 0, "records were paid for twice");
+    assert_eq!(env.batch().jobs, 4);
+}
+
+#[test]
+fn the_same_rows_through_another_pipelines_prefix_make_jobs_of_their_own() {
+    let env = Env::new(|_| {});
+    let p = env.pipeline(300, article, &batch_keys(100), "t", "overwrite");
+    summary(&env.run(&["run", &p, "--json"]));
+    // Same records, another table and prefix: the same content must not reuse the first
+    // pipeline's tokens (the service answers a token sent with another request with a
+    // ConflictException).
+    let keys = batch_keys(100).replace("/jobs\"", "/other\"");
+    let p = env.pipeline(300, article, &keys, "t2", "overwrite");
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["batch"][0]["jobs_submitted"], 3, "{s}");
+    assert_eq!(env.batch().jobs, 6);
+    assert_eq!(env.ok_calls(), 0);
+}

@@ -106,6 +106,25 @@ impl S3 {
         Ok(bytes.into_bytes().to_vec())
     }
 
+    /// Opens a JSONL object to read as it arrives, in pieces of whole lines
+    /// ([`Lines::next_piece`]): a results file of any size in bounded memory.
+    pub async fn get_lines(&self, uri: &S3Uri, piece: usize) -> Result<Lines> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .send()
+            .await
+            .map_err(|e| explain(e, "read", uri))?;
+        Ok(Lines {
+            body: out.body,
+            buf: Vec::new(),
+            piece,
+            uri: uri.to_string(),
+        })
+    }
+
     /// Keys under a folder, in key order (all pages).
     pub async fn list(&self, folder: &S3Uri) -> Result<Vec<String>> {
         let folder = folder.folder();
@@ -183,4 +202,35 @@ where
         ""
     };
     anyhow!("cannot {what} {uri}: {detail}{hint}")
+}
+
+/// An object being read in pieces of whole lines.
+pub struct Lines {
+    body: ByteStream,
+    buf: Vec<u8>,
+    piece: usize,
+    uri: String,
+}
+
+impl Lines {
+    /// The next lines, about `piece` bytes of them (the last piece is what is left); `None` at
+    /// the end.
+    pub async fn next_piece(&mut self) -> Result<Option<Vec<u8>>> {
+        loop {
+            if self.buf.len() >= self.piece {
+                if let Some(end) = self.buf.iter().rposition(|b| *b == b'\n') {
+                    let rest = self.buf.split_off(end + 1);
+                    return Ok(Some(std::mem::replace(&mut self.buf, rest)));
+                }
+            }
+            match self.body.next().await {
+                Some(chunk) => {
+                    let chunk = chunk.with_context(|| format!("reading {} was cut off", self.uri))?;
+                    self.buf.extend_from_slice(&chunk);
+                }
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Ok(Some(std::mem::take(&mut self.buf))),
+            }
+        }
+    }
 }

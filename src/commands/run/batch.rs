@@ -13,24 +13,18 @@ pub(super) async fn submit_and_wait(ctx: &RunContext<'_>) -> Result<(), Stop> {
     let seen = std::sync::Mutex::new(
         matches!(ctx.mode, WriteMode::Incremental | WriteMode::Append).then(HashSet::new),
     );
-    // The most inputs one source batch gave each batch model (chunks make many per row).
-    let mut most: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut seq = 0;
     while let Some(item) = rx.recv().await {
         let sb = item?;
         let repeated = repeated_ids(&sb, &seen);
-        for (model, n) in collect_records(ctx, &sb, &repeated).await? {
-            let m = most.entry(model).or_default();
-            *m = (*m).max(n);
-        }
+        collect_records(ctx, &sb, &repeated, seq).await?;
+        seq += 1;
     }
     reader.await.context("source reader panicked")?;
     for route in ctx.batch.values() {
         route.finish().await?;
-    }
-    // The second pass works on this many source batches at once.
-    let in_flight = batches_in_flight(ctx.settings, ctx.models);
-    for (model, route) in ctx.batch {
-        route.set_records_in_flight(in_flight * most.get(model).copied().unwrap_or(0));
+        // The second pass works on this many source batches at once.
+        route.set_batches_in_flight(batches_in_flight(ctx.settings, ctx.models));
     }
     let started = Instant::now();
     futures::future::try_join_all(ctx.batch.values().map(|r| r.wait())).await?;
@@ -41,16 +35,16 @@ pub(super) async fn submit_and_wait(ctx: &RunContext<'_>) -> Result<(), Stop> {
     Ok(())
 }
 
-/// One source batch's records: the inputs the second pass would send to each batch model;
-/// how many each model got.
+/// One source batch's records (`seq`: its place in the source): the inputs the second pass
+/// would send to each batch model.
 async fn collect_records(
     ctx: &RunContext<'_>,
     sb: &SourceBatch,
     repeated: &[usize],
-) -> Result<BTreeMap<usize, usize>> {
-    let mut added = BTreeMap::new();
+    seq: usize,
+) -> Result<()> {
     if sb.batch.num_rows() == 0 {
-        return Ok(added);
+        return Ok(());
     }
     let prepared = match ctx.chunks {
         // The inputs the normal pass would send: chunks of new and changed documents.
@@ -63,11 +57,10 @@ async fn collect_records(
     };
     for (step, p) in ctx.pipeline.steps.iter().zip(&prepared) {
         if let Some(route) = ctx.batch.get(&step.model_index) {
-            route.add(&p.inputs, &p.hashes).await?;
-            *added.entry(step.model_index).or_default() += p.inputs.len();
+            route.add(&p.inputs, &p.hashes, seq).await?;
         }
     }
-    Ok(added)
+    Ok(())
 }
 
 /// A source batch's rows prepared as [`embed_batch`] prepares them: repeated ids, stored ids

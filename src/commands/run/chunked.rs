@@ -20,6 +20,7 @@ pub(super) async fn embed_chunked_batch(
     stage: &Arc<ChunkStage>,
     sb: &SourceBatch,
     repeated: &[usize],
+    seq: usize,
 ) -> Result<BatchOutput> {
     let run_id = ctx.run_id;
     if sb.batch.num_rows() == 0 {
@@ -36,7 +37,7 @@ pub(super) async fn embed_chunked_batch(
         mut stale,
     } = chunk_rows(ctx, stage, sb, repeated).await?;
     let n = csb.batch.num_rows();
-    let per_step = call_steps(ctx, prepared, reused, &mut state, &mut out).await?;
+    let per_step = call_steps(ctx, seq, prepared, reused, &mut state, &mut out).await?;
     // A document is written whole or not at all.
     let docs = sb.batch.num_rows();
     let mut failed: Vec<Vec<(usize, RowFailure)>> = vec![Vec::new(); docs];

@@ -31,11 +31,12 @@ impl RowState {
 
 /// Embeds one source batch through every step: the rows to write and the dead letters.
 /// `repeated`: rows whose id came earlier in the source (append, incremental), dead-lettered
-/// here, before any call.
+/// here, before any call. `seq`: the batch's place in the source.
 pub(super) async fn embed_batch(
     ctx: &RunContext<'_>,
     sb: &SourceBatch,
     repeated: &[usize],
+    seq: usize,
 ) -> Result<BatchOutput> {
     let n = sb.batch.num_rows();
     let mut out = BatchOutput::new(sb, ctx.run_id);
@@ -73,7 +74,7 @@ pub(super) async fn embed_batch(
         }
     }
     let no_reuse = vec![Vec::new(); prepared.len()];
-    let per_step = call_steps(ctx, prepared, no_reuse, &mut state, &mut out).await?;
+    let per_step = call_steps(ctx, seq, prepared, no_reuse, &mut state, &mut out).await?;
     let keep: Vec<u32> = (0..n as u32)
         .filter(|&i| state[i as usize].is_ok())
         .collect();
@@ -118,6 +119,7 @@ pub(super) use crate::prepare::chunked::Reused;
 /// step `s`'s vectors known without a call; they join the step's output in row order.
 pub(super) async fn call_steps(
     ctx: &RunContext<'_>,
+    seq: usize,
     mut prepared: Vec<Prepared>,
     reused: Vec<Vec<Reused>>,
     state: &mut [RowState],
@@ -136,7 +138,11 @@ pub(super) async fn call_steps(
         |(step, p)| async {
             let model = models.get(step.model_index);
             match ctx.batch.get(&step.model_index) {
-                Some(route) => route.embed(model, &p.inputs, &p.hashes, &on_call).await,
+                Some(route) => {
+                    route
+                        .embed(model, &p.inputs, &p.hashes, seq, &on_call)
+                        .await
+                }
                 None => model.embed(&p.inputs, &on_call).await,
             }
         },

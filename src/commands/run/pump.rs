@@ -195,8 +195,10 @@ pub(super) async fn pump_until(
     });
     let max_service_failures = ctx.settings.sink.max_service_failures;
     // Several batches in flight; results come back in source order.
+    // `seq`: the batch's place in the source, which the batch routes' second pass goes by.
     let mut results = std::pin::pin!(batches
-        .map(|item: Result<SourceBatch>| {
+        .enumerate()
+        .map(|(seq, item): (usize, Result<SourceBatch>)| {
             let repeated = item
                 .as_ref()
                 .map_or_else(|_| Vec::new(), |sb| repeated_ids(sb, seen));
@@ -204,8 +206,10 @@ pub(super) async fn pump_until(
                 let sb = item?;
                 match (ctx.media, ctx.chunks) {
                     (Some(route), _) => embed_media_batch(ctx, route, &sb, &repeated).await,
-                    (None, Some(stage)) => embed_chunked_batch(ctx, stage, &sb, &repeated).await,
-                    (None, None) => embed_batch(ctx, &sb, &repeated).await,
+                    (None, Some(stage)) => {
+                        embed_chunked_batch(ctx, stage, &sb, &repeated, seq).await
+                    }
+                    (None, None) => embed_batch(ctx, &sb, &repeated, seq).await,
                 }
             }
         })

@@ -1,13 +1,15 @@
-//! A batch route's jobs at the service: submitted under content-derived tokens (recorded in
+//! A batch route's jobs at the service: submitted under request-derived tokens (recorded in
 //! the ledger before and after), held while `max_jobs` run or the account's quota is full,
 //! polled with backoff to their end or timeout, and settled (billed from their manifest).
 
 use super::*;
 
-/// The job's name: derived from its ledger key, so a job whose create answer was lost is found
-/// by name ([`BatchRoute::recover_lost_creates`]).
-fn job_name(key: &str, attempt: u32) -> String {
-    format!("embedpipe-{}-{}", &key[..key.len().min(40)], attempt)
+/// The job's name, from its token: a job whose create answer was lost is found by name
+/// ([`BatchRoute::recover_lost_creates`]).
+fn job_name(token: &str, attempt: u32) -> String {
+    let id = token.strip_prefix("embedpipe-batch-").unwrap_or(token);
+    let id = id.split('-').next().unwrap_or(id);
+    format!("embedpipe-{}-{}", &id[..id.len().min(40)], attempt)
 }
 
 impl BatchRoute {
@@ -30,7 +32,7 @@ impl BatchRoute {
                 && &r.shard == shard
         });
         for mut record in lost {
-            let name = job_name(&record.key, record.attempt);
+            let name = job_name(&record.token, record.attempt);
             let found = match client.find(&name, &record.token).await {
                 Ok(found) => found,
                 // Not finding it costs at most paying again, as before: not worth stopping for.
@@ -60,10 +62,21 @@ impl BatchRoute {
         input: &S3Uri,
     ) -> Result<JobRecord> {
         let now = ledger::now();
-        let token = if attempt == 0 {
-            format!("embedpipe-batch-{key}")
-        } else {
-            format!("embedpipe-batch-{key}-{attempt}")
+        let output = self.cfg.prefix.join("outputs/").to_string();
+        let timeout_hours = (self.cfg.timeout.as_secs_f64() / 3600.0)
+            .ceil()
+            .clamp(24.0, 168.0) as i32;
+        // From everything the request says: sent again, it answers the same job; the same
+        // records sent elsewhere (another pipeline's prefix, role or timeout) are a job of
+        // their own, not a ConflictException (tokens are the account's).
+        let request = format!(
+            "{key}\n{input}\n{output}\n{}\n{}\n{timeout_hours}",
+            self.cfg.role_arn, self.info.invoke_id
+        );
+        let id = crate::util::content_hash("batch-request", request.as_bytes());
+        let token = match attempt {
+            0 => format!("embedpipe-batch-{id}"),
+            n => format!("embedpipe-batch-{id}-{n}"),
         };
         let mut record = JobRecord {
             token,
@@ -93,8 +106,7 @@ impl BatchRoute {
             }
             record = there;
         }
-        let name = job_name(key, attempt);
-        let output = self.cfg.prefix.join("outputs/").to_string();
+        let name = job_name(&record.token, record.attempt);
         let request = JobRequest {
             name: &name,
             model_id: &self.info.invoke_id,
@@ -102,9 +114,7 @@ impl BatchRoute {
             input_uri: &record.input_uri,
             output_uri: &output,
             token: &record.token,
-            timeout_hours: (self.cfg.timeout.as_secs_f64() / 3600.0)
-                .ceil()
-                .clamp(24.0, 168.0) as i32,
+            timeout_hours,
         };
         let arn = self.create(&request).await?;
         record.arn = Some(arn);

@@ -7,17 +7,18 @@
 //! ids) and writes one record per new input, `{"recordId": <content hash>, "modelInput": <the
 //! on-demand body>}`, into the open job; a full job is uploaded (content-addressed:
 //! `<batch_s3_uri>/inputs/<key>.jsonl`), recorded in the job ledger *before* it is submitted
-//! under a `clientRequestToken` derived from its content, and recorded again with its ARN. A
+//! under a `clientRequestToken` derived from its request, and recorded again with its ARN. A
 //! job whose key the ledger knows (a run killed while its jobs ran, started again on the same
 //! data) is followed, not submitted again; a job that failed is submitted under the next token.
 //! [`BatchRoute::wait`] polls the jobs to their end or `job_timeout_hours`. The second pass is
 //! the normal run: [`BatchRoute::embed`] answers each input from the results (joined by
 //! `recordId`: output order is not guaranteed) and sends what no job holds on-demand — the rest
-//! below the service's minimum records per job, inputs the pre-flight refused, images.
+//! below the service's minimum records per job, inputs the pre-flight refused.
 //!
-//! Memory stays bounded: one open job's records in the first pass; in the second, the results
-//! of at most [`WINDOW`] jobs, read in the order the first pass made them (both passes see the
-//! rows in source order).
+//! Memory stays bounded: one open job's records in the first pass (and the record ids of at
+//! most [`WINDOW`] earlier runs' jobs); in the second, the results of the jobs holding records
+//! of the source batches in flight. Both passes read the source in the same order, and each
+//! job knows the first and last source batch it holds records of.
 
 use super::ledger::{self, JobRecord, Ledger, Status};
 use crate::clients::bedrock_batch::{BatchState, BedrockBatch, JobRequest};
@@ -27,7 +28,7 @@ use crate::prepare::Inputs;
 use crate::resolve::{BatchSettings, ModelSettings};
 use crate::util::{Attempts, ErrorClass, FailureKind, RetryPolicy, S3Uri};
 use anyhow::{anyhow, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,9 +42,6 @@ use second_pass::Window;
 
 /// Earlier runs' jobs whose record ids the first pass holds at once.
 pub const WINDOW: usize = 3;
-
-/// Jobs the second pass loads ahead of those it takes records from.
-const LOOKAHEAD: usize = 2;
 
 /// A job's records file is closed at this size whatever `records_per_job` says: well under the
 /// service's per-file limit (1 GB as quoted), and the first pass's memory.
@@ -87,8 +85,9 @@ type RecordOutcome = Result<Vec<f32>, (FailureKind, String)>;
 /// One job of this run, in the order the first pass made them.
 struct RunJob {
     input: S3Uri,
-    /// Its records (fewer than `records_per_job` when it closed at [`MAX_JOB_BYTES`]).
-    records: usize,
+    /// The first and last source batch (their place in the source) with an input whose
+    /// record this job holds: the second pass needs its results while it works on them.
+    span: (usize, usize),
     /// `None`: too few records to be a job; they go on-demand.
     ledger: Option<JobRecord>,
     end: Option<JobEnd>,
@@ -106,6 +105,8 @@ enum JobEnd {
 struct OpenJob {
     lines: Vec<u8>,
     ids: HashSet<String>,
+    /// See [`RunJob::span`].
+    span: Option<(usize, usize)>,
     /// Records that hold an image (billed per image).
     images: u64,
 }
@@ -142,8 +143,8 @@ pub struct BatchRoute {
     shard: Option<String>,
     jobs: Mutex<Vec<RunJob>>,
     window: tokio::sync::Mutex<Window>,
-    /// Jobs behind the newest in use that the second pass may still take records from.
-    reach: std::sync::atomic::AtomicUsize,
+    /// Source batches the second pass works on at once.
+    in_flight: std::sync::atomic::AtomicUsize,
     stats: Mutex<BatchStats>,
 }
 
@@ -193,7 +194,7 @@ impl BatchRoute {
             }),
             jobs: Mutex::new(Vec::new()),
             window: tokio::sync::Mutex::new(Window::default()),
-            reach: std::sync::atomic::AtomicUsize::new(2),
+            in_flight: std::sync::atomic::AtomicUsize::new(1),
         })
     }
 
@@ -217,10 +218,11 @@ impl BatchRoute {
     /// First pass: a step's inputs (`hashes[i]` is input i's content hash) become records of
     /// the open job; a full job is uploaded and submitted. Inputs the pre-flight refuses are
     /// left to the on-demand route of the second pass (which dead-letters them).
-    pub async fn add(&self, inputs: &Inputs, hashes: &[String]) -> Result<()> {
+    /// `seq`: the source batch's place in the source.
+    pub async fn add(&self, inputs: &Inputs, hashes: &[String], seq: usize) -> Result<()> {
         let mut fresh = Vec::with_capacity(hashes.len());
         for (i, hash) in hashes.iter().enumerate() {
-            if !self.in_prior_job(hash).await? {
+            if !self.in_prior_job(hash, seq).await? {
                 fresh.push(i);
             }
         }
@@ -230,6 +232,8 @@ impl BatchRoute {
             let hash = &hashes[r.pos];
             let full = {
                 let mut open = self.open.lock().expect("open job");
+                let (first, _) = open.span.unwrap_or((seq, seq));
+                open.span = Some((first, seq));
                 if !open.ids.insert(hash.clone()) {
                     continue;
                 }
@@ -249,7 +253,7 @@ impl BatchRoute {
 
     /// Whether an earlier run's uncommitted job holds record `id` (that job then joins this
     /// run's jobs). Jobs are looked at in the order they were made, as the records come.
-    async fn in_prior_job(&self, id: &str) -> Result<bool> {
+    async fn in_prior_job(&self, id: &str, seq: usize) -> Result<bool> {
         let mut prior = self.prior.lock().await;
         if prior.candidates.is_empty() && prior.loaded.is_empty() {
             return Ok(false);
@@ -261,10 +265,12 @@ impl BatchRoute {
                     self.count(|s| s.records += p.ids.len() as u64);
                     self.push(RunJob {
                         input: p.input.clone(),
-                        records: p.ids.len(),
+                        span: (seq, seq),
                         ledger: Some(p.record.clone()),
                         end: None,
                     });
+                } else {
+                    self.reaches(&p.record.key, seq);
                 }
                 p.used = true;
                 return Ok(true);
@@ -279,10 +285,9 @@ impl BatchRoute {
                 return Ok(false);
             };
             let input = S3Uri::parse(&record.input_uri)?;
-            let ids = match self.s3.get(&input).await {
-                Ok(body) => results::record_ids(&body)
-                    .with_context(|| format!("cannot read the batch records {input}"))?,
-                // Its records are gone (a lifecycle rule): nothing to find in it.
+            let ids = match self.input_ids(&input).await {
+                Ok(ids) => ids.into_iter().collect(),
+                // Its records are gone (a lifecycle rule) or unreadable: nothing to find in it.
                 Err(e) => {
                     tracing::warn!("{e:#}");
                     HashSet::new()
@@ -325,9 +330,9 @@ impl BatchRoute {
     /// the ledger knows it, else uploaded, recorded and submitted.
     async fn close(&self, job: OpenJob) -> Result<()> {
         let n = job.ids.len();
-        if n == 0 {
+        let Some(span) = job.span.filter(|_| n > 0) else {
             return Ok(());
-        }
+        };
         let key = crate::util::content_hash(&self.info.fingerprint, &job.lines);
         let input = self.cfg.prefix.join(&format!("inputs/{key}.jsonl"));
         if n < self.cfg.min_records_per_job {
@@ -339,7 +344,7 @@ impl BatchRoute {
             self.count(|s| s.records_below_minimum += n as u64);
             self.push(RunJob {
                 input,
-                records: n,
+                span,
                 ledger: None,
                 end: None,
             });
@@ -348,6 +353,8 @@ impl BatchRoute {
         let record = match self.ledger.get(&key) {
             Some(r) if r.arn.is_some() && r.status != Status::Failed && !r.used => {
                 if self.has_job(&key) {
+                    self.reaches(&key, span.0);
+                    self.reaches(&key, span.1);
                     return Ok(());
                 }
                 self.count(|s| s.jobs_resumed += 1);
@@ -375,7 +382,7 @@ impl BatchRoute {
         self.count(|s| s.records += n as u64);
         self.push(RunJob {
             input,
-            records: n,
+            span,
             ledger: Some(record),
             end: None,
         });
@@ -389,6 +396,17 @@ impl BatchRoute {
             .expect("jobs")
             .iter()
             .any(|j| j.ledger.as_ref().is_some_and(|r| r.key == key))
+    }
+
+    /// Widens the span of this run's job `key` to source batch `seq`.
+    fn reaches(&self, key: &str, seq: usize) {
+        let mut jobs = self.jobs.lock().expect("jobs");
+        if let Some(j) = jobs
+            .iter_mut()
+            .find(|j| j.ledger.as_ref().is_some_and(|r| r.key == key))
+        {
+            j.span = (j.span.0.min(seq), j.span.1.max(seq));
+        }
     }
 
     fn push(&self, job: RunJob) {

@@ -23,15 +23,18 @@ struct RecordError {
     error_message: Option<String>,
 }
 
-/// The lines of one output file: each record's vector, or the service's error for it.
+/// Lines of one output file (`first_line` lines of it came before them): each record's
+/// vector, or the service's error for it.
 pub(super) fn parse_output(
     spec: &'static embedpipe_wire::ModelSpec,
     params: &embedpipe_wire::Params,
     normalize: bool,
     body: &[u8],
+    first_line: usize,
 ) -> Result<Vec<(String, RecordOutcome)>> {
     let mut out = Vec::new();
     for (n, line) in body.split(|b| *b == b'\n').enumerate() {
+        let n = first_line + n;
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -83,20 +86,22 @@ pub(super) fn parse_output(
     Ok(out)
 }
 
-/// The `recordId`s of a job's input file.
-pub(super) fn record_ids(body: &[u8]) -> Result<std::collections::HashSet<String>> {
+/// The `recordId`s of lines of a job's input file (`first_line` lines came before them).
+pub(super) fn record_ids(body: &[u8], first_line: usize) -> Result<Vec<String>> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Id {
         record_id: String,
     }
     body.split(|b| *b == b'\n')
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
         .enumerate()
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
         .map(|(n, l)| {
             serde_json::from_slice::<Id>(l)
                 .map(|id| id.record_id)
-                .with_context(|| format!("record {} is not JSON with a recordId", n + 1))
+                .with_context(|| {
+                    format!("line {} is not a record with a recordId", first_line + n + 1)
+                })
         })
         .collect()
 }

@@ -1,23 +1,28 @@
 //! The second pass of a batch run: each input's vector from the jobs' results, joined by
 //! `recordId`, reading the jobs in the order the first pass made them; the rest on-demand.
 
-use super::results::{parse_output, select};
+use super::results::{parse_output, record_ids, select};
 use super::*;
 
-/// Loaded results: per job (its index), each record's outcome and whether it was taken.
+/// Bytes of a results file parsed at once.
+const RESULTS_PIECE: usize = 8 << 20;
+
+/// Loaded results: the jobs holding records of the source batches in flight.
 #[derive(Default)]
 pub(super) struct Window {
+    /// The run's jobs with results (or failures) to give, by their first source batch.
+    order: Option<Vec<usize>>,
+    /// How many of `order` were loaded (or passed over).
     next: usize,
-    loaded: VecDeque<Loaded>,
-    /// The `seq` of the newest job a record was taken from.
-    newest_taken: usize,
+    loaded: Vec<Loaded>,
+    /// The newest source batch the second pass has asked about.
+    newest: usize,
 }
 
 struct Loaded {
-    records: HashMap<String, (RecordOutcome, bool)>,
-    taken: usize,
-    /// Its place among the run's jobs (1-based).
-    seq: usize,
+    records: HashMap<String, RecordOutcome>,
+    /// Its last source batch (see [`RunJob::span`]).
+    last: usize,
 }
 
 impl BatchRoute {
@@ -28,12 +33,13 @@ impl BatchRoute {
         model: &ModelHandle,
         inputs: &Inputs,
         hashes: &[String],
+        seq: usize,
         on_call: &(dyn Fn(usize) + Sync),
     ) -> Result<StepOutput> {
         let dim = self.info.dimension;
         let mut found: Vec<Option<RecordOutcome>> = Vec::with_capacity(hashes.len());
         for h in hashes {
-            found.push(self.take(h).await?);
+            found.push(self.take(h, seq).await?);
         }
         let misses: Vec<usize> = (0..hashes.len()).filter(|&i| found[i].is_none()).collect();
         let mut vectors = vec![0f32; hashes.len() * dim];
@@ -68,81 +74,73 @@ impl BatchRoute {
         Ok(StepOutput { vectors, failed })
     }
 
-    /// The outcome of record `id` from the jobs' results (loading them in order as the second
-    /// pass moves on), or `None` when no job holds it.
-    async fn take(&self, id: &str) -> Result<Option<RecordOutcome>> {
-        let reach = self.reach.load(std::sync::atomic::Ordering::Relaxed);
+    /// The outcome of record `id` for source batch `seq` from the jobs' results, or `None`
+    /// when no job holds it. Every job whose span reaches `seq` is loaded (in the order of
+    /// their first batch); jobs that end before every batch still in flight are dropped.
+    async fn take(&self, id: &str, seq: usize) -> Result<Option<RecordOutcome>> {
+        let in_flight = self.in_flight.load(std::sync::atomic::Ordering::Relaxed).max(1);
         let mut w = self.window.lock().await;
+        if w.order.is_none() {
+            w.order = Some(self.job_order());
+        }
+        w.newest = w.newest.max(seq);
+        // The batches in flight are the newest and at most `in_flight - 1` before it.
+        let newest = w.newest;
+        let needed = |last: usize| last + in_flight > newest;
+        w.loaded.retain(|l| needed(l.last));
         loop {
-            if let Some(l) = w.loaded.iter_mut().find(|l| l.records.contains_key(id)) {
-                let (outcome, taken) = l.records.get_mut(id).expect("found");
-                if !*taken {
-                    *taken = true;
-                    l.taken += 1;
-                }
-                let (outcome, seq) = (outcome.clone(), l.seq);
-                w.newest_taken = w.newest_taken.max(seq);
-                // Done with: a job whose every record was taken, and one further behind the
-                // newest job in use than the rows in flight reach (rows whose record it holds
-                // were dead-lettered before the step).
-                let newest = w.newest_taken;
-                w.loaded
-                    .retain(|l| l.taken < l.records.len() && l.seq + reach >= newest);
-                return Ok(Some(outcome));
-            }
-            // Not in a loaded job: look further ahead — the second pass takes the records of
-            // all the rows in flight at once, so one may be as far ahead as they reach — up to
-            // that many jobs no record was taken from (and LOOKAHEAD more); past that the input
-            // is no job's (the rest below the minimum, inputs the pre-flight refused, images).
-            let untouched = w.loaded.iter().filter(|l| l.taken == 0).count();
-            if untouched >= reach + LOOKAHEAD {
-                return Ok(None);
-            }
-            let Some(next) = self.next_job(&mut w.next) else {
-                return Ok(None);
+            let order = w.order.as_ref().expect("set above");
+            let Some(&i) = order.get(w.next) else {
+                break;
             };
-            let mut loaded = self.load(next).await?;
-            loaded.seq = w.next;
-            w.loaded.push_back(loaded);
-        }
-    }
-
-    /// How many of this model's inputs the second pass works on at once (at most): how far
-    /// back in the jobs they may still take records.
-    pub fn set_records_in_flight(&self, records: usize) {
-        // Jobs that closed at the size cap (images) hold fewer records: the reach is counted in
-        // the smallest (but the last, the rest).
-        let jobs = self.jobs.lock().expect("jobs");
-        let sizes: Vec<usize> = jobs
-            .iter()
-            .filter(|j| j.ledger.is_some())
-            .map(|j| j.records)
-            .collect();
-        drop(jobs);
-        let full = &sizes[..sizes.len().saturating_sub(1)];
-        let per_job = full
-            .iter()
-            .copied()
-            .min()
-            .unwrap_or(usize::MAX)
-            .min(self.cfg.records_per_job)
-            .max(1);
-        let jobs = records.div_ceil(per_job);
-        self.reach
-            .store(jobs + 1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// The next job of the run with results (or failures) to give, from index `*next` on.
-    fn next_job(&self, next: &mut usize) -> Option<(S3Uri, Option<JobRecord>, JobEnd)> {
-        let jobs = self.jobs.lock().expect("jobs");
-        while *next < jobs.len() {
-            let j = &jobs[*next];
-            *next += 1;
-            if let (Some(record), Some(end)) = (&j.ledger, &j.end) {
-                return Some((j.input.clone(), Some(record.clone()), end.clone()));
+            let Some((job, span)) = self.job_with_results(i) else {
+                w.next += 1;
+                continue;
+            };
+            if span.0 > seq {
+                break;
+            }
+            w.next += 1;
+            if needed(span.1) {
+                let records = self.load(job).await?;
+                w.loaded.push(Loaded {
+                    records,
+                    last: span.1,
+                });
             }
         }
-        None
+        Ok(w.loaded.iter().find_map(|l| l.records.get(id).cloned()))
+    }
+
+    /// The second pass works on this many source batches at once.
+    pub fn set_batches_in_flight(&self, batches: usize) {
+        self.in_flight
+            .store(batches, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Indexes of the run's jobs, by their first source batch.
+    fn job_order(&self) -> Vec<usize> {
+        let jobs = self.jobs.lock().expect("jobs");
+        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        order.sort_by_key(|&i| jobs[i].span.0);
+        order
+    }
+
+    /// Job `i`, if it has results (or failures) to give, and its span.
+    #[allow(clippy::type_complexity)]
+    fn job_with_results(
+        &self,
+        i: usize,
+    ) -> Option<((S3Uri, Option<JobRecord>, JobEnd), (usize, usize))> {
+        let jobs = self.jobs.lock().expect("jobs");
+        let j = &jobs[i];
+        match (&j.ledger, &j.end) {
+            (Some(record), Some(end)) => Some((
+                (j.input.clone(), Some(record.clone()), end.clone()),
+                j.span,
+            )),
+            _ => None,
+        }
     }
 
     /// A job's records: their vectors or errors (done), or its failure for each (ended, timed
@@ -150,7 +148,7 @@ impl BatchRoute {
     async fn load(
         &self,
         (input, record, end): (S3Uri, Option<JobRecord>, JobEnd),
-    ) -> Result<Loaded> {
+    ) -> Result<HashMap<String, RecordOutcome>> {
         let record = record.expect("jobs with an end were submitted");
         let arn = record.arn.clone().unwrap_or_default();
         let records = match end {
@@ -177,11 +175,7 @@ impl BatchRoute {
                     .await?
             }
         };
-        Ok(Loaded {
-            records: records.into_iter().map(|(k, v)| (k, (v, false))).collect(),
-            taken: 0,
-            seq: 0,
-        })
+        Ok(records.into_iter().collect())
     }
 
     /// Every record of a job's input file, failed with `msg`.
@@ -191,20 +185,25 @@ impl BatchRoute {
         kind: FailureKind,
         msg: &str,
     ) -> Result<Vec<(String, RecordOutcome)>> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Id {
-            record_id: String,
+        let ids = self.input_ids(input).await?;
+        Ok(ids
+            .into_iter()
+            .map(|id| (id, Err((kind, msg.to_string()))))
+            .collect())
+    }
+
+    /// The `recordId`s of a job's input file, read in pieces (records with images are large).
+    pub(super) async fn input_ids(&self, input: &S3Uri) -> Result<Vec<String>> {
+        let mut lines = self.s3.get_lines(input, RESULTS_PIECE).await?;
+        let (mut ids, mut first_line) = (Vec::new(), 0);
+        while let Some(piece) = lines.next_piece().await? {
+            ids.extend(
+                record_ids(&piece, first_line)
+                    .with_context(|| format!("cannot read the batch records {input}"))?,
+            );
+            first_line += piece.iter().filter(|b| **b == b'\n').count();
         }
-        let body = self.s3.get(input).await?;
-        body.split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let id: Id = serde_json::from_slice(l)
-                    .with_context(|| format!("a record of {input} is not JSON"))?;
-                Ok((id.record_id, Err((kind, msg.to_string()))))
-            })
-            .collect()
+        Ok(ids)
     }
 
     /// A finished job's output files, parsed with the family's response reader.
@@ -222,16 +221,26 @@ impl BatchRoute {
                 bucket: folder.bucket.clone(),
                 key: key.clone(),
             };
-            let body = self.s3.get(&uri).await?;
-            let (spec, params) = (self.info.spec, self.info.params.clone());
             // As the on-demand route does: the client normalises unless the service did.
+            let (spec, params) = (self.info.spec, self.info.params.clone());
             let normalize = self.info.normalize && !spec.service_normalizes;
-            let parsed =
-                crate::util::cpu(move || parse_output(spec, &params, normalize, &body)).await?;
-            let parsed = parsed.with_context(|| format!("cannot read the batch results {uri}"))?;
-            let errors = parsed.iter().filter(|(_, r)| r.is_err()).count() as u64;
-            self.count(|s| s.record_errors += errors);
-            all.extend(parsed);
+            // Read in pieces (the file is several times its vectors' size as JSON), each
+            // parsed on rayon.
+            let mut lines = self.s3.get_lines(&uri, RESULTS_PIECE).await?;
+            let mut first_line = 0;
+            while let Some(piece) = lines.next_piece().await? {
+                let params = params.clone();
+                let n = piece.iter().filter(|b| **b == b'\n').count();
+                let parsed = crate::util::cpu(move || {
+                    parse_output(spec, &params, normalize, &piece, first_line)
+                })
+                .await?
+                .with_context(|| format!("cannot read the batch results {uri}"))?;
+                first_line += n;
+                let errors = parsed.iter().filter(|(_, r)| r.is_err()).count() as u64;
+                self.count(|s| s.record_errors += errors);
+                all.extend(parsed);
+            }
         }
         if all.is_empty() {
             anyhow::bail!(
