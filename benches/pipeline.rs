@@ -274,9 +274,14 @@ async fn bench_s3(rows: usize, rss_rows: usize) {
 async fn bench_batch(sizes: &[usize]) {
     use embedpipe_emulator::s3::LocalS3;
     let tmp = tempfile::tempdir().unwrap();
-    let s3 = LocalS3::start(([127, 0, 0, 1], 0).into(), &tmp.path().join("s3"), &["batch"], &[])
-        .await
-        .unwrap();
+    let s3 = LocalS3::start(
+        ([127, 0, 0, 1], 0).into(),
+        &tmp.path().join("s3"),
+        &["batch"],
+        &[],
+    )
+    .await
+    .unwrap();
     /// The emulator goes with the bench, even when a run fails.
     struct Stop(std::process::Child);
     impl Drop for Stop {
@@ -983,7 +988,11 @@ fn main() {
         let sizes: Vec<usize> = std::env::var("EMBEDPIPE_BENCH_BATCH_ROWS")
             .unwrap_or_else(|_| "20000,100000".into())
             .split(',')
-            .map(|n| n.trim().parse().expect("EMBEDPIPE_BENCH_BATCH_ROWS: numbers"))
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("EMBEDPIPE_BENCH_BATCH_ROWS: numbers")
+            })
             .collect();
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(bench_batch(&sizes));

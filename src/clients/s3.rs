@@ -225,7 +225,8 @@ impl Lines {
             }
             match self.body.next().await {
                 Some(chunk) => {
-                    let chunk = chunk.with_context(|| format!("reading {} was cut off", self.uri))?;
+                    let chunk =
+                        chunk.with_context(|| format!("reading {} was cut off", self.uri))?;
                     self.buf.extend_from_slice(&chunk);
                 }
                 None if self.buf.is_empty() => return Ok(None),

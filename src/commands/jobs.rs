@@ -51,18 +51,20 @@ pub async fn list(pipeline: &Pipeline, overrides: &Overrides) -> Result<Listing>
 pub struct StopOutcome {
     pub model: String,
     pub arn: String,
-    /// `stopped`, or the status it had already ended with.
+    /// `stopped`, the status it had already ended with, or `error: ...` when the service
+    /// could not be asked (the job may still run: run `jobs --stop` again).
     pub status: String,
 }
 
 /// `jobs --stop`: stops the pipeline's batch jobs still running (StopModelInvocationJob), so a
-/// backfill given up is not billed for records the service has not processed. They are
-/// recorded as failed: the next run submits their records again.
+/// backfill given up is not billed for records the service has not processed yet (those it
+/// has are billed; their results are not used). They are recorded as failed: the next run
+/// submits their records again. A job whose create answer was lost is looked up by name.
 pub async fn stop_batch_jobs(
     pipeline: &Pipeline,
     overrides: &Overrides,
 ) -> Result<Vec<StopOutcome>> {
-    use crate::clients::bedrock_batch::{BatchState, BedrockBatch};
+    use crate::clients::bedrock_batch::BedrockBatch;
     let settings = crate::resolve::Settings::resolve(pipeline, overrides)?;
     let location = settings.sink.target.jobs_location();
     let stores = match &location {
@@ -71,38 +73,27 @@ pub async fn stop_batch_jobs(
     };
     let ledger = ledger::Ledger::open(&location, stores.as_ref()).await?;
     let mut outcomes = Vec::new();
-    for mut record in ledger.all() {
-        let (Some(arn), ledger::Status::InProgress, "batch") =
-            (record.arn.clone(), record.status, record.modality.as_str())
-        else {
+    for record in ledger.all() {
+        let running = matches!(
+            record.status,
+            ledger::Status::InProgress | ledger::Status::Submitting
+        );
+        if record.modality != "batch" || !running {
             continue;
-        };
+        }
         let Some(info) = settings.models.iter().find(|m| m.name == record.model) else {
             continue;
         };
         let client = BedrockBatch::connect(&info.connection).await?;
-        let fail = |e: crate::clients::CallError| anyhow::anyhow!("batch job {arn}: {}", e.message);
-        // A job that ended meanwhile cannot be stopped: its end is recorded instead.
-        let job = client.get(&arn).await.map_err(fail)?;
-        let status = match job.state {
-            BatchState::Running => {
-                client.stop(&arn).await.map_err(fail)?;
-                record.status = ledger::Status::Failed;
-                record.failure = Some("stopped by `embedpipe jobs --stop`".into());
-                "stopped".to_string()
-            }
-            BatchState::Ended => {
-                record.status = ledger::Status::Failed;
-                record.failure = Some(format!("batch job ended {}", job.status));
-                job.status
-            }
-            // Its results are there: the next run uses them.
-            BatchState::Done => job.status,
+        // One job the service could not answer about does not keep the others running.
+        let (arn, status) = match stop_one(&client, &ledger, record.clone()).await {
+            Ok(Some(done)) => done,
+            Ok(None) => continue,
+            Err(e) => (
+                record.arn.clone().unwrap_or_default(),
+                format!("error: {e:#}"),
+            ),
         };
-        if record.status == ledger::Status::Failed {
-            record.updated_at = ledger::now();
-            ledger.record(&record).await?;
-        }
         outcomes.push(StopOutcome {
             model: record.model.clone(),
             arn,
@@ -110,4 +101,49 @@ pub async fn stop_batch_jobs(
         });
     }
     Ok(outcomes)
+}
+
+/// Stops one job and records its end: (ARN, what became of it); `None` when a job recorded
+/// as submitting was never created.
+async fn stop_one(
+    client: &crate::clients::bedrock_batch::BedrockBatch,
+    ledger: &ledger::Ledger,
+    mut record: JobRecord,
+) -> Result<Option<(String, String)>> {
+    use crate::clients::bedrock_batch::BatchState;
+    let fail = |e: crate::clients::CallError| anyhow::anyhow!("{}", e.message);
+    let arn = match record.arn.clone() {
+        Some(arn) => arn,
+        None => {
+            let name = crate::jobs::batch::job_name(&record.token, record.attempt);
+            match client.find(&name, &record.token).await.map_err(fail)? {
+                Some(arn) => arn,
+                None => return Ok(None),
+            }
+        }
+    };
+    record.arn = Some(arn.clone());
+    // A job that ended meanwhile cannot be stopped: its end is recorded instead.
+    let job = client.get(&arn).await.map_err(fail)?;
+    let status = match job.state {
+        BatchState::Running => {
+            client.stop(&arn).await.map_err(fail)?;
+            record.status = ledger::Status::Failed;
+            record.failure = Some("stopped by `embedpipe jobs --stop`".into());
+            "stopped".to_string()
+        }
+        BatchState::Ended => {
+            record.status = ledger::Status::Failed;
+            record.failure = Some(format!("batch job ended {}", job.status));
+            job.status
+        }
+        // Its results are there: the next run uses them.
+        BatchState::Done => {
+            record.status = ledger::Status::InProgress;
+            job.status
+        }
+    };
+    record.updated_at = ledger::now();
+    ledger.record(&record).await?;
+    Ok(Some((arn, status)))
 }

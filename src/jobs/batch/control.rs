@@ -6,7 +6,7 @@ use super::*;
 
 /// The job's name, from its token: a job whose create answer was lost is found by name
 /// ([`BatchRoute::recover_lost_creates`]).
-fn job_name(token: &str, attempt: u32) -> String {
+pub fn job_name(token: &str, attempt: u32) -> String {
     let id = token.strip_prefix("embedpipe-batch-").unwrap_or(token);
     let id = id.split('-').next().unwrap_or(id);
     format!("embedpipe-{}-{}", &id[..id.len().min(40)], attempt)

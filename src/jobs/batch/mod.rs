@@ -38,6 +38,7 @@ mod records;
 mod results;
 mod second_pass;
 
+pub use control::job_name;
 use second_pass::Window;
 
 /// Earlier runs' jobs whose record ids the first pass holds at once.
@@ -162,7 +163,9 @@ impl BatchRoute {
         let client = BedrockBatch::connect(&info.connection).await?;
         let s3 = S3::connect(&info.connection, cfg.s3_endpoint.as_deref()).await?;
         Self::recover_lost_creates(&client, &ledger, &info, &shard).await?;
-        let candidates: VecDeque<JobRecord> = ledger
+        // A shard looks in its own jobs; a whole run in every shard's too (a sharded run that
+        // was never committed), shard by shard: each read its stretch of the source in order.
+        let mut candidates: Vec<JobRecord> = ledger
             .all()
             .into_iter()
             .filter(|r| {
@@ -170,10 +173,21 @@ impl BatchRoute {
                     && r.model_id == info.invoke_id
                     && r.arn.is_some()
                     && !r.used
-                    && r.shard == shard
+                    && (r.shard == shard || shard.is_none())
                     && matches!(r.status, Status::InProgress | Status::Completed)
             })
             .collect();
+        let shard_index = |r: &JobRecord| {
+            r.shard
+                .as_deref()
+                .and_then(|s| s.split('/').next()?.parse::<u32>().ok())
+        };
+        candidates.sort_by(|a, b| {
+            (shard_index(a), a.submitted_at)
+                .partial_cmp(&(shard_index(b), b.submitted_at))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let candidates = VecDeque::from(candidates);
         let earlier = candidates.iter().map(|r| r.key.clone()).collect();
         Ok(Self {
             earlier,

@@ -100,7 +100,10 @@ pub(super) fn record_ids(body: &[u8], first_line: usize) -> Result<Vec<String>> 
             serde_json::from_slice::<Id>(l)
                 .map(|id| id.record_id)
                 .with_context(|| {
-                    format!("line {} is not a record with a recordId", first_line + n + 1)
+                    format!(
+                        "line {} is not a record with a recordId",
+                        first_line + n + 1
+                    )
                 })
         })
         .collect()

@@ -78,7 +78,10 @@ impl BatchRoute {
     /// when no job holds it. Every job whose span reaches `seq` is loaded (in the order of
     /// their first batch); jobs that end before every batch still in flight are dropped.
     async fn take(&self, id: &str, seq: usize) -> Result<Option<RecordOutcome>> {
-        let in_flight = self.in_flight.load(std::sync::atomic::Ordering::Relaxed).max(1);
+        let in_flight = self
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1);
         let mut w = self.window.lock().await;
         if w.order.is_none() {
             w.order = Some(self.job_order());
@@ -135,10 +138,9 @@ impl BatchRoute {
         let jobs = self.jobs.lock().expect("jobs");
         let j = &jobs[i];
         match (&j.ledger, &j.end) {
-            (Some(record), Some(end)) => Some((
-                (j.input.clone(), Some(record.clone()), end.clone()),
-                j.span,
-            )),
+            (Some(record), Some(end)) => {
+                Some(((j.input.clone(), Some(record.clone()), end.clone()), j.span))
+            }
             _ => None,
         }
     }
