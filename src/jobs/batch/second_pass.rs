@@ -1,5 +1,6 @@
 //! The second pass of a batch run: each input's vector from the jobs' results, joined by
-//! `recordId`, reading the jobs in the order the first pass made them; the rest on-demand.
+//! `recordId`, holding the results of the jobs whose span of source batches the batches in
+//! flight are in; the rest on-demand.
 
 use super::results::{parse_output, record_ids, select};
 use super::*;
@@ -17,6 +18,15 @@ pub(super) struct Window {
     loaded: Vec<Loaded>,
     /// The newest source batch the second pass has asked about.
     newest: usize,
+}
+
+/// A job of the run that ended: what the second pass reads of it.
+struct EndedJob {
+    input: S3Uri,
+    record: JobRecord,
+    end: JobEnd,
+    /// See [`RunJob::span`].
+    span: (usize, usize),
 }
 
 struct Loaded {
@@ -96,10 +106,11 @@ impl BatchRoute {
             let Some(&i) = order.get(w.next) else {
                 break;
             };
-            let Some((job, span)) = self.job_with_results(i) else {
+            let Some(job) = self.job_with_results(i) else {
                 w.next += 1;
                 continue;
             };
+            let span = job.span;
             if span.0 > seq {
                 break;
             }
@@ -129,29 +140,27 @@ impl BatchRoute {
         order
     }
 
-    /// Job `i`, if it has results (or failures) to give, and its span.
-    #[allow(clippy::type_complexity)]
-    fn job_with_results(
-        &self,
-        i: usize,
-    ) -> Option<((S3Uri, Option<JobRecord>, JobEnd), (usize, usize))> {
+    /// Job `i`, if it has results (or failures) to give.
+    fn job_with_results(&self, i: usize) -> Option<EndedJob> {
         let jobs = self.jobs.lock().expect("jobs");
         let j = &jobs[i];
         match (&j.ledger, &j.end) {
-            (Some(record), Some(end)) => {
-                Some(((j.input.clone(), Some(record.clone()), end.clone()), j.span))
-            }
+            (Some(record), Some(end)) => Some(EndedJob {
+                input: j.input.clone(),
+                record: record.clone(),
+                end: end.clone(),
+                span: j.span,
+            }),
             _ => None,
         }
     }
 
     /// A job's records: their vectors or errors (done), or its failure for each (ended, timed
     /// out).
-    async fn load(
-        &self,
-        (input, record, end): (S3Uri, Option<JobRecord>, JobEnd),
-    ) -> Result<HashMap<String, RecordOutcome>> {
-        let record = record.expect("jobs with an end were submitted");
+    async fn load(&self, job: EndedJob) -> Result<HashMap<String, RecordOutcome>> {
+        let EndedJob {
+            input, record, end, ..
+        } = job;
         let arn = record.arn.clone().unwrap_or_default();
         let records = match end {
             // Results that cannot be read (moved `batch_s3_uri`, a lifecycle rule, a cut file)
