@@ -903,3 +903,22 @@ fn the_same_rows_through_another_pipelines_prefix_make_jobs_of_their_own() {
     assert_eq!(env.batch().jobs, 6);
     assert_eq!(env.ok_calls(), 0);
 }
+
+#[test]
+fn records_a_partially_completed_job_did_not_process_go_on_demand() {
+    let env = Env::new(|s| s.batch_unprocessed = 0.2);
+    let p = env.pipeline(500, article, &batch_keys(1000), "t", "overwrite");
+    let s = summary(&env.run(&["run", &p, "--json"]));
+    assert_eq!(s["rows_written"], 500, "{s}");
+    let b = env.batch();
+    assert_eq!(
+        b.jobs_by_status.get("PartiallyCompleted"),
+        Some(&1),
+        "{b:?}"
+    );
+    let used = s["batch"][0]["results_used"].as_u64().unwrap();
+    // About 400 answered by the job; the rest, which it never processed, on-demand once.
+    assert!((300..500).contains(&used), "{s}");
+    assert_eq!(env.ok_calls(), 500 - used);
+    assert_eq!(s["rows_failed"], 0);
+}

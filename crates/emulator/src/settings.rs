@@ -156,6 +156,9 @@ pub struct Settings {
     /// While set, every unfinished batch job ends `Expired` (no output), as a job does that
     /// outlives its timeout.
     pub batch_expire: bool,
+    /// Share (0..1) of a batch job's records left unprocessed (drawn per record): the job ends
+    /// `PartiallyCompleted`, as one does that could not process every record in time.
+    pub batch_unprocessed: f64,
     /// Answer each request with the answer of the first request of its shape (model, number of
     /// inputs, parameters): inputs are read and vectors and JSON made only once per shape, and
     /// repeats are neither validated nor embedded again. A nearly free service, for measuring
@@ -201,6 +204,7 @@ impl Default for Settings {
             batch_fail_jobs: 0,
             batch_job_failure: 0.0,
             batch_expire: false,
+            batch_unprocessed: 0.0,
             replay: false,
             openai_api_key: None,
             openai_max_body_bytes: OPENAI_MAX_BODY_BYTES,

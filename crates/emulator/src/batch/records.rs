@@ -130,20 +130,24 @@ pub(crate) struct Manifest {
 }
 
 /// Every record of every file answered: the output files (name, JSONL) and the manifest.
-/// `files` are (output name without `.out`, records).
+/// `files` are (output name without `.out`, records). A share `unprocessed` of the records is
+/// left out (not processed in time: the job ends `PartiallyCompleted`).
 pub(crate) fn answer_all(
     model: &Model,
     files: &[(String, Vec<Record>)],
     poison: Option<&str>,
-    failure: f64,
+    (failure, unprocessed): (f64, f64),
 ) -> (Vec<(String, Vec<u8>)>, Manifest) {
     let mut m = Manifest::default();
     let mut outputs = Vec::with_capacity(files.len());
     for (name, records) in files {
         let mut lines: Vec<Vec<u8>> = records
             .iter()
-            .map(|r| {
+            .filter_map(|r| {
                 m.total_record_count += 1;
+                if draw(unprocessed) {
+                    return None;
+                }
                 m.processed_record_count += 1;
                 let (id, input, outcome) = match r {
                     Record::Input { id, input } => {
@@ -157,11 +161,11 @@ pub(crate) fn answer_all(
                     Ok(a) => {
                         m.success_record_count += 1;
                         m.input_token_count += a.tokens;
-                        line(id, input, Ok(&a.body))
+                        Some(line(id, input, Ok(&a.body)))
                     }
                     Err((code, message)) => {
                         m.error_record_count += 1;
-                        line(id, input, Err((code, &message)))
+                        Some(line(id, input, Err((code, &message))))
                     }
                 }
             })
@@ -242,7 +246,7 @@ mod tests {
                 message: "The record is not a valid JSON object.".into(),
             },
         ];
-        let (files, m) = answer_all(titan(), &[("x.jsonl".into(), records)], None, 0.0);
+        let (files, m) = answer_all(titan(), &[("x.jsonl".into(), records)], None, (0.0, 0.0));
         assert_eq!(files[0].0, "x.jsonl.out");
         let out = lines(&files[0].1);
         let by_id = |id: &str| out.iter().find(|l| l["recordId"] == id).unwrap().clone();
@@ -285,7 +289,7 @@ mod tests {
             id: "n".into(),
             input,
         }];
-        let (files, m) = answer_all(nova, &[("n.jsonl".into(), records)], None, 0.0);
+        let (files, m) = answer_all(nova, &[("n.jsonl".into(), records)], None, (0.0, 0.0));
         let out = lines(&files[0].1);
         let embedding = &out[0]["modelOutput"]["embeddings"][0];
         assert_eq!(embedding["embeddingType"], "TEXT");
@@ -301,7 +305,7 @@ mod tests {
                 input: json!({"inputText": format!("text {i}")}),
             })
             .collect();
-        let (files, m) = answer_all(titan(), &[("x.jsonl".into(), records)], None, 1.0);
+        let (files, m) = answer_all(titan(), &[("x.jsonl".into(), records)], None, (1.0, 0.0));
         assert_eq!(m.error_record_count, 5);
         for l in lines(&files[0].1) {
             assert_eq!(l["error"]["errorCode"], 500);
@@ -316,7 +320,7 @@ mod tests {
                 input: json!({"inputText": format!("text {i}"), "dimensions": 256}),
             })
             .collect();
-        let (files, _) = answer_all(titan(), &[("x.jsonl".into(), records)], None, 0.0);
+        let (files, _) = answer_all(titan(), &[("x.jsonl".into(), records)], None, (0.0, 0.0));
         let ids: Vec<String> = lines(&files[0].1)
             .iter()
             .map(|l| l["recordId"].as_str().unwrap().to_string())

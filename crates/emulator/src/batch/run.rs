@@ -6,7 +6,8 @@
 
 use super::records::{self, Record};
 use super::{
-    Counts, State, COMPLETED, EXPIRED, FAILED, IN_PROGRESS, SCHEDULED, STOPPED, VALIDATING,
+    Counts, State, COMPLETED, EXPIRED, FAILED, IN_PROGRESS, PARTIALLY_COMPLETED, SCHEDULED,
+    STOPPED, VALIDATING,
 };
 use crate::invoke::draw;
 use crate::s3_client::{S3Client, S3Uri};
@@ -155,8 +156,9 @@ async fn run(state: &Weak<State>, arn: &str, doomed: bool) -> Option<End> {
     }
     let model = request.model;
     let (poison, failure) = (config.poison.clone(), config.batch_record_failure);
+    let unprocessed = config.batch_unprocessed;
     let answered = tokio::task::spawn_blocking(move || {
-        records::answer_all(model, &files, poison.as_deref(), failure)
+        records::answer_all(model, &files, poison.as_deref(), (failure, unprocessed))
     })
     .await;
     let Ok((outputs, manifest)) = answered else {
@@ -181,7 +183,10 @@ async fn run(state: &Weak<State>, arn: &str, doomed: bool) -> Option<End> {
         }
     }
     Some(End {
-        status: COMPLETED,
+        status: match manifest.processed_record_count < manifest.total_record_count {
+            true => PARTIALLY_COMPLETED,
+            false => COMPLETED,
+        },
         message: None,
         counts: Some(Counts {
             total: manifest.total_record_count,
