@@ -124,6 +124,25 @@ mode = "{mode}"
         )
     }
 
+    /// Starts `run p`, waits until `done` says so, and kills it (a run killed while its jobs
+    /// run).
+    fn kill_run_when(&self, p: &str, what: &str, done: impl Fn() -> bool) {
+        let mut child = aws_cli(self.dir.path(), &self.emu.endpoint(), &["run", p, "--json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(60, what, done);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// How many jobs the table's ledger holds with their ARN recorded.
+    fn recorded_jobs(&self) -> usize {
+        std::fs::read_to_string(self.path("db/t_jobs.jsonl"))
+            .map_or(0, |l| l.matches("\"status\":\"in_progress\"").count())
+    }
+
     fn batch(&self) -> BatchCounters {
         self.emu.stats().batch
     }
@@ -249,14 +268,7 @@ fn records_below_the_minimum_go_on_demand() {
 fn a_run_killed_while_its_jobs_run_resumes_them_without_submitting_again() {
     let env = Env::new(|s| s.batch_job_ms = 600_000);
     let p = env.pipeline(600, article, &batch_keys(200), "t", "overwrite");
-    let mut child = aws_cli(env.dir.path(), &env.emu.endpoint(), &["run", &p, "--json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(60, "three jobs submitted", || env.batch().jobs == 3);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    env.kill_run_when(&p, "three jobs submitted", || env.batch().jobs == 3);
     env.tune(|s| s.batch_job_ms = 50);
     let s = summary(&env.run(&["run", &p, "--json"]));
     assert_eq!(s["rows_written"], 600, "{s}");
@@ -446,14 +458,7 @@ fn the_shipped_batch_pipeline_runs_with_the_emulator() {
 fn a_rerun_finds_its_records_in_the_killed_runs_jobs_even_when_they_group_differently() {
     let env = Env::new(|s| s.batch_job_ms = 600_000);
     let p = env.pipeline(600, article, &batch_keys(200), "t", "incremental");
-    let mut child = aws_cli(env.dir.path(), &env.emu.endpoint(), &["run", &p, "--json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(60, "three jobs submitted", || env.batch().jobs == 3);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    env.kill_run_when(&p, "three jobs submitted", || env.batch().jobs == 3);
     // The first 50 rows are gone from the source: the rest would make other jobs of 200.
     let p = env.pipeline(
         550,
@@ -758,17 +763,7 @@ fn chunked_documents_go_into_batch_records_and_an_edit_submits_only_its_chunks()
 fn a_job_whose_create_answer_was_lost_is_found_by_name_and_not_paid_for_again() {
     let env = Env::new(|s| s.batch_job_ms = 600_000);
     let p = env.pipeline(600, article, &batch_keys(200), "t", "incremental");
-    let mut child = aws_cli(env.dir.path(), &env.emu.endpoint(), &["run", &p, "--json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(60, "three jobs recorded", || {
-        std::fs::read_to_string(env.path("db/t_jobs.jsonl"))
-            .is_ok_and(|l| l.matches("\"status\":\"in_progress\"").count() == 3)
-    });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    env.kill_run_when(&p, "three jobs recorded", || env.recorded_jobs() == 3);
     // As if the run had died after each create and before recording its answer.
     let ledger = env.path("db/t_jobs.jsonl");
     let kept: String = std::fs::read_to_string(&ledger)
@@ -801,17 +796,7 @@ fn a_job_whose_create_answer_was_lost_is_found_by_name_and_not_paid_for_again() 
 fn jobs_stop_stops_the_running_batch_jobs_and_the_next_run_submits_them_again() {
     let env = Env::new(|s| s.batch_job_ms = 600_000);
     let p = env.pipeline(400, article, &batch_keys(200), "t", "overwrite");
-    let mut child = aws_cli(env.dir.path(), &env.emu.endpoint(), &["run", &p, "--json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(60, "two jobs recorded", || {
-        std::fs::read_to_string(env.path("db/t_jobs.jsonl"))
-            .is_ok_and(|l| l.matches("\"status\":\"in_progress\"").count() == 2)
-    });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    env.kill_run_when(&p, "two jobs recorded", || env.recorded_jobs() == 2);
     // One create's answer lost (as if the run had died right after it): found by name.
     let ledger = env.path("db/t_jobs.jsonl");
     let text = std::fs::read_to_string(&ledger).unwrap();
@@ -859,14 +844,7 @@ fn records_new_to_a_rerun_beside_the_killed_runs_jobs_are_read_back_not_paid_twi
         p
     };
     let p = small_batches(env.pipeline(600, article, &keys, "t", "incremental"));
-    let mut child = aws_cli(env.dir.path(), &env.emu.endpoint(), &["run", &p, "--json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(60, "three jobs submitted", || env.batch().jobs == 3);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    env.kill_run_when(&p, "three jobs submitted", || env.batch().jobs == 3);
     // Every tenth row changed: its records are new, spread over the whole source, in a job
     // made after the killed run's three.
     let edited = |i: usize| match i % 10 {

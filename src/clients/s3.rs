@@ -90,25 +90,17 @@ impl S3 {
 
     /// Reads a whole object (job results, small media for the emulator).
     pub async fn get(&self, uri: &S3Uri) -> Result<Vec<u8>> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&uri.bucket)
-            .key(&uri.key)
-            .send()
-            .await
-            .map_err(|e| explain(e, "read", uri))?;
-        let bytes = out
-            .body
+        let bytes = self
+            .get_object(uri)
+            .await?
             .collect()
             .await
             .with_context(|| format!("reading {uri} was cut off"))?;
         Ok(bytes.into_bytes().to_vec())
     }
 
-    /// Opens a JSONL object to read as it arrives, in pieces of whole lines
-    /// ([`Lines::next_piece`]): a results file of any size in bounded memory.
-    pub async fn get_lines(&self, uri: &S3Uri, piece: usize) -> Result<Lines> {
+    /// GetObject: the object's body, as it arrives.
+    async fn get_object(&self, uri: &S3Uri) -> Result<ByteStream> {
         let out = self
             .client
             .get_object()
@@ -117,8 +109,14 @@ impl S3 {
             .send()
             .await
             .map_err(|e| explain(e, "read", uri))?;
+        Ok(out.body)
+    }
+
+    /// Opens a JSONL object to read as it arrives, in pieces of whole lines
+    /// ([`Lines::next_piece`]): a results file of any size in bounded memory.
+    pub async fn get_lines(&self, uri: &S3Uri, piece: usize) -> Result<Lines> {
         Ok(Lines {
-            body: out.body,
+            body: self.get_object(uri).await?,
             buf: Vec::new(),
             piece,
             uri: uri.to_string(),

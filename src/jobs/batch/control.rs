@@ -128,6 +128,17 @@ impl BatchRoute {
         Ok(record)
     }
 
+    /// A control-plane error that retrying will not mend: the run stops with the service's
+    /// message and what to do.
+    fn fatal(&self, e: &crate::clients::CallError) -> anyhow::Error {
+        anyhow!(
+            "batch inference for model `{}`: {}{}",
+            self.info.name,
+            e.message,
+            crate::clients::bedrock::fatal_help(e.class)
+        )
+    }
+
     /// A control-plane call retried on throttling, 5xx and network errors; other errors stop
     /// the run with the service's message.
     pub(super) async fn with_retries<T, F, Fut>(&self, policy: &RetryPolicy, call: F) -> Result<T>
@@ -142,14 +153,7 @@ impl BatchRoute {
                 Ok(v) => return Ok(v),
                 Err(e) => match policy.next(&mut attempts, e.class, started.elapsed()) {
                     Some(d) => tokio::time::sleep(d).await,
-                    None => {
-                        return Err(anyhow!(
-                            "batch inference for model `{}`: {}{}",
-                            self.info.name,
-                            e.message,
-                            crate::clients::bedrock::fatal_help(e.class)
-                        ))
-                    }
+                    None => return Err(self.fatal(&e)),
                 },
             }
         }
@@ -179,14 +183,7 @@ impl BatchRoute {
                 .next(&mut attempts, e.class, started.elapsed())
             {
                 Some(d) => tokio::time::sleep(d).await,
-                None => {
-                    return Err(anyhow!(
-                        "batch inference for model `{}`: {}{}",
-                        self.info.name,
-                        e.message,
-                        crate::clients::bedrock::fatal_help(e.class)
-                    ))
-                }
+                None => return Err(self.fatal(&e)),
             }
         }
     }
