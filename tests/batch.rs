@@ -422,7 +422,11 @@ fn a_job_still_running_at_its_timeout_is_dead_lettered_and_picked_up_by_the_next
         .unwrap()
         .contains("next run picks its results up"));
     // The job completes later; the next run reads its results instead of submitting again.
+    // (Past its timeout already, the job must have ended before that run's first poll.)
     env.tune(|s| s.batch_job_ms = 50);
+    wait_for(60, "the job completed", || {
+        env.batch().jobs_by_status.get("Completed") == Some(&1)
+    });
     let s = summary(&env.run(&["run", &p, "--json"]));
     assert_eq!(s["rows_written"], 200, "{s}");
     assert_eq!(s["batch"][0]["jobs_resumed"], 1);
